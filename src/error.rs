@@ -1,0 +1,151 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// Which part of an SSE frame a value was meant for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Field {
+    /// The `event:` field (the event name).
+    Event,
+    /// The `id:` field.
+    Id,
+    /// A `:` comment line.
+    Comment,
+    /// The `retry:` field.
+    Retry,
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Field::Event => "event name",
+            Field::Id => "event id",
+            Field::Comment => "comment",
+            Field::Retry => "retry",
+        })
+    }
+}
+
+/// Everything that can go wrong in this crate, as a value.
+///
+/// Nothing a browser, a publisher or a template sends makes this crate panic; it
+/// returns one of these instead. The enum is `#[non_exhaustive]`: match the
+/// variants you act on and keep a wildcard arm.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An event name, id or comment held a byte that would end the line and
+    /// forge another field (CR or LF), or that browsers reject (NUL in an id).
+    InvalidField {
+        /// The field the value was meant for.
+        field: Field,
+        /// The offending byte (`b'\r'`, `b'\n'` or `0`).
+        byte: u8,
+        /// Its position in the value.
+        position: usize,
+    },
+    /// An event name was empty (browsers would dispatch it as `message`).
+    EmptyEventName,
+    /// A retry value was not a plain decimal integer of milliseconds.
+    InvalidRetry {
+        /// The value as given.
+        value: String,
+    },
+    /// Data could not be serialised to JSON.
+    Json(serde_json::Error),
+    /// A template could not be rendered.
+    Render(Box<dyn std::error::Error + Send + Sync>),
+    /// A target id for an out-of-band swap is not a plain HTML id.
+    InvalidTarget {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An element added without a wrapper is not a single HTML element that can
+    /// carry swap attributes.
+    NotAnElement {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidField {
+                field,
+                byte,
+                position,
+            } => {
+                let what = match byte {
+                    b'\r' => "a carriage return",
+                    b'\n' => "a line feed",
+                    0 => "a NUL byte",
+                    _ => "a forbidden byte",
+                };
+                write!(f, "invalid {field}: {what} at byte {position}")
+            }
+            Error::EmptyEventName => f.write_str("invalid event name: empty"),
+            Error::InvalidRetry { value } => {
+                write!(
+                    f,
+                    "invalid retry {value:?}: expected a decimal integer of milliseconds"
+                )
+            }
+            Error::Json(_) => f.write_str("data could not be serialised to JSON"),
+            Error::Render(_) => f.write_str("template could not be rendered"),
+            Error::InvalidTarget { id, reason } => write!(f, "invalid target id {id:?}: {reason}"),
+            Error::NotAnElement { reason } => write!(f, "not a single HTML element: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Json(e) => Some(e),
+            Error::Render(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_lowercase_without_period() {
+        let e = Error::InvalidField {
+            field: Field::Event,
+            byte: b'\n',
+            position: 3,
+        };
+        assert_eq!(e.to_string(), "invalid event name: a line feed at byte 3");
+        let e = Error::InvalidRetry { value: "3s".into() };
+        assert_eq!(
+            e.to_string(),
+            "invalid retry \"3s\": expected a decimal integer of milliseconds"
+        );
+    }
+
+    #[test]
+    fn error_is_send_sync() {
+        fn assert<T: Send + Sync + 'static>() {}
+        assert::<Error>();
+    }
+}

@@ -1,0 +1,71 @@
+//! Push server-rendered HTML fragments from an axum server to htmx pages over
+//! Server-Sent Events.
+//!
+//! Render HTML with maud or askama as for any htmx response; this crate turns
+//! it into correct SSE frames ([`Event`]), serves any `Stream` of them as a
+//! healthy long-lived response ([`streaming::SseStream`]: heartbeats, close
+//! events, shutdown that does not hang, producers stopped when the client
+//! goes), and builds out-of-band updates that change several page regions
+//! with one message ([`streaming::OobStreamBuilder`]).
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use htmx_sse::streaming::{OobStreamBuilder, SseStream, Swap};
+//! use tokio_stream::{wrappers::IntervalStream, StreamExt as _};
+//!
+//! async fn dashboard() -> impl axum::response::IntoResponse {
+//!     let ticks = IntervalStream::new(tokio::time::interval(Duration::from_secs(1)));
+//!     let mut n = 0;
+//!     SseStream::new(ticks.map(move |_| {
+//!         n += 1;
+//!         OobStreamBuilder::new()
+//!             .add("count", Swap::InnerHtml, maud::html! { (n) })
+//!             .add("log", Swap::BeforeEnd, maud::html! { li { "tick " (n) } })
+//!             .build()
+//!             .expect("literal ids are valid")
+//!     }))
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let app = Router::new().route("/dashboard", get(dashboard));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! On the page (htmx 2 with htmx-ext-sse):
+//!
+//! ```html
+//! <div hx-ext="sse" sse-connect="/dashboard">
+//!   <div sse-swap="message" hx-swap="none"></div>
+//!   <span id="count"></span> <ul id="log"></ul>
+//! </div>
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `maud` | yes | `maud::Markup` as fragments and events |
+//! | `askama` | yes | askama templates as fragments ([`Fragment::render`], `fragment::Askama`) |
+//! | `testing` | no | `testing`: a real SSE client over HTTP for integration tests, and a WHATWG-conformant parser |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
+
+mod error;
+pub mod event;
+pub mod fragment;
+pub mod streaming;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::{Error, Field};
+pub use event::Event;
+pub use fragment::{Fragment, IntoFragment};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
