@@ -72,12 +72,15 @@
 //! The same holds for an `<li>` outside a list (wrap it in `<ul>`) and for
 //! `<option>`s (wrap them in `<select>`).
 //!
-//! # htmx 2: an OOB-only message still empties the swap target
+//! # htmx 2: an `hx-swap-oob`-only message still empties the swap target
 //!
 //! htmx-ext-sse swaps every message into the `sse-swap` element, and htmx 2
-//! swaps what is left after taking out the out-of-band parts, even when
-//! nothing is left ([htmx#3263]): the element is emptied. Give out-of-band
-//! messages an element of their own that swaps nothing:
+//! swaps what is left after taking out the `hx-swap-oob` parts, even when
+//! nothing is left ([htmx#3263]): the element is emptied. (A message of
+//! only `<hx-partial>` elements, the [`OobFlavor::Partial`] output, does not
+//! have this problem: htmx 2.0.11 skips the main swap then, as the browser
+//! tests show.) Give `hx-swap-oob` messages an element of their own that
+//! swaps nothing:
 //!
 //! ```html
 //! <div hx-ext="sse" sse-connect="/events">
@@ -90,6 +93,10 @@
 //! alone when a message holds only `<hx-partial>` elements (always) or only
 //! `hx-swap-oob` elements (unless `htmx.config.allowEmptySwapAfterOOB` or
 //! `swapEmpty:true` says otherwise).
+//!
+//! A target id that is not on the page is an error event in htmx 2
+//! (`htmx:oobErrorNoTarget`) but silently ignored by htmx 4: check ids in
+//! a browser test.
 //!
 //! # Target ids
 //!
