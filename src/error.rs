@@ -69,6 +69,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A connection id is not 1 to 64 ASCII letters, digits, `-` or `_`.
+    InvalidConnectionId {
+        /// The id as given (cut to 80 bytes).
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No connection with this id is registered (it never was, or it left).
+    UnknownConnection {
+        /// The id asked for.
+        id: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -98,6 +110,10 @@ impl fmt::Display for Error {
             Error::Render(_) => f.write_str("template could not be rendered"),
             Error::InvalidTarget { id, reason } => write!(f, "invalid target id {id:?}: {reason}"),
             Error::NotAnElement { reason } => write!(f, "not a single HTML element: {reason}"),
+            Error::InvalidConnectionId { id, reason } => {
+                write!(f, "invalid connection id {id:?}: {reason}")
+            }
+            Error::UnknownConnection { id } => write!(f, "unknown connection {id:?}"),
         }
     }
 }

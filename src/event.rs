@@ -449,6 +449,12 @@ macro_rules! text_newtype {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = Error;
             fn from_str(value: &str) -> Result<Self, Error> {

@@ -55,13 +55,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+pub mod broadcast;
+pub mod connections;
 mod error;
 pub mod event;
 pub mod fragment;
+pub mod routes;
 pub mod streaming;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use broadcast::{BroadcastManager, setup_broadcast_routes};
 pub use error::{Error, Field};
 pub use event::Event;
 pub use fragment::{Fragment, IntoFragment};

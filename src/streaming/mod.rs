@@ -79,4 +79,5 @@ mod stream;
 pub use config::{CLOSE_EVENT, StreamConfig};
 pub use oob::{OobFlavor, OobStreamBuilder, Swap};
 pub use shutdown::Shutdown;
-pub use stream::{EndReason, SseStream, StopHandle};
+pub use stream::{EndReason, SseStream, StopHandle, Transform};
+pub(crate) use stream::{Frames, Piece, sse_response};

@@ -38,6 +38,12 @@ pub enum EndReason {
     Shutdown,
     /// The client went away (the response body was dropped).
     ClientGone,
+    /// The connection fell too far behind and was closed without the close
+    /// message, so the browser reconnects and resumes with `Last-Event-ID`.
+    Lagged,
+    /// A newer connection with the same id took this one's place (the client
+    /// came back); no close message.
+    Replaced,
 }
 
 impl EndReason {
@@ -70,7 +76,7 @@ impl StopHandle {
     }
 }
 
-type OnEnd = Box<dyn FnOnce(EndReason) + Send + 'static>;
+pub(crate) type OnEnd = Box<dyn FnOnce(EndReason) + Send + 'static>;
 
 /// A source stream served as Server-Sent Events: an axum response.
 ///
@@ -203,18 +209,55 @@ where
     S::Item: Into<Event>,
 {
     fn into_response(self) -> Response {
-        let frames = Frames::new(self);
-        let mut res = Response::new(Body::from_stream(frames));
-        *res.status_mut() = StatusCode::OK;
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        res
+        let SseStream {
+            source,
+            config,
+            stop,
+            task,
+            on_end,
+        } = self;
+        let source = Transform {
+            inner: source,
+            f: event_piece::<S::Item>,
+        };
+        sse_response(Frames::new(source, config, stop, task, on_end))
     }
+}
+
+fn event_piece<T: Into<Event>>(item: T) -> Piece {
+    Piece::One(item.into().into_bytes())
+}
+
+/// What a crate-internal source yields to [`Frames`]: a whole frame, possibly
+/// in several shared pieces (written back to back, never split by a
+/// heartbeat or a close message), or the end of the stream.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    /// A frame in one buffer.
+    One(Bytes),
+    /// A frame in three buffers, e.g. a shared id head, a per-connection id
+    /// suffix, and a shared body: no per-receiver copy.
+    Three(Bytes, Bytes, Bytes),
+    /// End the stream for this reason (a close message only if the reason
+    /// sends one).
+    End(EndReason),
+}
+
+/// The SSE response around a body of frames.
+pub(crate) fn sse_response<S>(frames: Frames<S>) -> Response
+where
+    S: Stream<Item = Piece> + Send + 'static,
+{
+    let mut res = Response::new(Body::from_stream(frames));
+    *res.status_mut() = StatusCode::OK;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    res
 }
 
 pin_project! {
@@ -282,7 +325,9 @@ impl Drop for Life {
 }
 
 pin_project! {
-    struct Frames<S> {
+    /// The body of an SSE response: the source's frames, heartbeats, and the
+    /// initial and close messages.
+    pub(crate) struct Frames<S> {
         #[pin]
         source: Option<S>,
         #[pin]
@@ -296,20 +341,20 @@ pin_project! {
         shutdown: Option<WaitForCancellationFutureOwned>,
         initial: Option<Event>,
         close: Option<Event>,
+        rest: Option<(Bytes, Bytes)>,
         debug: bool,
         life: Life,
     }
 }
 
 impl<S> Frames<S> {
-    fn new(s: SseStream<S>) -> Self {
-        let SseStream {
-            source,
-            config,
-            stop,
-            task,
-            on_end,
-        } = s;
+    pub(crate) fn new(
+        source: S,
+        config: StreamConfig,
+        stop: CancellationToken,
+        task: Option<AbortHandle>,
+        on_end: Option<OnEnd>,
+    ) -> Self {
         let now = Instant::now();
         let every = config.heartbeat.unwrap_or(Duration::MAX);
         let life = Life {
@@ -330,16 +375,22 @@ impl<S> Frames<S> {
             shutdown: config.shutdown.map(|s| s.token().clone().cancelled_owned()),
             initial: config.initial,
             close: config.close,
+            rest: None,
             debug: config.debug,
             life,
         }
     }
 }
 
+fn log_frame(life: &Life, debug: bool, bytes: &Bytes) {
+    if debug {
+        tracing::debug!(stream = life.id, frame = %String::from_utf8_lossy(bytes), "sse frame");
+    }
+}
+
 impl<S> Stream for Frames<S>
 where
-    S: Stream,
-    S::Item: Into<Event>,
+    S: Stream<Item = Piece>,
 {
     type Item = Result<Bytes, Infallible>;
 
@@ -347,11 +398,17 @@ where
         let mut this = self.project();
         let emit = |life: &mut Life, debug: bool, ev: Event| {
             life.frames += 1;
-            if debug {
-                tracing::debug!(stream = life.id, frame = ?ev, "sse frame");
-            }
+            log_frame(life, debug, ev.as_bytes());
             Poll::Ready(Some(Ok(ev.into_bytes())))
         };
+        // The rest of a frame in pieces goes out before anything else.
+        if let Some((second, third)) = this.rest.take() {
+            if third.is_empty() {
+                return Poll::Ready(Some(Ok(second)));
+            }
+            *this.rest = Some((third, Bytes::new()));
+            return Poll::Ready(Some(Ok(second)));
+        }
         if let Some(ev) = this.initial.take() {
             return emit(this.life, *this.debug, ev);
         }
@@ -382,11 +439,34 @@ where
         } else {
             match this.source.as_mut().as_pin_mut() {
                 Some(src) => match src.poll_next(cx) {
-                    Poll::Ready(Some(item)) => {
+                    Poll::Ready(Some(Piece::End(reason))) => Some(reason),
+                    Poll::Ready(Some(piece)) => {
                         if let Some(hb) = this.heartbeat.as_mut().as_pin_mut() {
                             hb.reset(Instant::now() + *this.every);
                         }
-                        return emit(this.life, *this.debug, item.into());
+                        this.life.frames += 1;
+                        let first = match piece {
+                            Piece::One(bytes) => bytes,
+                            Piece::Three(a, b, c) => {
+                                *this.rest = Some((b, c));
+                                a
+                            }
+                            Piece::End(_) => unreachable!("matched above"),
+                        };
+                        if *this.debug {
+                            match this.rest.as_ref() {
+                                Some((b, c)) => {
+                                    let mut all =
+                                        Vec::with_capacity(first.len() + b.len() + c.len());
+                                    all.extend_from_slice(&first);
+                                    all.extend_from_slice(b);
+                                    all.extend_from_slice(c);
+                                    log_frame(this.life, true, &Bytes::from(all));
+                                }
+                                None => log_frame(this.life, true, &first),
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(first)));
                     }
                     Poll::Ready(None) => Some(EndReason::SourceEnded),
                     Poll::Pending => None,
@@ -427,11 +507,21 @@ mod tests {
     use std::sync::Arc;
     use tokio_stream::StreamExt as _;
 
-    fn frames<S>(s: SseStream<S>) -> Pin<Box<Frames<S>>> {
-        Box::pin(Frames::new(s))
+    type TestFrames<S> = Pin<Box<Frames<Transform<S, fn(<S as Stream>::Item) -> Piece>>>>;
+
+    fn frames<S>(s: SseStream<S>) -> TestFrames<S>
+    where
+        S: Stream,
+        S::Item: Into<Event>,
+    {
+        let source = Transform {
+            inner: s.source,
+            f: event_piece::<S::Item> as fn(S::Item) -> Piece,
+        };
+        Box::pin(Frames::new(source, s.config, s.stop, s.task, s.on_end))
     }
 
-    async fn next_text<S>(f: &mut Pin<Box<Frames<S>>>) -> Option<String>
+    async fn next_text<S>(f: &mut TestFrames<S>) -> Option<String>
     where
         S: Stream,
         S::Item: Into<Event>,
@@ -565,6 +655,6 @@ mod tests {
         let s = SseStream::new(tokio_stream::empty::<Event>());
         assert!(format!("{s:?}").contains("Empty"));
         fn assert_send<T: Send>(_: &T) {}
-        assert_send(&Box::pin(Frames::new(s)));
+        assert_send(&frames(s));
     }
 }

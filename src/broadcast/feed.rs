@@ -1,0 +1,174 @@
+//! `Feed`: one connection's side of the manager, merging what was missed,
+//! what goes to everyone and what goes to it alone, in id order.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use super::manager::{Direct, Inner, Stored};
+use crate::connections::{ConnectionId, ConnectionState, Registration};
+use crate::event::Event;
+use crate::streaming::{EndReason, Piece};
+
+/// What a connection receives before live messages.
+pub(crate) struct Intro {
+    pub(crate) connection: Event,
+    pub(crate) reset: Option<Event>,
+    pub(crate) replay: VecDeque<Arc<Stored>>,
+}
+
+pub(crate) struct Feed {
+    id: ConnectionId,
+    manager: Weak<Inner>,
+    ring: BroadcastStream<Arc<Stored>>,
+    direct: Arc<Direct>,
+    suffix: Bytes,
+    connection: Option<Event>,
+    reset: Option<Event>,
+    replay: VecDeque<Arc<Stored>>,
+    ring_next: Option<Arc<Stored>>,
+    direct_next: Option<Arc<Stored>>,
+    started: bool,
+    registration: Registration,
+}
+
+impl Feed {
+    pub(crate) fn new(
+        id: ConnectionId,
+        manager: Weak<Inner>,
+        ring: broadcast::Receiver<Arc<Stored>>,
+        direct: Arc<Direct>,
+        suffix: Bytes,
+        intro: Intro,
+        registration: Registration,
+    ) -> Self {
+        Feed {
+            id,
+            manager,
+            ring: BroadcastStream::new(ring),
+            direct,
+            suffix,
+            connection: Some(intro.connection),
+            reset: intro.reset,
+            replay: intro.replay,
+            ring_next: None,
+            direct_next: None,
+            started: false,
+            registration,
+        }
+    }
+
+    fn frame(&self, stored: &Stored) -> Piece {
+        self.registration.record_message();
+        Piece::Three(
+            stored.head.clone(),
+            self.suffix.clone(),
+            stored.body.clone(),
+        )
+    }
+
+    fn end(&mut self, reason: EndReason) -> Poll<Option<Piece>> {
+        self.registration.set_state(ConnectionState::Error);
+        tracing::debug!(connection = %self.id, ?reason, "closing connection");
+        Poll::Ready(Some(Piece::End(reason)))
+    }
+}
+
+impl Stream for Feed {
+    type Item = Piece;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
+        let this = &mut *self;
+        if !this.started {
+            this.started = true;
+            this.registration.set_state(if this.replay.is_empty() {
+                ConnectionState::Connected
+            } else {
+                ConnectionState::Reconnecting
+            });
+        }
+        if let Some(ev) = this.connection.take() {
+            return Poll::Ready(Some(Piece::One(ev.into_bytes())));
+        }
+        if let Some(ev) = this.reset.take() {
+            return Poll::Ready(Some(Piece::One(ev.into_bytes())));
+        }
+        if let Some(stored) = this.replay.pop_front() {
+            if this.replay.is_empty() {
+                this.registration.set_state(ConnectionState::Connected);
+            }
+            return Poll::Ready(Some(this.frame(&stored)));
+        }
+
+        if this.direct.replaced.load(Ordering::Acquire) {
+            return this.end(EndReason::Replaced);
+        }
+        if this.direct.lagged.load(Ordering::Acquire) {
+            return this.end(EndReason::Lagged);
+        }
+
+        // Next message for everyone that is not excluding us.
+        while this.ring_next.is_none() {
+            match Pin::new(&mut this.ring).poll_next(cx) {
+                Poll::Ready(Some(Ok(stored))) => {
+                    if stored.is_for(&this.id) {
+                        this.ring_next = Some(stored);
+                    }
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    tracing::debug!(connection = %this.id, missed, "lagging");
+                    return this.end(EndReason::Lagged);
+                }
+                // The manager is gone: nothing more will come.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        // Next message for us alone. Register first, then look, so a push
+        // between the two is never missed.
+        if this.direct_next.is_none() {
+            this.direct.waker.register(cx.waker());
+            this.direct_next = this.direct.queue.lock().pop_front();
+            if this.direct.replaced.load(Ordering::Acquire) {
+                return this.end(EndReason::Replaced);
+            }
+            if this.direct.lagged.load(Ordering::Acquire) {
+                return this.end(EndReason::Lagged);
+            }
+        }
+        // Both sources are filled in publish order under the manager's lock,
+        // so when one has a message and the other has none yet, no earlier
+        // message can still arrive on the other: the smaller id goes first.
+        let take_ring = match (&this.ring_next, &this.direct_next) {
+            (Some(r), Some(d)) => r.seq < d.seq,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return Poll::Pending,
+        };
+        let stored = if take_ring {
+            this.ring_next.take()
+        } else {
+            this.direct_next.take()
+        };
+        match stored {
+            Some(stored) => Poll::Ready(Some(this.frame(&stored))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Some(inner) = self.manager.upgrade() {
+            inner.remove(&self.id, &self.direct);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `BroadcastMessage` and `MessageId`: what was published, and where it
+//! stands in the order of everything published.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::connections::ConnectionId;
+use crate::event::{Event, EventName};
+
+/// Identifies the server process that numbered a message: random per
+/// [`BroadcastManager`](super::BroadcastManager), so that ids from before a
+/// restart are told apart from this process's own (as Centrifugo's epochs do).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub(crate) u32);
+
+impl Epoch {
+    pub(crate) fn random() -> Self {
+        let bytes = uuid::Uuid::new_v4().into_bytes();
+        Epoch(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+/// Where a message stands: the epoch of the process that numbered it and
+/// its place in that process's sequence. Shown as `EPOCH-SEQ`
+/// (`3f2a9c01-42`).
+///
+/// On the wire a broadcast frame's `id:` is `EPOCH-SEQ.CONNECTION`: the
+/// message id followed by the receiving connection's id, so that the
+/// `Last-Event-ID` a browser sends back says both what it saw and who it
+/// is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    pub(crate) epoch: Epoch,
+    pub(crate) seq: u64,
+}
+
+impl MessageId {
+    /// The epoch part.
+    #[must_use]
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The sequence number (1 for the first message of an epoch).
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a `Last-Event-ID` said, once read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastEventId {
+    pub(crate) epoch: Epoch,
+    pub(crate) seq: u64,
+    pub(crate) connection: ConnectionId,
+}
+
+impl LastEventId {
+    /// Reads `EPOCH-SEQ.CONNECTION`. Anything else (another server's ids, a
+    /// forged or truncated value) is `None`.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        if s.len() > 128 {
+            return None;
+        }
+        let (message, connection) = s.split_once('.')?;
+        let (epoch, seq) = message.split_once('-')?;
+        if epoch.len() != 8 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(LastEventId {
+            epoch: Epoch(u32::from_str_radix(epoch, 16).ok()?),
+            seq: seq.parse().ok()?,
+            connection: ConnectionId::new(connection).ok()?,
+        })
+    }
+}
+
+/// One published message: its id, type, JSON data, time and metadata.
+///
+/// The type is the SSE event name (match it with `sse-swap="TYPE"` in
+/// htmx 2); the data is JSON, turned into the frame's text by the manager's
+/// renderer (by default: a JSON string as its text, HTML included, anything
+/// else as compact JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct BroadcastMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// Its type: the SSE event name.
+    #[serde(rename = "type")]
+    pub message_type: EventName,
+    /// Its data.
+    pub data: serde_json::Value,
+    /// When it was published (UTC).
+    pub timestamp: DateTime<Utc>,
+    /// What the publisher attached, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl BroadcastMessage {
+    /// The message as JSON: `{"id", "type", "data", "timestamp", "metadata"?}`.
+    ///
+    /// ```
+    /// # use htmx_sse::broadcast::BroadcastManager;
+    /// let manager = BroadcastManager::new();
+    /// manager.broadcast("note", "hello", None, &[])?;
+    /// let json = manager.history(None)[0].to_json();
+    /// assert!(json.contains(r#""type":"note","data":"hello""#));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        // Serialising a Value, a string and a timestamp cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The message as one SSE frame with the default rendering and the
+    /// message id alone as `id:` (what a connection receives adds its own id
+    /// to that).
+    ///
+    /// ```
+    /// # use htmx_sse::broadcast::BroadcastManager;
+    /// let manager = BroadcastManager::new();
+    /// manager.broadcast("note", "<p>hi</p>", None, &[])?;
+    /// let msg = &manager.history(None)[0];
+    /// let frame = String::from_utf8(msg.to_event().as_bytes().to_vec()).unwrap();
+    /// assert_eq!(frame, format!("event: note\nid: {}\ndata: <p>hi</p>\n\n", msg.id));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    #[must_use]
+    pub fn to_event(&self) -> Event {
+        Event::builder()
+            .event(self.message_type.clone())
+            .id(self.id.to_string())
+            .data(default_text(&self.data))
+            .build()
+            .unwrap_or_else(|_| Event::message(""))
+    }
+}
+
+/// The default rendering: a JSON string is sent as its text (HTML stays
+/// HTML), anything else as compact JSON.
+pub(crate) fn default_text(data: &serde_json::Value) -> String {
+    match data {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_id_round_trip_and_refusals() {
+        let ok = LastEventId::parse("0a0b0c0d-42.tab_1").unwrap();
+        assert_eq!(ok.epoch, Epoch(0x0a0b0c0d));
+        assert_eq!(ok.seq, 42);
+        assert_eq!(ok.connection.as_str(), "tab_1");
+        for bad in [
+            "",
+            "42",
+            "0a0b0c0d-42",
+            "0a0b0c0d-.x",
+            "0a0b0c0-42.x",
+            "0a0b0c0g-42.x",
+            "0a0b0c0d--4.x",
+            "0a0b0c0d-4x.x",
+            "0a0b0c0d-4.",
+            "0a0b0c0d-4.a b",
+            "0a0b0c0d-99999999999999999999999.x",
+        ] {
+            assert_eq!(LastEventId::parse(bad), None, "{bad:?}");
+        }
+        let long = format!("0a0b0c0d-1.{}", "x".repeat(200));
+        assert_eq!(LastEventId::parse(&long), None);
+    }
+
+    #[test]
+    fn default_text_keeps_html() {
+        assert_eq!(default_text(&serde_json::json!("<b>x</b>")), "<b>x</b>");
+        assert_eq!(default_text(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+    }
+}

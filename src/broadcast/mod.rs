@@ -1,0 +1,168 @@
+//! Sends each message to every connected page, to all but some, or to one,
+//! and lets a page that reconnects catch up: [`BroadcastManager`].
+//!
+//! A message is rendered and encoded once. Every connection that receives
+//! it shares the same bytes; only the `id:` line ends with the receiving
+//! connection's own id, written from a buffer made once per connection.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let manager = BroadcastManager::new();
+//! let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+//! // Elsewhere, e.g. in a POST handler:
+//! manager.broadcast("chat", "<li>hello</li>", None, &[]).expect("valid type");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! # What a page receives
+//!
+//! 1. `event: connection` whose data is
+//!    `<input type="hidden" name="connection_id" value="ID">`: swap it into
+//!    a form (`sse-swap="connection"`) and every `hx-post` from that form
+//!    says which connection it came from, so a broadcast can exclude it.
+//! 2. `event: reset` with `data: {"reason": …}`, only when a reconnecting
+//!    page cannot be caught up (see *Resume*); the page should reload what
+//!    it shows, e.g. with `hx-trigger="sse:reset"` on the regions that
+//!    fetch their state.
+//! 3. Messages: `event: TYPE`, `id: EPOCH-SEQ.ID`, `data: …`.
+//! 4. Heartbeat comments while idle; the close event when the server ends
+//!    the connection on purpose ([`BroadcastManager::unregister`]).
+//!
+//! # Resume
+//!
+//! Every frame's id is `EPOCH-SEQ.ID`: the manager's epoch (random per
+//! process), the message's place in the sequence, and the receiving
+//! connection's id. When the browser reconnects it sends that back as
+//! `Last-Event-ID`, and the manager:
+//!
+//! - gives the connection the same id again, so exclusions and `send_to`
+//!   made while it was away still apply to it;
+//! - sends, in order, every kept message after `SEQ` that was for it
+//!   (not excluded, or sent to it alone): nothing missed, nothing twice;
+//! - sends the `reset` event instead when that is impossible:
+//!   `"history-gap"` (the history no longer reaches back that far),
+//!   `"restarted"` (the id is from another process: a restart), or
+//!   `"unrecognized"` (not an id this crate made).
+//!
+//! Connection ids are random (128 bits) and only the page that holds one
+//! learns it; treat them as that page's secret.
+//!
+//! # Lagging
+//!
+//! Each connection may have at most
+//! [`queue_capacity`](BroadcastBuilder::queue_capacity) messages waiting.
+//! A publisher never waits for a connection: a connection that falls
+//! further behind is closed without the close message (its state becomes
+//! [`Error`](crate::connections::ConnectionState::Error)). The browser
+//! reconnects by itself with `Last-Event-ID` and catches up from the
+//! history, so a slow client costs itself a reconnect and costs the others
+//! nothing. Keep the history at least as long as the queue.
+//!
+//! # Closing
+//!
+//! A connection is unregistered when its response body is dropped: when the
+//! client goes away, when it lags, when it is replaced by the same client
+//! coming back, or when the server ends it. [`BroadcastManager::shutdown`]
+//! ends every connection without the close message so that pages reconnect
+//! to the next server process; [`BroadcastManager::unregister`] ends one
+//! with the close message.
+
+mod feed;
+mod manager;
+mod message;
+
+use std::fmt;
+
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+pub use manager::{BroadcastBuilder, BroadcastManager, Outgoing, Sent};
+pub use message::{BroadcastMessage, Epoch, MessageId};
+
+pub use crate::routes::setup_broadcast_routes;
+
+use crate::connections::ConnectionId;
+use crate::event::EventName;
+use crate::streaming::{Frames, StreamConfig, sse_response};
+
+/// The first event of every connection: `data` is a hidden input carrying
+/// the connection id.
+pub const CONNECTION_EVENT: EventName = EventName::from_static("connection");
+
+/// The event sent when a reconnecting page cannot be caught up.
+pub const RESET_EVENT: EventName = EventName::from_static("reset");
+
+/// Why a reconnecting page gets the reset event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// The history no longer reaches back to the page's last event.
+    HistoryGap,
+    /// The last event came from another server process (a restart).
+    Restarted,
+    /// The `Last-Event-ID` is not one this crate made.
+    Unrecognized,
+}
+
+impl ResetReason {
+    /// As sent in the reset event's data: `history-gap`, `restarted`,
+    /// `unrecognized`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::HistoryGap => "history-gap",
+            ResetReason::Restarted => "restarted",
+            ResetReason::Unrecognized => "unrecognized",
+        }
+    }
+}
+
+/// One client's connection to a [`BroadcastManager`]; return it from a
+/// handler (it is `IntoResponse`).
+#[must_use]
+pub struct Connection {
+    id: ConnectionId,
+    feed: feed::Feed,
+    config: StreamConfig,
+    stop: CancellationToken,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Its id (the same one the page receives in the `connection` event).
+    #[must_use]
+    pub fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+}
+
+impl IntoResponse for Connection {
+    fn into_response(self) -> Response {
+        sse_response(Frames::new(self.feed, self.config, self.stop, None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_is_send_sync_clone() {
+        fn assert<T: Send + Sync + Clone + 'static>() {}
+        assert::<BroadcastManager>();
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<Connection>();
+    }
+}

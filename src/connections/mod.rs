@@ -1,0 +1,143 @@
+//! Who is connected: [`ConnectionRegistry`] with states and stats, the
+//! [`ConnectionId`] every connection is known by, and the browser-side
+//! helpers that keep connections healthy.
+
+mod registry;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use registry::{
+    ConnectionRegistry, ConnectionState, Registration, RegistryStats, SseConnection,
+};
+
+use crate::error::Error;
+
+/// The longest connection id accepted.
+pub const MAX_CONNECTION_ID_LEN: usize = 64;
+
+/// The id a connection is known by: in exclusions, in `send_to`, in the
+/// registry, and inside the `Last-Event-ID` a browser sends back.
+///
+/// 1 to 64 ASCII letters, digits, `-` or `_`, so that it is safe in a URL
+/// path, an HTML attribute and an SSE field. Fresh ids are random (128 bits):
+/// treat them as secrets of the tab that holds them.
+///
+/// ```
+/// use htmx_sse::connections::ConnectionId;
+///
+/// let id = ConnectionId::new("tab-1")?;
+/// assert_eq!(id.as_str(), "tab-1");
+/// assert!(ConnectionId::new("a b").is_err());
+/// assert_eq!(ConnectionId::random().as_str().len(), 32);
+/// # Ok::<(), htmx_sse::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(Arc<str>);
+
+impl ConnectionId {
+    /// Checks `id` and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConnectionId`] when it is empty, longer than 64 bytes,
+    /// or holds anything but ASCII letters, digits, `-` and `_`.
+    pub fn new(id: &str) -> Result<Self, Error> {
+        let reason = if id.is_empty() {
+            Some("empty")
+        } else if id.len() > MAX_CONNECTION_ID_LEN {
+            Some("longer than 64 bytes")
+        } else if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            Some("may hold only ASCII letters, digits, '-' and '_'")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::InvalidConnectionId {
+                id: truncate_for_error(id),
+                reason,
+            }),
+            None => Ok(ConnectionId(Arc::from(id))),
+        }
+    }
+
+    /// A fresh random id (a v4 UUID in 32 hex digits).
+    #[must_use]
+    pub fn random() -> Self {
+        let mut buf = [0u8; 32];
+        let s = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+        ConnectionId(Arc::from(&*s))
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Keeps error values small when a client sends a huge id.
+pub(crate) fn truncate_for_error(s: &str) -> String {
+    let mut end = s.len().min(80);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ConnectionId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for ConnectionId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        ConnectionId::new(s)
+    }
+}
+
+impl TryFrom<&str> for ConnectionId {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self, Error> {
+        ConnectionId::new(s)
+    }
+}
+
+impl TryFrom<String> for ConnectionId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        ConnectionId::new(&s)
+    }
+}
+
+impl Serialize for ConnectionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConnectionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ConnectionId::new(&s).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,451 @@
+//! `ConnectionRegistry`: who is connected right now, and what they received.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use parking_lot::RwLock;
+use serde::Serialize;
+
+use super::ConnectionId;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Registered, the response not yet started.
+    Connecting,
+    /// The stream is open and receiving.
+    Connected,
+    /// The stream ended. A registry entry in this state is being removed.
+    Disconnected,
+    /// The stream failed (for example it fell too far behind and was closed).
+    Error,
+    /// The client came back with `Last-Event-ID` and is catching up.
+    Reconnecting,
+}
+
+impl ConnectionState {
+    const ALL: [ConnectionState; 5] = [
+        ConnectionState::Connecting,
+        ConnectionState::Connected,
+        ConnectionState::Disconnected,
+        ConnectionState::Error,
+        ConnectionState::Reconnecting,
+    ];
+
+    /// The state as a lowercase word (`connected`, …).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Error => "error",
+            ConnectionState::Reconnecting => "reconnecting",
+        }
+    }
+
+    /// Whether the connection is delivering (connected or catching up).
+    #[must_use]
+    pub const fn is_active(self) -> bool {
+        matches!(
+            self,
+            ConnectionState::Connected | ConnectionState::Reconnecting
+        )
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(ConnectionState::Error)
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            ConnectionState::Connecting => 0,
+            ConnectionState::Connected => 1,
+            ConnectionState::Disconnected => 2,
+            ConnectionState::Error => 3,
+            ConnectionState::Reconnecting => 4,
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of one connection, as the registry saw it when asked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SseConnection {
+    /// Its id.
+    pub id: ConnectionId,
+    /// What kind of connection the application said it is (`"broadcast"`,
+    /// `"job"`, `"user"`, …).
+    pub kind: String,
+    /// Where it is in its life.
+    pub state: ConnectionState,
+    /// What the application attached when registering it.
+    pub metadata: serde_json::Value,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last delivered a message (or was registered).
+    pub last_activity: DateTime<Utc>,
+    /// How many messages it delivered.
+    pub message_count: u64,
+}
+
+/// Counts over the registry, as `GET /sse/status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RegistryStats {
+    /// Connections registered now.
+    pub total: usize,
+    /// Of those, how many are delivering.
+    pub active: usize,
+    /// Registered connections by kind.
+    pub by_kind: BTreeMap<String, usize>,
+    /// Messages delivered since the registry was made, by all connections,
+    /// gone ones included.
+    pub messages: u64,
+}
+
+struct Entry {
+    id: ConnectionId,
+    kind: Arc<str>,
+    metadata: serde_json::Value,
+    created_at: DateTime<Utc>,
+    last_activity_ms: AtomicI64,
+    messages: AtomicU64,
+    state: AtomicU8,
+}
+
+impl Entry {
+    fn snapshot(&self) -> SseConnection {
+        let ms = self.last_activity_ms.load(Ordering::Relaxed);
+        SseConnection {
+            id: self.id.clone(),
+            kind: self.kind.to_string(),
+            state: self.state(),
+            metadata: self.metadata.clone(),
+            created_at: self.created_at,
+            last_activity: Utc
+                .timestamp_millis_opt(ms)
+                .single()
+                .unwrap_or(self.created_at),
+            message_count: self.messages.load(Ordering::Relaxed),
+        }
+    }
+
+    fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    map: RwLock<HashMap<ConnectionId, Arc<Entry>>>,
+    messages: AtomicU64,
+}
+
+/// Every open connection, with its state and counters.
+///
+/// Cheap to clone (all clones share one registry). Entries are added with
+/// [`add`](Self::add) and removed when the returned [`Registration`] is
+/// dropped, which happens when the response body is dropped: a client that
+/// goes away never stays listed as alive.
+///
+/// ```
+/// use htmx_sse::connections::{ConnectionRegistry, ConnectionState};
+///
+/// let registry = ConnectionRegistry::new();
+/// let reg = registry.add(None, "job", serde_json::json!({"job": 7}));
+/// reg.set_state(ConnectionState::Connected);
+/// reg.record_message();
+/// assert_eq!(registry.stats().active, 1);
+/// assert_eq!(registry.get(reg.id()).unwrap().message_count, 1);
+/// drop(reg);
+/// assert!(registry.is_empty());
+/// ```
+#[derive(Clone, Default)]
+pub struct ConnectionRegistry {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ConnectionRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionRegistry")
+            .field("connections", &self.len())
+            .finish()
+    }
+}
+
+impl ConnectionRegistry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a connection in state [`ConnectionState::Connecting`] under
+    /// `id`, or a fresh random id. Registering an id that is already listed
+    /// replaces that entry (a client that came back takes its place); the
+    /// old [`Registration`] then removes nothing when dropped.
+    pub fn add(
+        &self,
+        id: Option<ConnectionId>,
+        kind: &str,
+        metadata: serde_json::Value,
+    ) -> Registration {
+        let now = Utc::now();
+        let entry = Arc::new(Entry {
+            id: id.unwrap_or_else(ConnectionId::random),
+            kind: Arc::from(kind),
+            metadata,
+            created_at: now,
+            last_activity_ms: AtomicI64::new(now.timestamp_millis()),
+            messages: AtomicU64::new(0),
+            state: AtomicU8::new(ConnectionState::Connecting.to_u8()),
+        });
+        self.shared
+            .map
+            .write()
+            .insert(entry.id.clone(), Arc::clone(&entry));
+        Registration {
+            shared: Arc::clone(&self.shared),
+            entry,
+        }
+    }
+
+    /// The connection with this id, if registered.
+    #[must_use]
+    pub fn get(&self, id: &ConnectionId) -> Option<SseConnection> {
+        self.shared.map.read().get(id).map(|e| e.snapshot())
+    }
+
+    /// Whether a connection with this id is registered.
+    #[must_use]
+    pub fn contains(&self, id: &ConnectionId) -> bool {
+        self.shared.map.read().contains_key(id)
+    }
+
+    /// All connections, or those of one kind, oldest first.
+    #[must_use]
+    pub fn connections(&self, kind: Option<&str>) -> Vec<SseConnection> {
+        self.collect(|e| kind.is_none_or(|k| &*e.kind == k))
+    }
+
+    /// Connections that are delivering, or those of one kind, oldest first.
+    #[must_use]
+    pub fn active(&self, kind: Option<&str>) -> Vec<SseConnection> {
+        self.collect(|e| e.state().is_active() && kind.is_none_or(|k| &*e.kind == k))
+    }
+
+    fn collect(&self, keep: impl Fn(&Entry) -> bool) -> Vec<SseConnection> {
+        let mut out: Vec<SseConnection> = self
+            .shared
+            .map
+            .read()
+            .values()
+            .filter(|e| keep(e))
+            .map(|e| e.snapshot())
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Counts: total, active, by kind, messages delivered.
+    #[must_use]
+    pub fn stats(&self) -> RegistryStats {
+        let map = self.shared.map.read();
+        let mut stats = RegistryStats {
+            total: map.len(),
+            messages: self.shared.messages.load(Ordering::Relaxed),
+            ..RegistryStats::default()
+        };
+        for e in map.values() {
+            if e.state().is_active() {
+                stats.active += 1;
+            }
+            *stats.by_kind.entry(e.kind.to_string()).or_default() += 1;
+        }
+        stats
+    }
+
+    /// How many connections are registered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.shared.map.read().len()
+    }
+
+    /// Whether no connection is registered.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One registered connection; dropping it removes the entry.
+///
+/// Kept by the connection's response body, so the entry lives exactly as long
+/// as the connection.
+pub struct Registration {
+    shared: Arc<Shared>,
+    entry: Arc<Entry>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.entry.id)
+            .field("state", &self.entry.state())
+            .finish()
+    }
+}
+
+impl Registration {
+    /// The connection's id.
+    #[must_use]
+    pub fn id(&self) -> &ConnectionId {
+        &self.entry.id
+    }
+
+    /// Its current state.
+    #[must_use]
+    pub fn state(&self) -> ConnectionState {
+        self.entry.state()
+    }
+
+    /// Moves it to `state`.
+    pub fn set_state(&self, state: ConnectionState) {
+        self.entry.state.store(state.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Counts one delivered message and marks the connection active now.
+    pub fn record_message(&self) {
+        self.record_messages(1);
+    }
+
+    /// Counts `n` delivered messages and marks the connection active now.
+    pub fn record_messages(&self, n: u64) {
+        self.entry.messages.fetch_add(n, Ordering::Relaxed);
+        self.shared.messages.fetch_add(n, Ordering::Relaxed);
+        self.entry
+            .last_activity_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Whether this registration is still the one listed under its id (a
+    /// newer registration of the same id replaces it).
+    #[must_use]
+    pub fn is_current(&self) -> bool {
+        self.shared
+            .map
+            .read()
+            .get(&self.entry.id)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.set_state(ConnectionState::Disconnected);
+        let mut map = self.shared.map.write();
+        if map
+            .get(&self.entry.id)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+        {
+            map.remove(&self.entry.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lookups_and_stats() {
+        let r = ConnectionRegistry::new();
+        let a = r.add(None, "broadcast", json!(null));
+        let b = r.add(
+            Some(ConnectionId::new("tab-b").unwrap()),
+            "job",
+            json!({"j": 1}),
+        );
+        let c = r.add(None, "job", json!(null));
+        a.set_state(ConnectionState::Connected);
+        b.set_state(ConnectionState::Reconnecting);
+        c.set_state(ConnectionState::Error);
+        b.record_messages(3);
+        a.record_message();
+
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.connections(Some("job")).len(), 2);
+        assert_eq!(r.active(None).len(), 2);
+        assert_eq!(r.active(Some("job")).len(), 1);
+        let snap = r.get(b.id()).unwrap();
+        assert_eq!(snap.kind, "job");
+        assert_eq!(snap.metadata, json!({"j": 1}));
+        assert_eq!(snap.message_count, 3);
+        assert_eq!(snap.state, ConnectionState::Reconnecting);
+        let stats = r.stats();
+        assert_eq!((stats.total, stats.active, stats.messages), (3, 2, 4));
+        assert_eq!(stats.by_kind["job"], 2);
+        assert_eq!(
+            serde_json::to_value(&stats).unwrap(),
+            json!({"total": 3, "active": 2, "by_kind": {"broadcast": 1, "job": 2}, "messages": 4})
+        );
+        drop((a, b, c));
+        assert!(r.is_empty());
+        // Messages from connections that left still count.
+        assert_eq!(r.stats().messages, 4);
+    }
+
+    #[test]
+    fn a_replaced_registration_removes_nothing() {
+        let r = ConnectionRegistry::new();
+        let id = ConnectionId::new("same").unwrap();
+        let old = r.add(Some(id.clone()), "k", json!(null));
+        let new = r.add(Some(id.clone()), "k", json!(null));
+        assert!(!old.is_current());
+        assert!(new.is_current());
+        drop(old);
+        assert!(r.contains(&id));
+        drop(new);
+        assert!(!r.contains(&id));
+    }
+
+    #[test]
+    fn thousands_of_connects_and_disconnects_leave_it_empty() {
+        let r = ConnectionRegistry::new();
+        let mut held = Vec::new();
+        for i in 0..5000 {
+            held.push(r.add(None, "k", json!(i)));
+            if i % 3 == 0 {
+                held.swap_remove(i % held.len());
+            }
+        }
+        assert!(!r.is_empty());
+        held.clear();
+        assert!(r.is_empty());
+        assert_eq!(r.stats(), RegistryStats::default());
+    }
+
+    #[test]
+    fn registry_is_send_sync() {
+        fn assert<T: Send + Sync + Clone>() {}
+        assert::<ConnectionRegistry>();
+        fn assert_send<T: Send + Sync>() {}
+        assert_send::<Registration>();
+    }
+}

@@ -1,0 +1,326 @@
+//! Route installers: the HTTP face of the managers.
+//!
+//! [`setup_broadcast_routes`] mounts a [`BroadcastManager`] under a prefix:
+//!
+//! | route | what it does |
+//! | --- | --- |
+//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header) |
+//! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}` |
+//! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 |
+//! | `GET {prefix}/status` | connection stats as JSON |
+//! | `GET {prefix}/history?limit=N` | recent messages addressed to everyone, as JSON |
+//!
+//! Bad input changes nothing and gets a JSON error, `{"error": "…"}`:
+//! 400 for malformed JSON or a bad query or path, 413 for a body over the
+//! limit (64 KiB by default), 415 when the body is not
+//! `Content-Type: application/json` (which also makes browsers ask before a
+//! cross-site POST), 422 for JSON of the wrong shape (unknown fields, wrong
+//! types, CR or LF in a type, bad connection ids), 404 for an unknown
+//! connection.
+//!
+//! # Protect the publish routes
+//!
+//! As installed here, anyone who can reach the server can publish to every
+//! page. In production, put the `POST` routes behind your authentication
+//! (a middleware layer on the router you pass in, or a reverse proxy rule),
+//! or mount only the stream and publish from your own handlers.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::broadcast::{BroadcastManager, Sent};
+use crate::connections::ConnectionId;
+use crate::error::Error;
+
+/// The default limit on a publish request body.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+/// Mounts `manager` on `router` under `prefix` (for example `"/sse"`) with
+/// the default options: see the [module docs](self) for the routes, and
+/// [`BroadcastRoutes`] for options.
+///
+/// ```
+/// use axum::Router;
+/// use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+///
+/// let manager = BroadcastManager::new();
+/// let app: Router = setup_broadcast_routes(Router::new(), manager, "/sse");
+/// ```
+///
+/// # Panics
+///
+/// When `prefix` does not start with `/`: a programming error.
+#[track_caller]
+pub fn setup_broadcast_routes<S>(
+    router: Router<S>,
+    manager: BroadcastManager,
+    prefix: &str,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    BroadcastRoutes::new(manager).prefix(prefix).install(router)
+}
+
+/// Options for the broadcast routes.
+///
+/// ```
+/// use axum::Router;
+/// use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes};
+///
+/// let app: Router = BroadcastRoutes::new(BroadcastManager::new())
+///     .prefix("/live")
+///     .max_body(16 * 1024)
+///     .install(Router::new());
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BroadcastRoutes {
+    manager: BroadcastManager,
+    prefix: String,
+    max_body: usize,
+}
+
+impl BroadcastRoutes {
+    /// Routes for `manager` under `/sse`, bodies up to 64 KiB.
+    pub fn new(manager: BroadcastManager) -> Self {
+        BroadcastRoutes {
+            manager,
+            prefix: "/sse".to_owned(),
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+
+    /// The prefix the routes go under.
+    ///
+    /// # Panics
+    ///
+    /// When `prefix` does not start with `/`.
+    #[track_caller]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        assert!(
+            prefix.starts_with('/'),
+            "route prefix must start with '/', got {prefix:?}"
+        );
+        self.prefix = prefix.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// The largest publish request body accepted, in bytes.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Adds the routes to `router`.
+    pub fn install<S>(self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let p = &self.prefix;
+        let stream_path = if p.is_empty() { "/" } else { p.as_str() };
+        let m = self.manager;
+        let max = self.max_body;
+        router
+            .route(stream_path, {
+                let m = m.clone();
+                get(
+                    move |headers: HeaderMap, query: Query<HashMap<String, String>>| {
+                        let m = m.clone();
+                        async move { stream(&m, &headers, &query) }
+                    },
+                )
+            })
+            .route(&format!("{p}/broadcast"), {
+                let m = m.clone();
+                post(move |req: Request| {
+                    let m = m.clone();
+                    async move { publish_all(&m, req, max).await }
+                })
+            })
+            .route(&format!("{p}/send/{{connection_id}}"), {
+                let m = m.clone();
+                post(move |Path(id): Path<String>, req: Request| {
+                    let m = m.clone();
+                    async move { publish_one(&m, &id, req, max).await }
+                })
+            })
+            .route(&format!("{p}/status"), {
+                let m = m.clone();
+                get(move || {
+                    let m = m.clone();
+                    async move { status(&m) }
+                })
+            })
+            .route(&format!("{p}/history"), {
+                get(move |query: Query<HashMap<String, String>>| {
+                    let m = m.clone();
+                    async move { history(&m, &query) }
+                })
+            })
+    }
+}
+
+/// A JSON error answer.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn stream(m: &BroadcastManager, headers: &HeaderMap, query: &HashMap<String, String>) -> Response {
+    let last = match headers.get("last-event-id") {
+        // A header that is not text cannot be one of ours: resume says so.
+        Some(v) => Some(v.to_str().unwrap_or("\u{fffd}")),
+        None => query.get("lastEventId").map(String::as_str),
+    };
+    m.connect(last, serde_json::Value::Null).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishAll {
+    #[serde(rename = "type")]
+    message_type: String,
+    data: serde_json::Value,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishOne {
+    #[serde(rename = "type")]
+    message_type: String,
+    data: serde_json::Value,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// Reads a JSON body: content type, size limit, syntax, shape.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request,
+    max: usize,
+) -> Result<T, Response> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(Body::new(req.into_body()), max)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid body: {e}"),
+            )
+        } else {
+            error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
+        }
+    })
+}
+
+fn sent(s: Sent) -> Response {
+    Json(json!({ "delivered": s.delivered, "id": s.id })).into_response()
+}
+
+fn publish_error(e: &Error) -> Response {
+    match e {
+        Error::UnknownConnection { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
+        Error::Render(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        _ => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+async fn publish_all(m: &BroadcastManager, req: Request, max: usize) -> Response {
+    let body: PublishAll = match json_body(req, max).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let exclude = match body
+        .exclude
+        .iter()
+        .map(|id| ConnectionId::new(id))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(ids) => ids,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    match m.broadcast(body.message_type, body.data, body.metadata, &exclude) {
+        Ok(s) => sent(s),
+        Err(e) => publish_error(&e),
+    }
+}
+
+async fn publish_one(m: &BroadcastManager, id: &str, req: Request, max: usize) -> Response {
+    let id = match ConnectionId::new(id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let body: PublishOne = match json_body(req, max).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match m.send_to(&id, body.message_type, body.data, body.metadata) {
+        Ok(s) => sent(s),
+        Err(e) => publish_error(&e),
+    }
+}
+
+fn status(m: &BroadcastManager) -> Response {
+    let stats = m.stats();
+    Json(json!({
+        "total": stats.total,
+        "active": stats.active,
+        "by_kind": stats.by_kind,
+        "messages": stats.messages,
+        "last_id": m.last_id(),
+    }))
+    .into_response()
+}
+
+fn history(m: &BroadcastManager, query: &HashMap<String, String>) -> Response {
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a non-negative integer",
+            );
+        }
+    };
+    Json(m.history(limit)).into_response()
+}
