@@ -1,6 +1,13 @@
 //! The htmx-sse demo: a live htmx page served from one process, nothing to
 //! set up.
 //!
+//! Each tab holds one connection, `GET /sse` from a `BroadcastManager`
+//! (browsers allow six connections per host across all tabs). On it:
+//! notes kept in sync across tabs by a broadcast that excludes the tab that
+//! wrote the note, and a dashboard whose four regions one out-of-band
+//! message updates every second. Each job started from the page is its own
+//! `SseStream`, ending with the close event.
+//!
 //! ```text
 //! cargo run --example demo                      # http://127.0.0.1:3000
 //! cargo run --example demo -- --addr 0.0.0.0:8080
@@ -11,23 +18,27 @@
 //! the npm packages `htmx.org@2` `dist/htmx.min.js` and `htmx-ext-sse@2`
 //! `dist/sse.js`) for machines without internet access.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::Form;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use htmx_sse::Event;
+use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::connections::ConnectionId;
 use htmx_sse::streaming::{OobStreamBuilder, Shutdown, SseStream, StreamConfig, Swap};
-use htmx_sse::{Event, Fragment};
 use maud::{DOCTYPE, Markup, html};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::IntervalStream;
+use parking_lot::Mutex;
+use serde::Deserialize;
 
 const HTMX_CDN: &str = "https://unpkg.com/htmx.org@2.0.11/dist/htmx.min.js";
 const SSE_CDN: &str = "https://unpkg.com/htmx-ext-sse@2.2.4/dist/sse.js";
@@ -35,9 +46,10 @@ const SSE_CDN: &str = "https://unpkg.com/htmx-ext-sse@2.2.4/dist/sse.js";
 #[derive(Clone)]
 struct App {
     config: StreamConfig,
+    manager: BroadcastManager,
+    notes: Arc<Mutex<VecDeque<String>>>,
     assets: Option<Arc<PathBuf>>,
     jobs: Arc<AtomicU64>,
-    started: std::time::Instant,
 }
 
 struct Args {
@@ -94,20 +106,28 @@ async fn main() {
     };
 
     let shutdown = Shutdown::new();
+    let config = StreamConfig::new().shutdown(&shutdown);
+    // The broadcast manager shares the shutdown signal through its config.
+    let manager = BroadcastManager::builder().stream(config.clone()).build();
     let state = App {
-        config: StreamConfig::new().shutdown(&shutdown),
+        config,
+        manager: manager.clone(),
+        notes: Arc::default(),
         assets: args.assets.map(Arc::new),
         jobs: Arc::default(),
-        started: std::time::Instant::now(),
     };
     let app = Router::new()
         .route("/", get(page))
-        .route("/clock", get(clock))
-        .route("/dashboard", get(dashboard))
         .route("/jobs", post(start_job))
         .route("/jobs/{id}/progress", get(job_progress))
         .route("/assets/{file}", get(asset))
+        .route("/notes", get(notes_list).post(add_note))
+        .route("/stats", get(stats))
         .with_state(state);
+    // GET /sse is the shared stream; the publish routes it also adds are
+    // open here because the demo listens on 127.0.0.1 only by default.
+    let app = setup_broadcast_routes(app, manager.clone(), "/sse");
+    tokio::spawn(dashboard(manager, std::time::Instant::now()));
 
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(l) => l,
@@ -146,41 +166,58 @@ async fn page(State(app): State<App>) -> Markup {
                 script src=(sse) {}
                 style { (STYLE) }
             }
-            body {
+            // One connection per tab carries everything live on the page:
+            // browsers allow only six per host across all tabs.
+            body hx-ext="sse" sse-connect="/sse" {
                 h1 { "htmx-sse demo" }
-                p.muted { "Every box below is updated by the server over Server-Sent Events. Nothing polls." }
+                p.muted { "Everything below is pushed by the server over Server-Sent Events, one connection per tab." }
 
                 section {
-                    h2 { "A live fragment stream" }
-                    p.muted { "One " code { "SseStream" } " of maud fragments, one per second." }
-                    div #clock hx-ext="sse" sse-connect="/clock" sse-swap="message" {
-                        span.value { "connecting…" }
+                    h2 { "Every tab in sync" }
+                    p.muted {
+                        "Open this page in a second tab and add a note. The tab you type in gets its note from the "
+                        code { "hx-post" } " answer; every other tab gets it from a broadcast that excludes the "
+                        "tab it came from (its connection id travels in the form)."
                     }
+                    div {
+                        form hx-post="/notes" hx-target="#notes" hx-swap="beforeend"
+                            "hx-on::after-request"="if(event.detail.successful) this.reset()" {
+                            // The `connection` event swaps a hidden input with this tab's id in here.
+                            span sse-swap="connection" hx-target="this" {}
+                            input name="text" maxlength="200" required placeholder="Write a note" autocomplete="off";
+                            button { "Add" }
+                        }
+                        // Notes from other tabs are appended here.
+                        div sse-swap="note" hx-target="#notes" hx-swap="beforeend" {}
+                        // After a server restart the page reloads the list.
+                        ul #notes hx-get="/notes" hx-trigger="load, sse:reset" hx-swap="innerHTML" {}
+                    }
+                    p.muted #stats hx-get="/stats" hx-trigger="load, every 2s" { "…" }
                 }
 
                 section {
                     h2 { "Several regions from one message" }
                     p.muted {
-                        "Each message is one " code { "OobStreamBuilder" } " fragment that updates three regions out of band; the "
+                        "Once a second the server broadcasts one " code { "OobStreamBuilder" }
+                        " fragment on the same stream; it updates four regions out of band. The "
                         code { "sse-swap" } " element itself swaps nothing (" code { "hx-swap=\"none\"" } ")."
                     }
-                    div hx-ext="sse" sse-connect="/dashboard" {
-                        div sse-swap="message" hx-swap="none" {}
-                        div.grid {
-                            div.card { div.label { "CPU" } div #cpu .value { "–" } }
-                            div.card { div.label { "Requests/s" } div #rps .value { "–" } }
-                            div.card { div.label { "Uptime" } div #uptime .value { "–" } }
-                        }
-                        h3 { "Recent events" }
-                        ul #log {}
+                    div sse-swap="dashboard" hx-swap="none" {}
+                    div.grid {
+                        div.card { div.label { "Server time" } div #clock .value { "–" } }
+                        div.card { div.label { "CPU" } div #cpu .value { "–" } }
+                        div.card { div.label { "Requests/s" } div #rps .value { "–" } }
+                        div.card { div.label { "Uptime" } div #uptime .value { "–" } }
                     }
+                    h3 { "Recent events" }
+                    ul #log {}
                 }
 
                 section {
                     h2 { "A job that ends" }
                     p.muted {
-                        "Each job streams its progress, then the server sends the named " code { "close" }
-                        " event and the page stops listening (" code { "sse-close=\"close\"" } ")."
+                        "Each job is its own " code { "SseStream" } " of fragments: it streams its progress, then the server sends the named "
+                        code { "close" } " event and the page stops listening (" code { "sse-close=\"close\"" } ")."
                     }
                     button hx-post="/jobs" hx-target="#jobs" hx-swap="afterbegin" { "Start a job" }
                     div #jobs {}
@@ -194,33 +231,37 @@ const STYLE: &str = "
 body { font-family: system-ui, sans-serif; max-width: 48rem; margin: 2rem auto; padding: 0 1rem; color: #1f2937; }
 section { border: 1px solid #e5e7eb; border-radius: .5rem; padding: 1rem; margin: 1rem 0; }
 .muted { color: #6b7280; }
-.grid { display: grid; grid-template-columns: repeat(3, 1fr); gap: .75rem; }
+.grid { display: grid; grid-template-columns: repeat(4, 1fr); gap: .75rem; }
 .card { background: #f9fafb; border-radius: .5rem; padding: .75rem; }
 .label { font-size: .8rem; color: #6b7280; }
 .value { font-size: 1.6rem; font-variant-numeric: tabular-nums; }
 #log { font-family: ui-monospace, monospace; font-size: .85rem; max-height: 8rem; overflow: hidden; }
+form { display: flex; gap: .5rem; } form input[name=text] { flex: 1; }
 .job { margin: .5rem 0; }
 progress { width: 100%; }
 ";
 
-async fn clock(State(app): State<App>) -> impl IntoResponse {
-    let ticks = IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).map(|_| {
-        html! { span.value { (Utc::now().format("%H:%M:%S")) " UTC" } }
-    });
-    SseStream::new(ticks).config(app.config)
-}
-
-async fn dashboard(State(app): State<App>) -> impl IntoResponse {
-    let started = app.started;
-    let ticks = IntervalStream::new(tokio::time::interval(Duration::from_millis(1000)));
+/// Broadcasts one out-of-band update of four regions every second while
+/// anyone is connected.
+async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
-    let frames = ticks.map(move |_| {
+    loop {
+        ticks.tick().await;
+        if manager.connection_count() == 0 {
+            continue;
+        }
         n += 1;
         let t = started.elapsed().as_secs_f64();
         let cpu = 45.0 + 30.0 * (t / 7.0).sin() + 8.0 * (t * 1.3).sin();
         let rps = 1200.0 + 400.0 * (t / 11.0).cos();
         let up = started.elapsed().as_secs();
         let mut oob = OobStreamBuilder::new()
+            .add(
+                "clock",
+                Swap::InnerHtml,
+                html! { (Utc::now().format("%H:%M:%S")) },
+            )
             .add("cpu", Swap::InnerHtml, html! { (format!("{cpu:.0}")) "%" })
             .add("rps", Swap::InnerHtml, html! { (format!("{rps:.0}")) })
             .add(
@@ -228,18 +269,75 @@ async fn dashboard(State(app): State<App>) -> impl IntoResponse {
                 Swap::InnerHtml,
                 html! { (format!("{}:{:02}:{:02}", up / 3600, up / 60 % 60, up % 60)) },
             );
-        if n.is_multiple_of(3) {
+        if n.is_multiple_of(5) {
             let line = format!(
                 "{} cpu={cpu:.1}% rps={rps:.0}",
                 Utc::now().format("%H:%M:%S")
             );
             oob = oob.add("log", Swap::AfterBegin, html! { li { (line) } });
         }
-        // Every id above is a literal that passes validation.
-        oob.build()
-            .unwrap_or_else(|e| Fragment::new(format!("<!-- {e} -->")))
-    });
-    SseStream::new(frames).config(app.config)
+        let sent = oob
+            .build()
+            .and_then(|fragment| manager.broadcast("dashboard", fragment.as_str(), None, &[]));
+        if let Err(e) = sent {
+            tracing::warn!("dashboard update failed: {e}");
+        }
+    }
+}
+
+const MAX_NOTES: usize = 50;
+
+#[derive(Deserialize)]
+struct NoteForm {
+    text: String,
+    connection_id: Option<String>,
+}
+
+fn note_item(text: &str) -> Markup {
+    html! { li { (text) } }
+}
+
+async fn notes_list(State(app): State<App>) -> Markup {
+    let notes = app.notes.lock().clone();
+    html! { @for n in &notes { (note_item(n)) } }
+}
+
+async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Response {
+    let text = form.text.trim();
+    if text.is_empty() || text.chars().count() > 200 {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a note has 1 to 200 characters",
+        )
+            .into_response();
+    }
+    {
+        let mut notes = app.notes.lock();
+        if notes.len() == MAX_NOTES {
+            notes.pop_front();
+        }
+        notes.push_back(text.to_owned());
+    }
+    // The tab that posted is excluded: it shows the note from this answer.
+    let exclude: Vec<ConnectionId> = form
+        .connection_id
+        .as_deref()
+        .and_then(|id| ConnectionId::new(id).ok())
+        .into_iter()
+        .collect();
+    let item = note_item(text).into_string();
+    if let Err(e) = app.manager.broadcast("note", &item, None, &exclude) {
+        tracing::warn!("broadcast failed: {e}");
+    }
+    Html(item).into_response()
+}
+
+async fn stats(State(app): State<App>) -> Markup {
+    let s = app.manager.stats();
+    html! {
+        (s.active) " tab(s) connected to the shared stream · "
+        (s.messages) " message(s) delivered"
+    }
 }
 
 async fn start_job(State(app): State<App>) -> Markup {

@@ -232,8 +232,9 @@ impl BroadcastBuilder {
     }
 
     /// Heartbeat, timeout, close message and logging for every connection
-    /// (the initial message is replaced by the `connection` event). The
-    /// manager adds its own [`Shutdown`] to it.
+    /// (the initial message is replaced by the `connection` event). A
+    /// [`Shutdown`] given here becomes the manager's own, so one signal ends
+    /// every stream of the server; without one the manager makes its own.
     pub fn stream(mut self, config: StreamConfig) -> Self {
         self.stream = config;
         self
@@ -277,7 +278,8 @@ impl BroadcastBuilder {
     /// Never for data; see [`queue_capacity`](Self::queue_capacity).
     #[must_use]
     pub fn build(self) -> BroadcastManager {
-        let shutdown = Shutdown::new();
+        // One signal for everything: the stream config's, if it has one.
+        let shutdown = self.stream.shutdown.clone().unwrap_or_default();
         let (ring, _) = broadcast::channel(self.queue_capacity);
         BroadcastManager {
             inner: Arc::new(Inner {

@@ -1,0 +1,86 @@
+// Drives the demo (examples/demo.rs) in two tabs of one headless Chromium,
+// for tests/demo.rs:
+//
+//   node tests/browser/demo.mjs <base-url> <screenshot-dir>
+//
+// Asserts that a note added in one tab appears once in both (the other tab
+// gets it from a broadcast that excludes the tab it came from), that user
+// text stays text, that the out-of-band dashboard updates, and that a job's
+// SseStream runs to its close event. Exits 0 when all held, 1 otherwise.
+
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, shotDir] = process.argv.slice(2);
+if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base ?? '') || !shotDir) {
+  console.error('usage: demo.mjs http://127.0.0.1:<port> <screenshot-dir>');
+  process.exit(2);
+}
+const WAIT = { timeout: 10_000 };
+setTimeout(() => { console.error('FAIL demo: watchdog after 55 s'); process.exit(1); }, 55_000).unref();
+
+const browser = await chromium.launch({
+  executablePath: process.env.HTMX_SSE_CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let a;
+try {
+  const ctx = await browser.newContext({ viewport: { width: 900, height: 1100 } });
+  a = await ctx.newPage();
+  const b = await ctx.newPage();
+  const errors = [];
+  for (const p of [a, b]) p.on('pageerror', (e) => errors.push(String(e)));
+  await a.goto(`${base}/`);
+  await b.goto(`${base}/`);
+  for (const p of [a, b]) {
+    await p.waitForSelector('form input[name=connection_id]', { state: 'attached', ...WAIT });
+  }
+  const idA = await a.getAttribute('form input[name=connection_id]', 'value');
+  const idB = await b.getAttribute('form input[name=connection_id]', 'value');
+  if (!idA || !idB || idA === idB) throw new Error(`connection ids ${idA} / ${idB}`);
+
+  const text = 'from A <img src=x onerror="window.__pwned=1">';
+  await a.fill('input[name=text]', text);
+  await a.click('form button');
+  for (const p of [a, b]) {
+    await p.waitForFunction(() => document.querySelectorAll('#notes li').length === 1, null, WAIT);
+  }
+  await b.fill('input[name=text]', 'from B');
+  await b.click('form button');
+  for (const p of [a, b]) {
+    await p.waitForFunction(() => document.querySelectorAll('#notes li').length === 2, null, WAIT);
+  }
+  // Let any duplicate arrive before counting.
+  await a.waitForTimeout(500);
+  for (const [name, p] of [['A', a], ['B', b]]) {
+    const notes = await p.$$eval('#notes li', (els) => els.map((e) => e.textContent));
+    if (JSON.stringify(notes) !== JSON.stringify([text, 'from B'])) {
+      throw new Error(`tab ${name} shows ${JSON.stringify(notes)}`);
+    }
+    if (await p.evaluate(() => document.querySelectorAll('#notes img').length !== 0 || window.__pwned !== undefined)) {
+      throw new Error(`tab ${name}: the note's markup was not escaped`);
+    }
+  }
+  // The dashboard: several regions from one broadcast, changing each second.
+  const before = await a.textContent('#uptime');
+  await a.waitForFunction((t) => document.querySelector('#uptime').textContent !== t, before, WAIT);
+  for (const id of ['clock', 'cpu', 'rps']) {
+    const v = await a.textContent(`#${id}`);
+    if (!v || v === '–') throw new Error(`#${id} never updated`);
+  }
+  await a.waitForFunction(() => /2 tab\(s\) connected/.test(document.querySelector('#stats').textContent), null, WAIT);
+  // A job: its own SseStream, ending with the close event.
+  await b.click('text=Start a job');
+  await b.waitForFunction(() => /done/.test(document.querySelector('#jobs').textContent), null, WAIT);
+  if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
+  await b.screenshot({ path: join(shotDir, 'demo-tab-b.png'), fullPage: true });
+  await a.screenshot({ path: join(shotDir, 'demo-tab-a.png'), fullPage: true });
+  console.log('ok demo: two tabs in sync, dashboard live, job closed');
+} catch (e) {
+  console.error(`FAIL demo: ${e.message}`);
+  if (a) await a.screenshot({ path: join(shotDir, 'demo-FAILED.png'), fullPage: true }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();

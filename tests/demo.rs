@@ -1,0 +1,141 @@
+//! The demo, as a newcomer runs it: `examples/demo.rs` started as its own
+//! process, two tabs of headless Chromium kept in sync, then Ctrl-C (SIGINT)
+//! with those streams open must stop it promptly.
+//!
+//! Needs what the browser tests need (`npm ci`, Debian's `chromium`);
+//! `scripts/test.sh` installs both.
+#![cfg(unix)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `cargo test` builds the examples next to the test binaries.
+fn demo_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().and_then(Path::parent).unwrap();
+    let bin = debug.join("examples").join("demo");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build --examples` (cargo test builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// The two files the demo's `--assets` wants, from the npm packages.
+fn assets() -> PathBuf {
+    let modules = root().join("node_modules");
+    let dir = std::env::temp_dir().join(format!("htmx-sse-demo-assets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (from, to) in [
+        ("htmx2/dist/htmx.min.js", "htmx.min.js"),
+        ("htmx-ext-sse/dist/sse.js", "sse.js"),
+    ] {
+        let src = modules.join(from);
+        assert!(
+            src.is_file(),
+            "{} missing: run `npm ci` in {} (or scripts/test.sh)",
+            src.display(),
+            root().display()
+        );
+        std::fs::copy(&src, dir.join(to)).unwrap();
+    }
+    dir
+}
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until_listening(port: u16, child: &mut Child) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the demo exited early: {status}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the demo did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
+    assert!(
+        Path::new(
+            &std::env::var("HTMX_SSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+        )
+        .is_file(),
+        "chromium missing: apt-get update && apt-get install -y chromium (or scripts/test.sh)"
+    );
+    let assets = assets();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut demo = Demo(
+        Command::new(demo_binary())
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--assets"])
+            .arg(&assets)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_listening(port, &mut demo.0);
+
+    let shots = root().join("target").join("browser-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(root().join("tests/browser/demo.mjs"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&shots)
+        .current_dir(root())
+        .output()
+        .expect("node not found: install nodejs (or run scripts/test.sh)");
+    println!("screenshots: {}", shots.display());
+    assert!(
+        out.status.success(),
+        "demo scenario failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Ctrl-C with a stream open: the demo must stop within a few seconds.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            assert!(status.success(), "demo exited with {status}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the demo did not stop within 5 s of Ctrl-C with a stream open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(assets);
+}
