@@ -76,6 +76,21 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A user id is empty, too long, or holds control characters or white
+    /// space.
+    InvalidUserId {
+        /// The id as given (cut to 80 bytes).
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A topic or topic selector is not valid.
+    InvalidTopic(crate::topics::InvalidTopic),
+    /// A combination of options the target cannot do.
+    Unsupported {
+        /// What cannot be done, and what to do instead.
+        what: &'static str,
+    },
     /// No connection with this id is registered (it never was, or it left).
     UnknownConnection {
         /// The id asked for.
@@ -114,6 +129,9 @@ impl fmt::Display for Error {
                 write!(f, "invalid connection id {id:?}: {reason}")
             }
             Error::UnknownConnection { id } => write!(f, "unknown connection {id:?}"),
+            Error::InvalidUserId { id, reason } => write!(f, "invalid user id {id:?}: {reason}"),
+            Error::InvalidTopic(e) => fmt::Display::fmt(e, f),
+            Error::Unsupported { what } => write!(f, "unsupported: {what}"),
         }
     }
 }
@@ -123,6 +141,7 @@ impl std::error::Error for Error {
         match self {
             Error::Json(e) => Some(e),
             Error::Render(e) => Some(&**e),
+            Error::InvalidTopic(e) => Some(e),
             _ => None,
         }
     }
@@ -131,6 +150,12 @@ impl std::error::Error for Error {
 impl From<std::convert::Infallible> for Error {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
+    }
+}
+
+impl From<crate::topics::InvalidTopic> for Error {
+    fn from(e: crate::topics::InvalidTopic) -> Self {
+        Error::InvalidTopic(e)
     }
 }
 

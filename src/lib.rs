@@ -55,19 +55,25 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+pub mod auth;
 pub mod broadcast;
 pub mod connections;
 mod error;
 pub mod event;
+mod flavor;
 pub mod fragment;
+#[cfg(feature = "askama")]
+pub mod notify;
 pub mod routes;
 pub mod streaming;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod topics;
 
 pub use broadcast::{BroadcastManager, setup_broadcast_routes};
 pub use error::{Error, Field};
 pub use event::Event;
+pub use flavor::Flavor;
 pub use fragment::{Fragment, IntoFragment};
 
 #[cfg(doctest)]

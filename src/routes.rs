@@ -25,21 +25,29 @@
 //! (a middleware layer on the router you pass in, or a reverse proxy rule),
 //! or mount only the stream and publish from your own handlers.
 
+// Handlers answer early with a finished `Response`; boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::broadcast::{BroadcastManager, Sent};
+use crate::auth::{AuthError, Authorizer, Subject, subject_of};
+use crate::broadcast::{BroadcastManager, Sent, Subscription};
 use crate::connections::ConnectionId;
 use crate::error::Error;
+use crate::topics::Topic;
 
 /// The default limit on a publish request body.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
@@ -82,12 +90,23 @@ where
 ///     .max_body(16 * 1024)
 ///     .install(Router::new());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct BroadcastRoutes {
     manager: BroadcastManager,
     prefix: String,
     max_body: usize,
+    authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+impl fmt::Debug for BroadcastRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BroadcastRoutes")
+            .field("prefix", &self.prefix)
+            .field("max_body", &self.max_body)
+            .field("authorizer", &self.authorizer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BroadcastRoutes {
@@ -97,7 +116,18 @@ impl BroadcastRoutes {
             manager,
             prefix: "/sse".to_owned(),
             max_body: DEFAULT_MAX_BODY,
+            authorizer: None,
         }
+    }
+
+    /// Checks every request with `authorizer`: a stream connection carries
+    /// its subject's user (for [`BroadcastManager::send_to_user`]); the
+    /// publish routes need credentials whose `publish` selectors match the
+    /// message type as a topic (`*` allows every type), else 401/403. Bad
+    /// credentials are refused on every route. See [`crate::auth`].
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
     }
 
     /// The prefix the routes go under.
@@ -128,60 +158,113 @@ impl BroadcastRoutes {
     {
         let p = &self.prefix;
         let stream_path = if p.is_empty() { "/" } else { p.as_str() };
-        let m = self.manager;
-        let max = self.max_body;
+        let ctx = Arc::new(Ctx {
+            manager: self.manager,
+            max_body: self.max_body,
+            authorizer: self.authorizer,
+        });
         router
             .route(stream_path, {
-                let m = m.clone();
-                get(
-                    move |headers: HeaderMap, query: Query<HashMap<String, String>>| {
-                        let m = m.clone();
-                        async move { stream(&m, &headers, &query) }
-                    },
-                )
+                let ctx = Arc::clone(&ctx);
+                get(move |req: Request| async move { stream(&ctx, req).await })
             })
             .route(&format!("{p}/broadcast"), {
-                let m = m.clone();
-                post(move |req: Request| {
-                    let m = m.clone();
-                    async move { publish_all(&m, req, max).await }
-                })
+                let ctx = Arc::clone(&ctx);
+                post(move |req: Request| async move { publish_all(&ctx, req).await })
             })
             .route(&format!("{p}/send/{{connection_id}}"), {
-                let m = m.clone();
-                post(move |Path(id): Path<String>, req: Request| {
-                    let m = m.clone();
-                    async move { publish_one(&m, &id, req, max).await }
+                let ctx = Arc::clone(&ctx);
+                post(move |Path(id): Path<String>, req: Request| async move {
+                    publish_one(&ctx, &id, req).await
                 })
             })
             .route(&format!("{p}/status"), {
-                let m = m.clone();
-                get(move || {
-                    let m = m.clone();
-                    async move { status(&m) }
-                })
+                let ctx = Arc::clone(&ctx);
+                get(move || async move { status(&ctx.manager) })
             })
             .route(&format!("{p}/history"), {
-                get(move |query: Query<HashMap<String, String>>| {
-                    let m = m.clone();
-                    async move { history(&m, &query) }
+                get(move |query: Query<HashMap<String, String>>| async move {
+                    history(&ctx.manager, &query)
                 })
             })
     }
 }
 
+struct Ctx {
+    manager: BroadcastManager,
+    max_body: usize,
+    authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+impl Ctx {
+    async fn subject(&self, parts: &Parts) -> Result<Option<Subject>, Response> {
+        subject_of(self.authorizer.as_deref(), parts)
+            .await
+            .map_err(IntoResponse::into_response)
+    }
+
+    /// For publish routes: with an authorizer, credentials are required
+    /// and must allow `message_type` as a topic.
+    fn may_publish(&self, subject: Option<&Subject>, message_type: &str) -> Result<(), Response> {
+        if self.authorizer.is_none() {
+            return Ok(());
+        }
+        let Some(subject) = subject else {
+            return Err(AuthError::Missing.into_response());
+        };
+        let allowed = Topic::new(message_type)
+            .map(|t| subject.can_publish(&[t]))
+            .unwrap_or(false);
+        if allowed {
+            Ok(())
+        } else {
+            Err(
+                AuthError::Forbidden(format!("may not publish type {message_type:?}"))
+                    .into_response(),
+            )
+        }
+    }
+}
+
+/// The `Last-Event-ID` of a stream request: the header, else the
+/// `lastEventId` query parameter (for clients that cannot send headers).
+pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
+    match parts.headers.get("last-event-id") {
+        // A header that is not text cannot be one of ours: resume says so.
+        Some(v) => Some(v.to_str().unwrap_or("\u{fffd}").to_owned()),
+        None => query_pairs(parts)
+            .into_iter()
+            .find(|(k, _)| k == "lastEventId")
+            .map(|(_, v)| v),
+    }
+}
+
+/// The query's pairs, percent-decoded, repeated keys kept.
+pub(crate) fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
+    Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        .map(|Query(v)| v)
+        .unwrap_or_default()
+}
+
 /// A JSON error answer.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn stream(m: &BroadcastManager, headers: &HeaderMap, query: &HashMap<String, String>) -> Response {
-    let last = match headers.get("last-event-id") {
-        // A header that is not text cannot be one of ours: resume says so.
-        Some(v) => Some(v.to_str().unwrap_or("\u{fffd}")),
-        None => query.get("lastEventId").map(String::as_str),
+async fn stream(ctx: &Ctx, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let subject = match ctx.subject(&parts).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    m.connect(last, serde_json::Value::Null).into_response()
+    let mut sub = Subscription::new();
+    if let Some(user) = subject.and_then(|s| s.user) {
+        sub = sub.user(user);
+    }
+    let last = last_event_id(&parts);
+    ctx.manager
+        .subscribe(sub, last.as_deref(), serde_json::Value::Null)
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -207,7 +290,7 @@ struct PublishOne {
 }
 
 /// Reads a JSON body: content type, size limit, syntax, shape.
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     req: Request,
     max: usize,
 ) -> Result<T, Response> {
@@ -252,11 +335,11 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn sent(s: Sent) -> Response {
+pub(crate) fn sent(s: Sent) -> Response {
     Json(json!({ "delivered": s.delivered, "id": s.id })).into_response()
 }
 
-fn publish_error(e: &Error) -> Response {
+pub(crate) fn publish_error(e: &Error) -> Response {
     match e {
         Error::UnknownConnection { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
         Error::Render(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -264,11 +347,29 @@ fn publish_error(e: &Error) -> Response {
     }
 }
 
-async fn publish_all(m: &BroadcastManager, req: Request, max: usize) -> Response {
-    let body: PublishAll = match json_body(req, max).await {
+/// Authorizes a publish request, then reads its body.
+async fn authorized_body<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx,
+    req: Request,
+) -> Result<(Option<Subject>, T), Response> {
+    let (parts, body) = req.into_parts();
+    let subject = ctx.subject(&parts).await?;
+    if ctx.authorizer.is_some() && subject.is_none() {
+        return Err(AuthError::Missing.into_response());
+    }
+    let body = json_body(Request::from_parts(parts, body), ctx.max_body).await?;
+    Ok((subject, body))
+}
+
+async fn publish_all(ctx: &Ctx, req: Request) -> Response {
+    let m = &ctx.manager;
+    let (subject, body): (_, PublishAll) = match authorized_body(ctx, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Err(r) = ctx.may_publish(subject.as_ref(), &body.message_type) {
+        return r;
+    }
     let exclude = match body
         .exclude
         .iter()
@@ -284,15 +385,19 @@ async fn publish_all(m: &BroadcastManager, req: Request, max: usize) -> Response
     }
 }
 
-async fn publish_one(m: &BroadcastManager, id: &str, req: Request, max: usize) -> Response {
+async fn publish_one(ctx: &Ctx, id: &str, req: Request) -> Response {
+    let m = &ctx.manager;
     let id = match ConnectionId::new(id) {
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let body: PublishOne = match json_body(req, max).await {
+    let (subject, body): (_, PublishOne) = match authorized_body(ctx, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Err(r) = ctx.may_publish(subject.as_ref(), &body.message_type) {
+        return r;
+    }
     match m.send_to(&id, body.message_type, body.data, body.metadata) {
         Ok(s) => sent(s),
         Err(e) => publish_error(&e),

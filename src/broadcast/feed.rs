@@ -13,7 +13,8 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::manager::{Direct, Inner, Stored};
+use super::Subscription;
+use super::manager::{Direct, Filter, Inner, Recipient, Stored};
 use crate::connections::{ConnectionId, ConnectionState, Registration};
 use crate::event::Event;
 use crate::streaming::{EndReason, Piece};
@@ -27,6 +28,8 @@ pub(crate) struct Intro {
 
 pub(crate) struct Feed {
     id: ConnectionId,
+    sub: Subscription,
+    filter: Option<Arc<Filter>>,
     manager: Weak<Inner>,
     ring: BroadcastStream<Arc<Stored>>,
     direct: Arc<Direct>,
@@ -41,8 +44,10 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: ConnectionId,
+        sub: Subscription,
         manager: Weak<Inner>,
         ring: broadcast::Receiver<Arc<Stored>>,
         direct: Arc<Direct>,
@@ -50,8 +55,11 @@ impl Feed {
         intro: Intro,
         registration: Registration,
     ) -> Self {
+        let filter = manager.upgrade().and_then(|m| m.filter.clone());
         Feed {
             id,
+            sub,
+            filter,
             manager,
             ring: BroadcastStream::new(ring),
             direct,
@@ -66,13 +74,24 @@ impl Feed {
         }
     }
 
-    fn frame(&self, stored: &Stored) -> Piece {
+    /// The frame of `stored` for this connection, if it is for it.
+    fn frame(&self, stored: &Stored) -> Option<Piece> {
+        let body = stored.body_for(&self.id, &self.sub)?;
+        if let Some(filter) = &self.filter {
+            let to = Recipient {
+                connection: &self.id,
+                user: self.sub.user.as_ref(),
+            };
+            if !filter(&stored.message, &to) {
+                return None;
+            }
+        }
         self.registration.record_message();
-        Piece::Three(
+        Some(Piece::Three(
             stored.head.clone(),
             self.suffix.clone(),
-            stored.body.clone(),
-        )
+            body.clone(),
+        ))
     }
 
     fn end(&mut self, reason: EndReason) -> Poll<Option<Piece>> {
@@ -101,11 +120,13 @@ impl Stream for Feed {
         if let Some(ev) = this.reset.take() {
             return Poll::Ready(Some(Piece::One(ev.into_bytes())));
         }
-        if let Some(stored) = this.replay.pop_front() {
+        while let Some(stored) = this.replay.pop_front() {
             if this.replay.is_empty() {
                 this.registration.set_state(ConnectionState::Connected);
             }
-            return Poll::Ready(Some(this.frame(&stored)));
+            if let Some(piece) = this.frame(&stored) {
+                return Poll::Ready(Some(piece));
+            }
         }
 
         if this.direct.replaced.load(Ordering::Acquire) {
@@ -115,52 +136,51 @@ impl Stream for Feed {
             return this.end(EndReason::Lagged);
         }
 
-        // Next message for everyone that is not excluding us.
-        while this.ring_next.is_none() {
-            match Pin::new(&mut this.ring).poll_next(cx) {
-                Poll::Ready(Some(Ok(stored))) => {
-                    if stored.is_for(&this.id) {
-                        this.ring_next = Some(stored);
+        loop {
+            // Next shared message for us (for everyone, or on a topic).
+            while this.ring_next.is_none() {
+                match Pin::new(&mut this.ring).poll_next(cx) {
+                    Poll::Ready(Some(Ok(stored))) => this.ring_next = Some(stored),
+                    Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                        tracing::debug!(connection = %this.id, missed, "lagging");
+                        return this.end(EndReason::Lagged);
                     }
+                    // The manager is gone: nothing more will come.
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => break,
                 }
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                    tracing::debug!(connection = %this.id, missed, "lagging");
+            }
+            // Next message for us alone. Register first, then look, so a
+            // push between the two is never missed.
+            if this.direct_next.is_none() {
+                this.direct.waker.register(cx.waker());
+                this.direct_next = this.direct.queue.lock().pop_front();
+                if this.direct.replaced.load(Ordering::Acquire) {
+                    return this.end(EndReason::Replaced);
+                }
+                if this.direct.lagged.load(Ordering::Acquire) {
                     return this.end(EndReason::Lagged);
                 }
-                // The manager is gone: nothing more will come.
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => break,
             }
-        }
-        // Next message for us alone. Register first, then look, so a push
-        // between the two is never missed.
-        if this.direct_next.is_none() {
-            this.direct.waker.register(cx.waker());
-            this.direct_next = this.direct.queue.lock().pop_front();
-            if this.direct.replaced.load(Ordering::Acquire) {
-                return this.end(EndReason::Replaced);
+            // Both sources are filled in publish order under the manager's
+            // lock, so when one has a message and the other has none yet, no
+            // earlier message can still arrive on the other: the smaller id
+            // goes first.
+            let take_ring = match (&this.ring_next, &this.direct_next) {
+                (Some(r), Some(d)) => r.seq < d.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return Poll::Pending,
+            };
+            let stored = if take_ring {
+                this.ring_next.take()
+            } else {
+                this.direct_next.take()
+            };
+            // A shared message that is not for us is skipped; look again.
+            if let Some(piece) = stored.and_then(|s| this.frame(&s)) {
+                return Poll::Ready(Some(piece));
             }
-            if this.direct.lagged.load(Ordering::Acquire) {
-                return this.end(EndReason::Lagged);
-            }
-        }
-        // Both sources are filled in publish order under the manager's lock,
-        // so when one has a message and the other has none yet, no earlier
-        // message can still arrive on the other: the smaller id goes first.
-        let take_ring = match (&this.ring_next, &this.direct_next) {
-            (Some(r), Some(d)) => r.seq < d.seq,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return Poll::Pending,
-        };
-        let stored = if take_ring {
-            this.ring_next.take()
-        } else {
-            this.direct_next.take()
-        };
-        match stored {
-            Some(stored) => Poll::Ready(Some(this.frame(&stored))),
-            None => Poll::Pending,
         }
     }
 }

@@ -13,14 +13,16 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::Subscription;
 use super::feed::{Feed, Intro};
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
-use crate::connections::{ConnectionId, ConnectionRegistry, RegistryStats};
+use crate::connections::{ConnectionId, ConnectionRegistry, RegistryStats, UserId};
 use crate::error::Error;
 use crate::event::{Event, EventName};
 use crate::fragment::Fragment;
 use crate::streaming::{Shutdown, StreamConfig};
+use crate::topics::{Topic, TopicSelector};
 
 /// A message about to be published, as the renderer sees it.
 #[derive(Debug)]
@@ -53,8 +55,23 @@ pub struct Sent {
 pub(crate) enum Target {
     /// Every connection but these.
     All { exclude: Box<[ConnectionId]> },
-    /// Exactly this connection.
-    One(ConnectionId),
+    /// Exactly this connection (and only while it belongs to this user).
+    One {
+        to: ConnectionId,
+        user: Option<UserId>,
+    },
+    /// Connections subscribed to one of these topics (and, when private,
+    /// authorized for one of them), but these.
+    Topics {
+        topics: Box<[Topic]>,
+        private: bool,
+        exclude: Box<[ConnectionId]>,
+    },
+    /// Every connection of this user but these.
+    User {
+        user: UserId,
+        exclude: Box<[ConnectionId]>,
+    },
 }
 
 /// A published message, encoded once, as every connection shares it.
@@ -65,15 +82,47 @@ pub(crate) struct Stored {
     pub(crate) head: Bytes,
     /// `event: …\ndata: …\n\n`.
     pub(crate) body: Bytes,
+    /// With the topic as event type: one body per topic, in topic order.
+    pub(crate) topic_bodies: Option<Box<[Bytes]>>,
     pub(crate) target: Target,
     pub(crate) message: BroadcastMessage,
 }
 
 impl Stored {
-    pub(crate) fn is_for(&self, id: &ConnectionId) -> bool {
+    /// The body to send to this connection, or `None` when the message is
+    /// not for it.
+    pub(crate) fn body_for(&self, id: &ConnectionId, sub: &Subscription) -> Option<&Bytes> {
+        let index = match &self.target {
+            Target::All { exclude } => (!exclude.contains(id)).then_some(0),
+            Target::One { to, user } => {
+                (to == id && user.as_ref() == sub.user.as_ref()).then_some(0)
+            }
+            Target::Topics {
+                topics,
+                private,
+                exclude,
+            } => {
+                if exclude.contains(id) {
+                    None
+                } else {
+                    sub.wants(topics, *private)
+                }
+            }
+            Target::User { user, exclude } => {
+                (sub.user.as_ref() == Some(user) && !exclude.contains(id)).then_some(0)
+            }
+        }?;
+        Some(match &self.topic_bodies {
+            Some(bodies) => bodies.get(index).unwrap_or(&self.body),
+            None => &self.body,
+        })
+    }
+
+    fn is_public(&self) -> bool {
         match &self.target {
-            Target::All { exclude } => !exclude.contains(id),
-            Target::One(to) => to == id,
+            Target::All { .. } => true,
+            Target::Topics { private, .. } => !private,
+            Target::One { .. } | Target::User { .. } => false,
         }
     }
 }
@@ -103,11 +152,40 @@ impl Direct {
     }
 }
 
+struct Conn {
+    direct: Arc<Direct>,
+    sub: Subscription,
+}
+
 struct Core {
     seq: u64,
     history: VecDeque<Arc<Stored>>,
-    connections: HashMap<ConnectionId, Arc<Direct>>,
+    connections: HashMap<ConnectionId, Conn>,
+    users: HashMap<UserId, Vec<ConnectionId>>,
 }
+
+impl Core {
+    fn forget_user(&mut self, user: &UserId, id: &ConnectionId) {
+        if let Some(ids) = self.users.get_mut(user) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+}
+
+/// Who a message is about to reach, as the recipient filter sees it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Recipient<'a> {
+    /// The connection.
+    pub connection: &'a ConnectionId,
+    /// The user it belongs to, if any.
+    pub user: Option<&'a UserId>,
+}
+
+pub(crate) type Filter = dyn Fn(&BroadcastMessage, &Recipient<'_>) -> bool + Send + Sync;
 
 pub(crate) struct Inner {
     epoch: Epoch,
@@ -119,6 +197,7 @@ pub(crate) struct Inner {
     pub(crate) stream: StreamConfig,
     kind: String,
     render: Option<Arc<Render>>,
+    pub(crate) filter: Option<Arc<Filter>>,
     shutdown: Shutdown,
 }
 
@@ -129,9 +208,11 @@ impl Inner {
         if core
             .connections
             .get(id)
-            .is_some_and(|d| Arc::ptr_eq(d, direct))
+            .is_some_and(|c| Arc::ptr_eq(&c.direct, direct))
+            && let Some(conn) = core.connections.remove(id)
+            && let Some(user) = &conn.sub.user
         {
-            core.connections.remove(id);
+            core.forget_user(user, id);
         }
     }
 }
@@ -182,6 +263,7 @@ pub struct BroadcastBuilder {
     stream: StreamConfig,
     kind: String,
     render: Option<Arc<Render>>,
+    filter: Option<Arc<Filter>>,
 }
 
 impl fmt::Debug for BroadcastBuilder {
@@ -192,6 +274,7 @@ impl fmt::Debug for BroadcastBuilder {
             .field("stream", &self.stream)
             .field("kind", &self.kind)
             .field("render", &self.render.is_some())
+            .field("filter", &self.filter.is_some())
             .finish()
     }
 }
@@ -204,6 +287,7 @@ impl Default for BroadcastBuilder {
             stream: StreamConfig::new(),
             kind: "broadcast".to_owned(),
             render: None,
+            filter: None,
         }
     }
 }
@@ -271,6 +355,33 @@ impl BroadcastBuilder {
         self
     }
 
+    /// A last check before a message reaches a connection, like a
+    /// `recipient_id` check: return `false` to withhold it. Called on the
+    /// connection's own task for every message that is otherwise for it
+    /// (replayed ones too); keep it quick. `delivered` counts are taken
+    /// before this filter.
+    ///
+    /// ```
+    /// use htmx_sse::broadcast::BroadcastManager;
+    ///
+    /// // Only messages whose metadata names the recipient's user, or none.
+    /// let manager = BroadcastManager::builder()
+    ///     .recipient_filter(|msg, to| {
+    ///         match msg.metadata.as_ref().and_then(|m| m["recipient_id"].as_str()) {
+    ///             Some(want) => to.user.is_some_and(|u| u.as_str() == want),
+    ///             None => true,
+    ///         }
+    ///     })
+    ///     .build();
+    /// ```
+    pub fn recipient_filter<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&BroadcastMessage, &Recipient<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.filter = Some(Arc::new(f));
+        self
+    }
+
     /// The manager.
     ///
     /// # Panics
@@ -288,6 +399,7 @@ impl BroadcastBuilder {
                     seq: 0,
                     history: VecDeque::with_capacity(self.history.min(4096)),
                     connections: HashMap::new(),
+                    users: HashMap::new(),
                 }),
                 ring,
                 registry: ConnectionRegistry::new(),
@@ -296,6 +408,7 @@ impl BroadcastBuilder {
                 stream: self.stream.shutdown(&shutdown).initial_message(None),
                 kind: self.kind,
                 render: self.render,
+                filter: self.filter,
                 shutdown,
             }),
         }
@@ -320,18 +433,36 @@ impl BroadcastManager {
     /// Turn the result into the response (`Connection` is
     /// `IntoResponse`); it unregisters itself when the client goes away.
     pub fn connect(&self, last_event_id: Option<&str>, metadata: serde_json::Value) -> Connection {
-        self.open(None, last_event_id, metadata)
+        self.open(None, Subscription::new(), last_event_id, metadata)
+    }
+
+    /// Opens a connection that also receives what `subscription` asks for
+    /// (topics, its user's messages, private topics), resuming from
+    /// `last_event_id` like [`connect`](Self::connect).
+    ///
+    /// A `Last-Event-ID` names a connection id; the id is reused only when
+    /// no connection of another user holds it, and messages sent to one
+    /// connection are replayed only to the same user, so a forged
+    /// `Last-Event-ID` reveals nothing of another user's.
+    pub fn subscribe(
+        &self,
+        subscription: Subscription,
+        last_event_id: Option<&str>,
+        metadata: serde_json::Value,
+    ) -> Connection {
+        self.open(None, subscription, last_event_id, metadata)
     }
 
     /// Opens a connection under a chosen id (or a random one), without
     /// resume. Registering an id that is connected replaces that connection.
     pub fn register(&self, id: Option<ConnectionId>, metadata: serde_json::Value) -> Connection {
-        self.open(id, None, metadata)
+        self.open(id, Subscription::new(), None, metadata)
     }
 
     fn open(
         &self,
         id: Option<ConnectionId>,
+        sub: Subscription,
         last_event_id: Option<&str>,
         metadata: serde_json::Value,
     ) -> Connection {
@@ -339,13 +470,21 @@ impl BroadcastManager {
         let resume = last_event_id
             .filter(|s| !s.is_empty())
             .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
-        let id = match (id, &resume) {
-            (Some(id), _) => id,
-            (None, Some(Ok(lei))) => lei.connection.clone(),
-            (None, _) => ConnectionId::random(),
-        };
         let direct = Arc::new(Direct::new());
         let mut core = inner.core.lock();
+        let id = match (id, &resume) {
+            (Some(id), _) => id,
+            // Never take over another user's live connection id.
+            (None, Some(Ok(lei)))
+                if core
+                    .connections
+                    .get(&lei.connection)
+                    .is_none_or(|c| c.sub.user == sub.user) =>
+            {
+                lei.connection.clone()
+            }
+            (None, _) => ConnectionId::random(),
+        };
         let oldest = core.history.front().map_or(core.seq + 1, |s| s.seq);
         let (start, reset, replay) = match resume {
             None => (core.seq, None, Vec::new()),
@@ -363,16 +502,30 @@ impl BroadcastManager {
                 let replay: Vec<Arc<Stored>> = core
                     .history
                     .iter()
-                    .filter(|s| s.seq > lei.seq && s.is_for(&id))
+                    .filter(|s| s.seq > lei.seq && s.body_for(&id, &sub).is_some())
                     .cloned()
                     .collect();
                 (lei.seq, None, replay)
             }
         };
         let ring = inner.ring.subscribe();
-        if let Some(old) = core.connections.insert(id.clone(), Arc::clone(&direct)) {
-            old.replaced.store(true, Ordering::Release);
-            old.waker.wake();
+        if let Some(user) = &sub.user {
+            core.users.entry(user.clone()).or_default().push(id.clone());
+        }
+        let conn = Conn {
+            direct: Arc::clone(&direct),
+            sub: sub.clone(),
+        };
+        if let Some(old) = core.connections.insert(id.clone(), conn) {
+            old.direct.replaced.store(true, Ordering::Release);
+            old.direct.waker.wake();
+            if let Some(user) = &old.sub.user {
+                core.forget_user(user, &id);
+                // The new entry's user was pushed before; keep it listed.
+                if sub.user.as_ref() == Some(user) {
+                    core.users.entry(user.clone()).or_default().push(id.clone());
+                }
+            }
         }
         let seq_now = core.seq;
         drop(core);
@@ -396,6 +549,7 @@ impl BroadcastManager {
         let stop = direct.stop.clone();
         let feed = Feed::new(
             id.clone(),
+            sub,
             Arc::downgrade(&self.inner),
             ring,
             direct,
@@ -438,7 +592,8 @@ impl BroadcastManager {
     ///
     /// `message_type` becomes the SSE event name; `data` is any
     /// `Serialize` value, rendered by the manager's renderer (by default a
-    /// string is sent as its text, HTML included).
+    /// string is sent as its text, HTML included). For topics, users and
+    /// the other options, see [`message`](Self::message).
     ///
     /// # Errors
     ///
@@ -457,14 +612,10 @@ impl BroadcastManager {
         T::Error: Into<Error>,
         D: serde::Serialize,
     {
-        self.publish(
-            message_type.try_into().map_err(Into::into)?,
-            serde_json::to_value(data)?,
-            metadata,
-            Target::All {
-                exclude: exclude.into(),
-            },
-        )
+        self.message(message_type, data)
+            .metadata(metadata)
+            .exclude(exclude)
+            .send()
     }
 
     /// Sends a message to exactly one connection.
@@ -485,22 +636,93 @@ impl BroadcastManager {
         T::Error: Into<Error>,
         D: serde::Serialize,
     {
-        self.publish(
-            message_type.try_into().map_err(Into::into)?,
-            serde_json::to_value(data)?,
-            metadata,
-            Target::One(connection_id.clone()),
-        )
+        self.message(message_type, data)
+            .metadata(metadata)
+            .to_connection(connection_id.clone())
+            .send()
     }
 
-    fn publish(
+    /// Sends a message to every connection (every tab) of `user`, and to
+    /// nobody else. Kept in the history, so a tab of that user that
+    /// reconnects with `Last-Event-ID` catches up on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`broadcast`](Self::broadcast).
+    pub fn send_to_user<T, D>(
         &self,
-        message_type: EventName,
-        data: serde_json::Value,
+        user: &UserId,
+        message_type: T,
+        data: D,
         metadata: Option<serde_json::Value>,
-        target: Target,
-    ) -> Result<Sent, Error> {
+    ) -> Result<Sent, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        D: serde::Serialize,
+    {
+        self.message(message_type, data)
+            .metadata(metadata)
+            .to_user(user.clone())
+            .send()
+    }
+
+    /// Prepares a message with every option: topics, private delivery, a
+    /// user, one connection, exclusions, metadata, the topic as event type.
+    ///
+    /// ```
+    /// use htmx_sse::{broadcast::BroadcastManager, topics::Topic};
+    ///
+    /// let manager = BroadcastManager::new();
+    /// let sent = manager
+    ///     .message("update", "<li>milk</li>")
+    ///     .topics([Topic::new("lists/7")?])
+    ///     .private(true)
+    ///     .send()?;
+    /// assert_eq!(sent.delivered, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn message<T, D>(&self, message_type: T, data: D) -> Message<'_>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        D: serde::Serialize,
+    {
+        let mut error = None;
+        let message_type = match message_type.try_into() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error = Some(e.into());
+                None
+            }
+        };
+        let data = match serde_json::to_value(data) {
+            Ok(d) => d,
+            Err(e) => {
+                error.get_or_insert(Error::Json(e));
+                serde_json::Value::Null
+            }
+        };
+        Message {
+            manager: self,
+            message_type,
+            data,
+            metadata: None,
+            exclude: Vec::new(),
+            dest: Dest::All,
+            private: false,
+            topic_as_type: false,
+            error,
+        }
+    }
+
+    fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
         let inner = &*self.inner;
+        if let Some(e) = m.error {
+            return Err(e);
+        }
+        let message_type = m.message_type.unwrap_or(CONNECTION_EVENT);
+        let (data, metadata) = (m.data, m.metadata);
         let timestamp = Utc::now();
         let text = match &inner.render {
             Some(render) => render(&Outgoing {
@@ -512,22 +734,66 @@ impl BroadcastManager {
             .into_string(),
             None => default_text(&data),
         };
-        // Encoded once, outside the lock; only the id is per message.
-        let body = Event::builder()
-            .event(message_type.clone())
-            .data(text)
-            .build()?
-            .into_bytes();
+        let exclude: Box<[ConnectionId]> = m.exclude.into();
+        // Encoded once (once per topic with the topic as type), outside the
+        // lock; only the id is per message.
+        let mut topic_bodies = None;
+        let target = match m.dest {
+            Dest::All => Target::All { exclude },
+            Dest::One(to) => Target::One { to, user: None },
+            Dest::User(user) => Target::User { user, exclude },
+            Dest::Topics(topics) => {
+                if topics.is_empty() {
+                    return Err(Error::InvalidTopic(crate::topics::InvalidTopic {
+                        value: String::new(),
+                        reason: "a topic message needs at least one topic",
+                    }));
+                }
+                if m.topic_as_type {
+                    let mut bodies = Vec::with_capacity(topics.len());
+                    for t in &topics {
+                        bodies.push(
+                            Event::builder()
+                                .event(t.as_str())
+                                .data(text.clone())
+                                .build()?
+                                .into_bytes(),
+                        );
+                    }
+                    topic_bodies = Some(bodies.into_boxed_slice());
+                }
+                Target::Topics {
+                    topics: topics.into(),
+                    private: m.private,
+                    exclude,
+                }
+            }
+        };
+        let body = named(&message_type).data(text).build()?.into_bytes();
 
         let mut core = inner.core.lock();
-        let direct = match &target {
-            Target::One(to) => match core.connections.get(to) {
-                Some(d) => Some(Arc::clone(d)),
+        // Where it goes besides the ring: one connection or a user's.
+        let mut target = target;
+        let directs: Vec<Arc<Direct>> = match &mut target {
+            Target::One { to, user } => match core.connections.get(to) {
+                Some(c) => {
+                    user.clone_from(&c.sub.user);
+                    vec![Arc::clone(&c.direct)]
+                }
                 None => {
                     return Err(Error::UnknownConnection { id: to.to_string() });
                 }
             },
-            Target::All { .. } => None,
+            Target::User { user, exclude } => core
+                .users
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter(|id| !exclude.contains(id))
+                .filter_map(|id| core.connections.get(id))
+                .map(|c| Arc::clone(&c.direct))
+                .collect(),
+            Target::All { .. } | Target::Topics { .. } => Vec::new(),
         };
         core.seq += 1;
         let id = MessageId {
@@ -541,6 +807,7 @@ impl BroadcastManager {
             seq: core.seq,
             head: head.freeze(),
             body,
+            topic_bodies,
             target,
             message: BroadcastMessage {
                 id,
@@ -556,29 +823,43 @@ impl BroadcastManager {
             }
             core.history.push_back(Arc::clone(&stored));
         }
-        let delivered = match direct {
-            Some(direct) => {
-                let mut queue = direct.queue.lock();
-                if queue.len() >= inner.queue_capacity {
-                    // Too far behind: close it; it resumes from history.
-                    direct.lagged.store(true, Ordering::Release);
-                } else {
-                    queue.push_back(Arc::clone(&stored));
+        let delivered = match &stored.target {
+            Target::One { .. } | Target::User { .. } => {
+                for direct in &directs {
+                    let mut queue = direct.queue.lock();
+                    if queue.len() >= inner.queue_capacity {
+                        // Too far behind: close it; it resumes from history.
+                        direct.lagged.store(true, Ordering::Release);
+                    } else {
+                        queue.push_back(Arc::clone(&stored));
+                    }
+                    drop(queue);
+                    direct.waker.wake();
                 }
-                drop(queue);
-                direct.waker.wake();
-                1
+                directs.len()
             }
-            None => {
-                let excluded = match &stored.target {
-                    Target::All { exclude } => exclude
-                        .iter()
-                        .filter(|id| core.connections.contains_key(*id))
-                        .count(),
-                    Target::One(_) => 0,
-                };
-                let receivers = inner.ring.send(stored).unwrap_or(0);
+            Target::All { exclude } => {
+                let excluded = exclude
+                    .iter()
+                    .filter(|id| core.connections.contains_key(*id))
+                    .count();
+                let receivers = inner.ring.send(Arc::clone(&stored)).unwrap_or(0);
                 receivers.saturating_sub(excluded)
+            }
+            Target::Topics {
+                topics,
+                private,
+                exclude,
+            } => {
+                let wanted = core
+                    .connections
+                    .iter()
+                    .filter(|(id, c)| {
+                        !exclude.contains(id) && c.sub.wants(topics, *private).is_some()
+                    })
+                    .count();
+                let _ = inner.ring.send(Arc::clone(&stored));
+                wanted
             }
         };
         drop(core);
@@ -589,12 +870,52 @@ impl BroadcastManager {
     /// if it matches the close event). Returns whether it was connected.
     pub fn unregister(&self, connection_id: &ConnectionId) -> bool {
         match self.inner.core.lock().connections.get(connection_id) {
-            Some(direct) => {
-                direct.stop.cancel();
+            Some(conn) => {
+                conn.direct.stop.cancel();
                 true
             }
             None => false,
         }
+    }
+
+    /// How many open connections listen to `topic` (through any selector
+    /// that matches it).
+    #[must_use]
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        self.inner
+            .core
+            .lock()
+            .connections
+            .values()
+            .filter(|c| c.sub.listens_to(topic))
+            .count()
+    }
+
+    /// The exact topics open connections subscribed to (selectors without
+    /// a pattern), sorted, each once.
+    #[must_use]
+    pub fn subscribed_topics(&self) -> Vec<Topic> {
+        let core = self.inner.core.lock();
+        let mut topics: Vec<Topic> = core
+            .connections
+            .values()
+            .flat_map(|c| {
+                c.sub
+                    .topic_selectors()
+                    .iter()
+                    .filter_map(TopicSelector::as_topic)
+            })
+            .collect();
+        drop(core);
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// How many open connections belong to `user`.
+    #[must_use]
+    pub fn user_connection_count(&self, user: &UserId) -> usize {
+        self.inner.core.lock().users.get(user).map_or(0, Vec::len)
     }
 
     /// How many connections are open.
@@ -603,17 +924,14 @@ impl BroadcastManager {
         self.inner.core.lock().connections.len()
     }
 
-    /// The most recent messages addressed to everyone (up to `limit`, all
-    /// kept when `None`), oldest first. Messages sent to one connection are
-    /// kept for its resume but never listed here.
+    /// The most recent public messages (up to `limit`, all kept when
+    /// `None`), oldest first: those for everyone and public topic messages.
+    /// Messages for one connection or one user, and private topic messages,
+    /// are kept for resume but never listed here.
     #[must_use]
     pub fn history(&self, limit: Option<usize>) -> Vec<BroadcastMessage> {
         let core = self.inner.core.lock();
-        let public: Vec<&Arc<Stored>> = core
-            .history
-            .iter()
-            .filter(|s| matches!(s.target, Target::All { .. }))
-            .collect();
+        let public: Vec<&Arc<Stored>> = core.history.iter().filter(|s| s.is_public()).collect();
         let skip = limit.map_or(0, |l| public.len().saturating_sub(l));
         public[skip..].iter().map(|s| s.message.clone()).collect()
     }
@@ -652,5 +970,107 @@ impl BroadcastManager {
     #[must_use]
     pub fn shutdown_signal(&self) -> &Shutdown {
         &self.inner.shutdown
+    }
+}
+
+/// A builder for a frame of this type: `message` is sent unnamed (the same
+/// to an `EventSource`, and the only kind htmx 4 swaps).
+pub(crate) fn named(message_type: &EventName) -> crate::event::EventBuilder {
+    let b = Event::builder();
+    if message_type.as_str() == "message" {
+        b
+    } else {
+        b.event(message_type.clone())
+    }
+}
+
+enum Dest {
+    All,
+    One(ConnectionId),
+    User(UserId),
+    Topics(Vec<Topic>),
+}
+
+/// A message being prepared: see [`BroadcastManager::message`]. Nothing is
+/// sent until [`send`](Self::send).
+#[must_use = "a message is only sent by `send()`"]
+pub struct Message<'a> {
+    manager: &'a BroadcastManager,
+    message_type: Option<EventName>,
+    data: serde_json::Value,
+    metadata: Option<serde_json::Value>,
+    exclude: Vec<ConnectionId>,
+    dest: Dest,
+    private: bool,
+    topic_as_type: bool,
+    error: Option<Error>,
+}
+
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("message_type", &self.message_type)
+            .field("private", &self.private)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message<'_> {
+    /// Attaches metadata (kept with the message, listed in the history).
+    pub fn metadata(mut self, metadata: Option<serde_json::Value>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Leaves these connections out.
+    pub fn exclude(mut self, ids: &[ConnectionId]) -> Self {
+        self.exclude.extend_from_slice(ids);
+        self
+    }
+
+    /// Sends to this connection alone (an error at `send` when it is not
+    /// connected).
+    pub fn to_connection(mut self, id: ConnectionId) -> Self {
+        self.dest = Dest::One(id);
+        self
+    }
+
+    /// Sends to every connection of this user alone.
+    pub fn to_user(mut self, user: UserId) -> Self {
+        self.dest = Dest::User(user);
+        self
+    }
+
+    /// Sends to the connections subscribed to one of these topics.
+    pub fn topics(mut self, topics: impl IntoIterator<Item = Topic>) -> Self {
+        self.dest = Dest::Topics(topics.into_iter().collect());
+        self
+    }
+
+    /// Private topic message: only connections authorized for one of its
+    /// topics receive it (no effect without topics).
+    pub fn private(mut self, private: bool) -> Self {
+        self.private = private;
+        self
+    }
+
+    /// Uses the topic as the SSE event type, so one page listening to
+    /// several topics can route each to its own element (`sse-swap="TOPIC"`
+    /// in htmx 2). A subscriber gets the name of the first of the message's
+    /// topics it subscribed to.
+    pub fn topic_as_type(mut self, on: bool) -> Self {
+        self.topic_as_type = on;
+        self
+    }
+
+    /// Publishes it.
+    ///
+    /// # Errors
+    ///
+    /// A bad type, data that does not serialise, the renderer's error, a
+    /// topic message without topics, an unknown connection for
+    /// [`to_connection`](Self::to_connection). Nothing is published then.
+    pub fn send(self) -> Result<Sent, Error> {
+        self.manager.publish(self)
     }
 }

@@ -166,8 +166,7 @@ impl BroadcastMessage {
     /// ```
     #[must_use]
     pub fn to_event(&self) -> Event {
-        Event::builder()
-            .event(self.message_type.clone())
+        super::manager::named(&self.message_type)
             .id(self.id.to_string())
             .data(default_text(&self.data))
             .build()

@@ -29,7 +29,9 @@
 //!    page cannot be caught up (see *Resume*); the page should reload what
 //!    it shows, e.g. with `hx-trigger="sse:reset"` on the regions that
 //!    fetch their state.
-//! 3. Messages: `event: TYPE`, `id: EPOCH-SEQ.ID`, `data: …`.
+//! 3. Messages: `event: TYPE`, `id: EPOCH-SEQ.ID`, `data: …`. A message of
+//!    type `message` goes out without an `event:` line: the same to an
+//!    `EventSource`, and the only kind of event htmx 4 swaps.
 //! 4. Heartbeat comments while idle; the close event when the server ends
 //!    the connection on purpose ([`BroadcastManager::unregister`]).
 //!
@@ -75,16 +77,18 @@
 mod feed;
 mod manager;
 mod message;
+mod subscription;
 
 use std::fmt;
 
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
-pub use manager::{BroadcastBuilder, BroadcastManager, Outgoing, Sent};
+pub use manager::{BroadcastBuilder, BroadcastManager, Message, Outgoing, Recipient, Sent};
 pub use message::{BroadcastMessage, Epoch, MessageId};
+pub use subscription::Subscription;
 
-pub use crate::routes::setup_broadcast_routes;
+pub use crate::routes::{BroadcastRoutes, setup_broadcast_routes};
 
 use crate::connections::ConnectionId;
 use crate::event::EventName;

@@ -81,6 +81,80 @@ impl ConnectionId {
     }
 }
 
+/// Who a connection belongs to, for per-user delivery: the subject of a
+/// token, a session's user id.
+///
+/// 1 to 256 bytes without control characters or white space.
+///
+/// ```
+/// use htmx_sse::connections::UserId;
+///
+/// assert_eq!(UserId::new("alice@example.com")?.as_str(), "alice@example.com");
+/// assert!(UserId::new("").is_err());
+/// assert!(UserId::new("a\nb").is_err());
+/// # Ok::<(), htmx_sse::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    /// Checks `id` and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUserId`] when it is empty, longer than 256 bytes, or
+    /// holds a control character or white space.
+    pub fn new(id: &str) -> Result<Self, Error> {
+        let reason = if id.is_empty() {
+            Some("empty")
+        } else if id.len() > 256 {
+            Some("longer than 256 bytes")
+        } else if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            Some("holds a control character or white space")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::InvalidUserId {
+                id: truncate_for_error(id),
+                reason,
+            }),
+            None => Ok(UserId(Arc::from(id))),
+        }
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<&str> for UserId {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self, Error> {
+        UserId::new(s)
+    }
+}
+
+impl Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 /// Keeps error values small when a client sends a huge id.
 pub(crate) fn truncate_for_error(s: &str) -> String {
     let mut end = s.len().min(80);

@@ -1,0 +1,258 @@
+//! Who is asking: the [`Authorizer`] trait turns a request into a
+//! [`Subject`] (user, topics it may read privately, topics it may publish
+//! to) or a 401/403, and [`JwtAuthorizer`] (feature `jwt`) does it with
+//! Mercure-style tokens.
+//!
+//! Browsers' `EventSource` cannot send headers, so a stream request carries
+//! its credentials in a cookie; publishers use `Authorization: Bearer`. A
+//! token in the URL query is accepted only when the application opts in
+//! (URLs end up in logs and histories).
+//!
+//! | request | no credentials | bad credentials | valid credentials |
+//! | --- | --- | --- | --- |
+//! | stream (`GET`) | anonymous: public messages only | 401 | its user's and its authorized private messages too |
+//! | publish (`POST`) | 401 | 401 | allowed when a `publish` selector matches every topic (for broadcast routes: the message type), else 403 |
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::Json;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::connections::UserId;
+use crate::topics::{Topic, TopicSelector};
+
+/// Who a request comes from, and what it may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Subject {
+    /// The user, for per-user delivery.
+    pub user: Option<UserId>,
+    /// Topics it may receive private messages on.
+    pub subscribe: Vec<TopicSelector>,
+    /// Topics it may publish to.
+    pub publish: Vec<TopicSelector>,
+}
+
+impl Subject {
+    /// A subject that is this user and nothing more.
+    #[must_use]
+    pub fn user(user: UserId) -> Self {
+        Subject {
+            user: Some(user),
+            ..Subject::default()
+        }
+    }
+
+    /// Adds selectors it may receive private messages on.
+    #[must_use]
+    pub fn with_subscribe(mut self, selectors: Vec<TopicSelector>) -> Self {
+        self.subscribe = selectors;
+        self
+    }
+
+    /// Adds selectors it may publish to.
+    #[must_use]
+    pub fn with_publish(mut self, selectors: Vec<TopicSelector>) -> Self {
+        self.publish = selectors;
+        self
+    }
+
+    /// Whether it may publish to every one of `topics` (and there is at
+    /// least one).
+    ///
+    /// ```
+    /// use htmx_sse::auth::Subject;
+    /// use htmx_sse::topics::{Topic, TopicSelector};
+    ///
+    /// let s = Subject::default().with_publish(vec![TopicSelector::new("todos/**")?]);
+    /// assert!(s.can_publish(&[Topic::new("todos/1")?]));
+    /// assert!(!s.can_publish(&[Topic::new("todos/1")?, Topic::new("admin")?]));
+    /// # Ok::<(), htmx_sse::topics::InvalidTopic>(())
+    /// ```
+    #[must_use]
+    pub fn can_publish(&self, topics: &[Topic]) -> bool {
+        !topics.is_empty()
+            && topics
+                .iter()
+                .all(|t| self.publish.iter().any(|s| s.matches(t)))
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credentials where they are required (401).
+    Missing,
+    /// Credentials that do not hold: forged, expired, wrongly signed,
+    /// malformed (401).
+    Invalid(String),
+    /// Valid credentials without the right (403).
+    Forbidden(String),
+}
+
+impl AuthError {
+    /// The HTTP status: 401 or 403.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Missing => f.write_str("credentials required"),
+            AuthError::Invalid(why) => write!(f, "invalid credentials: {why}"),
+            AuthError::Forbidden(why) => write!(f, "forbidden: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut res = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// What [`Authorizer::authorize`] returns.
+pub type AuthFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Subject>, AuthError>> + Send + 'a>>;
+
+/// Turns a request into a [`Subject`].
+///
+/// Return `Ok(None)` when the request carries no credentials (anonymous),
+/// `Err` when it carries bad ones. The route installers decide what an
+/// anonymous request may do (see the [module docs](self)).
+///
+/// ```
+/// use htmx_sse::auth::{AuthError, AuthFuture, Authorizer, Subject};
+/// use htmx_sse::connections::UserId;
+///
+/// /// The user named by a `user` cookie (a demo, not security).
+/// struct CookieUser;
+///
+/// impl Authorizer for CookieUser {
+///     fn authorize<'a>(&'a self, parts: &'a axum::http::request::Parts) -> AuthFuture<'a> {
+///         Box::pin(async move {
+///             let Some(name) = htmx_sse::auth::cookie(parts, "user") else {
+///                 return Ok(None);
+///             };
+///             let user = UserId::new(name).map_err(|e| AuthError::Invalid(e.to_string()))?;
+///             Ok(Some(Subject::user(user)))
+///         })
+///     }
+/// }
+/// ```
+pub trait Authorizer: Send + Sync + 'static {
+    /// Reads the request's credentials.
+    fn authorize<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a>;
+}
+
+/// The value of cookie `name` in the request, if any.
+#[must_use]
+pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The bearer token of the `Authorization` header: `Ok(None)` without the
+/// header, an error when it is there but not `Bearer <token>`.
+///
+/// # Errors
+///
+/// [`AuthError::Invalid`] for another scheme or a header that is not text.
+pub fn bearer(parts: &Parts) -> Result<Option<&str>, AuthError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("authorization header is not text".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AuthError::Invalid(
+            "authorization header is not 'Bearer <token>'".into(),
+        )),
+    }
+}
+
+#[cfg(feature = "jwt")]
+mod jwt;
+#[cfg(feature = "jwt")]
+pub use jwt::{JwtAuthorizer, KeyError};
+
+/// Authorizes `parts` with `authorizer`, if there is one.
+pub(crate) async fn subject_of(
+    authorizer: Option<&dyn Authorizer>,
+    parts: &Parts,
+) -> Result<Option<Subject>, AuthError> {
+    match authorizer {
+        Some(a) => a.authorize(parts).await,
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut req = axum::http::Request::builder().uri("/x");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn cookies_and_bearer_tokens() {
+        let p = parts(&[("cookie", "a=1; token=abc.def; b=2")]);
+        assert_eq!(cookie(&p, "token"), Some("abc.def"));
+        assert_eq!(cookie(&p, "missing"), None);
+        assert_eq!(bearer(&p), Ok(None));
+        let p = parts(&[("authorization", "Bearer t0k")]);
+        assert_eq!(bearer(&p), Ok(Some("t0k")));
+        let p = parts(&[("authorization", "Basic dXNlcg==")]);
+        assert!(matches!(bearer(&p), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn errors_are_401_or_403_with_json() {
+        assert_eq!(AuthError::Missing.status(), StatusCode::UNAUTHORIZED);
+        let res = AuthError::Forbidden("no".into()).into_response();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let res = AuthError::Invalid("x".into()).into_response();
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    }
+}

@@ -1,0 +1,267 @@
+//! `TopicRoutes`: a Mercure-like hub over HTTP.
+
+// Handlers answer early with a finished `Response`; boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use super::{Topic, TopicSelector};
+use crate::auth::{AuthError, Authorizer, Subject, subject_of};
+use crate::broadcast::{BroadcastManager, Subscription};
+use crate::routes::{
+    DEFAULT_MAX_BODY, error, json_body, last_event_id, publish_error, query_pairs, sent,
+};
+
+/// The most topics one connection may subscribe to by default.
+pub const DEFAULT_MAX_TOPICS: usize = 32;
+
+/// Mounts a topic hub for `manager` under `prefix` with the default
+/// options; see [`TopicRoutes`].
+///
+/// ```
+/// use axum::Router;
+/// use htmx_sse::{broadcast::BroadcastManager, topics::setup_topic_routes};
+///
+/// let app: Router = setup_topic_routes(Router::new(), BroadcastManager::new(), "/hub");
+/// ```
+///
+/// # Panics
+///
+/// When `prefix` does not start with `/`.
+#[track_caller]
+pub fn setup_topic_routes<S>(
+    router: Router<S>,
+    manager: BroadcastManager,
+    prefix: &str,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    TopicRoutes::new(manager).prefix(prefix).install(router)
+}
+
+/// A hub in the spirit of Mercure's:
+///
+/// - `GET {prefix}?topic=SELECTOR&topic=…` opens one stream subscribed to
+///   every selector given (at least one, at most 32 by default), resuming
+///   from `Last-Event-ID` (or `lastEventId`). Add `private=1` to require
+///   credentials (401 without): the stream then also receives private
+///   messages on the topics the credentials allow.
+/// - `POST {prefix}` with `Content-Type: application/json` publishes
+///   `{"topics": [...], "html": "…"}` or `{"topics": [...], "data": …}`,
+///   with optional `"private": true`, `"type": "…"` (the event name;
+///   `message`, the default, is sent unnamed) and `"topic_as_type": true`.
+///   It answers `{"id": "…", "delivered": n}`.
+///
+/// Bad input gets a JSON error and changes nothing: 400 for bad selectors or
+/// malformed JSON, 413, 415, 422 for the wrong shape (both or neither of
+/// `html` and `data`, invalid topics, unknown fields). With an
+/// [`Authorizer`], publishing needs credentials whose `publish` selectors
+/// match every topic (401 without, 403 otherwise); without one, anyone who
+/// reaches the route may publish, and private messages reach nobody.
+#[derive(Clone)]
+#[must_use]
+pub struct TopicRoutes {
+    manager: BroadcastManager,
+    prefix: String,
+    max_body: usize,
+    max_topics: usize,
+    authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+impl fmt::Debug for TopicRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TopicRoutes")
+            .field("prefix", &self.prefix)
+            .field("max_body", &self.max_body)
+            .field("max_topics", &self.max_topics)
+            .field("authorizer", &self.authorizer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TopicRoutes {
+    /// A hub for `manager` at `/hub`.
+    pub fn new(manager: BroadcastManager) -> Self {
+        TopicRoutes {
+            manager,
+            prefix: "/hub".to_owned(),
+            max_body: DEFAULT_MAX_BODY,
+            max_topics: DEFAULT_MAX_TOPICS,
+            authorizer: None,
+        }
+    }
+
+    /// The path of the hub.
+    ///
+    /// # Panics
+    ///
+    /// When `prefix` does not start with `/`.
+    #[track_caller]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        assert!(
+            prefix.starts_with('/'),
+            "route prefix must start with '/', got {prefix:?}"
+        );
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// The largest publish body accepted, in bytes (default 64 KiB).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The most topics one connection may subscribe to (default 32).
+    pub fn max_topics(mut self, n: usize) -> Self {
+        self.max_topics = n;
+        self
+    }
+
+    /// Checks requests with `authorizer`; see the type's docs.
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Adds the hub's routes to `router`.
+    pub fn install<S>(self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let path = self.prefix.clone();
+        let hub = Arc::new(self);
+        let sub_hub = Arc::clone(&hub);
+        router.route(
+            &path,
+            get(move |req: Request| async move { subscribe(&sub_hub, req).await })
+                .post(move |req: Request| async move { publish(&hub, req).await }),
+        )
+    }
+
+    async fn subject(&self, parts: &Parts) -> Result<Option<Subject>, Response> {
+        subject_of(self.authorizer.as_deref(), parts)
+            .await
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+async fn subscribe(hub: &TopicRoutes, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let subject = match hub.subject(&parts).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = query_pairs(&parts);
+    let wants_private = pairs
+        .iter()
+        .any(|(k, v)| k == "private" && (v == "1" || v == "true"));
+    if wants_private && subject.is_none() {
+        return AuthError::Missing.into_response();
+    }
+    let mut selectors = Vec::new();
+    for (k, v) in &pairs {
+        if k != "topic" {
+            continue;
+        }
+        match TopicSelector::new(v) {
+            Ok(s) => selectors.push(s),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    if selectors.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "at least one topic parameter is required: ?topic=SELECTOR",
+        );
+    }
+    if selectors.len() > hub.max_topics {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("at most {} topics per connection", hub.max_topics),
+        );
+    }
+    let mut sub = Subscription::new().topics(selectors);
+    if let Some(subject) = subject {
+        sub = sub.private(subject.subscribe);
+        if let Some(user) = subject.user {
+            sub = sub.user(user);
+        }
+    }
+    let last = last_event_id(&parts);
+    hub.manager
+        .subscribe(sub, last.as_deref(), serde_json::Value::Null)
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topics: Vec<Topic>,
+    #[serde(default)]
+    html: Option<String>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    private: bool,
+    #[serde(default, rename = "type")]
+    message_type: Option<String>,
+    #[serde(default)]
+    topic_as_type: bool,
+}
+
+async fn publish(hub: &TopicRoutes, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let subject = match hub.subject(&parts).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if hub.authorizer.is_some() && subject.is_none() {
+        return AuthError::Missing.into_response();
+    }
+    let body: PublishBody = match json_body(Request::from_parts(parts, body), hub.max_body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.topics.is_empty() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "topics must not be empty");
+    }
+    if let Some(subject) = &subject
+        && !subject.can_publish(&body.topics)
+    {
+        return AuthError::Forbidden("may not publish to every one of these topics".into())
+            .into_response();
+    }
+    let data = match (body.html, body.data) {
+        (Some(html), None) => serde_json::Value::String(html),
+        (None, Some(data)) => data,
+        _ => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give exactly one of \"html\" and \"data\"",
+            );
+        }
+    };
+    let message_type = body.message_type.as_deref().unwrap_or("message");
+    match hub
+        .manager
+        .message(message_type, data)
+        .topics(body.topics)
+        .private(body.private)
+        .topic_as_type(body.topic_as_type)
+        .send()
+    {
+        Ok(s) => sent(s),
+        Err(e) => publish_error(&e),
+    }
+}
