@@ -33,7 +33,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use htmx_sse::Event;
-use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use axum::http::HeaderMap;
+use htmx_sse::auth::{AuthError, AuthFuture, Authorizer, Subject};
+use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes};
+use htmx_sse::connections::UserId;
+use htmx_sse::notify::{Level, toast};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::streaming::{OobStreamBuilder, Shutdown, SseStream, StreamConfig, Swap};
 use maud::{DOCTYPE, Markup, html};
@@ -123,10 +127,17 @@ async fn main() {
         .route("/assets/{file}", get(asset))
         .route("/notes", get(notes_list).post(add_note))
         .route("/stats", get(stats))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/toast", post(send_toast))
         .with_state(state);
     // GET /sse is the shared stream; the publish routes it also adds are
     // open here because the demo listens on 127.0.0.1 only by default.
-    let app = setup_broadcast_routes(app, manager.clone(), "/sse");
+    // GET /sse knows the signed-in demo user from the cookie, so
+    // `send_to_user` reaches every tab of that user and nobody else.
+    let app = BroadcastRoutes::new(manager.clone())
+        .authorizer(DemoUser)
+        .install(app);
     tokio::spawn(dashboard(manager, std::time::Instant::now()));
 
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
@@ -150,7 +161,8 @@ async fn main() {
     println!("stopped");
 }
 
-async fn page(State(app): State<App>) -> Markup {
+async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
+    let user = demo_user(&headers);
     let (htmx, sse) = match app.assets {
         Some(_) => ("/assets/htmx.min.js", "/assets/sse.js"),
         None => (HTMX_CDN, SSE_CDN),
@@ -171,6 +183,39 @@ async fn page(State(app): State<App>) -> Markup {
             body hx-ext="sse" sse-connect="/sse" {
                 h1 { "htmx-sse demo" }
                 p.muted { "Everything below is pushed by the server over Server-Sent Events, one connection per tab." }
+                // Toasts arrive as `toast` events and stack here.
+                div #toasts .toast sse-swap="toast" hx-swap="beforeend" aria-live="polite" {}
+                script { (maud::PreEscaped(DISMISS_TOASTS)) }
+
+                section {
+                    h2 { "Private notifications and toasts" }
+                    @match &user {
+                        None => {
+                            p.muted { "Sign in as a demo user (no password: it only sets a cookie). Try alice in one tab and bob in another." }
+                            form #login hx-post="/login" hx-target="body" {
+                                input name="user" list="demo-users" required placeholder="alice" maxlength="32" autocomplete="off";
+                                datalist #demo-users { option value="alice" {} option value="bob" {} }
+                                button { "Sign in" }
+                            }
+                        }
+                        Some(name) => {
+                            p #whoami { "Signed in as " strong { (name) } ". Private toasts reach every tab of a user, and only that user. " }
+                            form #private hx-post="/toast" hx-swap="none" {
+                                input type="hidden" name="scope" value="user";
+                                input name="to" list="demo-users" required placeholder="bob" maxlength="32" autocomplete="off";
+                                datalist #demo-users { option value="alice" {} option value="bob" {} }
+                                input name="text" required placeholder="a private message" maxlength="200" autocomplete="off";
+                                button { "Send privately" }
+                            }
+                            form hx-post="/logout" hx-target="body" { button { "Sign out" } }
+                        }
+                    }
+                    p {
+                        button hx-post="/toast" hx-vals=r#"{"scope": "everyone", "text": "Hello, everyone!", "level": "success"}"# hx-swap="none" { "Toast every tab" }
+                        " "
+                        button hx-post="/toast" hx-vals=r#"{"scope": "everyone", "text": "Something needs attention", "level": "warning"}"# hx-swap="none" { "Warn every tab" }
+                    }
+                }
 
                 section {
                     h2 { "Every tab in sync" }
@@ -180,7 +225,7 @@ async fn page(State(app): State<App>) -> Markup {
                         "tab it came from (its connection id travels in the form)."
                     }
                     div {
-                        form hx-post="/notes" hx-target="#notes" hx-swap="beforeend"
+                        form #note-form hx-post="/notes" hx-target="#notes" hx-swap="beforeend"
                             "hx-on::after-request"="if(event.detail.successful) this.reset()" {
                             // The `connection` event swaps a hidden input with this tab's id in here.
                             span sse-swap="connection" hx-target="this" {}
@@ -236,7 +281,10 @@ section { border: 1px solid #e5e7eb; border-radius: .5rem; padding: 1rem; margin
 .label { font-size: .8rem; color: #6b7280; }
 .value { font-size: 1.6rem; font-variant-numeric: tabular-nums; }
 #log { font-family: ui-monospace, monospace; font-size: .85rem; max-height: 8rem; overflow: hidden; }
-form { display: flex; gap: .5rem; } form input[name=text] { flex: 1; }
+form { display: flex; gap: .5rem; margin: .5rem 0; } form input[name=text] { flex: 1; }
+.toast { position: fixed; top: 1rem; right: 1rem; display: flex; flex-direction: column; gap: .5rem; z-index: 10; }
+.alert { padding: .6rem .9rem; border-radius: .5rem; background: #eff6ff; border: 1px solid #bfdbfe; box-shadow: 0 2px 6px rgba(0,0,0,.08); }
+.alert-success { background: #f0fdf4; border-color: #bbf7d0; } .alert-warning { background: #fefce8; border-color: #fde68a; } .alert-error { background: #fef2f2; border-color: #fecaca; }
 .job { margin: .5rem 0; }
 progress { width: 100%; }
 ";
@@ -339,6 +387,112 @@ async fn stats(State(app): State<App>) -> Markup {
         (s.messages) " message(s) delivered"
     }
 }
+
+/// The demo's "authentication": the `demo_user` cookie names the user. It
+/// proves nothing; a real application checks a session or a token (see
+/// `htmx_sse::auth::JwtAuthorizer`).
+struct DemoUser;
+
+impl Authorizer for DemoUser {
+    fn authorize<'a>(&'a self, parts: &'a axum::http::request::Parts) -> AuthFuture<'a> {
+        Box::pin(async move {
+            match htmx_sse::auth::cookie(parts, "demo_user") {
+                None => Ok(None),
+                Some(name) => UserId::new(name)
+                    .map(|u| Some(Subject::user(u)))
+                    .map_err(|e| AuthError::Invalid(e.to_string())),
+            }
+        })
+    }
+}
+
+fn demo_user(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().strip_prefix("demo_user="))
+        .find_map(|v| UserId::new(v).ok().map(|u| u.as_str().to_owned()))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+}
+
+/// Sets the cookie and reloads the page (the stream reconnects as the user).
+async fn login(Form(form): Form<LoginForm>) -> Response {
+    let name = form.user.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "a demo user name is 1 to 32 letters, digits, '-' or '_'").into_response();
+    }
+    (
+        [
+            (header::SET_COOKIE, format!("demo_user={name}; Path=/; SameSite=Lax; HttpOnly")),
+            (header::HeaderName::from_static("hx-refresh"), "true".to_owned()),
+        ],
+        "",
+    )
+        .into_response()
+}
+
+async fn logout() -> Response {
+    (
+        [
+            (header::SET_COOKIE, "demo_user=; Path=/; Max-Age=0".to_owned()),
+            (header::HeaderName::from_static("hx-refresh"), "true".to_owned()),
+        ],
+        "",
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ToastForm {
+    scope: String,
+    text: String,
+    to: Option<String>,
+    level: Option<String>,
+}
+
+async fn send_toast(State(app): State<App>, headers: HeaderMap, Form(form): Form<ToastForm>) -> Response {
+    let level: Level = form.level.as_deref().unwrap_or("info").parse().unwrap_or_default();
+    let text = form.text.trim();
+    if text.is_empty() || text.chars().count() > 200 {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "a message has 1 to 200 characters").into_response();
+    }
+    let result = match form.scope.as_str() {
+        "everyone" => toast(text, level).and_then(|t| app.manager.broadcast("toast", t.as_str(), None, &[])),
+        "user" => {
+            let Some(from) = demo_user(&headers) else {
+                return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
+            };
+            let Some(to) = form.to.as_deref().and_then(|t| UserId::new(t.trim()).ok()) else {
+                return (StatusCode::UNPROCESSABLE_ENTITY, "name a user").into_response();
+            };
+            toast(&format!("{from} to {to}: {text}"), Level::Info)
+                .and_then(|t| app.manager.send_to_user(&to, "toast", t.as_str(), None))
+        }
+        _ => return (StatusCode::UNPROCESSABLE_ENTITY, "scope is everyone or user").into_response(),
+    };
+    match result {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    }
+}
+
+/// Removes each toast 4 s after it arrives.
+const DISMISS_TOASTS: &str = r#"
+new MutationObserver(function (changes) {
+  changes.forEach(function (c) {
+    c.addedNodes.forEach(function (n) { if (n.nodeType === 1) setTimeout(function () { n.remove(); }, 4000); });
+  });
+}).observe(document.getElementById("toasts"), { childList: true });
+"#;
 
 async fn start_job(State(app): State<App>) -> Markup {
     let id = app.jobs.fetch_add(1, Ordering::Relaxed) + 1;

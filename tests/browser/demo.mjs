@@ -34,20 +34,20 @@ try {
   await a.goto(`${base}/`);
   await b.goto(`${base}/`);
   for (const p of [a, b]) {
-    await p.waitForSelector('form input[name=connection_id]', { state: 'attached', ...WAIT });
+    await p.waitForSelector('#note-form input[name=connection_id]', { state: 'attached', ...WAIT });
   }
-  const idA = await a.getAttribute('form input[name=connection_id]', 'value');
-  const idB = await b.getAttribute('form input[name=connection_id]', 'value');
+  const idA = await a.getAttribute('#note-form input[name=connection_id]', 'value');
+  const idB = await b.getAttribute('#note-form input[name=connection_id]', 'value');
   if (!idA || !idB || idA === idB) throw new Error(`connection ids ${idA} / ${idB}`);
 
   const text = 'from A <img src=x onerror="window.__pwned=1">';
-  await a.fill('input[name=text]', text);
-  await a.click('form button');
+  await a.fill('#note-form input[name=text]', text);
+  await a.click('#note-form button');
   for (const p of [a, b]) {
     await p.waitForFunction(() => document.querySelectorAll('#notes li').length === 1, null, WAIT);
   }
-  await b.fill('input[name=text]', 'from B');
-  await b.click('form button');
+  await b.fill('#note-form input[name=text]', 'from B');
+  await b.click('#note-form button');
   for (const p of [a, b]) {
     await p.waitForFunction(() => document.querySelectorAll('#notes li').length === 2, null, WAIT);
   }
@@ -73,10 +73,49 @@ try {
   // A job: its own SseStream, ending with the close event.
   await b.click('text=Start a job');
   await b.waitForFunction(() => /done/.test(document.querySelector('#jobs').textContent), null, WAIT);
+
+  // Two demo users: alice in both tabs of this browser context, bob in a
+  // second context. Private toasts reach every tab of their user only.
+  await a.fill('#login input[name=user]', 'alice');
+  await a.click('#login button');
+  await a.waitForSelector('#whoami', WAIT);
+  await b.reload();
+  await b.waitForSelector('#whoami', WAIT);
+  const bobCtx = await browser.newContext({ viewport: { width: 900, height: 1100 } });
+  const c = await bobCtx.newPage();
+  c.on('pageerror', (e) => errors.push(String(e)));
+  await c.goto(`${base}/`);
+  await c.fill('#login input[name=user]', 'bob');
+  await c.click('#login button');
+  await c.waitForSelector('#whoami', WAIT);
+  for (const p of [a, b, c]) {
+    await p.waitForSelector('#note-form input[name=connection_id]', { state: 'attached', ...WAIT });
+  }
+  const toastText = (p) => p.$$eval('#toasts .alert', (els) => els.map((e) => e.textContent));
+  const sendPrivate = async (p, to, text) => {
+    await p.fill('#private input[name=to]', to);
+    await p.fill('#private input[name=text]', text);
+    await p.click('#private button');
+  };
+  const waitToast = (p, text) => p.waitForFunction(
+    (t) => [...document.querySelectorAll('#toasts .alert')].some((e) => e.textContent.includes(t)), text, WAIT);
+  await sendPrivate(a, 'bob', 'secret for bob');
+  await waitToast(c, 'alice to bob: secret for bob');
+  await sendPrivate(c, 'alice', 'secret for alice');
+  await waitToast(a, 'bob to alice: secret for alice');
+  await waitToast(b, 'bob to alice: secret for alice');
+  await a.waitForTimeout(300);
+  for (const [name, p, foreign] of [['alice A', a, 'secret for bob'], ['alice B', b, 'secret for bob'], ['bob', c, 'secret for alice']]) {
+    const seen = await toastText(p);
+    if (seen.some((t) => t.includes(foreign))) throw new Error(`${name} saw another user's toast: ${JSON.stringify(seen)}`);
+  }
+  await c.screenshot({ path: join(shotDir, 'demo-bob.png'), fullPage: false });
+  await c.click('text=Toast every tab');
+  for (const p of [a, b, c]) await waitToast(p, 'Hello, everyone!');
   if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
   await b.screenshot({ path: join(shotDir, 'demo-tab-b.png'), fullPage: true });
   await a.screenshot({ path: join(shotDir, 'demo-tab-a.png'), fullPage: true });
-  console.log('ok demo: two tabs in sync, dashboard live, job closed');
+  console.log('ok demo: two tabs in sync, dashboard live, job closed, private toasts per user');
 } catch (e) {
   console.error(`FAIL demo: ${e.message}`);
   if (a) await a.screenshot({ path: join(shotDir, 'demo-FAILED.png'), fullPage: true }).catch(() => {});
