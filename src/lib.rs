@@ -51,7 +51,9 @@
 //! | --- | --- | --- |
 //! | `maud` | yes | `maud::Markup` as fragments and events |
 //! | `askama` | yes | askama templates as fragments ([`Fragment::render`], `fragment::Askama`) |
+//! | `jwt` | no | `auth::JwtAuthorizer`: HS256, RS256, ES256 tokens with Mercure-style claims |
 //! | `testing` | no | `testing`: a real SSE client over HTTP for integration tests, and a WHATWG-conformant parser |
+//! | `webpush` | no | `webpush`: Web Push (VAPID, RFC 8291 encryption) to browsers whose page is closed; `webpush-rustls` adds TLS |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
@@ -69,6 +71,8 @@ pub mod streaming;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod topics;
+#[cfg(feature = "webpush")]
+pub mod webpush;
 
 pub use broadcast::{BroadcastManager, setup_broadcast_routes};
 pub use error::{Error, Field};
