@@ -381,7 +381,10 @@ impl NotificationStream {
     pub fn render(&self) -> Result<Fragment, Error> {
         let topic = Topic::new(&self.channel)?;
         let url = self.url.clone().unwrap_or_else(|| {
-            format!("/notifications/{}", percent_encode_segment(topic.as_str()))
+            format!(
+                "/notifications/{}",
+                crate::routes::percent_encode(topic.as_str())
+            )
         });
         let id = format!(
             "htmx-sse-toasts-{}",
@@ -399,19 +402,6 @@ impl NotificationStream {
             htmx4: self.flavor == Flavor::Htmx4,
         })
     }
-}
-
-/// Percent-encodes what a path segment cannot hold as it is.
-fn percent_encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use axum::Json;
@@ -237,6 +237,20 @@ pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
             .find(|(k, _)| k == "lastEventId")
             .map(|(_, v)| v),
     }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986): safe
+/// in a path segment and in a query component.
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// The query's pairs, percent-decoded, repeated keys kept.

@@ -154,7 +154,7 @@ impl TopicStream {
         for t in &self.topics {
             url.push(sep);
             url.push_str("topic=");
-            url.push_str(&encode_component(t.as_str()));
+            url.push_str(&crate::routes::percent_encode(t.as_str()));
             sep = '&';
         }
         if self.private {
@@ -216,19 +216,6 @@ fn check_name(name: &str, attribute: bool) -> Result<(), &'static str> {
     } else {
         Err("may hold only ASCII letters, digits, '-' and '_' (and ':' '.' in attribute names)")
     }
-}
-
-/// Percent-encodes a query component.
-fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
