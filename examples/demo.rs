@@ -28,17 +28,17 @@ use std::time::Duration;
 use axum::Form;
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use htmx_sse::Event;
-use axum::http::HeaderMap;
 use htmx_sse::auth::{AuthError, AuthFuture, Authorizer, Subject};
 use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes};
+use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::UserId;
 use htmx_sse::notify::{Level, toast};
-use htmx_sse::connections::ConnectionId;
 use htmx_sse::streaming::{OobStreamBuilder, Shutdown, SseStream, StreamConfig, Swap};
 use maud::{DOCTYPE, Markup, html};
 use parking_lot::Mutex;
@@ -426,14 +426,26 @@ async fn login(Form(form): Form<LoginForm>) -> Response {
     let name = form.user.trim();
     let valid = !name.is_empty()
         && name.len() <= 32
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !valid {
-        return (StatusCode::UNPROCESSABLE_ENTITY, "a demo user name is 1 to 32 letters, digits, '-' or '_'").into_response();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a demo user name is 1 to 32 letters, digits, '-' or '_'",
+        )
+            .into_response();
     }
     (
         [
-            (header::SET_COOKIE, format!("demo_user={name}; Path=/; SameSite=Lax; HttpOnly")),
-            (header::HeaderName::from_static("hx-refresh"), "true".to_owned()),
+            (
+                header::SET_COOKIE,
+                format!("demo_user={name}; Path=/; SameSite=Lax; HttpOnly"),
+            ),
+            (
+                header::HeaderName::from_static("hx-refresh"),
+                "true".to_owned(),
+            ),
         ],
         "",
     )
@@ -443,8 +455,14 @@ async fn login(Form(form): Form<LoginForm>) -> Response {
 async fn logout() -> Response {
     (
         [
-            (header::SET_COOKIE, "demo_user=; Path=/; Max-Age=0".to_owned()),
-            (header::HeaderName::from_static("hx-refresh"), "true".to_owned()),
+            (
+                header::SET_COOKIE,
+                "demo_user=; Path=/; Max-Age=0".to_owned(),
+            ),
+            (
+                header::HeaderName::from_static("hx-refresh"),
+                "true".to_owned(),
+            ),
         ],
         "",
     )
@@ -459,14 +477,29 @@ struct ToastForm {
     level: Option<String>,
 }
 
-async fn send_toast(State(app): State<App>, headers: HeaderMap, Form(form): Form<ToastForm>) -> Response {
-    let level: Level = form.level.as_deref().unwrap_or("info").parse().unwrap_or_default();
+async fn send_toast(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<ToastForm>,
+) -> Response {
+    let level: Level = form
+        .level
+        .as_deref()
+        .unwrap_or("info")
+        .parse()
+        .unwrap_or_default();
     let text = form.text.trim();
     if text.is_empty() || text.chars().count() > 200 {
-        return (StatusCode::UNPROCESSABLE_ENTITY, "a message has 1 to 200 characters").into_response();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a message has 1 to 200 characters",
+        )
+            .into_response();
     }
     let result = match form.scope.as_str() {
-        "everyone" => toast(text, level).and_then(|t| app.manager.broadcast("toast", t.as_str(), None, &[])),
+        "everyone" => {
+            toast(text, level).and_then(|t| app.manager.broadcast("toast", t.as_str(), None, &[]))
+        }
         "user" => {
             let Some(from) = demo_user(&headers) else {
                 return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
@@ -477,7 +510,13 @@ async fn send_toast(State(app): State<App>, headers: HeaderMap, Form(form): Form
             toast(&format!("{from} to {to}: {text}"), Level::Info)
                 .and_then(|t| app.manager.send_to_user(&to, "toast", t.as_str(), None))
         }
-        _ => return (StatusCode::UNPROCESSABLE_ENTITY, "scope is everyone or user").into_response(),
+        _ => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "scope is everyone or user",
+            )
+                .into_response();
+        }
     };
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
