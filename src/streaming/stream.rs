@@ -333,6 +333,7 @@ pin_project! {
         #[pin]
         heartbeat: Option<Sleep>,
         every: Duration,
+        last_sent: Option<Instant>,
         #[pin]
         deadline: Option<Sleep>,
         #[pin]
@@ -370,6 +371,7 @@ impl<S> Frames<S> {
             source: Some(source),
             heartbeat: config.heartbeat.map(|d| tokio::time::sleep_until(now + d)),
             every,
+            last_sent: None,
             deadline: config.timeout.map(|d| tokio::time::sleep_until(now + d)),
             stopped: stop.cancelled_owned(),
             shutdown: config.shutdown.map(|s| s.token().clone().cancelled_owned()),
@@ -441,9 +443,10 @@ where
                 Some(src) => match src.poll_next(cx) {
                     Poll::Ready(Some(Piece::End(reason))) => Some(reason),
                     Poll::Ready(Some(piece)) => {
-                        if let Some(hb) = this.heartbeat.as_mut().as_pin_mut() {
-                            hb.reset(Instant::now() + *this.every);
-                        }
+                        // Only noted: the timer is moved when it fires, not
+                        // on every frame (a timer reset per delivery is a
+                        // measurable cost at thousands of connections).
+                        *this.last_sent = Some(Instant::now());
                         this.life.frames += 1;
                         let first = match piece {
                             Piece::One(bytes) => bytes,
@@ -492,9 +495,20 @@ where
         }
 
         if let Some(mut hb) = this.heartbeat.as_mut().as_pin_mut() {
-            ready!(hb.as_mut().poll(cx));
-            hb.reset(Instant::now() + *this.every);
-            return emit(this.life, *this.debug, Event::HEARTBEAT);
+            loop {
+                ready!(hb.as_mut().poll(cx));
+                // Something went out since the timer was set: wait until the
+                // stream has been quiet for a whole interval.
+                if let Some(sent) = this.last_sent.take() {
+                    let due = sent + *this.every;
+                    if due > hb.deadline() {
+                        hb.as_mut().reset(due);
+                        continue;
+                    }
+                }
+                hb.as_mut().reset(Instant::now() + *this.every);
+                return emit(this.life, *this.debug, Event::HEARTBEAT);
+            }
         }
         Poll::Pending
     }
