@@ -58,7 +58,7 @@ pub enum Error {
     Render(Box<dyn std::error::Error + Send + Sync>),
     /// A target id for an out-of-band swap is not a plain HTML id.
     InvalidTarget {
-        /// The id as given.
+        /// The id as given (its first 80 bytes).
         id: String,
         /// What is wrong with it.
         reason: &'static str,

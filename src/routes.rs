@@ -241,6 +241,7 @@ pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
 
 /// Percent-encodes everything but unreserved characters (RFC 3986): safe
 /// in a path segment and in a query component.
+#[cfg(feature = "askama")]
 pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for b in s.bytes() {

@@ -10,12 +10,19 @@
 //! asserts on the DOM with bounded waits, and saves one screenshot per test
 //! in `target/browser-screenshots/`.
 //!
+//! The browser-side helpers (`htmx_sse::connections::scripts`) are tested
+//! the same way in `tests/browser/helpers.rs`, against a `BroadcastManager`,
+//! by `tests/browser/helpers.mjs`.
+//!
 //! These tests need Node.js, the npm packages from `package-lock.json`
 //! (`npm ci`) and Debian's Chromium (`apt-get install -y chromium`). When one
 //! is missing they fail, saying how to install it: they never skip.
 #![cfg(feature = "maud")]
 
 mod common;
+#[cfg(feature = "askama")]
+#[path = "browser/helpers.rs"]
+mod helpers;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -425,7 +432,6 @@ fn screenshot_dir() -> PathBuf {
 /// Serves `scenario` for `flavour`, runs the driver against it, and returns
 /// the server state for the test's own checks after the driver passed.
 async fn run(scenario: Scenario, flavour: Flavour) -> Shared {
-    check_prerequisites();
     let hub = Arc::new(Hub {
         scenario,
         flavour,
@@ -434,14 +440,24 @@ async fn run(scenario: Scenario, flavour: Flavour) -> Shared {
         ended: Mutex::new(Vec::new()),
     });
     let (base, server) = common::serve(app(hub.clone())).await;
+    drive("driver.mjs", scenario.name(), flavour, &base).await;
+    server.abort();
+    hub
+}
+
+/// Runs `node tests/browser/<driver> <scenario> <flavour> <base> <shots>`
+/// and fails the test, with everything the driver printed, unless it exits
+/// 0 within [`DRIVER_TIMEOUT`].
+async fn drive(driver: &str, scenario: &str, flavour: Flavour, base: &str) {
+    check_prerequisites();
     let shots = screenshot_dir();
     std::fs::create_dir_all(&shots).expect("create the screenshot folder");
 
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(manifest_dir().join("tests/browser/driver.mjs"))
-        .arg(scenario.name())
+    cmd.arg(manifest_dir().join("tests/browser").join(driver))
+        .arg(scenario)
         .arg(flavour.name())
-        .arg(&base)
+        .arg(base)
         .arg(&shots)
         .env("HTMX_SSE_CHROMIUM", chromium())
         .current_dir(manifest_dir())
@@ -463,34 +479,28 @@ async fn run(scenario: Scenario, flavour: Flavour) -> Shared {
                     .args(["-KILL", "--", &format!("-{pid}")])
                     .status();
             }
-            server.abort();
             panic!(
-                "{} on {}: the driver did not finish within {DRIVER_TIMEOUT:?}; killed it",
-                scenario.name(),
+                "{scenario} on {}: the driver did not finish within {DRIVER_TIMEOUT:?}; killed it",
                 flavour.name()
             );
         }
     };
-    server.abort();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "{} on {} failed in the browser ({}) after {:.1} s\n--- driver stdout ---\n{stdout}\n--- driver stderr ---\n{stderr}\n--- screenshots: {} ---",
-        scenario.name(),
+        "{scenario} on {} failed in the browser ({}) after {:.1} s\n--- driver stdout ---\n{stdout}\n--- driver stderr ---\n{stderr}\n--- screenshots: {} ---",
         flavour.name(),
         out.status,
         started.elapsed().as_secs_f64(),
         shots.display()
     );
     println!(
-        "{} on {}: passed in {:.1} s; screenshot in {}\n{stdout}",
-        scenario.name(),
+        "{scenario} on {}: passed in {:.1} s; screenshot in {}\n{stdout}",
         flavour.name(),
         started.elapsed().as_secs_f64(),
         shots.display()
     );
-    hub
 }
 
 // ---------------------------------------------------------------------------

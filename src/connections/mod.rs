@@ -3,6 +3,8 @@
 //! helpers that keep connections healthy.
 
 mod registry;
+#[cfg(feature = "askama")]
+pub mod scripts;
 
 use std::fmt;
 use std::sync::Arc;

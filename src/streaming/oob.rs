@@ -707,10 +707,13 @@ fn push_partial_open(out: &mut String, id: &str, swap: Swap) {
 
 /// Checks that `id` is a plain HTML id: `#id` is then a valid CSS selector,
 /// and the id is safe inside a double-quoted attribute.
-fn check_target(id: &str) -> Result<(), Error> {
+/// Checks that `id` is a plain HTML id: an ASCII letter or `_`, then ASCII
+/// letters, digits, `-` and `_`. Shared with the `sse-connect` element
+/// builder.
+pub(crate) fn check_target(id: &str) -> Result<(), Error> {
     let invalid = |reason| {
         Err(Error::InvalidTarget {
-            id: id.to_owned(),
+            id: crate::connections::truncate_for_error(id),
             reason,
         })
     };

@@ -1,0 +1,1335 @@
+//! Browser-side helpers: the element that opens a page's SSE connection, and
+//! the scripts that keep that connection healthy, for htmx 2 (with
+//! htmx-ext-sse 2.2) and htmx 4 (with its `hx-sse` extension).
+//!
+//! | helper | htmx 2 + htmx-ext-sse | htmx 4 |
+//! | --- | --- | --- |
+//! | [`SseElement`] | `hx-ext="sse" sse-connect sse-swap sse-close` | `hx-sse:connect hx-sse:close`, plus a small script that swaps the named events listed (htmx 4 swaps only unnamed ones) |
+//! | [`reconnect_script`] | takes over reconnection: backoff, retry limit, status hook, last event id carried in the URL | sets `htmx.config.sse` (delays, retry limit, jitter) and maps `htmx:sse:*` events onto the status hook |
+//! | [`cleanup_on_unload`] | closes every source on `pagehide`, reopens it on `pageshow` from the back/forward cache, resuming | ends the streams htmx 4 does not pause itself (`pauseOnBackground: false`) |
+//! | [`shared_connection_script`] | one connection per browser for all tabs, relayed over a `BroadcastChannel` | not applicable: htmx 4 streams through `fetch` (see its docs) |
+//! | [`connection_monitor_script`] | polls the stats route into an element | the same |
+//!
+//! ```
+//! use std::time::Duration;
+//! use htmx_sse::Flavor;
+//! use htmx_sse::connections::scripts::{self, ReconnectOptions, SseElement};
+//!
+//! let head = [
+//!     scripts::reconnect_script(ReconnectOptions::new().status_element("sse-status")),
+//!     scripts::cleanup_on_unload(),
+//!     scripts::connection_monitor_script("/sse/status", Duration::from_secs(5), "stats"),
+//! ];
+//! let body = SseElement::new("/sse", Flavor::Htmx2)
+//!     .swap_event("chat")
+//!     .hx_swap(htmx_sse::streaming::Swap::BeforeEnd)
+//!     .render()?;
+//! assert_eq!(
+//!     body.as_str(),
+//!     r#"<div hx-ext="sse" sse-connect="/sse" sse-swap="chat" sse-close="close" hx-swap="beforeend"></div>"#
+//! );
+//! assert!(head.iter().all(|s| s.as_str().starts_with("<script>")));
+//! # Ok::<(), htmx_sse::Error>(())
+//! ```
+//!
+//! # Where the scripts go
+//!
+//! In `<head>`, after the `<script>` tags of htmx and its SSE extension:
+//! they wrap `htmx.createEventSource` (htmx 2) and set `htmx.config.sse`
+//! (htmx 4), which must happen before htmx processes the page. Each helper
+//! is one self-contained `<script>`; the ones that need the shared runtime
+//! (`window.htmxSse`) each carry it, and the first one to run defines it, so
+//! any combination, in any order, works. The output depends only on the
+//! options: a Content-Security-Policy can allow each script by its hash.
+//!
+//! # Values are data, never code
+//!
+//! Every configurable value (URLs, element ids, channel names) reaches the
+//! script through askama's `json` filter, which writes `<`, `>`, `&` and `'`
+//! as `\u00XX` escapes: a value such as `</script><script>…` stays inside
+//! its JavaScript string and cannot end the script element. The scripts
+//! write only text into the page (`textContent` and attributes), never
+//! HTML.
+//!
+//! # The status hook
+//!
+//! [`reconnect_script`] (and every other helper that uses the runtime)
+//! dispatches `htmx-sse:status` on `document` whenever a connection changes
+//! state, with `detail = {state, attempt, url}` (and `delay` in ms while
+//! reconnecting, `reason` when known). `state` is one of `connecting`,
+//! `open`, `reconnecting`, `failed`, `closed`. With a status element, its
+//! `textContent` becomes the state and its `data-state` and `data-attempt`
+//! attributes follow, for CSS such as `[data-state=failed] { color: red }`.
+//! For debugging, `window.htmxSse.connections()` lists the htmx 2
+//! connections the runtime holds: `{url, role, state, attempt, lastEventId,
+//! listeners, open}` each, `role` being `local`, `leader` or `follower`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use askama::Template;
+use serde::Serialize;
+
+use crate::Flavor;
+use crate::error::{Error, Field};
+use crate::event::EventName;
+use crate::fragment::{Fragment, IntoFragment};
+use crate::streaming::{CLOSE_EVENT, Swap};
+
+/// The longest delay a browser timer can wait (`setTimeout` takes a signed
+/// 32-bit count of milliseconds and fires at once beyond it).
+const MAX_TIMER_MS: u64 = i32::MAX as u64;
+
+/// The shortest interval the connection monitor polls at.
+const MIN_POLL_MS: u64 = 100;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).map_or(MAX_TIMER_MS, |ms| ms.min(MAX_TIMER_MS))
+}
+
+/// Renders one of this module's templates. They write only strings,
+/// numbers and booleans into a `String`, which cannot fail.
+fn render<T: Template>(template: &T) -> Fragment {
+    Fragment::render(template).unwrap_or_else(|e| unreachable!("script templates cannot fail: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Attribute names
+
+/// A checked HTML attribute name for [`SseElement::attr`].
+///
+/// Lowercase ASCII letters, digits, `-`, `_`, `.`, `:` and `@`, starting
+/// with a letter, `_`, `:` or `@`: every name htmx and the common
+/// frameworks use (`hx-on:click`, `data-id`, `aria-live`, `@click`), and
+/// nothing that could end the attribute or the tag. HTML lowercases
+/// attribute names, so uppercase letters are refused rather than silently
+/// changed.
+///
+/// ```
+/// use htmx_sse::connections::scripts::AttributeName;
+///
+/// const LIVE: AttributeName = AttributeName::from_static("aria-live");
+/// assert_eq!(LIVE.as_str(), "aria-live");
+/// assert!(AttributeName::new("hx-on:htmx:sse-open").is_ok());
+/// assert!(AttributeName::new("onclick=\"x\"").is_err());
+/// assert!(AttributeName::new("Data-X").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct AttributeName(Cow<'static, str>);
+
+/// Why a name is not a valid attribute name, if it is not.
+const fn attribute_name_error(name: &[u8]) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("empty");
+    }
+    let first = name[0];
+    if !(first.is_ascii_lowercase() || first == b'_' || first == b':' || first == b'@') {
+        return Some("must start with a lowercase ASCII letter, '_', ':' or '@'");
+    }
+    let mut i = 1;
+    while i < name.len() {
+        let b = name[i];
+        if !(b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+        {
+            return Some(
+                "may hold only lowercase ASCII letters, digits, '-', '_', '.', ':' and '@'",
+            );
+        }
+        i += 1;
+    }
+    None
+}
+
+impl AttributeName {
+    /// Checks `name` and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidAttributeName`] when it is empty or holds anything outside
+    /// the characters listed on the type.
+    ///
+    /// ```
+    /// use htmx_sse::connections::scripts::AttributeName;
+    ///
+    /// let name = AttributeName::new(String::from("data-room"))?;
+    /// assert_eq!(name.as_str(), "data-room");
+    /// assert!(AttributeName::new("x y").is_err());
+    /// # Ok::<(), htmx_sse::connections::scripts::InvalidAttributeName>(())
+    /// ```
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Result<Self, InvalidAttributeName> {
+        let name = name.into();
+        match attribute_name_error(name.as_bytes()) {
+            Some(reason) => Err(InvalidAttributeName {
+                name: crate::connections::truncate_for_error(&name),
+                reason,
+            }),
+            None => Ok(AttributeName(name)),
+        }
+    }
+
+    /// Wraps a literal, checked at compile time when used in a `const`.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid attribute name: this is for names written
+    /// in the program, never for data.
+    ///
+    /// ```
+    /// use htmx_sse::connections::scripts::AttributeName;
+    ///
+    /// const ROLE: AttributeName = AttributeName::from_static("role");
+    /// assert_eq!(ROLE.to_string(), "role");
+    /// ```
+    #[track_caller]
+    #[must_use]
+    pub const fn from_static(name: &'static str) -> Self {
+        assert!(
+            attribute_name_error(name.as_bytes()).is_none(),
+            "invalid attribute name"
+        );
+        AttributeName(Cow::Borrowed(name))
+    }
+
+    /// The name as text.
+    ///
+    /// ```
+    /// use htmx_sse::connections::scripts::AttributeName;
+    ///
+    /// assert_eq!(AttributeName::from_static("hx-on:click").as_str(), "hx-on:click");
+    /// ```
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AttributeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for AttributeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for AttributeName {
+    type Err = InvalidAttributeName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AttributeName::new(s.to_owned())
+    }
+}
+
+/// The error from [`AttributeName::new`].
+///
+/// ```
+/// use htmx_sse::connections::scripts::AttributeName;
+///
+/// let err = AttributeName::new("a b").unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid attribute name \"a b\": may hold only lowercase ASCII letters, digits, '-', '_', '.', ':' and '@'"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAttributeName {
+    name: String,
+    reason: &'static str,
+}
+
+impl fmt::Display for InvalidAttributeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid attribute name {:?}: {}", self.name, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidAttributeName {}
+
+// ---------------------------------------------------------------------------
+// The element
+
+/// Builds the element that opens a page's SSE connection.
+///
+/// | | [`Flavor::Htmx2`] | [`Flavor::Htmx4`] |
+/// | --- | --- | --- |
+/// | connect | `hx-ext="sse" sse-connect="URL"` | `hx-sse:connect="URL"` |
+/// | [`swap_event`](Self::swap_event) | `sse-swap="a, b"` | `data-sse-swap="a, b"` and a `<script>` after the element that swaps those named events (htmx 4 itself swaps only unnamed ones, and fires named ones as DOM events); a [`BroadcastManager`](crate::BroadcastManager) message of type `message` goes out unnamed and needs no script |
+/// | [`close_event`](Self::close_event) (default `close`) | `sse-close` | `hx-sse:close` |
+/// | [`hx_target`](Self::hx_target), [`hx_swap`](Self::hx_swap) | where and how `sse-swap` swaps | where and how messages are swapped |
+///
+/// Values are HTML-escaped inside double-quoted attributes. Event names,
+/// the element id and attribute names are checked; the first bad one is
+/// kept and returned by [`render`](Self::render), as
+/// `http::request::Builder` does. The element is a `<div>`; its children
+/// are given as a [`Fragment`] (or anything [`IntoFragment`]).
+///
+/// ```
+/// use htmx_sse::Flavor;
+/// use htmx_sse::connections::scripts::SseElement;
+/// use htmx_sse::streaming::Swap;
+///
+/// let el = SseElement::new("/sse?room=1&x=<y>", Flavor::Htmx4)
+///     .id("feed")
+///     .hx_target("#log")
+///     .hx_swap(Swap::BeforeEnd)
+///     .children(r#"<ul id="log"></ul>"#)
+///     .render()?;
+/// assert_eq!(
+///     el.as_str(),
+///     r##"<div id="feed" hx-sse:connect="/sse?room=1&#38;x=&#60;y&#62;" hx-sse:close="close" hx-target="#log" hx-swap="beforeend"><ul id="log"></ul></div>"##
+/// );
+/// # Ok::<(), htmx_sse::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct SseElement {
+    url: String,
+    flavor: Flavor,
+    id: Option<String>,
+    swap_events: Vec<EventName>,
+    close: Option<EventName>,
+    target: Option<String>,
+    swap: Option<Swap>,
+    attrs: Vec<(AttributeName, String)>,
+    children: Fragment,
+    error: Option<Error>,
+}
+
+#[derive(Template)]
+#[template(path = "htmx_sse/element.html")]
+struct ElementTemplate<'a> {
+    attrs: Vec<(&'a str, &'a str)>,
+    children: &'a Fragment,
+    named_swap: bool,
+}
+
+/// An event name that survives htmx's comma-separated list (`sse-swap`,
+/// `data-sse-swap`): no comma, no white space at either end.
+fn check_list_name(name: &EventName) -> Result<(), Error> {
+    let s = name.as_str();
+    let bad = s.bytes().position(|b| b == b',').or_else(|| {
+        let last = s.len() - 1;
+        if s.as_bytes()[0].is_ascii_whitespace() {
+            Some(0)
+        } else if s.as_bytes()[last].is_ascii_whitespace() {
+            Some(last)
+        } else {
+            None
+        }
+    });
+    match bad {
+        Some(position) => Err(Error::InvalidField {
+            field: Field::Event,
+            byte: s.as_bytes()[position],
+            position,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl SseElement {
+    /// An element connecting to `url` for `flavor`, closing on the crate's
+    /// close event (`close`), swapping nothing until told which events to
+    /// swap.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx2).render()?;
+    /// assert_eq!(el.as_str(), r#"<div hx-ext="sse" sse-connect="/sse" sse-close="close"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn new(url: impl Into<String>, flavor: Flavor) -> Self {
+        SseElement {
+            url: url.into(),
+            flavor,
+            id: None,
+            swap_events: Vec::new(),
+            close: Some(CLOSE_EVENT),
+            target: None,
+            swap: None,
+            attrs: Vec::new(),
+            children: Fragment::default(),
+            error: None,
+        }
+    }
+
+    fn keep(&mut self, e: Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Swaps events named `name` into the element (or its
+    /// [`hx_target`](Self::hx_target)); call it once per name. A
+    /// [`BroadcastManager`](crate::BroadcastManager) message's type is its
+    /// event name.
+    ///
+    /// Kept for [`render`](Self::render): the errors of
+    /// [`EventName::new`], and [`Error::InvalidField`] for a comma or white
+    /// space at either end (htmx splits the list on commas and trims).
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx2)
+    ///     .swap_event("chat")
+    ///     .swap_event("news")
+    ///     .render()?;
+    /// assert!(el.as_str().contains(r#"sse-swap="chat, news""#));
+    /// assert!(SseElement::new("/sse", Flavor::Htmx2).swap_event("a,b").render().is_err());
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn swap_event<T>(mut self, name: T) -> Self
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+    {
+        match name
+            .try_into()
+            .map_err(Into::into)
+            .and_then(|n| check_list_name(&n).map(|()| n))
+        {
+            Ok(n) => self.swap_events.push(n),
+            Err(e) => self.keep(e),
+        }
+        self
+    }
+
+    /// Stops listening, without reconnecting, when an event named `name`
+    /// arrives (the default is the crate's `close`).
+    ///
+    /// Kept for [`render`](Self::render): the errors of [`EventName::new`].
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let el = SseElement::new("/jobs/7", Flavor::Htmx4).close_event("done").render()?;
+    /// assert_eq!(el.as_str(), r#"<div hx-sse:connect="/jobs/7" hx-sse:close="done"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn close_event<T>(mut self, name: T) -> Self
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+    {
+        match name.try_into() {
+            Ok(n) => self.close = Some(n),
+            Err(e) => self.keep(e.into()),
+        }
+        self
+    }
+
+    /// Writes no close attribute: the page then reconnects whatever the
+    /// server sends.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx2).no_close_event().render()?;
+    /// assert_eq!(el.as_str(), r#"<div hx-ext="sse" sse-connect="/sse"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn no_close_event(mut self) -> Self {
+        self.close = None;
+        self
+    }
+
+    /// The element's id.
+    ///
+    /// Kept for [`render`](Self::render): [`Error::InvalidTarget`] unless it
+    /// is an ASCII letter or `_` followed by ASCII letters, digits, `-` and
+    /// `_` (the rule for out-of-band target ids).
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// assert!(SseElement::new("/sse", Flavor::Htmx2).id("live-1").render().is_ok());
+    /// assert!(SseElement::new("/sse", Flavor::Htmx2).id("1st").render().is_err());
+    /// ```
+    pub fn id(mut self, id: &str) -> Self {
+        match crate::streaming::oob::check_target(id) {
+            Ok(()) => self.id = Some(id.to_owned()),
+            Err(e) => self.keep(e),
+        }
+        self
+    }
+
+    /// `hx-target`: where swapped content goes (a CSS selector or htmx's
+    /// extended selectors such as `closest li`). Escaped, not checked.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx4).hx_target("#log").render()?;
+    /// assert!(el.as_str().contains(r##"hx-target="#log""##));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn hx_target(mut self, selector: impl Into<String>) -> Self {
+        self.target = Some(selector.into());
+        self
+    }
+
+    /// `hx-swap`: how swapped content goes in. For modifiers
+    /// (`beforeend scroll:bottom`), set `hx-swap` with
+    /// [`attr`](Self::attr) instead.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    /// use htmx_sse::streaming::Swap;
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx2).hx_swap(Swap::AfterBegin).render()?;
+    /// assert!(el.as_str().contains(r#"hx-swap="afterbegin""#));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn hx_swap(mut self, swap: Swap) -> Self {
+        self.swap = Some(swap);
+        self
+    }
+
+    /// Adds an attribute, its value HTML-escaped. An attribute of the same
+    /// name given before, or written by the builder itself (say `hx-swap`),
+    /// is replaced.
+    ///
+    /// Escaping keeps the value inside its attribute; it does not make it
+    /// safe as code or as a URL. Never put user data into an event handler
+    /// (`on…`, `hx-on…`) or a URL attribute.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::{AttributeName, SseElement};
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx2)
+    ///     .attr(AttributeName::from_static("hx-swap"), "beforeend scroll:bottom")
+    ///     .attr(AttributeName::from_static("title"), r#"say "hi" <b>"#)
+    ///     .render()?;
+    /// assert_eq!(
+    ///     el.as_str(),
+    ///     r#"<div hx-ext="sse" sse-connect="/sse" sse-close="close" hx-swap="beforeend scroll:bottom" title="say &#34;hi&#34; &#60;b&#62;"></div>"#
+    /// );
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn attr(mut self, name: AttributeName, value: impl Into<String>) -> Self {
+        self.attrs.retain(|(n, _)| *n != name);
+        self.attrs.push((name, value.into()));
+        self
+    }
+
+    /// The element's content.
+    ///
+    /// Kept for [`render`](Self::render): the error of rendering it.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let el = SseElement::new("/sse", Flavor::Htmx2)
+    ///     .children(r#"<ul id="log" sse-swap="chat" hx-swap="beforeend"></ul>"#)
+    ///     .render()?;
+    /// assert!(el.as_str().ends_with(r#"<ul id="log" sse-swap="chat" hx-swap="beforeend"></ul></div>"#));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn children(mut self, children: impl IntoFragment) -> Self {
+        match children.into_fragment() {
+            Ok(f) => self.children = f,
+            Err(e) => self.keep(e),
+        }
+        self
+    }
+
+    /// The element, or the first error kept by the builder.
+    ///
+    /// # Errors
+    ///
+    /// The first error met by a builder method: see each method.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let ok = SseElement::new("/sse", Flavor::Htmx2).swap_event("chat").render()?;
+    /// assert!(ok.as_str().starts_with("<div hx-ext=\"sse\""));
+    /// let err = SseElement::new("/sse", Flavor::Htmx2).id("no spaces").render().unwrap_err();
+    /// assert!(matches!(err, htmx_sse::Error::InvalidTarget { .. }));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn render(self) -> Result<Fragment, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let list = (!self.swap_events.is_empty()).then(|| {
+            self.swap_events
+                .iter()
+                .map(EventName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let htmx4 = matches!(self.flavor, Flavor::Htmx4);
+        let mut own: Vec<(&str, &str)> = Vec::with_capacity(8 + self.attrs.len());
+        if let Some(id) = &self.id {
+            own.push(("id", id));
+        }
+        if htmx4 {
+            own.push(("hx-sse:connect", &self.url));
+            if let Some(close) = &self.close {
+                own.push(("hx-sse:close", close.as_str()));
+            }
+        } else {
+            own.push(("hx-ext", "sse"));
+            own.push(("sse-connect", &self.url));
+            if let Some(list) = &list {
+                own.push(("sse-swap", list));
+            }
+            if let Some(close) = &self.close {
+                own.push(("sse-close", close.as_str()));
+            }
+        }
+        if let Some(target) = &self.target {
+            own.push(("hx-target", target));
+        }
+        if let Some(swap) = self.swap {
+            own.push(("hx-swap", swap.as_str()));
+        }
+        if htmx4 && let Some(list) = &list {
+            own.push(("data-sse-swap", list));
+        }
+        own.retain(|(name, _)| !self.attrs.iter().any(|(n, _)| n.as_str() == *name));
+        own.extend(self.attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let named_swap = htmx4
+            && self
+                .attrs
+                .iter()
+                .all(|(n, _)| n.as_str() != "data-sse-swap")
+            && self.swap_events.iter().any(|n| n.as_str() != "message");
+        Ok(render(&ElementTemplate {
+            attrs: own,
+            children: &self.children,
+            named_swap,
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reconnection
+
+/// Options for [`reconnect_script`].
+///
+/// Defaults: first retry after 1 s, doubling up to 30 s, ±20 % jitter, at
+/// most 10 retries in a row, no status element, no debug logging.
+///
+/// ```
+/// use std::time::Duration;
+/// use htmx_sse::connections::scripts::ReconnectOptions;
+///
+/// let options = ReconnectOptions::new()
+///     .base_delay(Duration::from_millis(500))
+///     .max_delay(Duration::from_secs(10))
+///     .max_retries(5)
+///     .status_element("connection-status");
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct ReconnectOptions {
+    base_delay: Duration,
+    max_delay: Duration,
+    max_retries: Option<u32>,
+    jitter: f64,
+    status_element: Option<String>,
+    debug: bool,
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        ReconnectOptions {
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            max_retries: Some(10),
+            jitter: 0.2,
+            status_element: None,
+            debug: false,
+        }
+    }
+}
+
+impl ReconnectOptions {
+    /// The defaults (see the type).
+    ///
+    /// ```
+    /// use htmx_sse::connections::scripts::ReconnectOptions;
+    ///
+    /// assert_eq!(ReconnectOptions::new(), ReconnectOptions::default());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The delay before the first retry; each further retry in a row waits
+    /// twice as long, up to [`max_delay`](Self::max_delay). Delays beyond
+    /// what a browser timer can wait (about 24.8 days) are cut to it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().base_delay(Duration::from_millis(250));
+    /// ```
+    pub fn base_delay(mut self, delay: Duration) -> Self {
+        self.base_delay = delay;
+        self
+    }
+
+    /// The longest delay between two retries.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().max_delay(Duration::from_secs(60));
+    /// ```
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// Gives up after `retries` failed retries in a row (a connection that
+    /// opens starts the count again): the state becomes `failed` and no
+    /// further request is made until the page is reloaded.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().max_retries(3);
+    /// ```
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = Some(retries);
+        self
+    }
+
+    /// Retries forever, as the browser and htmx do by themselves.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().unlimited_retries();
+    /// ```
+    pub fn unlimited_retries(mut self) -> Self {
+        self.max_retries = None;
+        self
+    }
+
+    /// Spreads each delay by up to ± `fraction` of it at random, so that
+    /// the pages of a restarted server do not all come back at once.
+    /// Clamped to `0.0..=1.0` (NaN counts as 0).
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let exact = ReconnectOptions::new().jitter(0.0);
+    /// # let _ = exact;
+    /// ```
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// The id of an element that shows the state: its `textContent` becomes
+    /// the state's name, its `data-state` and `data-attempt` attributes
+    /// follow. Any text is fine: it is looked up with
+    /// `document.getElementById`, never parsed.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().status_element("sse-status");
+    /// ```
+    pub fn status_element(mut self, id: impl Into<String>) -> Self {
+        self.status_element = Some(id.into());
+        self
+    }
+
+    /// Logs what the runtime does with `console.debug`.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().debug(true);
+    /// ```
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReconnectConfig {
+    base_delay: u64,
+    max_delay: u64,
+    max_retries: Option<u32>,
+    jitter: f64,
+    status_element: Option<String>,
+    debug: bool,
+}
+
+#[derive(Template)]
+#[template(path = "htmx_sse/reconnect.html")]
+struct ReconnectTemplate {
+    config: ReconnectConfig,
+}
+
+/// A `<script>` that reconnects with backoff and a retry limit, reports
+/// the connection's state, and never loses the last event id.
+///
+/// **htmx 2.** htmx-ext-sse opens sources through `htmx.createEventSource`;
+/// the script replaces it and hands the extension a stand-in that owns the
+/// real `EventSource`. When that source fails, the stand-in closes it
+/// (stopping the browser's own fixed 3 s retries), waits
+/// `base_delay · 2^(n-1)` (capped, with jitter) and opens a new one whose
+/// URL carries `lastEventId=<the last id seen>`, which
+/// [`setup_broadcast_routes`](crate::setup_broadcast_routes) reads as
+/// `Last-Event-ID`: nothing missed, nothing twice, even after an error
+/// status, where the extension on its own would open a fresh source with
+/// no id at all. While retrying, the stand-in reports errors as
+/// `CONNECTING` (`htmx:sseError` still fires), so the extension never
+/// re-creates the source itself; after `max_retries` failures in a row the
+/// state is `failed`, the stand-in becomes `CLOSED` and nothing more is
+/// requested. Ids are
+/// tracked for every event type an element listens to, and for `message`,
+/// `connection` and `reset`. The server's `retry:` field is not used: the
+/// delays are these.
+///
+/// **htmx 4.** `hx-sse` reconnects by itself and keeps `Last-Event-ID`;
+/// the script sets `htmx.config.sse` (`reconnectDelay`, `reconnectMaxDelay`,
+/// `reconnectMaxAttempts`, `reconnectJitter`; an element's `hx-config`
+/// still wins) and maps `htmx:sse:before:connection`,
+/// `htmx:sse:after:connection` and `htmx:sse:close` onto the status hook.
+/// htmx 4 does not retry when the very first request fails (it is an
+/// ordinary htmx request then), so no state is reported for it.
+///
+/// See the [module docs](self) for the status hook.
+///
+/// ```
+/// use std::time::Duration;
+/// use htmx_sse::connections::scripts::{reconnect_script, ReconnectOptions};
+///
+/// let script = reconnect_script(
+///     ReconnectOptions::new()
+///         .max_retries(3)
+///         .base_delay(Duration::from_millis(500))
+///         .status_element("status"),
+/// );
+/// assert!(script.as_str().ends_with(
+///     "window.htmxSse.reconnect({\"baseDelay\":500,\"maxDelay\":30000,\"maxRetries\":3,\
+///      \"jitter\":0.2,\"statusElement\":\"status\",\"debug\":false});\n</script>"
+/// ));
+/// ```
+pub fn reconnect_script(options: ReconnectOptions) -> Fragment {
+    render(&ReconnectTemplate {
+        config: ReconnectConfig {
+            base_delay: millis(options.base_delay),
+            max_delay: millis(options.max_delay),
+            max_retries: options.max_retries,
+            jitter: options.jitter,
+            status_element: options.status_element,
+            debug: options.debug,
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Unload
+
+#[derive(Template)]
+#[template(path = "htmx_sse/cleanup.html")]
+struct CleanupTemplate;
+
+/// A `<script>` that closes the page's connections on `pagehide` and
+/// reopens them when the page comes back from the back/forward cache.
+///
+/// Left alone, Chromium keeps an htmx 2 page's `EventSource` open while the
+/// page sits in the back/forward cache: a page nobody sees holds one of the
+/// browser's six connections to the server. `beforeunload` and `unload`
+/// handlers would keep the page out of that cache, so this uses `pagehide`
+/// and `pageshow`.
+///
+/// **htmx 2.** Every source opened through `htmx.createEventSource` is
+/// closed on `pagehide` (the server sees the connection end). On `pageshow`
+/// with `persisted`, the same stand-in objects the extension holds get new
+/// sources, with the last event id in the URL: the page catches up, and
+/// nothing is re-processed, so no second source leaks
+/// (htmx-extensions#190). (The helpers avoid re-processing; they do not
+/// repair it: an `sse-connect` element whose attributes the page changes
+/// is still re-initialised by htmx without closing its source.)
+///
+/// **htmx 4.** `hx-sse:connect` pauses its stream by itself when the page
+/// is hidden, which includes leaving it for another page
+/// (`pauseOnBackground`, on by default), and resumes with `Last-Event-ID`.
+/// The script ends, on `pagehide`, the streams with `pauseOnBackground`
+/// turned off; `hx-sse` reconnects them with `Last-Event-ID` once the page
+/// is shown again.
+///
+/// ```
+/// let script = htmx_sse::connections::scripts::cleanup_on_unload();
+/// assert!(script.as_str().starts_with("<script>"));
+/// assert!(script.as_str().ends_with("window.htmxSse.cleanupOnUnload();\n</script>"));
+/// ```
+#[must_use]
+pub fn cleanup_on_unload() -> Fragment {
+    render(&CleanupTemplate)
+}
+
+// ---------------------------------------------------------------------------
+// The connection monitor
+
+#[derive(Serialize)]
+struct MonitorConfig<'a> {
+    url: &'a str,
+    interval: u64,
+    element: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "htmx_sse/monitor.html")]
+struct MonitorTemplate<'a> {
+    config: MonitorConfig<'a>,
+}
+
+/// A `<script>` that polls the stats route (`GET {prefix}/status` of
+/// [`setup_broadcast_routes`](crate::setup_broadcast_routes)) every
+/// `interval` and shows what it says in the element with id `element_id`.
+///
+/// The element's `textContent` becomes `"T connected, A active, M
+/// messages"`, its `data-state` `ok`, `error` or `paused`, and
+/// `data-total`, `data-active`, `data-messages` and `data-last-id` hold the
+/// numbers; `htmx-sse:stats` is dispatched on `document` with the JSON as
+/// `detail`, to render it differently. At most one request is in flight,
+/// none lasts longer than `interval`, and polling stops while the page is
+/// hidden. `interval` is at least 100 ms (shorter ones are raised to it).
+/// The same for htmx 2 and htmx 4: it does not use htmx.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let script = htmx_sse::connections::scripts::connection_monitor_script(
+///     "/sse/status",
+///     Duration::from_secs(5),
+///     "stats",
+/// );
+/// assert!(script.as_str().ends_with(
+///     "})({\"url\":\"/sse/status\",\"interval\":5000,\"element\":\"stats\"});\n</script>"
+/// ));
+/// ```
+#[must_use]
+pub fn connection_monitor_script(
+    stats_url: &str,
+    interval: Duration,
+    element_id: &str,
+) -> Fragment {
+    render(&MonitorTemplate {
+        config: MonitorConfig {
+            url: stats_url,
+            interval: millis(interval).max(MIN_POLL_MS),
+            element: element_id,
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// One connection for every tab
+
+/// Options for [`shared_connection_script`].
+///
+/// ```
+/// use htmx_sse::connections::scripts::SharedOptions;
+///
+/// let options = SharedOptions::new().channel("my-app-sse").debug(true);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct SharedOptions {
+    channel: String,
+    debug: bool,
+}
+
+impl Default for SharedOptions {
+    fn default() -> Self {
+        SharedOptions {
+            channel: "htmx-sse".to_owned(),
+            debug: false,
+        }
+    }
+}
+
+impl SharedOptions {
+    /// The defaults: channel `htmx-sse`, no debug logging.
+    ///
+    /// ```
+    /// use htmx_sse::connections::scripts::SharedOptions;
+    ///
+    /// assert_eq!(SharedOptions::new(), SharedOptions::default());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The `BroadcastChannel` (and Web Lock) name the tabs meet on; give
+    /// two applications on one origin different names.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::SharedOptions;
+    /// let _ = SharedOptions::new().channel("admin");
+    /// ```
+    pub fn channel(mut self, name: impl Into<String>) -> Self {
+        self.channel = name.into();
+        self
+    }
+
+    /// Logs leadership changes and relayed traffic with `console.debug`.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::SharedOptions;
+    /// let _ = SharedOptions::new().debug(true);
+    /// ```
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct SharedConfig {
+    channel: String,
+    debug: bool,
+}
+
+#[derive(Template)]
+#[template(path = "htmx_sse/shared.html")]
+struct SharedTemplate {
+    config: SharedConfig,
+}
+
+/// A `<script>` that gives all tabs of a browser one connection per URL,
+/// so that a seventh tab does not hang on HTTP/1.1's six connections per
+/// host.
+///
+/// **htmx 2.** One tab, the leader, holds the real `EventSource` (with the
+/// reconnection of [`reconnect_script`]) and relays every event (type,
+/// data, id) over a `BroadcastChannel`; in the other tabs
+/// `htmx.createEventSource` returns a stand-in fed from the channel, which
+/// htmx-ext-sse cannot tell from an `EventSource`. The leader is elected
+/// with a Web Lock (`navigator.locks`), or, where Web Locks are missing,
+/// over the channel (beacons every second; a leader silent for three is
+/// replaced). When the leader tab closes or is left, another tab takes the
+/// lock and opens the source, resuming from the last event id it saw;
+/// events relayed twice around a hand-over are dropped by id. A tab joining
+/// later gets the `connection` event again; a tab back from the
+/// back/forward cache gets what it missed from the leader's last 128
+/// events, or the `reset` event when that is not enough. The unload
+/// handling of [`cleanup_on_unload`] is always on with this script (a
+/// leader frozen in the cache would starve the other tabs), and the channel
+/// is closed while a page is in the cache (Chromium evicts a cached page
+/// that a `BroadcastChannel` message reaches).
+///
+/// **Limitation:** the server sees one connection, with one connection id,
+/// for every tab: an exclusion (`exclude`) or a `send_to` by connection id
+/// reaches, or spares, all tabs of that browser alike.
+///
+/// **htmx 4.** Not applicable: htmx 4 streams through `fetch`, not
+/// `htmx.createEventSource`, and the script does nothing there. Serve
+/// htmx 4 pages over HTTP/2 (or HTTP/3), where one TCP connection carries
+/// about a hundred streams and the six-connection limit does not apply.
+///
+/// ```
+/// use htmx_sse::connections::scripts::{shared_connection_script, SharedOptions};
+///
+/// let script = shared_connection_script(SharedOptions::new());
+/// assert!(script.as_str().ends_with(
+///     "window.htmxSse.share({\"channel\":\"htmx-sse\",\"debug\":false});\n</script>"
+/// ));
+/// ```
+pub fn shared_connection_script(options: SharedOptions) -> Fragment {
+    render(&SharedTemplate {
+        config: SharedConfig {
+            channel: options.channel,
+            debug: options.debug,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "</script><script>window.__pwned=1</script>";
+    const HOSTILE_JSON: &str =
+        r#""\u003c/script\u003e\u003cscript\u003ewindow.__pwned=1\u003c/script\u003e""#;
+    const RUNTIME: &str = include_str!("../../templates/htmx_sse/runtime.js");
+    const MONITOR: &str = include_str!("../../templates/htmx_sse/monitor.js");
+    const SWAP4: &str = include_str!("../../templates/htmx_sse/htmx4_swap.js");
+
+    /// The text between `<script>` and `</script>`, checking there is
+    /// exactly one script element.
+    fn script_body(f: &Fragment) -> &str {
+        let s = f.as_str();
+        let body = s
+            .strip_prefix("<script>")
+            .and_then(|s| s.strip_suffix("</script>"))
+            .unwrap_or_else(|| panic!("not one script element: {s}"));
+        let lower = body.to_ascii_lowercase();
+        assert!(!lower.contains("</script"), "a script end tag inside");
+        assert!(!lower.contains("<script"), "a script start tag inside");
+        assert!(!lower.contains("<!--"), "a comment opener inside");
+        body
+    }
+
+    #[test]
+    fn the_javascript_sources_cannot_end_a_script() {
+        for src in [RUNTIME, MONITOR, SWAP4] {
+            let lower = src.to_ascii_lowercase();
+            for bad in ["</script", "<script", "<!--"] {
+                assert!(!lower.contains(bad), "{bad} in a script source");
+            }
+        }
+    }
+
+    #[test]
+    fn reconnect_script_exact() {
+        let f = reconnect_script(
+            ReconnectOptions::new()
+                .base_delay(Duration::from_millis(200))
+                .max_delay(Duration::from_secs(2))
+                .max_retries(3)
+                .jitter(0.0)
+                .status_element(HOSTILE)
+                .debug(true),
+        );
+        let want = format!(
+            "\n{RUNTIME}window.htmxSse.reconnect({{\"baseDelay\":200,\"maxDelay\":2000,\
+             \"maxRetries\":3,\"jitter\":0.0,\"statusElement\":{HOSTILE_JSON},\"debug\":true}});\n"
+        );
+        assert_eq!(script_body(&f), want);
+    }
+
+    #[test]
+    fn reconnect_defaults_and_limits() {
+        let f = reconnect_script(
+            ReconnectOptions::new()
+                .unlimited_retries()
+                .max_delay(Duration::from_secs(u64::MAX))
+                .jitter(f64::NAN),
+        );
+        assert!(f.as_str().ends_with(
+            "window.htmxSse.reconnect({\"baseDelay\":1000,\"maxDelay\":2147483647,\
+             \"maxRetries\":null,\"jitter\":0.0,\"statusElement\":null,\"debug\":false});\n</script>"
+        ));
+        assert_eq!(ReconnectOptions::new().jitter(7.0).jitter, 1.0);
+        assert_eq!(ReconnectOptions::new().jitter(-1.0).jitter, 0.0);
+    }
+
+    #[test]
+    fn cleanup_script_exact() {
+        assert_eq!(
+            script_body(&cleanup_on_unload()),
+            format!("\n{RUNTIME}window.htmxSse.cleanupOnUnload();\n")
+        );
+    }
+
+    #[test]
+    fn shared_script_exact() {
+        let f = shared_connection_script(SharedOptions::new().channel(HOSTILE));
+        assert_eq!(
+            script_body(&f),
+            format!(
+                "\n{RUNTIME}window.htmxSse.share({{\"channel\":{HOSTILE_JSON},\"debug\":false}});\n"
+            )
+        );
+    }
+
+    #[test]
+    fn monitor_script_exact() {
+        let f = connection_monitor_script(HOSTILE, Duration::from_millis(5), HOSTILE);
+        assert_eq!(
+            script_body(&f),
+            format!(
+                "\n((cfg) => {{\n{MONITOR}}})({{\"url\":{HOSTILE_JSON},\"interval\":100,\"element\":{HOSTILE_JSON}}});\n"
+            )
+        );
+    }
+
+    #[test]
+    fn json_escapes_every_html_special() {
+        let f = shared_connection_script(SharedOptions::new().channel("a'b&c<d>e\"f\u{2028}"));
+        assert!(
+            f.as_str()
+                .contains(r#"window.htmxSse.share({"channel":"a\u0027b\u0026c\u003cd\u003ee\"f"#)
+        );
+    }
+
+    #[test]
+    fn element_htmx2_everything() {
+        let f = SseElement::new("/sse?a=1&b=\"2\"", Flavor::Htmx2)
+            .id("live")
+            .swap_event("chat")
+            .swap_event(EventName::from_static("news"))
+            .close_event("bye")
+            .hx_target("closest section")
+            .hx_swap(Swap::BeforeEnd)
+            .attr(AttributeName::from_static("data-x"), HOSTILE)
+            .children("<ul></ul>")
+            .render()
+            .unwrap();
+        assert_eq!(
+            f.as_str(),
+            "<div id=\"live\" hx-ext=\"sse\" sse-connect=\"/sse?a=1&#38;b=&#34;2&#34;\" \
+             sse-swap=\"chat, news\" sse-close=\"bye\" hx-target=\"closest section\" \
+             hx-swap=\"beforeend\" data-x=\"&#60;/script&#62;&#60;script&#62;window.__pwned=1&#60;/script&#62;\">\
+             <ul></ul></div>"
+        );
+    }
+
+    #[test]
+    fn element_htmx4_named_events_bring_their_script() {
+        let f = SseElement::new("/sse", Flavor::Htmx4)
+            .swap_event("chat")
+            .swap_event("message")
+            .render()
+            .unwrap();
+        assert_eq!(
+            f.as_str(),
+            format!(
+                "<div hx-sse:connect=\"/sse\" hx-sse:close=\"close\" data-sse-swap=\"chat, message\"></div>\
+                 <script>\n{}</script>",
+                SWAP4.trim_end()
+            )
+        );
+        // Unnamed messages only: htmx 4 swaps them by itself.
+        let f = SseElement::new("/sse", Flavor::Htmx4)
+            .swap_event("message")
+            .render()
+            .unwrap();
+        assert!(!f.as_str().contains("<script"), "{}", f.as_str());
+    }
+
+    #[test]
+    fn element_errors_are_kept_first_one_wins() {
+        let err = SseElement::new("/sse", Flavor::Htmx2)
+            .id("9lives")
+            .swap_event("a\nb")
+            .render()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTarget { .. }), "{err:?}");
+        let err = SseElement::new("/sse", Flavor::Htmx2)
+            .swap_event("a\nb")
+            .id("9lives")
+            .render()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidField {
+                    field: Field::Event,
+                    byte: b'\n',
+                    position: 1
+                }
+            ),
+            "{err:?}"
+        );
+        for (name, byte, position) in [("a,b", b',', 1), (" a", b' ', 0), ("a\t", b'\t', 1)] {
+            let err = SseElement::new("/sse", Flavor::Htmx4)
+                .swap_event(name)
+                .render()
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidField { field: Field::Event, byte: b, position: p } if b == byte && p == position),
+                "{name:?}: {err:?}"
+            );
+        }
+        assert!(matches!(
+            SseElement::new("/sse", Flavor::Htmx2)
+                .swap_event("")
+                .render(),
+            Err(Error::EmptyEventName)
+        ));
+        assert!(matches!(
+            SseElement::new("/sse", Flavor::Htmx2)
+                .close_event("x\ry")
+                .render(),
+            Err(Error::InvalidField { .. })
+        ));
+        assert!(matches!(
+            SseElement::new("/sse", Flavor::Htmx2).id("a b").render(),
+            Err(Error::InvalidTarget { .. })
+        ));
+    }
+
+    #[test]
+    fn extra_attributes_replace_the_builders_own() {
+        let f = SseElement::new("/sse", Flavor::Htmx4)
+            .hx_swap(Swap::InnerHtml)
+            .swap_event("chat")
+            .attr(
+                AttributeName::from_static("hx-swap"),
+                "beforeend scroll:bottom",
+            )
+            .attr(AttributeName::from_static("title"), "one")
+            .attr(AttributeName::from_static("title"), "two")
+            .render()
+            .unwrap();
+        assert!(f.as_str().starts_with(
+            "<div hx-sse:connect=\"/sse\" hx-sse:close=\"close\" data-sse-swap=\"chat\" \
+             hx-swap=\"beforeend scroll:bottom\" title=\"two\"></div><script>"
+        ));
+    }
+
+    #[test]
+    fn attribute_names() {
+        for ok in [
+            "a",
+            "data-x",
+            "hx-on:htmx:sse-open",
+            "@click",
+            ":class",
+            "_x",
+            "x.y",
+            "a1",
+        ] {
+            assert!(AttributeName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "1a", "-a", "A", "a b", "a\"", "a>", "a=", "a/", "é", "a\0",
+        ] {
+            assert!(AttributeName::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            "x".parse::<AttributeName>().unwrap(),
+            AttributeName::from_static("x")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid attribute name")]
+    fn attribute_name_from_static_panics_on_bad_literals() {
+        let _ = AttributeName::from_static("on click");
+    }
+
+    #[test]
+    fn types_are_send_sync() {
+        fn assert<T: Send + Sync + 'static>() {}
+        assert::<SseElement>();
+        assert::<ReconnectOptions>();
+        assert::<SharedOptions>();
+        assert::<AttributeName>();
+        assert::<InvalidAttributeName>();
+    }
+}
