@@ -324,9 +324,14 @@ async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
             );
             oob = oob.add("log", Swap::AfterBegin, html! { li { (line) } });
         }
-        let sent = oob
-            .build()
-            .and_then(|fragment| manager.broadcast("dashboard", fragment.as_str(), None, &[]));
+        let sent = match oob.build() {
+            Ok(fragment) => {
+                manager
+                    .broadcast("dashboard", fragment.as_str(), None, &[])
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = sent {
             tracing::warn!("dashboard update failed: {e}");
         }
@@ -374,7 +379,7 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
         .into_iter()
         .collect();
     let item = note_item(text).into_string();
-    if let Err(e) = app.manager.broadcast("note", &item, None, &exclude) {
+    if let Err(e) = app.manager.broadcast("note", &item, None, &exclude).await {
         tracing::warn!("broadcast failed: {e}");
     }
     Html(item).into_response()
@@ -497,9 +502,10 @@ async fn send_toast(
             .into_response();
     }
     let result = match form.scope.as_str() {
-        "everyone" => {
-            toast(text, level).and_then(|t| app.manager.broadcast("toast", t.as_str(), None, &[]))
-        }
+        "everyone" => match toast(text, level) {
+            Ok(t) => app.manager.broadcast("toast", t.as_str(), None, &[]).await,
+            Err(e) => Err(e),
+        },
         "user" => {
             let Some(from) = demo_user(&headers) else {
                 return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
@@ -507,8 +513,14 @@ async fn send_toast(
             let Some(to) = form.to.as_deref().and_then(|t| UserId::new(t.trim()).ok()) else {
                 return (StatusCode::UNPROCESSABLE_ENTITY, "name a user").into_response();
             };
-            toast(&format!("{from} to {to}: {text}"), Level::Info)
-                .and_then(|t| app.manager.send_to_user(&to, "toast", t.as_str(), None))
+            match toast(&format!("{from} to {to}: {text}"), Level::Info) {
+                Ok(t) => {
+                    app.manager
+                        .send_to_user(&to, "toast", t.as_str(), None)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
         _ => {
             return (

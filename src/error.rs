@@ -96,6 +96,9 @@ pub enum Error {
         /// The id asked for.
         id: String,
     },
+    /// The shared backend (Redis) could not be reached or refused the
+    /// command; nothing was published. Worth retrying later.
+    Backend(String),
 }
 
 impl fmt::Display for Error {
@@ -132,6 +135,7 @@ impl fmt::Display for Error {
             Error::InvalidUserId { id, reason } => write!(f, "invalid user id {id:?}: {reason}"),
             Error::InvalidTopic(e) => fmt::Display::fmt(e, f),
             Error::Unsupported { what } => write!(f, "unsupported: {what}"),
+            Error::Backend(reason) => write!(f, "backend unavailable: {reason}"),
         }
     }
 }

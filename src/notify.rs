@@ -20,7 +20,7 @@
 //!     .route("/action", post({
 //!         let notifier = notifier.clone();
 //!         move || async move {
-//!             notifier.send("admin", "Action completed!", Level::Success).ok();
+//!             notifier.send("admin", "Action completed!", Level::Success).await.ok();
 //!         }
 //!     }));
 //! # Ok(()) }
@@ -190,12 +190,13 @@ impl Notifier {
     /// # Errors
     ///
     /// [`Error::InvalidTopic`] for a channel name that is not a valid topic.
-    pub fn send(&self, channel: &str, message: &str, level: Level) -> Result<usize, Error> {
+    pub async fn send(&self, channel: &str, message: &str, level: Level) -> Result<usize, Error> {
         if channel == ALL {
-            return self.send_all(message, level);
+            return self.send_all(message, level).await;
         }
         let topic = Topic::new(channel)?;
-        if self.manager.subscriber_count(&topic) == 0 {
+        // With a shared backend, listeners may be on another instance.
+        if !self.manager.is_distributed() && self.manager.subscriber_count(&topic) == 0 {
             return Ok(0);
         }
         let html = toast(message, level)?;
@@ -204,7 +205,8 @@ impl Notifier {
             .message("message", html.as_str())
             .metadata(Some(serde_json::json!({ "level": level.as_str() })))
             .topics([topic])
-            .send()?;
+            .send()
+            .await?;
         Ok(sent.delivered)
     }
 
@@ -213,8 +215,8 @@ impl Notifier {
     /// # Errors
     ///
     /// As [`send`](Self::send).
-    pub fn send_all(&self, message: &str, level: Level) -> Result<usize, Error> {
-        if self.manager.connection_count() == 0 {
+    pub async fn send_all(&self, message: &str, level: Level) -> Result<usize, Error> {
+        if !self.manager.is_distributed() && self.manager.connection_count() == 0 {
             return Ok(0);
         }
         let html = toast(message, level)?;
@@ -222,7 +224,8 @@ impl Notifier {
             .manager
             .message("message", html.as_str())
             .metadata(Some(serde_json::json!({ "level": level.as_str() })))
-            .send()?;
+            .send()
+            .await?;
         Ok(sent.delivered)
     }
 

@@ -7,7 +7,7 @@
 //! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header) |
 //! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}` |
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 |
-//! | `GET {prefix}/status` | connection stats as JSON |
+//! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) |
 //! | `GET {prefix}/history?limit=N` | recent messages addressed to everyone, as JSON |
 //!
 //! Bad input changes nothing and gets a JSON error, `{"error": "…"}`:
@@ -16,7 +16,7 @@
 //! `Content-Type: application/json` (which also makes browsers ask before a
 //! cross-site POST), 422 for JSON of the wrong shape (unknown fields, wrong
 //! types, CR or LF in a type, bad connection ids), 404 for an unknown
-//! connection.
+//! connection, 503 when the shared backend (Redis) cannot be reached.
 //!
 //! # Protect the publish routes
 //!
@@ -29,7 +29,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 
 use axum::Json;
@@ -180,7 +180,7 @@ impl BroadcastRoutes {
             })
             .route(&format!("{p}/status"), {
                 let ctx = Arc::clone(&ctx);
-                get(move || async move { status(&ctx.manager) })
+                get(move || async move { status(&ctx.manager).await })
             })
             .route(&format!("{p}/history"), {
                 get(move |query: Query<HashMap<String, String>>| async move {
@@ -243,6 +243,7 @@ pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
 /// in a path segment and in a query component.
 #[cfg(feature = "askama")]
 pub(crate) fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(s.len() + 8);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -358,6 +359,7 @@ pub(crate) fn publish_error(e: &Error) -> Response {
     match e {
         Error::UnknownConnection { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
         Error::Render(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Error::Backend(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         _ => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
 }
@@ -394,7 +396,10 @@ async fn publish_all(ctx: &Ctx, req: Request) -> Response {
         Ok(ids) => ids,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
-    match m.broadcast(body.message_type, body.data, body.metadata, &exclude) {
+    match m
+        .broadcast(body.message_type, body.data, body.metadata, &exclude)
+        .await
+    {
         Ok(s) => sent(s),
         Err(e) => publish_error(&e),
     }
@@ -413,20 +418,29 @@ async fn publish_one(ctx: &Ctx, id: &str, req: Request) -> Response {
     if let Err(r) = ctx.may_publish(subject.as_ref(), &body.message_type) {
         return r;
     }
-    match m.send_to(&id, body.message_type, body.data, body.metadata) {
+    match m
+        .send_to(&id, body.message_type, body.data, body.metadata)
+        .await
+    {
         Ok(s) => sent(s),
         Err(e) => publish_error(&e),
     }
 }
 
-fn status(m: &BroadcastManager) -> Response {
+async fn status(m: &BroadcastManager) -> Response {
     let stats = m.stats();
+    // Every instance's connections (the same as `total` in memory); null
+    // while the shared backend cannot be reached.
+    let cluster = m.cluster_connection_count().await.ok();
     Json(json!({
         "total": stats.total,
         "active": stats.active,
         "by_kind": stats.by_kind,
         "messages": stats.messages,
         "last_id": m.last_id(),
+        "backend": if m.is_distributed() { "redis" } else { "memory" },
+        "backend_connected": m.backend_connected(),
+        "cluster_connections": cluster,
     }))
     .into_response()
 }

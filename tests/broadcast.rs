@@ -127,6 +127,7 @@ async fn broadcast_reaches_everyone_with_ids() {
     // JSON data that is not a string arrives as compact JSON.
     s.manager
         .broadcast("stats", json!({"n": 1}), None, &[])
+        .await
         .unwrap();
     for (c, _) in &mut clients {
         assert_eq!(next(c).await.data, r#"{"n":1}"#);
@@ -147,7 +148,10 @@ async fn exclusions_skip_exactly_the_excluded() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["delivered"], 1);
-    s.manager.broadcast("sync", "to all", None, &[]).unwrap();
+    s.manager
+        .broadcast("sync", "to all", None, &[])
+        .await
+        .unwrap();
     assert_eq!(next(&mut a).await.data, "to all");
     assert_eq!(next(&mut b).await.data, "from a");
     assert_eq!(next(&mut b).await.data, "to all");
@@ -168,6 +172,7 @@ async fn send_to_reaches_one_connection_and_unknown_ids_are_404() {
     assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
     s.manager
         .broadcast("public", "everyone", None, &[])
+        .await
         .unwrap();
     assert_eq!(next(&mut a).await.data, "for a only");
     assert_eq!(next(&mut a).await.data, "everyone");
@@ -186,6 +191,7 @@ async fn send_to_reaches_one_connection_and_unknown_ids_are_404() {
     let err = s
         .manager
         .send_to(&ConnectionId::new("gone").unwrap(), "t", "x", None)
+        .await
         .unwrap_err();
     assert!(matches!(err, htmx_sse::Error::UnknownConnection { .. }));
 }
@@ -195,9 +201,12 @@ async fn history_is_bounded_and_lists_only_public_messages() {
     let s = Server::start(BroadcastManager::builder().history(5).build()).await;
     let (_a, a_id) = s.client().await;
     for n in 0..8 {
-        s.manager.broadcast("n", n, None, &[]).unwrap();
+        s.manager.broadcast("n", n, None, &[]).await.unwrap();
     }
-    s.manager.send_to(&a_id, "secret", "psst", None).unwrap();
+    s.manager
+        .send_to(&a_id, "secret", "psst", None)
+        .await
+        .unwrap();
     let all = s.manager.history(None);
     // Five kept, one of them private: four listed.
     assert_eq!(all.len(), 4);
@@ -223,7 +232,7 @@ async fn resume_with_last_event_id_misses_nothing_and_respects_targets() {
     let s = Server::start(BroadcastManager::new()).await;
     let (mut a, a_id) = s.client().await;
     let (mut b, b_id) = s.client().await;
-    s.manager.broadcast("m", "1", None, &[]).unwrap();
+    s.manager.broadcast("m", "1", None, &[]).await.unwrap();
     assert_eq!(next(&mut a).await.data, "1");
     let resume_from = a.last_event_id().to_owned();
     a.close();
@@ -231,20 +240,24 @@ async fn resume_with_last_event_id_misses_nothing_and_respects_targets() {
 
     // While `a` is away: public messages, one excluding it, one for `b`
     // alone, one for `b` excluded... only what was for `a` may come back.
-    s.manager.broadcast("m", "2", None, &[]).unwrap();
+    s.manager.broadcast("m", "2", None, &[]).await.unwrap();
     s.manager
         .broadcast("m", "not for a", None, std::slice::from_ref(&a_id))
+        .await
         .unwrap();
-    s.manager.send_to(&b_id, "m", "b only", None).unwrap();
-    s.manager.broadcast("m", "3", None, &[]).unwrap();
+    s.manager.send_to(&b_id, "m", "b only", None).await.unwrap();
+    s.manager.broadcast("m", "3", None, &[]).await.unwrap();
 
     let (mut a2, a2_id) = s.client_from(Some(&resume_from)).await;
     assert_eq!(a2_id, a_id, "the same connection id comes back");
     assert_eq!(next(&mut a2).await.data, "2");
     assert_eq!(next(&mut a2).await.data, "3");
     // Live again, in order, and targets work for the resumed id.
-    s.manager.send_to(&a_id, "m", "a again", None).unwrap();
-    s.manager.broadcast("m", "4", None, &[]).unwrap();
+    s.manager
+        .send_to(&a_id, "m", "a again", None)
+        .await
+        .unwrap();
+    s.manager.broadcast("m", "4", None, &[]).await.unwrap();
     assert_eq!(next(&mut a2).await.data, "a again");
     assert_eq!(next(&mut a2).await.data, "4");
     for want in ["1", "2", "not for a", "b only", "3", "4"] {
@@ -260,7 +273,7 @@ async fn resume_across_many_reconnects_loses_nothing() {
     let mut sent = 0;
     for round in 0..10 {
         for _ in 0..7 {
-            s.manager.broadcast("n", sent, None, &[]).unwrap();
+            s.manager.broadcast("n", sent, None, &[]).await.unwrap();
             sent += 1;
         }
         // Read a few, drop the connection mid-stream, come back.
@@ -270,12 +283,12 @@ async fn resume_across_many_reconnects_loses_nothing() {
         let last = c.last_event_id().to_owned();
         c.close();
         if round % 2 == 0 {
-            s.manager.broadcast("n", sent, None, &[]).unwrap();
+            s.manager.broadcast("n", sent, None, &[]).await.unwrap();
             sent += 1;
         }
         c = s.client_from(Some(&last)).await.0;
     }
-    s.manager.broadcast("n", "end", None, &[]).unwrap();
+    s.manager.broadcast("n", "end", None, &[]).await.unwrap();
     loop {
         let ev = next(&mut c).await;
         if ev.data == "end" {
@@ -291,12 +304,12 @@ async fn resume_across_many_reconnects_loses_nothing() {
 async fn reset_when_history_is_too_short_or_from_another_process() {
     let s = Server::start(BroadcastManager::builder().history(3).build()).await;
     let (mut c, id) = s.client().await;
-    s.manager.broadcast("m", "1", None, &[]).unwrap();
+    s.manager.broadcast("m", "1", None, &[]).await.unwrap();
     assert_eq!(next(&mut c).await.data, "1");
     let last = c.last_event_id().to_owned();
     c.close();
     for n in 2..10 {
-        s.manager.broadcast("m", n, None, &[]).unwrap();
+        s.manager.broadcast("m", n, None, &[]).await.unwrap();
     }
     let (mut c, again) = s.client_from(Some(&last)).await;
     assert_eq!(again, id);
@@ -305,14 +318,14 @@ async fn reset_when_history_is_too_short_or_from_another_process() {
     assert_eq!(reset.data, r#"{"reason":"history-gap"}"#);
     // After the reset it is live, and its id points at the present.
     assert!(reset.last_event_id.contains("-9."));
-    s.manager.broadcast("m", "live", None, &[]).unwrap();
+    s.manager.broadcast("m", "live", None, &[]).await.unwrap();
     assert_eq!(next(&mut c).await.data, "live");
 
     // Exactly at the edge of the history: still resumable.
     let edge = c.last_event_id().to_owned();
     c.close();
     for n in 0..3 {
-        s.manager.broadcast("m", n, None, &[]).unwrap();
+        s.manager.broadcast("m", n, None, &[]).await.unwrap();
     }
     let (mut c, _) = s.client_from(Some(&edge)).await;
     for n in 0..3 {
@@ -353,7 +366,7 @@ async fn registry_is_empty_after_clients_leave() {
         assert_eq!(body["total"], 40);
         assert_eq!(body["active"], 40);
         assert_eq!(body["by_kind"]["broadcast"], 40);
-        s.manager.broadcast("r", round, None, &[]).unwrap();
+        s.manager.broadcast("r", round, None, &[]).await.unwrap();
         for c in &mut clients {
             assert_eq!(next(c).await.data, round.to_string());
         }
@@ -440,6 +453,7 @@ async fn a_stalled_client_is_closed_while_the_others_keep_up() {
     for n in 0..total {
         s.manager
             .broadcast("bulk", format!("{n}:{payload}"), None, &[])
+            .await
             .unwrap();
         while read + 64 <= n {
             let ev = next(&mut fast).await;
@@ -601,7 +615,7 @@ async fn bad_publish_input_is_refused_and_changes_nothing() {
     assert_eq!(s.manager.last_id(), before, "nothing was published");
     assert!(s.manager.history(None).is_empty());
     // The open stream saw none of it.
-    s.manager.broadcast("ok", "fine", None, &[]).unwrap();
+    s.manager.broadcast("ok", "fine", None, &[]).await.unwrap();
     let ev = next(&mut c).await;
     assert_eq!((ev.event.as_str(), ev.data.as_str()), ("ok", "fine"));
 }

@@ -37,6 +37,7 @@ async fn channels_live_as_long_as_their_listeners() {
     assert_eq!(
         notifier
             .send("admin", "nobody hears this", Level::Info)
+            .await
             .unwrap(),
         0
     );
@@ -56,6 +57,7 @@ async fn channels_live_as_long_as_their_listeners() {
     assert_eq!(
         notifier
             .send("admin", "deploy done", Level::Success)
+            .await
             .unwrap(),
         2
     );
@@ -71,10 +73,11 @@ async fn channels_live_as_long_as_their_listeners() {
     assert_eq!(
         notifier
             .send("all", "maintenance <soon>", Level::Warning)
+            .await
             .unwrap(),
         3
     );
-    assert_eq!(notifier.send_all("twice", Level::Error).unwrap(), 3);
+    assert_eq!(notifier.send_all("twice", Level::Error).await.unwrap(), 3);
     for c in [&mut admin1, &mut admin2, &mut users] {
         let ev = c.next_event_within(WAIT).await.unwrap();
         assert!(
@@ -92,7 +95,10 @@ async fn channels_live_as_long_as_their_listeners() {
         );
     }
     // The admin toast never reached the users channel.
-    assert_eq!(notifier.send("users", "marker", Level::Info).unwrap(), 1);
+    assert_eq!(
+        notifier.send("users", "marker", Level::Info).await.unwrap(),
+        1
+    );
     assert!(
         users
             .next_event_within(WAIT)
@@ -105,7 +111,10 @@ async fn channels_live_as_long_as_their_listeners() {
     drop(users);
     wait_for(&notifier, 2).await;
     assert_eq!(notifier.active_channels(), ["admin"]);
-    assert_eq!(notifier.send("users", "gone", Level::Info).unwrap(), 0);
+    assert_eq!(
+        notifier.send("users", "gone", Level::Info).await.unwrap(),
+        0
+    );
     drop((admin1, admin2));
     wait_for(&notifier, 0).await;
     assert!(notifier.active_channels().is_empty());
@@ -121,7 +130,7 @@ async fn custom_path_and_bad_channels() {
         .await
         .unwrap();
     c.next_event_within(WAIT).await.unwrap();
-    assert_eq!(notifier.send("ops", "hi", Level::Info).unwrap(), 1);
+    assert_eq!(notifier.send("ops", "hi", Level::Info).await.unwrap(), 1);
     assert!(c.next_event_within(WAIT).await.unwrap().data.contains("hi"));
     match TestClient::get(format!("{base}/sse/a%20b")).connect().await {
         Err(htmx_sse::testing::ClientError::NotAnEventStream {
@@ -131,5 +140,5 @@ async fn custom_path_and_bad_channels() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(notifier.send("a b", "x", Level::Info).is_err());
+    assert!(notifier.send("a b", "x", Level::Info).await.is_err());
 }

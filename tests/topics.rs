@@ -93,6 +93,7 @@ async fn nothing_before_marker(h: &Hub, c: &mut TestClient, topic: &str) {
         .message("message", "marker")
         .topics([Topic::new(topic).unwrap()])
         .send()
+        .await
         .unwrap();
     assert_eq!(next(c).await.data, "marker");
 }
@@ -160,17 +161,21 @@ async fn class_and_instance_topics() {
         )
         .await
         .unwrap();
-    let send = |topic: Topic, html: &str| {
+    let send = async |topic: Topic, html: &str| {
         h.manager
             .message("message", html)
             .topics([topic])
             .send()
+            .await
             .unwrap()
             .delivered
     };
-    assert_eq!(send(TodoList::class_topic().unwrap(), "new list"), 1);
-    assert_eq!(send(l42.topic().unwrap(), "item in 42"), 2);
-    assert_eq!(send(TodoList { id: 7 }.topic().unwrap(), "item in 7"), 1);
+    assert_eq!(send(TodoList::class_topic().unwrap(), "new list").await, 1);
+    assert_eq!(send(l42.topic().unwrap(), "item in 42").await, 2);
+    assert_eq!(
+        send(TodoList { id: 7 }.topic().unwrap(), "item in 7").await,
+        1
+    );
     assert_eq!(next(&mut one).await.data, "item in 42");
     assert_eq!(next(&mut class).await.data, "new list");
     assert_eq!(next(&mut all).await.data, "item in 42");
@@ -508,6 +513,7 @@ async fn thousands_of_user_messages_reach_exactly_their_users() {
         let text = format!("{n}:for-user{to}");
         let sent = manager
             .send_to_user(&users[to], "note", &text, None)
+            .await
             .unwrap();
         assert_eq!(sent.delivered, 2);
         expected[to].push(text);
@@ -515,7 +521,7 @@ async fn thousands_of_user_messages_reach_exactly_their_users() {
             tokio::task::yield_now().await;
         }
     }
-    manager.broadcast("end", "end", None, &[]).unwrap();
+    manager.broadcast("end", "end", None, &[]).await.unwrap();
     let mut wrong = 0;
     for (owner, tab) in &mut tabs {
         let mut got = Vec::new();
@@ -573,6 +579,7 @@ async fn a_forged_last_event_id_reveals_nothing_of_another_user() {
     );
     manager
         .send_to(&alice_id, "secret", "alice only", None)
+        .await
         .unwrap();
     manager
         .send_to_user(
@@ -581,6 +588,7 @@ async fn a_forged_last_event_id_reveals_nothing_of_another_user() {
             "alice's tabs",
             None,
         )
+        .await
         .unwrap();
     assert_eq!(
         alice.next_event_within(WAIT).await.unwrap().data,
@@ -595,7 +603,10 @@ async fn a_forged_last_event_id_reveals_nothing_of_another_user() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     mallory.close();
     let (mut mallory, _) = connect("mallory", Some(alice_last)).await;
-    manager.broadcast("public", "everyone", None, &[]).unwrap();
+    manager
+        .broadcast("public", "everyone", None, &[])
+        .await
+        .unwrap();
     let ev = mallory.next_event_within(WAIT).await.unwrap();
     assert_eq!(ev.data, "everyone", "mallory received {ev:?} first");
     // A bad cookie is a 401.

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
+use std::future::Future;
+
 use bytes::Bytes;
 use futures_core::Stream;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -24,6 +26,12 @@ pub(crate) struct Intro {
     pub(crate) connection: Event,
     pub(crate) reset: Option<Event>,
     pub(crate) replay: VecDeque<Arc<Stored>>,
+    /// Messages up to this number were seen already.
+    pub(crate) after: u64,
+    /// Fires once the backend knows the connection (Redis): until then the
+    /// page is not told its id, so a `send_to` from another instance
+    /// cannot miss it.
+    pub(crate) ready: Option<oneshot::Receiver<()>>,
 }
 
 pub(crate) struct Feed {
@@ -40,6 +48,8 @@ pub(crate) struct Feed {
     ring_next: Option<Arc<Stored>>,
     direct_next: Option<Arc<Stored>>,
     started: bool,
+    after: u64,
+    ready: Option<oneshot::Receiver<()>>,
     registration: Registration,
 }
 
@@ -70,12 +80,17 @@ impl Feed {
             ring_next: None,
             direct_next: None,
             started: false,
+            after: intro.after,
+            ready: intro.ready,
             registration,
         }
     }
 
     /// The frame of `stored` for this connection, if it is for it.
     fn frame(&self, stored: &Stored) -> Option<Piece> {
+        if stored.seq <= self.after {
+            return None;
+        }
         let body = stored.body_for(&self.id, &self.sub)?;
         if let Some(filter) = &self.filter {
             let to = Recipient {
@@ -106,6 +121,13 @@ impl Stream for Feed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
         let this = &mut *self;
+        if let Some(ready) = &mut this.ready {
+            // Ready or failed (the sender is dropped then): go on either way.
+            if Pin::new(ready).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.ready = None;
+        }
         if !this.started {
             this.started = true;
             this.registration.set_state(if this.replay.is_empty() {

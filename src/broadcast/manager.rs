@@ -74,6 +74,37 @@ pub(crate) enum Target {
     },
 }
 
+/// A message rendered and encoded, not yet numbered: what a backend carries.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// `event: …\ndata: …\n\n`.
+    pub(crate) body: Bytes,
+    /// With the topic as event type: one body per topic, in topic order.
+    pub(crate) topic_bodies: Option<Box<[Bytes]>>,
+    pub(crate) target: Target,
+    pub(crate) message_type: EventName,
+    pub(crate) data: serde_json::Value,
+    pub(crate) metadata: Option<serde_json::Value>,
+    pub(crate) timestamp: DateTime<Utc>,
+}
+
+/// Where published messages travel: see [`crate::backend`].
+pub(crate) enum Backend {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis(Arc<crate::backend::redis::Shared>),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Memory => f.write_str("Memory"),
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => r.fmt(f),
+        }
+    }
+}
+
 /// A published message, encoded once, as every connection shares it.
 #[derive(Debug)]
 pub(crate) struct Stored {
@@ -157,7 +188,8 @@ struct Conn {
     sub: Subscription,
 }
 
-struct Core {
+pub(crate) struct Core {
+    epoch: Epoch,
     seq: u64,
     history: VecDeque<Arc<Stored>>,
     connections: HashMap<ConnectionId, Conn>,
@@ -188,8 +220,8 @@ pub struct Recipient<'a> {
 pub(crate) type Filter = dyn Fn(&BroadcastMessage, &Recipient<'_>) -> bool + Send + Sync;
 
 pub(crate) struct Inner {
-    epoch: Epoch,
     core: Mutex<Core>,
+    backend: Backend,
     ring: broadcast::Sender<Arc<Stored>>,
     registry: ConnectionRegistry,
     pub(crate) history_limit: usize,
@@ -210,10 +242,156 @@ impl Inner {
             .get(id)
             .is_some_and(|c| Arc::ptr_eq(&c.direct, direct))
             && let Some(conn) = core.connections.remove(id)
-            && let Some(user) = &conn.sub.user
         {
-            core.forget_user(user, id);
+            if let Some(user) = &conn.sub.user {
+                core.forget_user(user, id);
+            }
+            drop(core);
+            #[cfg(feature = "redis")]
+            if let Backend::Redis(redis) = &self.backend {
+                redis.remove(id.clone());
+            }
         }
+    }
+
+    /// Numbers `p` as `seq` of the current epoch, keeps it in the history and
+    /// queues it for this process's connections; returns how many.
+    fn deliver(&self, core: &mut Core, seq: u64, p: Prepared) -> (MessageId, usize) {
+        // Where it goes besides the ring: one connection or a user's.
+        let directs: Vec<Arc<Direct>> = match &p.target {
+            Target::One { to, user } => core
+                .connections
+                .get(to)
+                .filter(|c| c.sub.user == *user)
+                .map(|c| Arc::clone(&c.direct))
+                .into_iter()
+                .collect(),
+            Target::User { user, exclude } => core
+                .users
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter(|id| !exclude.contains(id))
+                .filter_map(|id| core.connections.get(id))
+                .map(|c| Arc::clone(&c.direct))
+                .collect(),
+            Target::All { .. } | Target::Topics { .. } => Vec::new(),
+        };
+        core.seq = seq;
+        let id = MessageId {
+            epoch: core.epoch,
+            seq,
+        };
+        let mut head = BytesMut::with_capacity(24);
+        head.put_slice(b"id: ");
+        head.put_slice(id.to_string().as_bytes());
+        let stored = Arc::new(Stored {
+            seq,
+            head: head.freeze(),
+            body: p.body,
+            topic_bodies: p.topic_bodies,
+            target: p.target,
+            message: BroadcastMessage {
+                id,
+                message_type: p.message_type,
+                data: p.data,
+                timestamp: p.timestamp,
+                metadata: p.metadata,
+            },
+        });
+        if self.history_limit > 0 {
+            if core.history.len() == self.history_limit {
+                core.history.pop_front();
+            }
+            core.history.push_back(Arc::clone(&stored));
+        }
+        let delivered = match &stored.target {
+            Target::One { .. } | Target::User { .. } => {
+                for direct in &directs {
+                    let mut queue = direct.queue.lock();
+                    if queue.len() >= self.queue_capacity {
+                        // Too far behind: close it; it resumes from history.
+                        direct.lagged.store(true, Ordering::Release);
+                    } else {
+                        queue.push_back(Arc::clone(&stored));
+                    }
+                    drop(queue);
+                    direct.waker.wake();
+                }
+                directs.len()
+            }
+            Target::All { exclude } => {
+                let excluded = exclude
+                    .iter()
+                    .filter(|id| core.connections.contains_key(*id))
+                    .count();
+                let receivers = self.ring.send(Arc::clone(&stored)).unwrap_or(0);
+                receivers.saturating_sub(excluded)
+            }
+            Target::Topics {
+                topics,
+                private,
+                exclude,
+            } => {
+                let wanted = core
+                    .connections
+                    .iter()
+                    .filter(|(id, c)| {
+                        !exclude.contains(id) && c.sub.wants(topics, *private).is_some()
+                    })
+                    .count();
+                let _ = self.ring.send(Arc::clone(&stored));
+                wanted
+            }
+        };
+        (id, delivered)
+    }
+
+    /// Delivers a message another instance (or this one) numbered, read
+    /// back from the backend in order.
+    #[cfg(feature = "redis")]
+    pub(crate) fn apply(&self, epoch: Epoch, seq: u64, p: Prepared) -> usize {
+        let mut core = self.core.lock();
+        if epoch != core.epoch || seq <= core.seq {
+            // From an epoch this process left, or seen before.
+            return 0;
+        }
+        if seq != core.seq + 1 {
+            // Messages were lost on the way (trimmed before this process
+            // read them): every connection resumes, and gets the reset
+            // event when the history cannot cover the gap.
+            tracing::warn!(from = core.seq, to = seq, "gap in the message stream");
+            for conn in core.connections.values() {
+                conn.direct.lagged.store(true, Ordering::Release);
+                conn.direct.waker.wake();
+            }
+        }
+        self.deliver(&mut core, seq, p).1
+    }
+
+    /// Moves to `epoch` (Redis lost its data): the history of the old one
+    /// goes. Returns whether it changed.
+    #[cfg(feature = "redis")]
+    pub(crate) fn start_epoch(&self, epoch: Epoch) -> bool {
+        let mut core = self.core.lock();
+        if core.epoch == epoch {
+            return false;
+        }
+        core.epoch = epoch;
+        core.seq = 0;
+        core.history.clear();
+        true
+    }
+
+    /// This process's connections and their users.
+    #[cfg(feature = "redis")]
+    pub(crate) fn local_connections(&self) -> Vec<(ConnectionId, Option<UserId>)> {
+        self.core
+            .lock()
+            .connections
+            .iter()
+            .map(|(id, c)| (id.clone(), c.sub.user.clone()))
+            .collect()
     }
 }
 
@@ -225,12 +403,14 @@ impl Inner {
 ///
 /// ```
 /// use htmx_sse::broadcast::BroadcastManager;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), htmx_sse::Error> {
 ///
 /// let manager = BroadcastManager::builder().history(100).build();
-/// let sent = manager.broadcast("chat", "<li>hi</li>", None, &[])?;
+/// let sent = manager.broadcast("chat", "<li>hi</li>", None, &[]).await?;
 /// assert_eq!(sent.delivered, 0); // nobody is connected yet
 /// assert_eq!(manager.history(Some(10)).len(), 1);
-/// # Ok::<(), htmx_sse::Error>(())
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct BroadcastManager {
@@ -241,7 +421,8 @@ impl fmt::Debug for BroadcastManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let core = self.inner.core.lock();
         f.debug_struct("BroadcastManager")
-            .field("epoch", &self.inner.epoch)
+            .field("backend", &self.inner.backend)
+            .field("epoch", &core.epoch)
             .field("seq", &core.seq)
             .field("connections", &core.connections.len())
             .field("history", &core.history.len())
@@ -337,6 +518,8 @@ impl BroadcastBuilder {
     ///
     /// ```
     /// use htmx_sse::{broadcast::BroadcastManager, Fragment};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
     ///
     /// let manager = BroadcastManager::builder()
     ///     .render(|msg| {
@@ -344,8 +527,8 @@ impl BroadcastBuilder {
     ///         Ok(Fragment::from(maud::html! { li { (text) } }))
     ///     })
     ///     .build();
-    /// manager.broadcast("chat", serde_json::json!({"text": "<b>hi</b>"}), None, &[])?;
-    /// # Ok::<(), htmx_sse::Error>(())
+    /// manager.broadcast("chat", serde_json::json!({"text": "<b>hi</b>"}), None, &[]).await?;
+    /// # Ok(()) }
     /// ```
     pub fn render<F>(mut self, f: F) -> Self
     where
@@ -389,18 +572,69 @@ impl BroadcastBuilder {
     /// Never for data; see [`queue_capacity`](Self::queue_capacity).
     #[must_use]
     pub fn build(self) -> BroadcastManager {
+        self.build_with(Backend::Memory, Epoch::random(), 0)
+    }
+
+    /// A manager on the Redis backend: many server processes sharing one
+    /// Redis act as one (see [`crate::backend`]). Reads the epoch and the
+    /// recent history from Redis, then starts reading new messages.
+    ///
+    /// ```no_run
+    /// use htmx_sse::{backend::RedisConfig, broadcast::BroadcastManager};
+    ///
+    /// # async fn run() -> Result<(), htmx_sse::Error> {
+    /// let url = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1/".into());
+    /// let manager = BroadcastManager::builder()
+    ///     .build_redis(RedisConfig::new(url))
+    ///     .await?;
+    /// manager.broadcast("chat", "<li>hi</li>", None, &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when Redis cannot be reached or answers with an
+    /// error.
+    #[cfg(feature = "redis")]
+    pub async fn build_redis(
+        self,
+        config: crate::backend::RedisConfig,
+    ) -> Result<BroadcastManager, Error> {
+        let mut start = crate::backend::redis::connect(config, self.history).await?;
+        let history = std::mem::take(&mut start.history);
+        let first = history.first().map_or(start.seq, |(s, _)| s - 1);
+        let manager = self.build_with(
+            Backend::Redis(Arc::clone(&start.shared)),
+            start.epoch,
+            first,
+        );
+        {
+            let inner = &manager.inner;
+            let mut core = inner.core.lock();
+            for (seq, p) in history {
+                inner.deliver(&mut core, seq, p);
+            }
+            core.seq = start.seq;
+        }
+        let seq = start.seq;
+        start.spawn(&manager.inner, seq);
+        Ok(manager)
+    }
+
+    fn build_with(self, backend: Backend, epoch: Epoch, seq: u64) -> BroadcastManager {
         // One signal for everything: the stream config's, if it has one.
         let shutdown = self.stream.shutdown.clone().unwrap_or_default();
         let (ring, _) = broadcast::channel(self.queue_capacity);
         BroadcastManager {
             inner: Arc::new(Inner {
-                epoch: Epoch::random(),
                 core: Mutex::new(Core {
-                    seq: 0,
+                    epoch,
+                    seq,
                     history: VecDeque::with_capacity(self.history.min(4096)),
                     connections: HashMap::new(),
                     users: HashMap::new(),
                 }),
+                backend,
                 ring,
                 registry: ConnectionRegistry::new(),
                 history_limit: self.history,
@@ -486,11 +720,17 @@ impl BroadcastManager {
             (None, _) => ConnectionId::random(),
         };
         let oldest = core.history.front().map_or(core.seq + 1, |s| s.seq);
+        let epoch = core.epoch;
         let (start, reset, replay) = match resume {
             None => (core.seq, None, Vec::new()),
             Some(Err(reason)) => (core.seq, Some(reason), Vec::new()),
-            Some(Ok(lei)) if lei.epoch != inner.epoch => {
+            Some(Ok(lei)) if lei.epoch != epoch => {
                 (core.seq, Some(ResetReason::Restarted), Vec::new())
+            }
+            // Another instance numbered it and this one has not read it
+            // yet: start after it (what comes up to it is skipped).
+            Some(Ok(lei)) if lei.seq > core.seq && self.is_distributed() => {
+                (lei.seq, None, Vec::new())
             }
             Some(Ok(lei)) if lei.seq > core.seq => {
                 (core.seq, Some(ResetReason::Unrecognized), Vec::new())
@@ -529,6 +769,11 @@ impl BroadcastManager {
         }
         let seq_now = core.seq;
         drop(core);
+        let ready = match &inner.backend {
+            Backend::Memory => None,
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => Some(redis.add(id.clone(), sub.user.clone())),
+        };
 
         let registration = inner.registry.add(Some(id.clone()), &inner.kind, metadata);
         let suffix = {
@@ -539,9 +784,11 @@ impl BroadcastManager {
             b.freeze()
         };
         let intro = Intro {
-            connection: self.connection_event(&id, start),
-            reset: reset.map(|r| self.reset_event(&id, seq_now, r)),
+            connection: connection_event(epoch, &id, start),
+            reset: reset.map(|r| reset_event(epoch, &id, seq_now, r)),
             replay: replay.into(),
+            after: start,
+            ready,
         };
         if let Some(reason) = reset {
             tracing::debug!(connection = %id, ?reason, "resume impossible, sending reset");
@@ -565,26 +812,11 @@ impl BroadcastManager {
         }
     }
 
-    fn connection_event(&self, id: &ConnectionId, seq: u64) -> Event {
-        // The id is ASCII letters, digits, '-' and '_': safe in the
-        // attribute and in the field.
-        Event::builder()
-            .event(CONNECTION_EVENT)
-            .id(format!("{}-{}.{}", self.inner.epoch, seq, id))
-            .data(format!(
-                "<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">"
-            ))
-            .build()
-            .unwrap_or_else(|_| Event::message(""))
-    }
-
-    fn reset_event(&self, id: &ConnectionId, seq: u64, reason: ResetReason) -> Event {
-        Event::builder()
-            .event(RESET_EVENT)
-            .id(format!("{}-{}.{}", self.inner.epoch, seq, id))
-            .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
-            .build()
-            .unwrap_or_else(|_| Event::message(""))
+    /// Whether messages travel through a backend shared with other server
+    /// processes (Redis).
+    #[must_use]
+    pub fn is_distributed(&self) -> bool {
+        !matches!(self.inner.backend, Backend::Memory)
     }
 
     /// Sends a message to every connection except those in `exclude`;
@@ -600,7 +832,7 @@ impl BroadcastManager {
     /// [`Error::InvalidField`] or [`Error::EmptyEventName`] for a bad type,
     /// [`Error::Json`] when `data` does not serialise, or the renderer's
     /// error. Nothing is published then.
-    pub fn broadcast<T, D>(
+    pub async fn broadcast<T, D>(
         &self,
         message_type: T,
         data: D,
@@ -616,6 +848,7 @@ impl BroadcastManager {
             .metadata(metadata)
             .exclude(exclude)
             .send()
+            .await
     }
 
     /// Sends a message to exactly one connection.
@@ -624,7 +857,7 @@ impl BroadcastManager {
     ///
     /// [`Error::UnknownConnection`] when no connection has this id (nothing
     /// is published), and the errors of [`broadcast`](Self::broadcast).
-    pub fn send_to<T, D>(
+    pub async fn send_to<T, D>(
         &self,
         connection_id: &ConnectionId,
         message_type: T,
@@ -640,6 +873,7 @@ impl BroadcastManager {
             .metadata(metadata)
             .to_connection(connection_id.clone())
             .send()
+            .await
     }
 
     /// Sends a message to every connection (every tab) of `user`, and to
@@ -649,7 +883,7 @@ impl BroadcastManager {
     /// # Errors
     ///
     /// As [`broadcast`](Self::broadcast).
-    pub fn send_to_user<T, D>(
+    pub async fn send_to_user<T, D>(
         &self,
         user: &UserId,
         message_type: T,
@@ -665,6 +899,7 @@ impl BroadcastManager {
             .metadata(metadata)
             .to_user(user.clone())
             .send()
+            .await
     }
 
     /// Prepares a message with every option: topics, private delivery, a
@@ -672,15 +907,17 @@ impl BroadcastManager {
     ///
     /// ```
     /// use htmx_sse::{broadcast::BroadcastManager, topics::Topic};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ///
     /// let manager = BroadcastManager::new();
     /// let sent = manager
     ///     .message("update", "<li>milk</li>")
     ///     .topics([Topic::new("lists/7")?])
     ///     .private(true)
-    ///     .send()?;
+    ///     .send().await?;
     /// assert_eq!(sent.delivered, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok(()) }
     /// ```
     pub fn message<T, D>(&self, message_type: T, data: D) -> Message<'_>
     where
@@ -716,7 +953,8 @@ impl BroadcastManager {
         }
     }
 
-    fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
+    /// Renders and encodes a message once, outside any lock.
+    fn prepare(&self, m: Message<'_>) -> Result<Prepared, Error> {
         let inner = &*self.inner;
         if let Some(e) = m.error {
             return Err(e);
@@ -735,8 +973,8 @@ impl BroadcastManager {
             None => default_text(&data),
         };
         let exclude: Box<[ConnectionId]> = m.exclude.into();
-        // Encoded once (once per topic with the topic as type), outside the
-        // lock; only the id is per message.
+        // Encoded once (once per topic with the topic as type); only the id
+        // is per message.
         let mut topic_bodies = None;
         let target = match m.dest {
             Dest::All => Target::All { exclude },
@@ -770,100 +1008,81 @@ impl BroadcastManager {
             }
         };
         let body = named(&message_type).data(text).build()?.into_bytes();
-
-        let mut core = inner.core.lock();
-        // Where it goes besides the ring: one connection or a user's.
-        let mut target = target;
-        let directs: Vec<Arc<Direct>> = match &mut target {
-            Target::One { to, user } => match core.connections.get(to) {
-                Some(c) => {
-                    user.clone_from(&c.sub.user);
-                    vec![Arc::clone(&c.direct)]
-                }
-                None => {
-                    return Err(Error::UnknownConnection { id: to.to_string() });
-                }
-            },
-            Target::User { user, exclude } => core
-                .users
-                .get(user)
-                .into_iter()
-                .flatten()
-                .filter(|id| !exclude.contains(id))
-                .filter_map(|id| core.connections.get(id))
-                .map(|c| Arc::clone(&c.direct))
-                .collect(),
-            Target::All { .. } | Target::Topics { .. } => Vec::new(),
-        };
-        core.seq += 1;
-        let id = MessageId {
-            epoch: inner.epoch,
-            seq: core.seq,
-        };
-        let mut head = BytesMut::with_capacity(24);
-        head.put_slice(b"id: ");
-        head.put_slice(id.to_string().as_bytes());
-        let stored = Arc::new(Stored {
-            seq: core.seq,
-            head: head.freeze(),
+        Ok(Prepared {
             body,
             topic_bodies,
             target,
-            message: BroadcastMessage {
-                id,
-                message_type,
-                data,
-                timestamp,
-                metadata,
-            },
-        });
-        if inner.history_limit > 0 {
-            if core.history.len() == inner.history_limit {
-                core.history.pop_front();
-            }
-            core.history.push_back(Arc::clone(&stored));
-        }
-        let delivered = match &stored.target {
-            Target::One { .. } | Target::User { .. } => {
-                for direct in &directs {
-                    let mut queue = direct.queue.lock();
-                    if queue.len() >= inner.queue_capacity {
-                        // Too far behind: close it; it resumes from history.
-                        direct.lagged.store(true, Ordering::Release);
-                    } else {
-                        queue.push_back(Arc::clone(&stored));
+            message_type,
+            data,
+            metadata,
+            timestamp,
+        })
+    }
+
+    async fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
+        let inner = &*self.inner;
+        let mut prepared = self.prepare(m)?;
+        match &inner.backend {
+            Backend::Memory => {
+                let mut core = inner.core.lock();
+                if let Target::One { to, user } = &mut prepared.target {
+                    match core.connections.get(to) {
+                        Some(c) => user.clone_from(&c.sub.user),
+                        None => return Err(Error::UnknownConnection { id: to.to_string() }),
                     }
-                    drop(queue);
-                    direct.waker.wake();
                 }
-                directs.len()
+                let seq = core.seq + 1;
+                let (id, delivered) = inner.deliver(&mut core, seq, prepared);
+                Ok(Sent { id, delivered })
             }
-            Target::All { exclude } => {
-                let excluded = exclude
-                    .iter()
-                    .filter(|id| core.connections.contains_key(*id))
-                    .count();
-                let receivers = inner.ring.send(Arc::clone(&stored)).unwrap_or(0);
-                receivers.saturating_sub(excluded)
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => {
+                if let Target::One { to, user } = &mut prepared.target {
+                    let local = inner
+                        .core
+                        .lock()
+                        .connections
+                        .get(to)
+                        .map(|c| c.sub.user.clone());
+                    *user = match local {
+                        Some(u) => u,
+                        None => redis
+                            .lookup(to)
+                            .await?
+                            .ok_or_else(|| Error::UnknownConnection { id: to.to_string() })?,
+                    };
+                }
+                let epoch = inner.core.lock().epoch;
+                let (id, delivered) = redis.publish(epoch, &prepared).await?;
+                Ok(Sent { id, delivered })
             }
-            Target::Topics {
-                topics,
-                private,
-                exclude,
-            } => {
-                let wanted = core
-                    .connections
-                    .iter()
-                    .filter(|(id, c)| {
-                        !exclude.contains(id) && c.sub.wants(topics, *private).is_some()
-                    })
-                    .count();
-                let _ = inner.ring.send(Arc::clone(&stored));
-                wanted
-            }
-        };
-        drop(core);
-        Ok(Sent { id, delivered })
+        }
+    }
+
+    /// Whether the backend can be reached now: always in memory; with
+    /// Redis, whether this process is reading the shared stream.
+    #[must_use]
+    pub fn backend_connected(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Memory => true,
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.is_reading(),
+        }
+    }
+
+    /// Connections open on every server process sharing this manager's
+    /// backend: with the Redis backend, every live instance's; in memory,
+    /// the same as [`connection_count`](Self::connection_count).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when Redis cannot be reached.
+    pub async fn cluster_connection_count(&self) -> Result<usize, Error> {
+        match &self.inner.backend {
+            Backend::Memory => Ok(self.connection_count()),
+            #[cfg(feature = "redis")]
+            Backend::Redis(redis) => redis.cluster_count().await,
+        }
     }
 
     /// Ends a connection with the close message (the page stops listening
@@ -940,9 +1159,10 @@ impl BroadcastManager {
     /// sequence 0 before any).
     #[must_use]
     pub fn last_id(&self) -> MessageId {
+        let core = self.inner.core.lock();
         MessageId {
-            epoch: self.inner.epoch,
-            seq: self.inner.core.lock().seq,
+            epoch: core.epoch,
+            seq: core.seq,
         }
     }
 
@@ -971,6 +1191,28 @@ impl BroadcastManager {
     pub fn shutdown_signal(&self) -> &Shutdown {
         &self.inner.shutdown
     }
+}
+
+fn connection_event(epoch: Epoch, id: &ConnectionId, seq: u64) -> Event {
+    // The id is ASCII letters, digits, '-' and '_': safe in the attribute
+    // and in the field.
+    Event::builder()
+        .event(CONNECTION_EVENT)
+        .id(format!("{epoch}-{seq}.{id}"))
+        .data(format!(
+            "<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">"
+        ))
+        .build()
+        .unwrap_or_else(|_| Event::message(""))
+}
+
+fn reset_event(epoch: Epoch, id: &ConnectionId, seq: u64, reason: ResetReason) -> Event {
+    Event::builder()
+        .event(RESET_EVENT)
+        .id(format!("{epoch}-{seq}.{id}"))
+        .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
+        .build()
+        .unwrap_or_else(|_| Event::message(""))
 }
 
 /// A builder for a frame of this type: `message` is sent unnamed (the same
@@ -1070,7 +1312,7 @@ impl Message<'_> {
     /// A bad type, data that does not serialise, the renderer's error, a
     /// topic message without topics, an unknown connection for
     /// [`to_connection`](Self::to_connection). Nothing is published then.
-    pub fn send(self) -> Result<Sent, Error> {
-        self.manager.publish(self)
+    pub async fn send(self) -> Result<Sent, Error> {
+        self.manager.publish(self).await
     }
 }

@@ -139,11 +139,13 @@ impl BroadcastMessage {
     ///
     /// ```
     /// # use htmx_sse::broadcast::BroadcastManager;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
     /// let manager = BroadcastManager::new();
-    /// manager.broadcast("note", "hello", None, &[])?;
+    /// manager.broadcast("note", "hello", None, &[]).await?;
     /// let json = manager.history(None)[0].to_json();
     /// assert!(json.contains(r#""type":"note","data":"hello""#));
-    /// # Ok::<(), htmx_sse::Error>(())
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn to_json(&self) -> String {
@@ -157,12 +159,14 @@ impl BroadcastMessage {
     ///
     /// ```
     /// # use htmx_sse::broadcast::BroadcastManager;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
     /// let manager = BroadcastManager::new();
-    /// manager.broadcast("note", "<p>hi</p>", None, &[])?;
+    /// manager.broadcast("note", "<p>hi</p>", None, &[]).await?;
     /// let msg = &manager.history(None)[0];
     /// let frame = String::from_utf8(msg.to_event().as_bytes().to_vec()).unwrap();
     /// assert_eq!(frame, format!("event: note\nid: {}\ndata: <p>hi</p>\n\n", msg.id));
-    /// # Ok::<(), htmx_sse::Error>(())
+    /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn to_event(&self) -> Event {

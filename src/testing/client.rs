@@ -144,6 +144,7 @@ impl TestClientBuilder {
             resp: Some(resp),
             parser: Parser::new(),
             pending: VecDeque::new(),
+            last_id: String::new(),
             raw: Vec::new(),
         })
     }
@@ -157,6 +158,7 @@ pub struct TestClient {
     parser: Parser,
     pending: VecDeque<SseItem>,
     raw: Vec<u8>,
+    last_id: String,
 }
 
 impl TestClient {
@@ -181,10 +183,12 @@ impl TestClient {
         &self.raw
     }
 
-    /// The last event id the stream set (what a browser would send back).
+    /// The last event id of the events read so far: what a page that
+    /// handled them would send back. Events that arrived in the same chunk
+    /// but were not read yet do not count.
     #[must_use]
     pub fn last_event_id(&self) -> &str {
-        self.parser.last_event_id()
+        &self.last_id
     }
 
     /// The reconnection time the stream last set with `retry:`.
@@ -202,6 +206,9 @@ impl TestClient {
     pub async fn next_item(&mut self) -> Result<SseItem, ClientError> {
         loop {
             if let Some(item) = self.pending.pop_front() {
+                if let SseItem::Event(ev) = &item {
+                    self.last_id.clone_from(&ev.last_event_id);
+                }
                 return Ok(item);
             }
             let Some(resp) = self.resp.as_mut() else {

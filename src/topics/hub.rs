@@ -260,6 +260,7 @@ async fn publish(hub: &TopicRoutes, req: Request) -> Response {
         .private(body.private)
         .topic_as_type(body.topic_as_type)
         .send()
+        .await
     {
         Ok(s) => sent(s),
         Err(e) => publish_error(&e),

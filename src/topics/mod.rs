@@ -13,7 +13,7 @@
 //! // The page: <div hx-ext="sse" sse-connect="/hub?topic=todos%2F%7Bid%7D" …>
 //! let element = TopicStream::new([TopicSelector::new("todos/{id}")?]).render()?;
 //! // The server: only subscribers of a matching selector receive it.
-//! hub.message("message", "<li>milk</li>").topics([Topic::new("todos/7")?]).send()?;
+//! hub.message("message", "<li>milk</li>").topics([Topic::new("todos/7")?]).send().await?;
 //! # Ok(()) }
 //! ```
 //!

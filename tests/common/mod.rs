@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: a real server on 127.0.0.1.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::future::Future;
 use std::net::SocketAddr;
 

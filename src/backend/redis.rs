@@ -1,0 +1,978 @@
+//! The Redis backend: see the [module docs](super).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broadcast::manager::{Inner, Prepared, Target};
+use crate::broadcast::{Epoch, MessageId};
+use crate::connections::{ConnectionId, UserId};
+use crate::error::Error;
+use crate::event::EventName;
+use crate::topics::Topic;
+
+/// Where the Redis backend connects and under which key prefix it keeps its
+/// data.
+///
+/// ```no_run
+/// use htmx_sse::{backend::RedisConfig, broadcast::BroadcastManager};
+///
+/// # async fn run() -> Result<(), htmx_sse::Error> {
+/// let manager = BroadcastManager::builder()
+///     .history(500)
+///     .build_redis(RedisConfig::new("redis://127.0.0.1:6379/").prefix("chat"))
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RedisConfig {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: show only where it points.
+        let shown = match self.url.rsplit_once('@') {
+            Some((_, host)) => format!("redis://…@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &shown)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// Connects to `url` (`redis://[:password@]host:port[/db]`), key prefix
+    /// `htmx-sse`, command timeout 2 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: "htmx-sse".to_owned(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The prefix of every key (default `htmx-sse`). Managers that share a
+    /// prefix share messages; give each manager of an application its own
+    /// (`chat`, `notifications`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a publish waits for Redis before it fails (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+fn backend_error(what: &str, e: &redis::RedisError) -> Error {
+    Error::Backend(format!("{what}: {e}"))
+}
+
+struct Keys {
+    stream: String,
+    seq: String,
+    epoch: String,
+    /// Hash: connection id → instance id.
+    place: String,
+    /// Set of instance ids.
+    instances: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            stream: format!("{prefix}:stream"),
+            seq: format!("{prefix}:seq"),
+            epoch: format!("{prefix}:epoch"),
+            place: format!("{prefix}:where"),
+            instances: format!("{prefix}:instances"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Hash: this instance's connection id → user id (or "").
+    fn conns(&self, instance: &str) -> String {
+        format!("{}:conns:{instance}", self.prefix)
+    }
+
+    /// Exists while the instance lives.
+    fn alive(&self, instance: &str) -> String {
+        format!("{}:alive:{instance}", self.prefix)
+    }
+}
+
+/// Numbers a message and appends it, atomically: every instance sees one
+/// order. Fails when the epoch in Redis is not the publisher's (Redis lost
+/// its data and a reader has not caught up yet).
+const PUBLISH: &str = r"
+local e = redis.call('GET', KEYS[3])
+if e ~= ARGV[2] then
+  return redis.error_reply('EPOCH the Redis data was reset; retry')
+end
+local seq = redis.call('INCR', KEYS[2])
+local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. seq}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+redis.call(unpack(args))
+return seq
+";
+
+/// Forgets a connection, unless another instance took its id since.
+const FORGET: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Removes everything a dead instance left.
+const BURY: &str = r"
+local ids = redis.call('HKEYS', KEYS[2])
+for _, id in ipairs(ids) do
+  if redis.call('HGET', KEYS[1], id) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], id)
+  end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return #ids
+";
+
+const LIVENESS: Duration = Duration::from_secs(15);
+const RENEW: Duration = Duration::from_secs(5);
+const BLOCK: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+enum RegOp {
+    Add {
+        id: ConnectionId,
+        user: Option<UserId>,
+        ready: oneshot::Sender<()>,
+    },
+    Remove {
+        id: ConnectionId,
+    },
+}
+
+/// The Redis side of a manager.
+pub(crate) struct Shared {
+    client: Client,
+    keys: Keys,
+    instance: String,
+    commands: ConnectionManager,
+    publish: Script,
+    forget: Script,
+    bury: Script,
+    history: usize,
+    timeout: Duration,
+    nonce: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<usize>>>,
+    registry: mpsc::UnboundedSender<RegOp>,
+    reading: AtomicBool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.keys.prefix)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What connecting found in Redis.
+pub(crate) struct Start {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) epoch: Epoch,
+    /// The last number given out.
+    pub(crate) seq: u64,
+    /// The stream's most recent messages, oldest first.
+    pub(crate) history: Vec<(u64, Prepared)>,
+    registry: mpsc::UnboundedReceiver<RegOp>,
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    what: &str,
+    f: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(backend_error(what, &e)),
+        Err(_) => Err(Error::Backend(format!(
+            "{what}: no answer from Redis within {timeout:?}"
+        ))),
+    }
+}
+
+/// The epoch in Redis, made (as a fresh random one) when there is none.
+async fn epoch<C: redis::aio::ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+) -> redis::RedisResult<Epoch> {
+    let candidate = Epoch::random().to_string();
+    let (current,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(&keys.epoch)
+        .arg(&candidate)
+        .arg("NX")
+        .ignore()
+        .get(&keys.epoch)
+        .query_async(con)
+        .await?;
+    parse_epoch(&current).ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "the epoch key does not hold an epoch",
+            current,
+        ))
+    })
+}
+
+fn parse_epoch(s: &str) -> Option<Epoch> {
+    (s.len() == 8)
+        .then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
+        .map(Epoch)
+}
+
+/// Connects, reads the epoch and the recent history.
+pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start, Error> {
+    let client = Client::open(config.url.as_str())
+        .map_err(|e| Error::Backend(format!("bad Redis URL: {e}")))?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.timeout))
+        .set_response_timeout(Some(config.timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(MAX_BACKOFF);
+    let mut commands = with_timeout(
+        config.timeout * 2,
+        "connecting to Redis",
+        client.get_connection_manager_with_config(manager_config),
+    )
+    .await?;
+    let keys = Keys::new(&config.prefix);
+    let epoch = with_timeout(
+        config.timeout,
+        "reading the epoch",
+        epoch(&mut commands, &keys),
+    )
+    .await?;
+    let reply: StreamRangeReply = with_timeout(
+        config.timeout,
+        "reading the history",
+        commands.xrevrange_count(&keys.stream, "+", "-", history.max(1)),
+    )
+    .await?;
+    let mut entries = Vec::with_capacity(reply.ids.len());
+    for entry in reply.ids.iter().rev() {
+        match decode(entry) {
+            Ok(d) if d.epoch == epoch => entries.push((d.seq, d.prepared)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry"),
+        }
+    }
+    let counter: Option<u64> = with_timeout(
+        config.timeout,
+        "reading the sequence",
+        commands.get(&keys.seq),
+    )
+    .await?;
+    let seq = entries.last().map(|(s, _)| *s).max(counter).unwrap_or(0);
+    if history == 0 {
+        entries.clear();
+    }
+    let (registry, registry_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        client,
+        keys,
+        instance: uuid::Uuid::new_v4().simple().to_string(),
+        commands,
+        publish: Script::new(PUBLISH),
+        forget: Script::new(FORGET),
+        bury: Script::new(BURY),
+        history: history.max(1),
+        timeout: config.timeout,
+        nonce: AtomicU64::new(1),
+        pending: Mutex::new(HashMap::new()),
+        registry,
+        reading: AtomicBool::new(false),
+    });
+    Ok(Start {
+        shared,
+        epoch,
+        seq,
+        history: entries,
+        registry: registry_rx,
+    })
+}
+
+impl Start {
+    /// Starts the reader, the registry writer and the liveness renewal;
+    /// each ends once the manager is gone.
+    pub(crate) fn spawn(self, manager: &Arc<Inner>, from_seq: u64) {
+        let weak = Arc::downgrade(manager);
+        tokio::spawn(read_loop(weak.clone(), Arc::clone(&self.shared), from_seq));
+        tokio::spawn(registry_loop(
+            weak.clone(),
+            Arc::clone(&self.shared),
+            self.registry,
+        ));
+        tokio::spawn(liveness_loop(weak, self.shared));
+    }
+}
+
+impl Shared {
+    /// Publishes `prepared` and waits until this instance delivered it;
+    /// returns its id and how many of this instance's connections it was
+    /// queued for.
+    pub(crate) async fn publish(
+        &self,
+        epoch: Epoch,
+        prepared: &Prepared,
+    ) -> Result<(MessageId, usize), Error> {
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(nonce, tx);
+        let fields = encode(prepared, epoch, &self.instance, nonce);
+        let mut invocation = self.publish.prepare_invoke();
+        invocation
+            .key(&self.keys.stream)
+            .key(&self.keys.seq)
+            .key(&self.keys.epoch)
+            .arg(self.history)
+            .arg(epoch.to_string());
+        for (name, value) in &fields {
+            invocation.arg(name.as_str()).arg(value.as_ref());
+        }
+        let mut con = self.commands.clone();
+        let seq: Result<u64, Error> = with_timeout(
+            self.timeout,
+            "publishing",
+            invocation.invoke_async(&mut con),
+        )
+        .await;
+        let seq = match seq {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.pending.lock().remove(&nonce);
+                return Err(e);
+            }
+        };
+        let id = MessageId { epoch, seq };
+        // Read-your-writes: this instance's connections have it queued when
+        // publishing returns.
+        let delivered = if let Ok(Ok(n)) = tokio::time::timeout(self.timeout, rx).await {
+            n
+        } else {
+            self.pending.lock().remove(&nonce);
+            tracing::warn!(%id, "published, but this instance has not read it back yet");
+            0
+        };
+        Ok((id, delivered))
+    }
+
+    /// The user of a connection on any instance, or `None` when no live
+    /// instance has it.
+    pub(crate) async fn lookup(&self, id: &ConnectionId) -> Result<Option<Option<UserId>>, Error> {
+        let mut con = self.commands.clone();
+        let instance: Option<String> = with_timeout(
+            self.timeout,
+            "looking up a connection",
+            con.hget(&self.keys.place, id.as_str()),
+        )
+        .await?;
+        let Some(instance) = instance else {
+            return Ok(None);
+        };
+        let (alive, user): (bool, Option<String>) = with_timeout(
+            self.timeout,
+            "looking up a connection",
+            redis::pipe()
+                .exists(self.keys.alive(&instance))
+                .hget(self.keys.conns(&instance), id.as_str())
+                .query_async(&mut con),
+        )
+        .await?;
+        Ok(match (alive, user) {
+            (true, Some(user)) if user.is_empty() => Some(None),
+            (true, Some(user)) => UserId::new(&user).ok().map(Some),
+            _ => None,
+        })
+    }
+
+    /// Connections on every live instance.
+    pub(crate) async fn cluster_count(&self) -> Result<usize, Error> {
+        let mut con = self.commands.clone();
+        let instances: Vec<String> = with_timeout(
+            self.timeout,
+            "counting connections",
+            con.smembers(&self.keys.instances),
+        )
+        .await?;
+        let mut pipe = redis::pipe();
+        for i in &instances {
+            pipe.exists(self.keys.alive(i)).hlen(self.keys.conns(i));
+        }
+        let counts: Vec<(bool, usize)> = if instances.is_empty() {
+            Vec::new()
+        } else {
+            let flat: Vec<Value> = with_timeout(
+                self.timeout,
+                "counting connections",
+                pipe.query_async(&mut con),
+            )
+            .await?;
+            flat.chunks(2)
+                .map(|c| {
+                    let alive = redis::from_redis_value::<bool>(c[0].clone()).unwrap_or(false);
+                    let n = redis::from_redis_value::<usize>(c[1].clone()).unwrap_or(0);
+                    (alive, n)
+                })
+                .collect()
+        };
+        Ok(counts
+            .iter()
+            .filter(|(alive, _)| *alive)
+            .map(|(_, n)| n)
+            .sum())
+    }
+
+    /// Records a new local connection; `ready` fires once Redis knows it
+    /// (or failed to learn it).
+    pub(crate) fn add(&self, id: ConnectionId, user: Option<UserId>) -> oneshot::Receiver<()> {
+        let (ready, rx) = oneshot::channel();
+        let _ = self.registry.send(RegOp::Add { id, user, ready });
+        rx
+    }
+
+    /// Forgets a local connection.
+    pub(crate) fn remove(&self, id: ConnectionId) {
+        let _ = self.registry.send(RegOp::Remove { id });
+    }
+
+    /// Whether the reader is connected to Redis now.
+    pub(crate) fn is_reading(&self) -> bool {
+        self.reading.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entries: how a prepared message is kept in the stream.
+
+struct Decoded {
+    seq: u64,
+    epoch: Epoch,
+    origin: String,
+    nonce: u64,
+    prepared: Prepared,
+}
+
+fn ids(ids: &[ConnectionId]) -> Vec<&str> {
+    ids.iter().map(ConnectionId::as_str).collect()
+}
+
+fn encode(p: &Prepared, epoch: Epoch, origin: &str, nonce: u64) -> Vec<(String, Bytes)> {
+    let target = match &p.target {
+        Target::All { exclude } => json!({"k": "all", "x": ids(exclude)}),
+        Target::One { to, user } => json!({
+            "k": "one", "to": to.as_str(), "u": user.as_ref().map(UserId::as_str)
+        }),
+        Target::Topics {
+            topics,
+            private,
+            exclude,
+        } => json!({
+            "k": "topics",
+            "t": topics.iter().map(Topic::as_str).collect::<Vec<_>>(),
+            "p": private,
+            "x": ids(exclude),
+        }),
+        Target::User { user, exclude } => {
+            json!({"k": "user", "u": user.as_str(), "x": ids(exclude)})
+        }
+    };
+    let meta = json!({
+        "target": target,
+        "type": p.message_type.as_str(),
+        "data": p.data,
+        "ts": p.timestamp.to_rfc3339(),
+        "meta": p.metadata,
+    });
+    let mut fields = vec![
+        ("e".to_owned(), Bytes::from(epoch.to_string())),
+        ("o".to_owned(), Bytes::from(origin.to_owned())),
+        ("n".to_owned(), Bytes::from(nonce.to_string())),
+        ("m".to_owned(), Bytes::from(meta.to_string())),
+        ("b".to_owned(), p.body.clone()),
+    ];
+    if let Some(bodies) = &p.topic_bodies {
+        for (i, b) in bodies.iter().enumerate() {
+            fields.push((format!("t{i}"), b.clone()));
+        }
+    }
+    fields
+}
+
+fn field_bytes(entry: &StreamId, name: &str) -> Option<Vec<u8>> {
+    match entry.map.get(name)? {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn field_str(entry: &StreamId, name: &str) -> Option<String> {
+    String::from_utf8(field_bytes(entry, name)?).ok()
+}
+
+fn id_list(v: &serde_json::Value) -> Result<Box<[ConnectionId]>, String> {
+    v.as_array()
+        .ok_or("exclusions are not a list")?
+        .iter()
+        .map(|i| {
+            i.as_str()
+                .and_then(|s| ConnectionId::new(s).ok())
+                .ok_or_else(|| "bad connection id".to_owned())
+        })
+        .collect()
+}
+
+fn decode(entry: &StreamId) -> Result<Decoded, String> {
+    let seq = entry
+        .id
+        .strip_prefix("0-")
+        .and_then(|s| s.parse().ok())
+        .ok_or("not an id of ours")?;
+    let epoch = field_str(entry, "e")
+        .and_then(|e| parse_epoch(&e))
+        .ok_or("no epoch")?;
+    let origin = field_str(entry, "o").ok_or("no origin")?;
+    let nonce = field_str(entry, "n")
+        .and_then(|n| n.parse().ok())
+        .ok_or("no nonce")?;
+    let meta: serde_json::Value = field_str(entry, "m")
+        .and_then(|m| serde_json::from_str(&m).ok())
+        .ok_or("no message")?;
+    let body = Bytes::from(field_bytes(entry, "b").ok_or("no body")?);
+    let t = &meta["target"];
+    let user = |v: &serde_json::Value| -> Result<Option<UserId>, String> {
+        match v.as_str() {
+            None => Ok(None),
+            Some(u) => UserId::new(u).map(Some).map_err(|e| e.to_string()),
+        }
+    };
+    let target = match t["k"].as_str() {
+        Some("all") => Target::All {
+            exclude: id_list(&t["x"])?,
+        },
+        Some("one") => Target::One {
+            to: t["to"]
+                .as_str()
+                .and_then(|s| ConnectionId::new(s).ok())
+                .ok_or("bad connection id")?,
+            user: user(&t["u"])?,
+        },
+        Some("topics") => Target::Topics {
+            topics: t["t"]
+                .as_array()
+                .ok_or("topics are not a list")?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .and_then(|s| Topic::new(s).ok())
+                        .ok_or_else(|| "bad topic".to_owned())
+                })
+                .collect::<Result<_, _>>()?,
+            private: t["p"].as_bool().unwrap_or(false),
+            exclude: id_list(&t["x"])?,
+        },
+        Some("user") => Target::User {
+            user: user(&t["u"])?.ok_or("no user")?,
+            exclude: id_list(&t["x"])?,
+        },
+        _ => return Err("unknown target".to_owned()),
+    };
+    let mut bodies = Vec::new();
+    while let Some(b) = field_bytes(entry, &format!("t{}", bodies.len())) {
+        bodies.push(Bytes::from(b));
+    }
+    let prepared = Prepared {
+        body,
+        topic_bodies: (!bodies.is_empty()).then(|| bodies.into_boxed_slice()),
+        target,
+        message_type: meta["type"]
+            .as_str()
+            .and_then(|s| EventName::new(s.to_owned()).ok())
+            .ok_or("bad type")?,
+        data: meta["data"].clone(),
+        metadata: (!meta["meta"].is_null()).then(|| meta["meta"].clone()),
+        timestamp: meta["ts"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc)),
+    };
+    Ok(Decoded {
+        seq,
+        epoch,
+        origin,
+        nonce,
+        prepared,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Background tasks.
+
+fn next_backoff(b: Duration) -> Duration {
+    (b * 2).min(MAX_BACKOFF)
+}
+
+async fn reader_connection(shared: &Shared) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(shared.timeout))
+        .set_response_timeout(Some(BLOCK + shared.timeout));
+    shared
+        .client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// Reads the stream and delivers each message to this instance's
+/// connections, in order; reconnects with backoff.
+async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failing = false;
+    loop {
+        if manager.strong_count() == 0 {
+            return;
+        }
+        let mut con = match reader_connection(&shared).await {
+            Ok(con) => con,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "Redis unreachable; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        // Redis may have come back without its data: a new epoch, read from
+        // the start of the new stream.
+        match epoch(&mut con, &shared.keys).await {
+            Ok(e) => {
+                let Some(inner) = manager.upgrade() else {
+                    return;
+                };
+                if inner.start_epoch(e) {
+                    tracing::warn!(epoch = %e, "Redis lost its data: new epoch");
+                    last = 0;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the epoch failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        }
+        if failing {
+            tracing::info!("Redis reachable again; delivery resumes");
+        }
+        backoff = MIN_BACKOFF;
+        shared.reading.store(true, Ordering::Relaxed);
+        let options = StreamReadOptions::default()
+            .count(1024)
+            .block(usize::try_from(BLOCK.as_millis()).unwrap_or(1000));
+        loop {
+            if manager.strong_count() == 0 {
+                return;
+            }
+            let from = format!("0-{last}");
+            let reply: redis::RedisResult<Option<StreamReadReply>> = con
+                .xread_options(&[&shared.keys.stream], &[&from], &options)
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading from Redis failed; reconnecting");
+                    failing = true;
+                    break;
+                }
+            };
+            let Some(inner) = manager.upgrade() else {
+                return;
+            };
+            for entry in reply.iter().flat_map(|r| &r.keys).flat_map(|k| &k.ids) {
+                match decode(entry) {
+                    Ok(d) => {
+                        last = d.seq;
+                        let delivered = inner.apply(d.epoch, d.seq, d.prepared);
+                        if d.origin == shared.instance
+                            && let Some(tx) = shared.pending.lock().remove(&d.nonce)
+                        {
+                            let _ = tx.send(delivered);
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(seq) = entry.id.strip_prefix("0-").and_then(|s| s.parse().ok())
+                        {
+                            last = seq;
+                        }
+                        tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry");
+                    }
+                }
+            }
+        }
+        shared.reading.store(false, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = next_backoff(backoff);
+    }
+}
+
+/// Writes connection arrivals and departures to Redis, in batches.
+async fn registry_loop(
+    manager: Weak<Inner>,
+    shared: Arc<Shared>,
+    mut ops: mpsc::UnboundedReceiver<RegOp>,
+) {
+    let conns = shared.keys.conns(&shared.instance);
+    let mut batch = Vec::new();
+    while ops.recv_many(&mut batch, 512).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut readies = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                RegOp::Add { id, user, ready } => {
+                    pipe.hset(&shared.keys.place, id.as_str(), &shared.instance)
+                        .ignore()
+                        .hset(
+                            &conns,
+                            id.as_str(),
+                            user.as_ref().map_or("", UserId::as_str),
+                        )
+                        .ignore();
+                    readies.push(ready);
+                }
+                RegOp::Remove { id } => {
+                    let mut forget = shared.forget.prepare_invoke();
+                    forget
+                        .key(&shared.keys.place)
+                        .key(&conns)
+                        .arg(id.as_str())
+                        .arg(&shared.instance);
+                    pipe.invoke_script(&forget).ignore();
+                }
+            }
+        }
+        let mut con = shared.commands.clone();
+        // Scripts in a pipeline run by EVALSHA: load it first.
+        let loaded: redis::RedisResult<()> = shared
+            .forget
+            .prepare_invoke()
+            .load_async(&mut con)
+            .await
+            .map(|_| ());
+        let result = match loaded {
+            Ok(()) => {
+                with_timeout(
+                    shared.timeout,
+                    "recording connections",
+                    pipe.query_async::<()>(&mut con),
+                )
+                .await
+            }
+            Err(e) => Err(backend_error("recording connections", &e)),
+        };
+        if let Err(e) = result {
+            // The liveness task writes every local connection again once
+            // Redis is back.
+            tracing::warn!(error = %e, "could not record connections in Redis");
+        }
+        drop(readies);
+        if manager.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
+/// Renews this instance's liveness key, writes its connections again when
+/// Redis forgot them, and buries instances that died.
+async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
+    let alive = shared.keys.alive(&shared.instance);
+    let conns = shared.keys.conns(&shared.instance);
+    let mut tick = tokio::time::interval(RENEW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = manager.upgrade() else {
+            return;
+        };
+        let mut con = shared.commands.clone();
+        let step = async {
+            let existed: bool = con.exists(&alive).await?;
+            let ttl = LIVENESS.as_secs();
+            let _: () = redis::pipe()
+                .set_ex(&alive, 1, ttl)
+                .ignore()
+                .sadd(&shared.keys.instances, &shared.instance)
+                .ignore()
+                .query_async(&mut con)
+                .await?;
+            if !existed {
+                // First round, or Redis forgot us: write every local
+                // connection again.
+                let local = inner.local_connections();
+                if !local.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for (id, user) in &local {
+                        pipe.hset(&shared.keys.place, id.as_str(), &shared.instance)
+                            .ignore()
+                            .hset(
+                                &conns,
+                                id.as_str(),
+                                user.as_ref().map_or("", UserId::as_str),
+                            )
+                            .ignore();
+                    }
+                    let _: () = pipe.query_async(&mut con).await?;
+                }
+            }
+            let instances: Vec<String> = con.smembers(&shared.keys.instances).await?;
+            for other in instances.iter().filter(|i| **i != shared.instance) {
+                let live: bool = con.exists(shared.keys.alive(other)).await?;
+                if !live {
+                    let n: usize = shared
+                        .bury
+                        .key(&shared.keys.place)
+                        .key(shared.keys.conns(other))
+                        .key(&shared.keys.instances)
+                        .arg(other)
+                        .invoke_async(&mut con)
+                        .await?;
+                    tracing::info!(instance = %other, connections = n, "buried a dead instance");
+                }
+            }
+            redis::RedisResult::Ok(())
+        };
+        let result = with_timeout(shared.timeout * 2, "renewing liveness", step).await;
+        drop(inner);
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "liveness renewal failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn entry(fields: Vec<(String, Bytes)>, seq: u64) -> StreamId {
+        StreamId {
+            id: format!("0-{seq}"),
+            map: fields
+                .into_iter()
+                .map(|(k, v)| (k, Value::BulkString(v.to_vec())))
+                .collect(),
+            ..StreamId::default()
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let body = Event::builder()
+            .event("chat")
+            .data("<li>hi</li>")
+            .build()
+            .unwrap()
+            .into_bytes();
+        let prepared = Prepared {
+            body: body.clone(),
+            topic_bodies: Some(vec![Bytes::from_static(b"event: a\ndata: x\n\n")].into()),
+            target: Target::Topics {
+                topics: vec![Topic::new("lists/7").unwrap()].into(),
+                private: true,
+                exclude: vec![ConnectionId::new("c1").unwrap()].into(),
+            },
+            message_type: EventName::new("chat".to_owned()).unwrap(),
+            data: json!({"text": "hi"}),
+            metadata: Some(json!({"by": "ann"})),
+            timestamp: Utc::now(),
+        };
+        let epoch = Epoch(0x1234_abcd);
+        let d = decode(&entry(encode(&prepared, epoch, "inst", 9), 42)).unwrap();
+        assert_eq!(
+            (d.seq, d.epoch, d.origin.as_str(), d.nonce),
+            (42, epoch, "inst", 9)
+        );
+        assert_eq!(d.prepared.body, body);
+        assert_eq!(d.prepared.topic_bodies, prepared.topic_bodies);
+        assert_eq!(d.prepared.data, prepared.data);
+        assert_eq!(d.prepared.metadata, prepared.metadata);
+        assert_eq!(d.prepared.message_type.as_str(), "chat");
+        assert!(matches!(
+            d.prepared.target,
+            Target::Topics { private: true, ref topics, ref exclude }
+                if topics[0].as_str() == "lists/7" && exclude[0].as_str() == "c1"
+        ));
+    }
+
+    #[test]
+    fn bad_entries_are_refused_not_panicked_on() {
+        let good = Prepared {
+            body: Bytes::from_static(b"data: x\n\n"),
+            topic_bodies: None,
+            target: Target::All {
+                exclude: Box::new([]),
+            },
+            message_type: EventName::new("message".to_owned()).unwrap(),
+            data: json!("x"),
+            metadata: None,
+            timestamp: Utc::now(),
+        };
+        let fields = encode(&good, Epoch(1), "i", 1);
+        for drop in ["e", "o", "n", "m", "b"] {
+            let fewer = fields.iter().filter(|(k, _)| k != drop).cloned().collect();
+            assert!(decode(&entry(fewer, 1)).is_err(), "without {drop}");
+        }
+        let mut bad_target = fields.clone();
+        bad_target[3].1 = Bytes::from(r#"{"target":{"k":"one","to":"a\nb"},"type":"x"}"#);
+        assert!(decode(&entry(bad_target, 1)).is_err());
+        let mut bad_id = entry(fields, 1);
+        bad_id.id = "1700000000000-0".to_owned();
+        assert!(decode(&bad_id).is_err());
+    }
+
+    #[test]
+    fn config_debug_hides_the_password() {
+        let c = RedisConfig::new("redis://:s3cret@127.0.0.1:6379/0");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("127.0.0.1:6379"), "{shown}");
+    }
+}

@@ -1,0 +1,267 @@
+//! One test suite, two backends: every test here runs against the
+//! in-memory backend and against the Redis backend on a real
+//! `redis-server` (started by the test on a free loopback port), over real
+//! HTTP on 127.0.0.1.
+#![cfg(all(feature = "testing", feature = "redis"))]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use common::redis::RedisServer;
+use htmx_sse::Error;
+use htmx_sse::backend::RedisConfig;
+use htmx_sse::broadcast::{
+    BroadcastBuilder, BroadcastManager, Subscription, setup_broadcast_routes,
+};
+use htmx_sse::connections::{ConnectionId, UserId};
+use htmx_sse::testing::{ReceivedEvent, TestClient};
+use htmx_sse::topics::{Topic, TopicSelector};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A manager on one of the two backends; keeps its Redis alive.
+struct Backend {
+    manager: BroadcastManager,
+    _redis: Option<RedisServer>,
+}
+
+async fn memory(builder: BroadcastBuilder) -> Backend {
+    Backend {
+        manager: builder.build(),
+        _redis: None,
+    }
+}
+
+async fn redis(builder: BroadcastBuilder) -> Backend {
+    let server = RedisServer::start(false);
+    let manager = builder
+        .build_redis(RedisConfig::new(server.url()))
+        .await
+        .expect("connects to the test redis-server");
+    Backend {
+        manager,
+        _redis: Some(server),
+    }
+}
+
+struct Server {
+    base: String,
+    backend: Backend,
+}
+
+async fn user_stream(
+    State(m): State<BroadcastManager>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let lei = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let sub = Subscription::new().user(UserId::new(&user).unwrap());
+    m.subscribe(sub, lei, serde_json::Value::Null)
+}
+
+async fn topic_stream(
+    State(m): State<BroadcastManager>,
+    Path(topic): Path<String>,
+) -> impl IntoResponse {
+    let sub = Subscription::new().topics(vec![TopicSelector::new(&topic).unwrap()]);
+    m.subscribe(sub, None, serde_json::Value::Null)
+}
+
+impl Server {
+    async fn start(backend: Backend) -> Server {
+        let manager = backend.manager.clone();
+        let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse").merge(
+            Router::new()
+                .route("/user/{user}", get(user_stream))
+                .route("/topic/{topic}", get(topic_stream))
+                .with_state(manager),
+        );
+        let (base, _task) = common::serve(app).await;
+        Server { base, backend }
+    }
+
+    fn m(&self) -> &BroadcastManager {
+        &self.backend.manager
+    }
+
+    async fn open(&self, path: &str, last_event_id: Option<&str>) -> (TestClient, ConnectionId) {
+        let mut b = TestClient::get(format!("{}{path}", self.base));
+        if let Some(id) = last_event_id {
+            b = b.last_event_id(id);
+        }
+        let mut c = b.connect().await.unwrap();
+        let ev = c.next_event_within(WAIT).await.unwrap();
+        assert_eq!(ev.event, "connection", "{ev:?}");
+        let id = ev
+            .data
+            .split("value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .to_owned();
+        (c, ConnectionId::new(&id).unwrap())
+    }
+}
+
+async fn next(c: &mut TestClient) -> ReceivedEvent {
+    c.next_event_within(WAIT).await.unwrap()
+}
+
+/// Asserts that `c` receives nothing before the marker broadcast now.
+async fn nothing_before_marker(s: &Server, c: &mut TestClient, marker: &str) {
+    s.m().broadcast("marker", marker, None, &[]).await.unwrap();
+    let ev = next(c).await;
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("marker", marker));
+}
+
+macro_rules! suite {
+    ($($backend:ident),*) => {$(
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn broadcast_reaches_all_but_the_excluded() {
+                let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
+                let (mut a, a_id) = s.open("/sse", None).await;
+                let (mut b, _) = s.open("/sse", None).await;
+                let sent = s.m().broadcast("note", "<p>hi</p>", None, &[a_id]).await.unwrap();
+                assert_eq!(sent.delivered, 1);
+                let ev = next(&mut b).await;
+                assert_eq!((ev.event.as_str(), ev.data.as_str()), ("note", "<p>hi</p>"));
+                assert!(ev.last_event_id.starts_with(&sent.id.to_string()));
+                nothing_before_marker(&s, &mut a, "m1").await;
+            }
+
+            #[tokio::test]
+            async fn send_to_one_connection_and_unknown_ids() {
+                let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
+                let (mut a, a_id) = s.open("/sse", None).await;
+                let (mut b, _) = s.open("/sse", None).await;
+                let sent = s.m().send_to(&a_id, "dm", "for a", None).await.unwrap();
+                assert_eq!(sent.delivered, 1);
+                assert_eq!(next(&mut a).await.data, "for a");
+                nothing_before_marker(&s, &mut b, "m1").await;
+                let before = s.m().last_id();
+                let ghost = ConnectionId::new("ghost-1").unwrap();
+                let err = s.m().send_to(&ghost, "dm", "x", None).await.unwrap_err();
+                assert!(matches!(err, Error::UnknownConnection { .. }), "{err:?}");
+                // Nothing was numbered for the unknown connection.
+                assert_eq!(s.m().last_id(), before);
+            }
+
+            #[tokio::test]
+            async fn per_user_delivery_reaches_every_tab_of_that_user_only() {
+                let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
+                let (mut ann1, _) = s.open("/user/ann", None).await;
+                let (mut ann2, _) = s.open("/user/ann", None).await;
+                let (mut bob, _) = s.open("/user/bob", None).await;
+                let ann = UserId::new("ann").unwrap();
+                let sent = s.m().send_to_user(&ann, "toast", "for ann", None).await.unwrap();
+                assert_eq!(sent.delivered, 2);
+                assert_eq!(next(&mut ann1).await.data, "for ann");
+                assert_eq!(next(&mut ann2).await.data, "for ann");
+                nothing_before_marker(&s, &mut bob, "m1").await;
+            }
+
+            #[tokio::test]
+            async fn topics_reach_their_subscribers_only() {
+                let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
+                let (mut seven, _) = s.open("/topic/todos%2F7", None).await;
+                let (mut any, _) = s.open("/topic/todos%2F%7Bid%7D", None).await;
+                let (mut other, _) = s.open("/topic/lists", None).await;
+                let sent = s
+                    .m()
+                    .message("message", "<li>milk</li>")
+                    .topics([Topic::new("todos/7").unwrap()])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(sent.delivered, 2);
+                assert_eq!(next(&mut seven).await.data, "<li>milk</li>");
+                assert_eq!(next(&mut any).await.data, "<li>milk</li>");
+                nothing_before_marker(&s, &mut other, "m1").await;
+            }
+
+            #[tokio::test]
+            async fn resume_with_last_event_id_misses_nothing() {
+                let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
+                let (mut c, c_id) = s.open("/sse", None).await;
+                for n in 0..3 {
+                    s.m().broadcast("n", n, None, &[]).await.unwrap();
+                }
+                for n in 0..3 {
+                    assert_eq!(next(&mut c).await.data, n.to_string());
+                }
+                let last = c.last_event_id().to_owned();
+                c.close();
+                for n in 3..8 {
+                    s.m().broadcast("n", n, None, &[]).await.unwrap();
+                }
+                let (mut c, again) = s.open("/sse", Some(&last)).await;
+                assert_eq!(again, c_id, "the connection id comes back");
+                for n in 3..8 {
+                    assert_eq!(next(&mut c).await.data, n.to_string());
+                }
+                nothing_before_marker(&s, &mut c, "m1").await;
+            }
+
+            #[tokio::test]
+            async fn a_gap_beyond_the_history_gets_the_reset_event() {
+                let s = Server::start(
+                    super::$backend(BroadcastManager::builder().history(3)).await,
+                )
+                .await;
+                let (mut c, _) = s.open("/sse", None).await;
+                s.m().broadcast("n", 0, None, &[]).await.unwrap();
+                assert_eq!(next(&mut c).await.data, "0");
+                let last = c.last_event_id().to_owned();
+                c.close();
+                for n in 1..10 {
+                    s.m().broadcast("n", n, None, &[]).await.unwrap();
+                }
+                let (mut c, _) = s.open("/sse", Some(&last)).await;
+                let ev = next(&mut c).await;
+                assert_eq!((ev.event.as_str(), ev.data.as_str()), ("reset", r#"{"reason":"history-gap"}"#));
+                nothing_before_marker(&s, &mut c, "m1").await;
+            }
+
+            #[tokio::test]
+            async fn history_lists_public_messages_oldest_first() {
+                let s = Server::start(
+                    super::$backend(BroadcastManager::builder().history(4)).await,
+                )
+                .await;
+                for n in 0..6 {
+                    s.m().broadcast("n", n, None, &[]).await.unwrap();
+                }
+                s.m()
+                    .send_to_user(&UserId::new("ann").unwrap(), "private", "x", None)
+                    .await
+                    .unwrap();
+                let h = s.m().history(Some(10));
+                let data: Vec<_> = h.iter().map(|m| m.data.clone()).collect();
+                assert_eq!(data, [3, 4, 5].map(serde_json::Value::from));
+                assert!(h.windows(2).all(|w| w[0].id < w[1].id));
+            }
+
+            #[tokio::test]
+            async fn bad_input_publishes_nothing() {
+                let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
+                let before = s.m().last_id();
+                let err = s.m().broadcast("bad\ntype", "x", None, &[]).await.unwrap_err();
+                assert!(matches!(err, Error::InvalidField { .. }), "{err:?}");
+                let err = s.m().message("m", "x").topics([]).send().await.unwrap_err();
+                assert!(matches!(err, Error::InvalidTopic(_)), "{err:?}");
+                assert_eq!(s.m().last_id(), before);
+            }
+        }
+    )*};
+}
+
+suite!(memory, redis);

@@ -1,0 +1,320 @@
+//! Two server instances sharing one real `redis-server` (started by each
+//! test on a free loopback port): what is published on one reaches pages
+//! on the other, pages resume on either, and a Redis outage is survived.
+#![cfg(all(feature = "testing", feature = "redis"))]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use common::redis::RedisServer;
+use htmx_sse::Error;
+use htmx_sse::backend::RedisConfig;
+use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::connections::ConnectionId;
+use htmx_sse::streaming::StreamConfig;
+use htmx_sse::testing::{ReceivedEvent, SseItem, TestClient};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One server instance: its own manager, its own HTTP port.
+struct Instance {
+    base: String,
+    manager: BroadcastManager,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn instance(redis: &RedisServer, heartbeat: Duration) -> Instance {
+    let manager = BroadcastManager::builder()
+        .history(100)
+        .stream(StreamConfig::new().heartbeat(heartbeat))
+        .build_redis(RedisConfig::new(redis.url()).timeout(Duration::from_millis(500)))
+        .await
+        .expect("connects to the test redis-server");
+    let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+    let (base, task) = common::serve(app).await;
+    Instance {
+        base,
+        manager,
+        task,
+    }
+}
+
+impl Instance {
+    async fn open(&self, last_event_id: Option<&str>) -> (TestClient, ConnectionId) {
+        let mut b = TestClient::get(format!("{}/sse", self.base));
+        if let Some(id) = last_event_id {
+            b = b.last_event_id(id);
+        }
+        let mut c = b.connect().await.unwrap();
+        let ev = c.next_event_within(WAIT).await.unwrap();
+        assert_eq!(ev.event, "connection", "{ev:?}");
+        let id = ev
+            .data
+            .split("value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .to_owned();
+        (c, ConnectionId::new(&id).unwrap())
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+}
+
+async fn next(c: &mut TestClient) -> ReceivedEvent {
+    c.next_event_within(WAIT).await.unwrap()
+}
+
+#[tokio::test]
+async fn what_is_published_on_b_reaches_pages_on_a() {
+    let redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    let b = instance(&redis, Duration::from_secs(15)).await;
+    let (mut on_a, a_id) = a.open(None).await;
+    let (mut other_on_a, other_id) = a.open(None).await;
+    let (mut on_b, _) = b.open(None).await;
+
+    // Broadcast from B with an exclusion of a connection on A.
+    let (status, body) = b
+        .post(
+            "/sse/broadcast",
+            json!({"type": "note", "data": "<p>from b</p>", "exclude": [other_id.as_str()]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next(&mut on_a).await.data, "<p>from b</p>");
+    assert_eq!(next(&mut on_b).await.data, "<p>from b</p>");
+
+    // send_to a connection on A, from B.
+    let sent = b
+        .manager
+        .send_to(&a_id, "dm", "just a", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut on_a).await.data, "just a");
+
+    // The excluded page and B's page saw neither: their next event is the
+    // marker.
+    a.manager.broadcast("marker", "m", None, &[]).await.unwrap();
+    assert_eq!(next(&mut other_on_a).await.event, "marker");
+    assert_eq!(next(&mut on_b).await.event, "marker");
+    assert!(sent.id < a.manager.last_id());
+
+    // Unknown ids are unknown on every instance.
+    let ghost = ConnectionId::new("ghost").unwrap();
+    let err = b
+        .manager
+        .send_to(&ghost, "dm", "x", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownConnection { .. }), "{err:?}");
+    let (status, _) = b
+        .post("/sse/send/ghost", json!({"type": "dm", "data": "x"}))
+        .await;
+    assert_eq!(status, 404);
+
+    // Cluster-wide counts.
+    assert_eq!(a.manager.connection_count(), 2);
+    assert_eq!(b.manager.cluster_connection_count().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn ids_are_in_one_order_across_instances() {
+    let redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    let b = instance(&redis, Duration::from_secs(15)).await;
+    let (mut on_a, _) = a.open(None).await;
+    let (mut on_b, _) = b.open(None).await;
+    // Both publish at once, from two tasks.
+    let (ma, mb) = (a.manager.clone(), b.manager.clone());
+    let pa = tokio::spawn(async move {
+        for n in 0..50 {
+            ma.broadcast("n", format!("a{n}"), None, &[]).await.unwrap();
+        }
+    });
+    let pb = tokio::spawn(async move {
+        for n in 0..50 {
+            mb.broadcast("n", format!("b{n}"), None, &[]).await.unwrap();
+        }
+    });
+    pa.await.unwrap();
+    pb.await.unwrap();
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    for _ in 0..100 {
+        seen_a.push(next(&mut on_a).await);
+        seen_b.push(next(&mut on_b).await);
+    }
+    let data = |v: &[ReceivedEvent]| v.iter().map(|e| e.data.clone()).collect::<Vec<_>>();
+    assert_eq!(data(&seen_a), data(&seen_b), "one order everywhere");
+    let seqs: Vec<u64> = seen_a
+        .iter()
+        .map(|e| {
+            let msg = e.last_event_id.split('.').next().unwrap();
+            msg.rsplit('-').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
+
+#[tokio::test]
+async fn a_page_resumes_on_another_instance_with_nothing_missed() {
+    let redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    let b = instance(&redis, Duration::from_secs(15)).await;
+    let (mut page, page_id) = a.open(None).await;
+    for n in 0..5 {
+        a.manager.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    for n in 0..5 {
+        assert_eq!(next(&mut page).await.data, n.to_string());
+    }
+    let last = page.last_event_id().to_owned();
+    page.close();
+    // While it is away, both instances publish, one message to it alone.
+    for n in 5..10 {
+        let m = if n % 2 == 0 { &a.manager } else { &b.manager };
+        m.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    // The load balancer sends it to B this time.
+    let (mut page, again) = b.open(Some(&last)).await;
+    assert_eq!(again, page_id);
+    for n in 5..10 {
+        assert_eq!(next(&mut page).await.data, n.to_string());
+    }
+    b.manager
+        .send_to(&page_id, "dm", "welcome back", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut page).await.data, "welcome back");
+
+    // A server instance restarts (a new manager on the same Redis): ids
+    // stay valid, the page catches up without a reset.
+    let last = page.last_event_id().to_owned();
+    page.close();
+    b.task.abort();
+    drop(b);
+    a.manager.broadcast("n", 10, None, &[]).await.unwrap();
+    let b2 = instance(&redis, Duration::from_secs(15)).await;
+    let (mut page, _) = b2.open(Some(&last)).await;
+    assert_eq!(next(&mut page).await.data, "10");
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_pages_open_and_delivery_resumes() {
+    let mut redis = RedisServer::start(true);
+    let a = instance(&redis, Duration::from_millis(200)).await;
+    let b = instance(&redis, Duration::from_millis(200)).await;
+    let (mut page, _) = a.open(None).await;
+    b.manager.broadcast("n", "before", None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "before");
+
+    redis.stop();
+    // Publishing fails with a clear error, on the API and over HTTP.
+    let err = b
+        .manager
+        .broadcast("n", "lost?", None, &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend(_)), "{err:?}");
+    assert!(err.to_string().starts_with("backend unavailable"), "{err}");
+    let (status, body) = b
+        .post("/sse/broadcast", json!({"type": "n", "data": "x"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("backend unavailable")
+    );
+    // The page stays open and heartbeats keep coming.
+    let mut heartbeats = 0;
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        match page.next_item_within(WAIT).await.unwrap() {
+            SseItem::Comment(_) => heartbeats += 1,
+            SseItem::Event(ev) => panic!("no event while Redis is down: {ev:?}"),
+        }
+    }
+    assert!(heartbeats >= 3, "{heartbeats} heartbeats in 1 s at 200 ms");
+
+    redis.restart();
+    // Delivery resumes once both instances reconnected (backoff ≤ 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match b.manager.broadcast("n", "after", None, &[]).await {
+            Ok(_) => break,
+            Err(Error::Backend(e)) => {
+                assert!(Instant::now() < deadline, "Redis never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    loop {
+        match page.next_item_within(WAIT).await.unwrap() {
+            SseItem::Comment(_) => {}
+            SseItem::Event(ev) => {
+                assert_eq!(ev.data, "after");
+                break;
+            }
+        }
+    }
+    assert!(a.manager.backend_connected());
+}
+
+#[tokio::test]
+async fn redis_losing_its_data_means_a_new_epoch_and_a_reset() {
+    let mut redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    let (mut page, _) = a.open(None).await;
+    a.manager.broadcast("n", 1, None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "1");
+    let old = a.manager.last_id();
+    let last = page.last_event_id().to_owned();
+    page.close();
+
+    redis.restart(); // without persistence: everything is gone
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.manager.last_id().epoch() == old.epoch() {
+        assert!(Instant::now() < deadline, "no new epoch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut page, _) = a.open(Some(&last)).await;
+    let ev = next(&mut page).await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("reset", r#"{"reason":"restarted"}"#)
+    );
+    a.manager.broadcast("n", 2, None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "2");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_clear_error_at_start() {
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    drop(redis);
+    let err = BroadcastManager::builder()
+        .build_redis(RedisConfig::new(url).timeout(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend(_)), "{err:?}");
+    let err = BroadcastManager::builder()
+        .build_redis(RedisConfig::new("http://not-redis"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("bad Redis URL"), "{err}");
+}
