@@ -14,6 +14,15 @@
 //! cargo run --example demo -- --assets DIR      # serve htmx from DIR instead of a CDN
 //! ```
 //!
+//! Two processes acting as one, through Redis (notes, toasts and the
+//! dashboard cross between them; each process keeps its own note list for
+//! pages loaded later):
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/ cargo run --features redis --example demo -- --addr 127.0.0.1:3000
+//! REDIS_URL=redis://127.0.0.1:6379/ cargo run --features redis --example demo -- --addr 127.0.0.1:3001
+//! ```
+//!
 //! `--assets DIR` serves `DIR/htmx.min.js` and `DIR/sse.js` (copy them from
 //! the npm packages `htmx.org@2` `dist/htmx.min.js` and `htmx-ext-sse@2`
 //! `dist/sse.js`) for machines without internet access.
@@ -93,6 +102,32 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// With `REDIS_URL`, every demo process on that Redis acts as one: run two
+/// on two ports and a note added in a tab of one appears in the tabs of
+/// the other.
+#[cfg(feature = "redis")]
+async fn on_redis(builder: htmx_sse::broadcast::BroadcastBuilder, url: &str) -> BroadcastManager {
+    match builder
+        .build_redis(htmx_sse::backend::RedisConfig::new(url).prefix("htmx-sse-demo"))
+        .await
+    {
+        Ok(m) => {
+            println!("sharing messages through Redis at {url}");
+            m
+        }
+        Err(e) => {
+            eprintln!("REDIS_URL={url}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn on_redis(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> BroadcastManager {
+    eprintln!("REDIS_URL is set, but the demo was built without Redis: add `--features redis`");
+    std::process::exit(2);
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -112,7 +147,11 @@ async fn main() {
     let shutdown = Shutdown::new();
     let config = StreamConfig::new().shutdown(&shutdown);
     // The broadcast manager shares the shutdown signal through its config.
-    let manager = BroadcastManager::builder().stream(config.clone()).build();
+    let builder = BroadcastManager::builder().stream(config.clone());
+    let manager = match std::env::var("REDIS_URL") {
+        Err(_) => builder.build(),
+        Ok(url) => on_redis(builder, &url).await,
+    };
     let state = App {
         config,
         manager: manager.clone(),
