@@ -436,4 +436,14 @@ mod tests {
             .unwrap();
         assert!(h4.as_str().contains("hx-sse:connect=\"/notifications/x\""));
     }
+
+    #[test]
+    fn the_dismiss_script_is_javascript_not_html_entities() {
+        // The id reaches the script JSON-encoded, not HTML-escaped (which
+        // was a syntax error that kept toasts from ever leaving).
+        let html = NotificationStream::new("ops").render().unwrap();
+        let s = html.as_str();
+        assert!(s.contains("getElementById(\"htmx-sse-toasts-ops\")"), "{s}");
+        assert!(!s.contains("&#34;"), "{s}");
+    }
 }

@@ -12,22 +12,34 @@
 //!
 //! The browser-side helpers (`htmx_sse::connections::scripts`) are tested
 //! the same way in `tests/browser/helpers.rs`, against a `BroadcastManager`,
-//! by `tests/browser/helpers.mjs`.
+//! by `tests/browser/helpers.mjs`; application scenarios (toasts, tabs kept
+//! in sync, a cut while publishing, a server restart, a closed tab) in
+//! `tests/browser/app.rs`, by `tests/browser/app.mjs`.
+//!
+//! A run prints the screenshot folder once. A test passes only when its
+//! driver exits 0 and the screenshots it reports (`screenshot: <path>`)
+//! exist; a swap that misses its target fails the driver's DOM assertions,
+//! and the htmx error events (`htmx:oobErrorNoTarget`, `htmx:targetError`,
+//! …) are shown in the failure.
 //!
 //! These tests need Node.js, the npm packages from `package-lock.json`
 //! (`npm ci`) and Debian's Chromium (`apt-get install -y chromium`). When one
 //! is missing they fail, saying how to install it: they never skip.
 #![cfg(feature = "maud")]
 
+#[cfg(feature = "askama")]
+#[path = "browser/app.rs"]
+mod app;
 mod common;
 #[cfg(feature = "askama")]
 #[path = "browser/helpers.rs"]
 mod helpers;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, Query, State};
@@ -429,6 +441,45 @@ fn screenshot_dir() -> PathBuf {
     manifest_dir().join("target").join("browser-screenshots")
 }
 
+/// Says once per run, past the test harness's output capture, where the
+/// screenshots go.
+fn announce_screenshots(dir: &Path) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Straight to the process's stderr: `eprintln!` in a test is
+        // captured and shown only when that test fails.
+        let _ = writeln!(
+            std::io::stderr(),
+            "browser tests: one screenshot per scenario and flavour in {}",
+            dir.display()
+        );
+    });
+}
+
+/// The screenshots a driver says it saved (`screenshot: <path>` lines):
+/// fails unless there is at least one and each exists.
+fn check_screenshots(stdout: &str, scenario: &str, flavour: Flavour, since: std::time::SystemTime) {
+    let shots: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("screenshot: "))
+        .collect();
+    assert!(
+        !shots.is_empty(),
+        "{scenario} on {}: the driver saved no screenshot\n--- driver stdout ---\n{stdout}",
+        flavour.name()
+    );
+    for shot in shots {
+        let fresh = std::fs::metadata(shot)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        assert!(
+            fresh,
+            "{scenario} on {}: screenshot {shot} is missing or older than this run",
+            flavour.name()
+        );
+    }
+}
+
 /// Serves `scenario` for `flavour`, runs the driver against it, and returns
 /// the server state for the test's own checks after the driver passed.
 async fn run(scenario: Scenario, flavour: Flavour) -> Shared {
@@ -452,6 +503,7 @@ async fn drive(driver: &str, scenario: &str, flavour: Flavour, base: &str) {
     check_prerequisites();
     let shots = screenshot_dir();
     std::fs::create_dir_all(&shots).expect("create the screenshot folder");
+    announce_screenshots(&shots);
 
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(manifest_dir().join("tests/browser").join(driver))
@@ -468,6 +520,8 @@ async fn drive(driver: &str, scenario: &str, flavour: Flavour, base: &str) {
         // Its own process group, so a hung run is ended with its browser.
         .process_group(0);
     let started = Instant::now();
+    // Whole seconds: some file systems keep no finer modification times.
+    let since = std::time::SystemTime::now() - Duration::from_secs(1);
     let child = cmd.spawn().expect("start node");
     let pid = child.id();
     let out = match tokio::time::timeout(DRIVER_TIMEOUT, child.wait_with_output()).await {
@@ -495,6 +549,7 @@ async fn drive(driver: &str, scenario: &str, flavour: Flavour, base: &str) {
         started.elapsed().as_secs_f64(),
         shots.display()
     );
+    check_screenshots(&stdout, scenario, flavour, since);
     println!(
         "{scenario} on {}: passed in {:.1} s; screenshot in {}\n{stdout}",
         flavour.name(),

@@ -27,8 +27,11 @@
 //!    says which connection it came from, so a broadcast can exclude it.
 //! 2. `event: reset` with `data: {"reason": …}`, only when a reconnecting
 //!    page cannot be caught up (see *Resume*); the page should reload what
-//!    it shows, e.g. with `hx-trigger="sse:reset"` on the regions that
-//!    fetch their state.
+//!    it shows. With `connections::scripts::reset_script` (feature
+//!    `askama`) the page gets an `htmx-sse:reset` event on `document` in
+//!    both htmx flavours, so regions that fetch their state can use
+//!    `hx-trigger="load, htmx-sse:reset from:document"` (in htmx 2 alone,
+//!    `hx-trigger="sse:reset"` inside the `sse-connect` element also works).
 //! 3. Messages: `event: TYPE`, `id: EPOCH-SEQ.ID`, `data: …`. A message of
 //!    type `message` goes out without an `event:` line: the same to an
 //!    `EventSource`, and the only kind of event htmx 4 swaps.

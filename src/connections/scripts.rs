@@ -7,6 +7,7 @@
 //! | [`SseElement`] | `hx-ext="sse" sse-connect sse-swap sse-close` | `hx-sse:connect hx-sse:close`, plus a small script that swaps the named events listed (htmx 4 swaps only unnamed ones) |
 //! | [`reconnect_script`] | takes over reconnection: backoff, retry limit, status hook, last event id carried in the URL | sets `htmx.config.sse` (delays, retry limit, jitter) and maps `htmx:sse:*` events onto the status hook |
 //! | [`cleanup_on_unload`] | closes every source on `pagehide`, reopens it on `pageshow` from the back/forward cache, resuming | ends the streams htmx 4 does not pause itself (`pauseOnBackground: false`) |
+//! | [`reset_script`] | dispatches `htmx-sse:reset` when the server sends its `reset` event (the page cannot be caught up: a restart, a gap in the history), optionally reloads the page | the same |
 //! | [`shared_connection_script`] | one connection per browser for all tabs, relayed over a `BroadcastChannel` | not applicable: htmx 4 streams through `fetch` (see its docs) |
 //! | [`connection_monitor_script`] | polls the stats route into an element | the same |
 //!
@@ -63,6 +64,9 @@
 //! For debugging, `window.htmxSse.connections()` lists the htmx 2
 //! connections the runtime holds: `{url, role, state, attempt, lastEventId,
 //! listeners, open}` each, `role` being `local`, `leader` or `follower`.
+//! Every helper that uses the runtime also dispatches `htmx-sse:reset` on
+//! the server's reset event (see [`reset_script`]); only [`reset_script`]
+//! can make it reload the page.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -889,6 +893,121 @@ pub fn cleanup_on_unload() -> Fragment {
 }
 
 // ---------------------------------------------------------------------------
+// The reset event
+
+/// Options for [`reset_script`].
+///
+/// The default only dispatches `htmx-sse:reset`: regions reload themselves
+/// with `hx-trigger="htmx-sse:reset from:document"`.
+///
+/// ```
+/// use htmx_sse::connections::scripts::ResetOptions;
+///
+/// let options = ResetOptions::new().reload(true);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[must_use]
+pub struct ResetOptions {
+    reload: bool,
+    debug: bool,
+}
+
+impl ResetOptions {
+    /// The defaults: no reload, no debug logging.
+    ///
+    /// ```
+    /// use htmx_sse::connections::scripts::ResetOptions;
+    ///
+    /// assert_eq!(ResetOptions::new(), ResetOptions::default());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reloads the whole page (`location.reload()`) on the reset event,
+    /// unless an `htmx-sse:reset` listener calls `preventDefault()`. For
+    /// pages whose state is not in a few regions that can fetch it again.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ResetOptions;
+    /// let _ = ResetOptions::new().reload(true);
+    /// ```
+    pub fn reload(mut self, on: bool) -> Self {
+        self.reload = on;
+        self
+    }
+
+    /// Logs each reset event with `console.debug`.
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ResetOptions;
+    /// let _ = ResetOptions::new().debug(true);
+    /// ```
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct ResetConfig {
+    reload: bool,
+    debug: bool,
+}
+
+#[derive(Template)]
+#[template(path = "htmx_sse/reset.html")]
+struct ResetTemplate {
+    config: ResetConfig,
+}
+
+/// A `<script>` that tells the page when the server could not catch it up.
+///
+/// A [`BroadcastManager`](crate::BroadcastManager) answers a reconnecting
+/// page with the [`reset`](crate::broadcast::RESET_EVENT) event, data
+/// `{"reason": …}`, when the messages it missed are gone: the server
+/// restarted (`restarted`, an in-memory manager's history went with the
+/// process), the history no longer reaches back (`history-gap`), or the id
+/// is not one of the crate's (`unrecognized`). What the page shows may then
+/// be stale, and it must fetch it again.
+///
+/// The script dispatches `htmx-sse:reset` on `document`, once per reset
+/// event, with `detail = {reason, url}` (`reason` is `null` when the data
+/// is not the crate's JSON), the same for both flavours. A region that can
+/// fetch its state reloads itself with
+/// `hx-get="/items" hx-trigger="load, htmx-sse:reset from:document"`. With
+/// [`ResetOptions::reload`] the whole page reloads instead, unless a
+/// listener calls `preventDefault()` on the event.
+///
+/// **htmx 2.** The event reaches the script through the runtime's
+/// `htmx.createEventSource` (see [`reconnect_script`]; without it, the
+/// runtime reconnects with its defaults: forever, 1 s doubling up to 30 s,
+/// the last event id in the URL). htmx-ext-sse alone offers
+/// `hx-trigger="sse:reset"`, but only on elements inside the `sse-connect`
+/// element.
+///
+/// **htmx 4.** `hx-sse` fires named events as DOM events on the connecting
+/// element; the script listens to `htmx:sse:after:message` for `reset`.
+///
+/// ```
+/// use htmx_sse::connections::scripts::{reset_script, ResetOptions};
+///
+/// let script = reset_script(ResetOptions::new());
+/// assert!(script.as_str().ends_with(
+///     "window.htmxSse.onReset({\"reload\":false,\"debug\":false});\n</script>"
+/// ));
+/// ```
+pub fn reset_script(options: ResetOptions) -> Fragment {
+    render(&ResetTemplate {
+        config: ResetConfig {
+            reload: options.reload,
+            debug: options.debug,
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------
 // The connection monitor
 
 #[derive(Serialize)]
@@ -1157,6 +1276,20 @@ mod tests {
     }
 
     #[test]
+    fn reset_script_exact() {
+        assert_eq!(
+            script_body(&reset_script(ResetOptions::new().reload(true).debug(true))),
+            format!("\n{RUNTIME}window.htmxSse.onReset({{\"reload\":true,\"debug\":true}});\n")
+        );
+        assert_eq!(
+            script_body(&reset_script(ResetOptions::new())),
+            format!("\n{RUNTIME}window.htmxSse.onReset({{\"reload\":false,\"debug\":false}});\n")
+        );
+        // The runtime turns the server's reset event into htmx-sse:reset.
+        assert!(RUNTIME.contains("'htmx-sse:reset'"));
+    }
+
+    #[test]
     fn monitor_script_exact() {
         let f = connection_monitor_script(HOSTILE, Duration::from_millis(5), HOSTILE);
         assert_eq!(
@@ -1329,6 +1462,7 @@ mod tests {
         assert::<SseElement>();
         assert::<ReconnectOptions>();
         assert::<SharedOptions>();
+        assert::<ResetOptions>();
         assert::<AttributeName>();
         assert::<InvalidAttributeName>();
     }

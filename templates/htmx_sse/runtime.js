@@ -26,6 +26,8 @@
     debug: false,
     cleanup: false,
     shared: null,
+    // Set by reset_script(): reload the page on the reset event.
+    reload: false,
   };
   const lines = new Set();
   const tabId = Math.random().toString(36).slice(2) + Date.now().toString(36);
@@ -59,6 +61,26 @@
       el.setAttribute('data-state', state);
       el.setAttribute('data-attempt', String(attempt));
     }
+  }
+
+  // --- The reset hook ---------------------------------------------------------
+  //
+  // The server sends `event: reset` when a reconnecting page cannot be
+  // caught up (a restart, a gap in the history): the page must reload what
+  // it shows. Both flavours end up here, once per tab and reset event.
+
+  function resetting(data, url) {
+    let reason = null;
+    try {
+      const d = JSON.parse(data);
+      if (d && typeof d.reason === 'string') reason = d.reason;
+    } catch (e) {
+      // not JSON: the reason stays unknown
+    }
+    log('reset', reason, url);
+    const ev = new CustomEvent('htmx-sse:reset', { detail: { reason, url }, cancelable: true });
+    // A listener that calls preventDefault() keeps the page.
+    if (document.dispatchEvent(ev) && settings.reload) location.reload();
   }
 
   function withLastEventId(url, id) {
@@ -217,6 +239,7 @@
       }
       this.lastEventId = id;
       if (type === 'connection') this.connection = { data, id };
+      if (type === 'reset') resetting(data, this.href);
       if (this.shared) {
         this.backlog.push({ type, data, id });
         if (this.backlog.length > BACKLOG) this.backlog.shift();
@@ -490,6 +513,10 @@
       htmx4Connections.set(e.target, c);
       report('open', 0, url(c));
     });
+    document.addEventListener('htmx:sse:after:message', (e) => {
+      const m = e.detail && e.detail.message;
+      if (m && m.event === 'reset') resetting(m.data, url(e.detail.connection));
+    });
     document.addEventListener('htmx:sse:close', (e) => {
       const c = e.detail && e.detail.connection;
       htmx4Connections.delete(e.target);
@@ -578,6 +605,11 @@
       install();
       hookUnload();
       if (major() >= 4) log('shared connections need htmx 2: htmx 4 streams through fetch');
+    },
+    onReset(cfg) {
+      settings.reload = settings.reload || !!cfg.reload;
+      settings.debug = settings.debug || !!cfg.debug;
+      install();
     },
     // A snapshot for debugging and tests.
     connections() {

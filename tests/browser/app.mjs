@@ -1,0 +1,446 @@
+// Drives one application scenario for tests/browser/app.rs.
+//
+//   node tests/browser/app.mjs <scenario> <flavour> <base-url> <screenshot-dir>
+//
+// The server is a BroadcastManager under /sse (setup_broadcast_routes) and
+// a Notifier under /notifications/{channel}, with a test layer:
+//   GET  /lab/state    {generation, backend, resetOnRestart, count, registry,
+//                       toastListeners, requests, notes}
+//   POST /lab/publish?from=A&to=B[&cut_after=N][&gap_ms=M]  <li>n</li> as `num`
+//   POST /lab/add?text=T       adds T to the list's database, broadcasts `item`
+//   POST /lab/toast?text=T&level=L[&channel=C]   Notifier::send
+//   POST /lab/cut              ends every open stream without the close event
+//   POST /lab/restart[?add=T]  a new server process (new manager) on the same port
+// Saves <screenshot-dir>/app-<scenario>-<flavour>.png (…-FAILED.png on
+// failure). Exits 0 when every assertion held, 1 otherwise, 2 on misuse.
+
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const WAIT_MS = 10_000; // the longest any single wait may take
+const WATCHDOG_MS = 55_000; // the whole run; the Rust side kills at 60 s
+const TOAST_MS = 1500; // as the toast page is configured (tests/browser/app.rs)
+const HOSTILE = '<img src=x onerror="window.__pwned=1">';
+
+const [scenario, flavour, base, shotDir] = process.argv.slice(2);
+if (!scenario || !['htmx2', 'htmx4'].includes(flavour) || !base || !shotDir) {
+  console.error('usage: app.mjs <scenario> <htmx2|htmx4> <base-url> <screenshot-dir>');
+  process.exit(2);
+}
+if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
+  console.error(`refusing base url ${base}: only http://127.0.0.1:<port> is allowed`);
+  process.exit(2);
+}
+
+class Failure extends Error {}
+
+function check(cond, message) {
+  if (!cond) throw new Failure(message);
+}
+
+function eq(actual, expected, what) {
+  const a = JSON.stringify(actual);
+  const e = JSON.stringify(expected);
+  if (a !== e) throw new Failure(`${what}:\n    expected ${e}\n    got      ${a}`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => String(from + i));
+
+// The htmx events that mean a swap went wrong (a target id that does not
+// exist, say): any of them fails the scenario.
+const SWAP_ERRORS = ['htmx:swapError', 'htmx:targetError', 'htmx:oobErrorNoTarget',
+  'htmx:partialErrorNoTarget', 'htmx:error'];
+
+// Runs in every page before its scripts: records htmx's SSE and error
+// events, the helpers' reset events, and how often the tab loaded a page.
+function recorder(recorded) {
+  const rec = { htmx: [], resets: [], loads: 0, toasts: [] };
+  window.__rec = rec;
+  const t0 = performance.now();
+  const t = () => Math.round(performance.now() - t0);
+  try {
+    rec.loads = Number(sessionStorage.getItem('htmx-sse-test-loads') || 0) + 1;
+    sessionStorage.setItem('htmx-sse-test-loads', String(rec.loads));
+  } catch (e) {
+    rec.loads = -1;
+  }
+  document.addEventListener('htmx-sse:reset', (e) => rec.resets.push({ ...e.detail, t: t() }));
+  // When each toast came and went, by the page's own clock.
+  new MutationObserver((changes) => {
+    for (const c of changes) {
+      for (const [what, nodes] of [['added', c.addedNodes], ['removed', c.removedNodes]]) {
+        for (const n of nodes) {
+          if (n.nodeType === 1 && n.classList.contains('alert')) rec.toasts.push({ what, level: n.dataset.level, t: t() });
+        }
+      }
+    }
+  }).observe(document, { childList: true, subtree: true });
+  for (const type of recorded) {
+    document.addEventListener(type, (e) => {
+      const d = e.detail || {};
+      const err = d.error ? String(d.error.message || d.error) : undefined;
+      // htmx 2 follows every error event with htmx:error; errorInfo.error
+      // names it (htmx:targetError …), except for htmx:sseError, whose
+      // errorInfo carries the failed source instead.
+      const info = d.errorInfo;
+      const cause = !info ? undefined
+        : typeof info.error === 'string' ? info.error : info.source ? 'htmx:sseError' : 'unknown';
+      rec.htmx.push({ type, t: t(), target: e.target && e.target.id, error: err, cause });
+    }, true);
+  }
+}
+
+const RECORDED = ['htmx:sseOpen', 'htmx:sseError', 'htmx:sseClose', 'htmx:sse:after:connection',
+  'htmx:sse:error', 'htmx:sse:close', ...SWAP_ERRORS];
+
+// --- Talking to the server ---------------------------------------------------
+
+async function call(method, path, body) {
+  const res = await fetch(base + path, {
+    method,
+    headers: body ? { 'content-type': 'application/json' } : {},
+    body: body ? JSON.stringify(body) : undefined,
+    signal: AbortSignal.timeout(WAIT_MS),
+  });
+  if (!res.ok) throw new Failure(`${method} ${path} answered ${res.status}: ${await res.text()}`);
+  return res.status === 204 || res.status === 202 ? null : res.json();
+}
+
+const qs = (o) => new URLSearchParams(o).toString();
+const state = () => call('GET', '/lab/state');
+
+// A bounded wait for a condition on the server; a server that is not
+// there (restarting) counts as not yet.
+async function serverWait(pred, what, { timeout = WAIT_MS } = {}) {
+  const until = Date.now() + timeout;
+  let s;
+  for (;;) {
+    try {
+      s = await state();
+      if (pred(s)) return s;
+    } catch (e) {
+      s = `(unreachable: ${e.cause?.code || e.message})`;
+    }
+    if (Date.now() > until) throw new Failure(`timed out after ${timeout} ms waiting for ${what}; the server has ${JSON.stringify(s)}`);
+    await sleep(50);
+  }
+}
+
+// --- Looking at pages ----------------------------------------------------------
+
+async function waitFor(page, fn, arg, what, { timeout = WAIT_MS, state: show } = {}) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout, polling: 20 });
+  } catch (e) {
+    if (e.name === 'TimeoutError' || /Timeout/.test(e.message)) {
+      const now = show ? `; the page has ${JSON.stringify(await show().catch((x) => x.message))}` : '';
+      throw new Failure(`timed out after ${timeout} ms waiting for ${what}${now}`);
+    }
+    throw e;
+  }
+}
+
+const texts = (page, selector) =>
+  page.evaluate((s) => [...document.querySelectorAll(s)].map((e) => e.textContent), selector);
+
+// Waits until `selector` matches at least as many elements as `want`, lets
+// anything late or doubled arrive, then requires exactly `want`.
+async function waitTexts(page, selector, want, what, { settle = 300 } = {}) {
+  await waitFor(page, ([s, n]) => document.querySelectorAll(s).length >= n, [selector, want.length],
+    `${what} to hold ${JSON.stringify(want)}`, { state: () => texts(page, selector) });
+  await sleep(settle);
+  eq(await texts(page, selector), want, what);
+}
+
+const OPEN = flavour === 'htmx2' ? 'htmx:sseOpen' : 'htmx:sse:after:connection';
+async function waitOpen(page) {
+  await waitFor(page, (o) => window.__rec.htmx.some((e) => e.type === o), OPEN, `the connection to open (${OPEN})`);
+}
+
+let shoot = async () => {};
+
+// --- 1. Toasts -------------------------------------------------------------------
+
+async function toasts({ open }) {
+  const page = await open();
+  await serverWait((s) => s.toastListeners === 1, 'the toast container to listen on channel ops');
+  const alerts = '.htmx-sse-toasts .alert';
+  const read = () => page.evaluate((sel) => [...document.querySelectorAll(sel)].map((a) => ({
+    text: a.textContent,
+    level: a.dataset.level,
+    role: a.getAttribute('role'),
+    // without the classes htmx adds while it settles
+    class: [...a.classList].filter((c) => !c.startsWith('htmx-')).join(' '),
+  })), alerts);
+
+  const nobody = await call('POST', `/lab/toast?${qs({ text: 'nobody hears this', level: 'info', channel: 'elsewhere' })}`);
+  eq(nobody.reached, 0, 'pages reached on a channel nobody listens to');
+
+  const sent = await call('POST', `/lab/toast?${qs({ text: HOSTILE, level: 'success' })}`);
+  eq(sent.reached, 1, 'pages the first toast reached');
+  await waitFor(page, (s) => document.querySelectorAll(s).length === 1, alerts, 'the first toast', { state: read });
+  eq(await read(), [{ text: `Success: ${HOSTILE}`, level: 'success', role: 'status', class: 'alert alert-success' }],
+    'the toast (its text escaped)');
+  check(await page.locator(alerts).first().isVisible(), 'the toast is not visible');
+
+  const urgent = await call('POST', `/lab/toast?${qs({ text: 'Disk full', level: 'error' })}`);
+  eq(urgent.reached, 1, 'pages the second toast reached');
+  await waitFor(page, (s) => document.querySelectorAll(s).length === 2, alerts, 'the second toast', { state: read });
+  eq((await read())[1], { text: 'Error: Disk full', level: 'error', role: 'alert', class: 'alert alert-error' },
+    'the second toast');
+  await shoot(page, 'visible');
+
+  await waitFor(page, (s) => document.querySelectorAll(s).length === 1, alerts, 'the first toast to go',
+    { timeout: TOAST_MS + 3000, state: read });
+  eq((await read()).map((a) => a.level), ['error'], 'the toast left after the first went');
+  await waitFor(page, (s) => document.querySelectorAll(s).length === 0, alerts, 'the second toast to go',
+    { timeout: TOAST_MS + 3000, state: read });
+  const seen = await page.evaluate(() => window.__rec.toasts);
+  eq(seen.map((x) => `${x.what} ${x.level}`), ['added success', 'added error', 'removed success', 'removed error'],
+    'toasts added and removed, in order');
+  const lasted = (level) => seen.find((x) => x.what === 'removed' && x.level === level).t
+    - seen.find((x) => x.what === 'added' && x.level === level).t;
+  const [firstLasted, secondLasted] = [lasted('success'), lasted('error')];
+  for (const [which, ms] of [['first', firstLasted], ['second', secondLasted]]) {
+    // A timer never fires early; a busy machine may make it late.
+    check(ms >= TOAST_MS - 20 && ms <= TOAST_MS + 1500,
+      `the ${which} toast stayed ${ms} ms; it should stay ${TOAST_MS} ms`);
+  }
+  eq(await page.evaluate(() => typeof window.__pwned), 'undefined', 'typeof window.__pwned');
+  eq(await page.evaluate(() => document.querySelectorAll('img').length), 0, '<img> elements on the page');
+  console.log(`toasts stayed ${firstLasted} and ${secondLasted} ms (dismiss after ${TOAST_MS} ms)`);
+  return page;
+}
+
+// --- 2. Two tabs in sync ---------------------------------------------------------
+
+async function tabSync({ open }) {
+  const tabs = [await open(), await open()];
+  const ids = [];
+  for (const [i, p] of tabs.entries()) {
+    await waitFor(p, () => !!document.querySelector('#note-form input[name=connection_id]')?.value, undefined,
+      `tab ${i}: the connection id in the form`, { state: () => p.evaluate(() => document.querySelector('#note-form').outerHTML) });
+    ids.push(await p.evaluate(() => document.querySelector('#note-form input[name=connection_id]').value));
+  }
+  check(ids[0] !== ids[1], `both tabs have connection id ${ids[0]}`);
+  await serverWait((s) => s.count === 2, 'two connections');
+  const notes = (p) => texts(p, '#notes > li');
+
+  const post = async (p, text) => {
+    await p.fill('#note-form input[name=text]', text);
+    await p.click('#note-form button');
+  };
+  await post(tabs[0], 'from A');
+  // Tab A shows its note from the hx-post answer, tab B from the broadcast.
+  await waitTexts(tabs[1], '#notes > li', ['from A'], 'tab B', { settle: 0 });
+  await waitTexts(tabs[0], '#notes > li', ['from A'], 'tab A (no echo of its own note)', { settle: 500 });
+  eq(await notes(tabs[1]), ['from A'], 'tab B');
+
+  await post(tabs[1], 'from B');
+  await waitTexts(tabs[0], '#notes > li', ['from A', 'from B'], 'tab A', { settle: 0 });
+  await waitTexts(tabs[1], '#notes > li', ['from A', 'from B'], 'tab B (no echo of its own note)', { settle: 500 });
+  eq(await notes(tabs[0]), ['from A', 'from B'], 'tab A');
+
+  const s = await state();
+  eq(s.notes.map((n) => [n.text, n.from, n.delivered]), [['from A', ids[0], 1], ['from B', ids[1], 1]],
+    'what the server broadcast: [text, excluded connection, connections reached]');
+  return tabs[0];
+}
+
+// --- 3. A cut while the server keeps publishing ------------------------------------
+
+async function cut({ open }) {
+  const page = await open();
+  await waitOpen(page);
+  await serverWait((s) => s.count === 1 && s.requests.length === 1, 'the page to connect');
+  const publish = (q) => call('POST', `/lab/publish?${qs(q)}`);
+  const log = '#log > li';
+  const timings = [];
+
+  await publish({ from: 1, to: 10, gap_ms: 10 });
+  await waitTexts(page, log, range(1, 10), 'the log', { settle: 0 });
+
+  let cutAt = Date.now();
+  const first = await publish({ from: 11, to: 30, cut_after: 15, gap_ms: 40 });
+  await serverWait((s) => s.requests.length === 2 && s.count === 1, 'the page to reconnect after the first cut');
+  timings.push(Date.now() - cutAt);
+
+  cutAt = Date.now();
+  const second = await publish({ from: 31, to: 50, cut_after: 40, gap_ms: 40 });
+  await serverWait((s) => s.requests.length === 3 && s.count === 1, 'the page to reconnect after the second cut');
+  timings.push(Date.now() - cutAt);
+
+  await publish({ from: 51, to: 60, gap_ms: 10 });
+  await waitTexts(page, log, range(1, 60), 'the log: every message once, in order', { settle: 500 });
+
+  // Published while the page was away: queued for no connection, caught up
+  // from the history through Last-Event-ID.
+  check(first.delivered.slice(5).includes(0) && second.delivered.slice(10).includes(0),
+    `no message was published while the page was away: ${JSON.stringify([first.delivered, second.delivered])}`);
+  const s = await state();
+  eq(s.requests.map((r) => !!r.header), [false, true, true], 'stream requests with a Last-Event-ID header');
+  check(s.requests[1].header !== s.requests[2].header, `both reconnections sent ${s.requests[1].header}`);
+  console.log(`reconnected (by the ${flavour === 'htmx2' ? 'browser\'s EventSource' : 'hx-sse extension'}) `
+    + `within ${timings.join(' and ')} ms of the publishing that cut; delivered per message: `
+    + `${JSON.stringify(first.delivered)} ${JSON.stringify(second.delivered)}`);
+  return page;
+}
+
+// --- 4. A restarted server ---------------------------------------------------------
+
+async function restart({ open }) {
+  const page = await open();
+  await waitOpen(page);
+  const items = (want, what) => waitTexts(page, '#items > li', want, what, { settle: 0 });
+  await waitFor(page, () => document.getElementById('gen').textContent === '1', undefined,
+    'the page to show server process 1');
+  await items(['m0'], 'the list as loaded');
+  const s1 = await serverWait((s) => s.count === 1, 'the page to connect');
+  eq(s1.generation, 1, 'server process');
+  for (const m of ['m1', 'm2']) eq((await call('POST', `/lab/add?text=${m}`)).delivered, 1, `connections ${m} reached`);
+  await items(['m0', 'm1', 'm2'], 'the list with two live items');
+
+  // m3 is written while no process runs: only a reload of the list shows it.
+  const restartAt = Date.now();
+  await call('POST', '/lab/restart?add=m3');
+  await serverWait((s) => s.generation === 2 && s.count === 1, 'a new server process, and the page connected to it');
+  const reconnected = Date.now() - restartAt;
+  const want = s1.resetOnRestart;
+  if (want) {
+    await waitFor(page, () => window.__rec.resets.length > 0, undefined, 'the htmx-sse:reset event',
+      { state: () => page.evaluate(() => window.__rec) });
+    await waitFor(page, () => document.getElementById('gen').textContent === '2', undefined,
+      'the page to show server process 2 (fetched again on reset)');
+    await items(['m0', 'm1', 'm2', 'm3'], 'the list fetched again on reset');
+  }
+  eq(await page.evaluate(() => window.__rec.resets.map((r) => r.reason)), want ? [want] : [],
+    `reasons of the reset events (${s1.backend} backend)`);
+  eq((await call('POST', '/lab/add?text=m4')).delivered, 1, 'connections m4 reached');
+  await items(['m0', 'm1', 'm2', 'm3', 'm4'], 'the list after the restart');
+  await sleep(300);
+  eq(await texts(page, '#items > li'), ['m0', 'm1', 'm2', 'm3', 'm4'], 'the list, settled');
+  eq(await page.evaluate(() => window.__rec.loads), 1, 'page loads in the tab (the reset reloaded regions, not the page)');
+  const s = await state();
+  console.log(`${s.backend} backend: new process and the page connected to it ${reconnected} ms after the restart `
+    + `request; stream requests: ${JSON.stringify(s.requests)}`);
+  return page;
+}
+
+// --- 5. A closed tab leaves the registry --------------------------------------------
+
+async function tabClose({ open }) {
+  const a = await open();
+  const b = await open();
+  await waitOpen(a);
+  await waitOpen(b);
+  await serverWait((s) => s.count === 2 && s.registry === 2, 'two connections in the registry');
+  const closedAt = Date.now();
+  await b.close();
+  const s = await serverWait((x) => x.count === 1 && x.registry === 1,
+    'the closed tab\'s connection to leave the registry', { timeout: 5000 });
+  const gone = Date.now() - closedAt;
+  eq(s.requests.length, 2, 'stream requests (no tab reconnected)');
+  const sent = await call('POST', '/sse/broadcast', { type: 'chat', data: '<li>m1</li>' });
+  eq(sent.delivered, 1, 'connections a broadcast reaches after the tab closed');
+  await waitTexts(a, '#log > li', ['m1'], 'the log of the tab left open');
+  console.log(`the registry dropped to 1 connection ${gone} ms after the tab closed`);
+  return a;
+}
+
+const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'tab-close': tabClose };
+
+async function main() {
+  const started = Date.now();
+  const logs = [];
+  let browser;
+  let shot;
+  let failed = null;
+  const watchdog = setTimeout(() => {
+    console.error(`watchdog: ${scenario} on ${flavour} still running after ${WATCHDOG_MS} ms`);
+    process.exit(1);
+  }, WATCHDOG_MS);
+  const pages = [];
+  const name = `app-${scenario}-${flavour}`;
+  shoot = async (page, suffix) => {
+    const file = join(shotDir, `${name}-${suffix}.png`);
+    await page.screenshot({ path: file, timeout: WAIT_MS });
+    console.log(`screenshot: ${file}`);
+  };
+  try {
+    const run = SCENARIOS[scenario];
+    if (!run) throw new Failure(`unknown scenario ${scenario}`);
+    browser = await chromium.launch({
+      executablePath: process.env.HTMX_SSE_CHROMIUM || '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      timeout: WAIT_MS,
+    });
+    const context = await browser.newContext({ viewport: { width: 800, height: 500 } });
+    const open = async () => {
+      const page = await context.newPage();
+      const n = pages.length;
+      pages.push(page);
+      page.setDefaultTimeout(WAIT_MS);
+      page.on('console', (m) => logs.push(`tab ${n} console.${m.type()}: ${m.text()}`));
+      page.on('pageerror', (e) => logs.push(`tab ${n} pageerror: ${e.message}`));
+      await page.addInitScript(recorder, RECORDED);
+      await page.goto(base + '/', { waitUntil: 'load' });
+      return page;
+    };
+    shot = await run({ open, context });
+    const errors = logs.filter((l) => l.includes('pageerror'));
+    check(errors.length === 0, `a page threw:\n  ${errors.join('\n  ')}`);
+    for (const [i, p] of pages.entries()) {
+      if (p.isClosed()) continue;
+      // A lost connection is no swap error (htmx 2 reports it as
+      // htmx:sseError, then htmx:error).
+      const bad = (await p.evaluate(() => window.__rec.htmx))
+        .filter((e) => SWAP_ERRORS.includes(e.type) && e.cause !== 'htmx:sseError');
+      eq(bad, [], `tab ${i}: htmx swap error events`);
+    }
+  } catch (e) {
+    failed = e;
+  }
+
+  const page = shot && !shot.isClosed() ? shot : pages.find((p) => !p.isClosed());
+  if (page) {
+    const file = join(shotDir, `${name}${failed ? '-FAILED' : ''}.png`);
+    // Leave no stale picture of the other outcome behind.
+    rmSync(join(shotDir, `${name}${failed ? '' : '-FAILED'}.png`), { force: true });
+    try {
+      await page.screenshot({ path: file, timeout: WAIT_MS });
+      console.log(`screenshot: ${file}`);
+    } catch (e) {
+      console.log(`screenshot failed: ${e.message}`);
+    }
+    try {
+      const rec = await page.evaluate(() => window.__rec);
+      console.log(`recorded in the page: ${JSON.stringify(rec)}`);
+      if (failed) console.log(`body:\n${await page.evaluate(() => document.body.innerHTML)}`);
+    } catch (e) {
+      console.log(`could not read the page: ${e.message}`);
+    }
+  }
+  if (failed) {
+    try {
+      console.log(`server: ${JSON.stringify(await state())}`);
+    } catch (e) {
+      console.log(`could not read the server: ${e.message}`);
+    }
+  }
+  if (logs.length) console.log(`browser log:\n  ${logs.join('\n  ')}`);
+  if (browser) await browser.close().catch(() => {});
+  clearTimeout(watchdog);
+
+  if (failed) {
+    const kind = failed instanceof Failure ? 'assertion failed' : 'error';
+    console.error(`FAIL ${scenario} on ${flavour} (${kind}): ${failed.message}`);
+    if (!(failed instanceof Failure)) console.error(failed.stack);
+    process.exit(1);
+  }
+  console.log(`ok ${scenario} on ${flavour} in ${Date.now() - started} ms`);
+}
+
+await main();

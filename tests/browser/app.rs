@@ -1,0 +1,693 @@
+//! Application scenarios in a real browser, driven by
+//! `tests/browser/app.mjs`: toasts from a `Notifier`, two tabs kept in sync
+//! by a broadcast that excludes the tab it came from, a connection cut while
+//! the server keeps publishing, a server restart, and a closed tab leaving
+//! the registry (see `tests/browser/README.md`).
+//!
+//! A server process here is a router built around one `BroadcastManager`
+//! (mounted with `setup_broadcast_routes` under `/sse`) and one `Notifier`
+//! (`/notifications/{channel}`), both made fresh by [`Process::start`]. A
+//! thin test layer (`/lab/*`) outlives the processes: it records every
+//! stream request, ends open streams without the close event on demand (as
+//! a dropped connection would), and restarts the process on the same port,
+//! with a new manager from the scenario's [`Backend`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Form, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt as _;
+use htmx_sse::Flavor;
+use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::connections::ConnectionId;
+use htmx_sse::connections::scripts::{self, ResetOptions, SseElement};
+use htmx_sse::notify::{Level, NotificationStream, Notifier};
+use htmx_sse::streaming::Swap;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::{Flavour, asset, drive};
+
+/// How long a toast stays on the page.
+const TOAST_MS: u64 = 1500;
+
+/// The channel the toast page listens to.
+const TOAST_CHANNEL: &str = "ops";
+
+/// What the restart page's list holds before anything is published.
+const FIRST_ITEM: &str = "m0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// `Notifier::send` → a toast with the escaped text, gone after
+    /// `TOAST_MS`.
+    Toasts,
+    /// Two tabs; what one posts reaches the other by a broadcast that
+    /// excludes the first, which shows its own answer once.
+    TabSync,
+    /// The stream is cut twice while numbered messages are published: the
+    /// page reconnects by itself and shows every message once, in order.
+    Cut,
+    /// The server process restarts with a new manager: the page reconnects,
+    /// gets the reset event and fetches its list again.
+    Restart,
+    /// Two tabs, one closes: the registry drops to one connection.
+    TabClose,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Toasts => "toasts",
+            Scenario::TabSync => "tab-sync",
+            Scenario::Cut => "cut",
+            Scenario::Restart => "restart",
+            Scenario::TabClose => "tab-close",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backends
+
+/// Builds the manager of one server process.
+type BuildManager = fn() -> Pin<Box<dyn Future<Output = BroadcastManager> + Send>>;
+
+/// The broadcast backend of the server processes: how each new process
+/// gets its manager, and what a page that was connected to the previous
+/// process receives when it reconnects. A Redis backend is a second value
+/// of this type (its restarted process resumes pages from the shared
+/// history, so `reset_on_restart` is `None` there).
+#[derive(Clone, Copy)]
+struct Backend {
+    name: &'static str,
+    build: BuildManager,
+    /// The reason of the reset event a page gets after a restart, or
+    /// `None` when the new process resumes it.
+    reset_on_restart: Option<&'static str>,
+}
+
+/// In memory: a new process is a new epoch with an empty history, so a
+/// page that comes back gets `reset` with `{"reason":"restarted"}`.
+const MEMORY: Backend = Backend {
+    name: "memory",
+    build: memory_manager,
+    reset_on_restart: Some("restarted"),
+};
+
+fn memory_manager() -> Pin<Box<dyn Future<Output = BroadcastManager> + Send>> {
+    Box::pin(async { BroadcastManager::builder().history(256).build() })
+}
+
+// ---------------------------------------------------------------------------
+// The test layer, which outlives server processes
+
+/// One stream request as the server saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct StreamRequest {
+    /// Path and query.
+    uri: String,
+    /// The `Last-Event-ID` header, if any.
+    header: Option<String>,
+    /// The server process that answered it (1, then 2 after a restart).
+    generation: usize,
+}
+
+struct Lab {
+    scenario: Scenario,
+    flavour: Flavour,
+    backend: Backend,
+    /// The process now serving (0 while none is).
+    generation: AtomicUsize,
+    /// Processes started so far.
+    started: AtomicUsize,
+    /// A database the processes share: the restart page's list.
+    db: Mutex<Vec<String>>,
+    requests: Mutex<Vec<StreamRequest>>,
+    /// What each `POST /note` broadcast: `{text, from, delivered}`.
+    notes: Mutex<Vec<Value>>,
+    /// Bumped to end every open stream without the close event.
+    cut: watch::Sender<u64>,
+    /// Asks the test to restart the server process.
+    restart: mpsc::UnboundedSender<()>,
+}
+
+type Shared = Arc<Lab>;
+
+/// One server process's state: the lab, and its own manager and notifier.
+struct Ctx {
+    lab: Shared,
+    generation: usize,
+    manager: BroadcastManager,
+    notifier: Notifier,
+}
+
+type Proc = Arc<Ctx>;
+
+fn app(ctx: Proc) -> Router {
+    let router = Router::new()
+        .route("/", get(page))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/assets/{file}", get(asset))
+        .route("/items", get(items))
+        .route("/generation", get(generation))
+        .route("/note", post(note))
+        .route("/lab/state", get(state))
+        .route("/lab/publish", post(publish))
+        .route("/lab/add", post(add))
+        .route("/lab/toast", post(toast))
+        .route("/lab/cut", post(cut))
+        .route("/lab/restart", post(restart))
+        .with_state(ctx.clone());
+    let router = ctx.notifier.routes(router);
+    setup_broadcast_routes(router, ctx.manager.clone(), "/sse")
+        .layer(middleware::from_fn_with_state(ctx, lab_layer))
+}
+
+/// Records stream requests and makes their streams endable by `/lab/cut`;
+/// closes the connection after every `/lab` answer, so that no test-side
+/// client holds on to a process that restarts.
+async fn lab_layer(State(ctx): State<Proc>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/lab/") {
+        let mut res = next.run(req).await;
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
+    if req.method() != Method::GET || path != "/sse" {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    ctx.lab.requests.lock().push(StreamRequest {
+        uri: req.uri().to_string(),
+        header,
+        generation: ctx.generation,
+    });
+    let mut cut = ctx.lab.cut.subscribe();
+    let (parts, body) = next.run(req).await.into_parts();
+    // Ends the body (a clean end of the chunked response, no close event)
+    // when the test cuts; dropping it unregisters the connection, as a
+    // client that went away would.
+    let body = body.into_data_stream().take_until(async move {
+        let _ = cut.changed().await;
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+async fn state(State(ctx): State<Proc>) -> Json<Value> {
+    let lab = &ctx.lab;
+    Json(json!({
+        "generation": lab.generation.load(Ordering::SeqCst),
+        "backend": lab.backend.name,
+        "resetOnRestart": lab.backend.reset_on_restart,
+        "count": ctx.manager.connection_count(),
+        "registry": ctx.manager.registry().len(),
+        "toastListeners": ctx.notifier.client_count(Some(TOAST_CHANNEL)),
+        "requests": *lab.requests.lock(),
+        "notes": *lab.notes.lock(),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct PublishQuery {
+    from: u32,
+    to: u32,
+    /// Cut every open stream right after publishing this number.
+    cut_after: Option<u32>,
+    #[serde(default)]
+    gap_ms: u64,
+}
+
+/// Publishes `<li>n</li>` as type `num` for `from..=to`, `gap_ms` apart,
+/// cutting the streams after `cut_after`; answers how many connections
+/// each message was queued for.
+async fn publish(State(ctx): State<Proc>, Query(q): Query<PublishQuery>) -> Response {
+    let mut delivered = Vec::new();
+    for n in q.from..=q.to {
+        let item = html! { li { (n) } }.into_string();
+        match ctx.manager.broadcast("num", item, None, &[]).await {
+            Ok(sent) => delivered.push(sent.delivered),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+        if q.cut_after == Some(n) {
+            ctx.lab.cut.send_modify(|c| *c += 1);
+        }
+        if q.gap_ms > 0 && n < q.to {
+            tokio::time::sleep(Duration::from_millis(q.gap_ms)).await;
+        }
+    }
+    Json(json!({ "delivered": delivered })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TextQuery {
+    text: String,
+}
+
+fn item(text: &str) -> Markup {
+    html! { li { (text) } }
+}
+
+/// Adds an item to the database and broadcasts it (type `item`).
+async fn add(State(ctx): State<Proc>, Query(q): Query<TextQuery>) -> Response {
+    ctx.lab.db.lock().push(q.text.clone());
+    match ctx
+        .manager
+        .broadcast("item", item(&q.text).into_string(), None, &[])
+        .await
+    {
+        Ok(sent) => Json(json!({ "delivered": sent.delivered })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn items(State(ctx): State<Proc>) -> Markup {
+    let db = ctx.lab.db.lock().clone();
+    html! { @for text in &db { (item(text)) } }
+}
+
+async fn generation(State(ctx): State<Proc>) -> String {
+    ctx.generation.to_string()
+}
+
+#[derive(serde::Deserialize)]
+struct ToastQuery {
+    text: String,
+    level: String,
+    #[serde(default = "toast_channel")]
+    channel: String,
+}
+
+fn toast_channel() -> String {
+    TOAST_CHANNEL.to_owned()
+}
+
+async fn toast(State(ctx): State<Proc>, Query(q): Query<ToastQuery>) -> Response {
+    let level: Level = match q.level.parse() {
+        Ok(level) => level,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match ctx.notifier.send(&q.channel, &q.text, level).await {
+        Ok(reached) => Json(json!({ "reached": reached })).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn cut(State(ctx): State<Proc>) -> StatusCode {
+    ctx.lab.cut.send_modify(|n| *n += 1);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(serde::Deserialize)]
+struct RestartQuery {
+    /// An item written to the database while no process runs.
+    add: Option<String>,
+}
+
+/// Asks for a restart and answers at once: the process that answers is the
+/// one that stops (see [`serve`]).
+async fn restart(State(ctx): State<Proc>, Query(q): Query<RestartQuery>) -> StatusCode {
+    if let Some(text) = q.add {
+        ctx.lab.db.lock().push(text);
+    }
+    match ctx.lab.restart.send(()) {
+        Ok(()) => StatusCode::ACCEPTED,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NoteForm {
+    text: String,
+    connection_id: Option<String>,
+}
+
+/// The tab that posts shows the note from this answer; every other tab gets
+/// it from a broadcast that excludes the posting tab's connection.
+async fn note(State(ctx): State<Proc>, Form(form): Form<NoteForm>) -> Response {
+    let from = form
+        .connection_id
+        .as_deref()
+        .and_then(|id| ConnectionId::new(id).ok());
+    let exclude: Vec<ConnectionId> = from.iter().cloned().collect();
+    let li = item(&form.text).into_string();
+    let sent = match ctx.manager.broadcast("note", &li, None, &exclude).await {
+        Ok(sent) => sent,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    ctx.lab.notes.lock().push(json!({
+        "text": form.text,
+        "from": from.as_ref().map(ConnectionId::as_str),
+        "delivered": sent.delivered,
+    }));
+    Html(li).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// The pages
+
+fn flavor(f: Flavour) -> Flavor {
+    match f {
+        Flavour::Htmx2 => Flavor::Htmx2,
+        Flavour::Htmx4 => Flavor::Htmx4,
+    }
+}
+
+/// A connection to `/sse` swapping `event` broadcasts at the end of
+/// `target`.
+fn feed(f: Flavour, event: &'static str, target: &str) -> SseElement {
+    SseElement::new("/sse", flavor(f))
+        .id("feed")
+        .swap_event(event)
+        .hx_target(target)
+        .hx_swap(Swap::BeforeEnd)
+}
+
+/// htmx 4 swaps no named event by itself and fires `connection` as a DOM
+/// event on the element: this puts its hidden input into the form.
+const HTMX4_CONNECTION_ID: &str = "<script>document.addEventListener('connection', (e) => {
+  const slot = document.getElementById('cid');
+  if (slot && e.detail && typeof e.detail.data === 'string') {
+    htmx.swap({ sourceElement: slot, target: slot, swap: 'innerHTML', text: e.detail.data });
+  }
+}, true);</script>";
+
+async fn page(State(ctx): State<Proc>) -> Response {
+    let (scenario, f) = (ctx.lab.scenario, ctx.lab.flavour);
+    let (htmx, ext) = match f {
+        Flavour::Htmx2 => ("/assets/htmx2.js", "/assets/sse2.js"),
+        Flavour::Htmx4 => ("/assets/htmx4.js", "/assets/sse4.js"),
+    };
+    let mut head: Vec<htmx_sse::Fragment> = Vec::new();
+    let body: Markup = match scenario {
+        Scenario::Toasts => {
+            let toasts = NotificationStream::new(TOAST_CHANNEL)
+                .flavor(flavor(f))
+                .dismiss_ms(TOAST_MS)
+                .render()
+                .expect("a valid channel");
+            html! {
+                p { "Toasts from channel " code { (TOAST_CHANNEL) } " appear top right and go after " (TOAST_MS) " ms." }
+                (PreEscaped(toasts.as_str()))
+            }
+        }
+        Scenario::TabSync => {
+            let form = html! {
+                form #note-form hx-post="/note" hx-target="#notes" hx-swap="beforeend" {
+                    // The `connection` event puts this tab's id here.
+                    span #cid sse-swap="connection" hx-target="this" hx-swap="innerHTML" {}
+                    input name="text" required autocomplete="off";
+                    button { "Add" }
+                }
+            };
+            let el = feed(f, "note", "#notes")
+                .children(form.into_string())
+                .render()
+                .expect("a valid element");
+            html! {
+                (PreEscaped(el.as_str()))
+                @if f == Flavour::Htmx4 { (PreEscaped(HTMX4_CONNECTION_ID)) }
+                ul #notes {}
+            }
+        }
+        Scenario::Cut => {
+            let el = feed(f, "num", "#log").render().expect("a valid element");
+            html! { (PreEscaped(el.as_str())) ul #log {} }
+        }
+        Scenario::Restart => {
+            head.push(scripts::reset_script(ResetOptions::new()));
+            let el = feed(f, "item", "#items").render().expect("a valid element");
+            html! {
+                p { "server process: " span #gen hx-get="/generation"
+                    hx-trigger="load, htmx-sse:reset from:document" hx-swap="innerHTML" { "?" } }
+                (PreEscaped(el.as_str()))
+                // Fetched on load, and again when the server cannot catch
+                // the page up.
+                ul #items hx-get="/items" hx-trigger="load, htmx-sse:reset from:document"
+                    hx-swap="innerHTML" {}
+            }
+        }
+        Scenario::TabClose => {
+            let el = feed(f, "chat", "#log").render().expect("a valid element");
+            html! { (PreEscaped(el.as_str())) ul #log {} }
+        }
+    };
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (scenario.name()) " / " (f.name()) }
+                script src=(htmx) {}
+                script src=(ext) {}
+                @for script in &head { (PreEscaped(script.as_str())) }
+                style {
+                    "body{font:16px sans-serif;margin:1.5em}"
+                    "#feed,ul{border:1px solid #999;padding:.5em 1.5em;margin:.5em 0;min-height:1em}"
+                    ".toast{position:fixed;top:1em;right:1em;display:flex;flex-direction:column;gap:.5em}"
+                    ".alert{padding:.6em 1em;border-radius:.4em;background:#dbeafe}"
+                    ".alert-success{background:#dcfce7}.alert-error{background:#fee2e2}"
+                }
+            }
+            body {
+                h1 { "htmx-sse app: " (scenario.name()) " on " (f.name()) }
+                (body)
+            }
+        }
+    };
+    ([(header::CACHE_CONTROL, "no-cache")], markup).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// Server processes
+
+/// One running server process.
+struct Process {
+    manager: BroadcastManager,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Process {
+    /// Builds a manager with the lab's backend and serves on `listener`.
+    async fn start(lab: &Shared, listener: TcpListener) -> Process {
+        let manager = (lab.backend.build)().await;
+        let generation = lab.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let ctx = Arc::new(Ctx {
+            lab: lab.clone(),
+            generation,
+            manager: manager.clone(),
+            notifier: Notifier::new(),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = app(ctx);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        lab.generation.store(generation, Ordering::SeqCst);
+        Process {
+            manager,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the process as a restart would: every stream ends without the
+    /// close event, the listener closes, and the manager is dropped once
+    /// the server has finished (or after 5 s, when it is aborted).
+    async fn stop(mut self) {
+        self.manager.shutdown();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` again after a restart (the old listener is closed; its
+/// port may take a moment to be free).
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("could not bind {addr} again after the restart: {last:?}");
+}
+
+/// Serves the scenario, restarting the process on the same port whenever
+/// `POST /lab/restart` asks, until the driver has finished.
+async fn run_with(scenario: Scenario, f: Flavour, backend: Backend) -> Shared {
+    let (restart, mut restarts) = mpsc::unbounded_channel();
+    let lab = Arc::new(Lab {
+        scenario,
+        flavour: f,
+        backend,
+        generation: AtomicUsize::new(0),
+        started: AtomicUsize::new(0),
+        db: Mutex::new(vec![FIRST_ITEM.to_owned()]),
+        requests: Mutex::new(Vec::new()),
+        notes: Mutex::new(Vec::new()),
+        cut: watch::channel(0).0,
+        restart,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let mut process = Process::start(&lab, listener).await;
+    let base = format!("http://{addr}");
+    let control = {
+        let lab = lab.clone();
+        // Owns the running process: dropped (and its server aborted) when
+        // the driver has finished.
+        async move {
+            while restarts.recv().await.is_some() {
+                process.stop().await;
+                lab.generation.store(0, Ordering::SeqCst);
+                process = Process::start(&lab, rebind(addr).await).await;
+            }
+        }
+    };
+    tokio::select! {
+        () = drive("app.mjs", scenario.name(), f, &base) => {}
+        () = control => unreachable!("the lab keeps the restart channel open"),
+    }
+    lab
+}
+
+async fn run(scenario: Scenario, f: Flavour) -> Shared {
+    run_with(scenario, f, MEMORY).await
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+
+#[tokio::test]
+async fn htmx2_toasts_appear_escaped_and_dismiss_themselves() {
+    run(Scenario::Toasts, Flavour::Htmx2).await;
+}
+
+#[tokio::test]
+async fn htmx4_toasts_appear_escaped_and_dismiss_themselves() {
+    run(Scenario::Toasts, Flavour::Htmx4).await;
+}
+
+fn assert_notes_excluded_their_tab(lab: &Lab) {
+    let notes = lab.notes.lock().clone();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for n in &notes {
+        assert!(
+            n["from"].is_string(),
+            "a note without its connection id: {n}"
+        );
+        assert_eq!(n["delivered"], 1, "the posting tab was not excluded: {n}");
+    }
+    assert_ne!(notes[0]["from"], notes[1]["from"], "{notes:?}");
+}
+
+#[tokio::test]
+async fn htmx2_two_tabs_in_sync_without_their_own_echo() {
+    let lab = run(Scenario::TabSync, Flavour::Htmx2).await;
+    assert_notes_excluded_their_tab(&lab);
+}
+
+#[tokio::test]
+async fn htmx4_two_tabs_in_sync_without_their_own_echo() {
+    let lab = run(Scenario::TabSync, Flavour::Htmx4).await;
+    assert_notes_excluded_their_tab(&lab);
+}
+
+/// Three streams, the last two resumed with the `Last-Event-ID` header: both
+/// flavours reconnect by themselves, without the crate's helper.
+fn assert_resumed_by_header(lab: &Lab) {
+    let requests = lab.requests.lock().clone();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(requests[0].header.is_none(), "{requests:?}");
+    assert!(
+        requests[1..]
+            .iter()
+            .all(|r| r.header.is_some() && !r.uri.contains("lastEventId")),
+        "{requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn htmx2_cut_mid_publish_loses_and_doubles_nothing() {
+    let lab = run(Scenario::Cut, Flavour::Htmx2).await;
+    assert_resumed_by_header(&lab);
+}
+
+#[tokio::test]
+async fn htmx4_cut_mid_publish_loses_and_doubles_nothing() {
+    let lab = run(Scenario::Cut, Flavour::Htmx4).await;
+    assert_resumed_by_header(&lab);
+}
+
+fn assert_restarted_once(lab: &Lab) {
+    let requests = lab.requests.lock().clone();
+    let generations: Vec<usize> = requests.iter().map(|r| r.generation).collect();
+    assert_eq!(generations, [1, 2], "{requests:?}");
+    assert!(requests[0].header.is_none() && !requests[0].uri.contains("lastEventId"));
+}
+
+#[tokio::test]
+async fn htmx2_in_memory_restart_resets_the_page() {
+    let lab = run(Scenario::Restart, Flavour::Htmx2).await;
+    assert_restarted_once(&lab);
+    // The runtime (brought by reset_script) resumes through the URL.
+    let back = lab.requests.lock()[1].clone();
+    assert!(back.uri.contains("lastEventId="), "{back:?}");
+}
+
+#[tokio::test]
+async fn htmx4_in_memory_restart_resets_the_page() {
+    let lab = run(Scenario::Restart, Flavour::Htmx4).await;
+    assert_restarted_once(&lab);
+    let back = lab.requests.lock()[1].clone();
+    assert!(back.header.is_some(), "{back:?}");
+}
+
+#[tokio::test]
+async fn htmx2_closing_a_tab_unregisters_its_connection() {
+    run(Scenario::TabClose, Flavour::Htmx2).await;
+}
+
+#[tokio::test]
+async fn htmx4_closing_a_tab_unregisters_its_connection() {
+    run(Scenario::TabClose, Flavour::Htmx4).await;
+}
