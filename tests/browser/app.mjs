@@ -5,12 +5,16 @@
 // The server is a BroadcastManager under /sse (setup_broadcast_routes) and
 // a Notifier under /notifications/{channel}, with a test layer:
 //   GET  /lab/state    {generation, backend, resetOnRestart, count, registry,
-//                       toastListeners, requests, notes}
+//                       toastListeners, requests, notes, added}
 //   POST /lab/publish?from=A&to=B[&cut_after=N][&gap_ms=M]  <li>n</li> as `num`
 //   POST /lab/add?text=T       adds T to the list's database, broadcasts `item`
 //   POST /lab/toast?text=T&level=L[&channel=C]   Notifier::send
 //   POST /lab/cut              ends every open stream without the close event
-//   POST /lab/restart[?add=T]  a new server process (new manager) on the same port
+//   POST /lab/restart[?add=T][&publish=U]  a new server process (new manager) on
+//                       the same port; T is written while no process runs (and,
+//                       on Redis, broadcast by a second instance), U added by the
+//                       new process before it serves
+// Scenario `restart-redis` is `restart` on a server whose managers use Redis.
 // Saves <screenshot-dir>/app-<scenario>-<flavour>.png (…-FAILED.png on
 // failure). Exits 0 when every assertion held, 1 otherwise, 2 on misuse.
 
@@ -290,10 +294,16 @@ async function cut({ open }) {
 
 // --- 4. A restarted server ---------------------------------------------------------
 
+// In memory the new process has a new epoch and an empty history: the page
+// gets `reset` and fetches its list again, which shows m3 (written while
+// down). On Redis the history is shared: m3, broadcast by a second instance
+// while the process is down, and m4, by the new process before it serves,
+// reach the page by resuming from its Last-Event-ID, without a reset.
 async function restart({ open }) {
   const page = await open();
   await waitOpen(page);
   const items = (want, what) => waitTexts(page, '#items > li', want, what, { settle: 0 });
+  const gen = () => page.evaluate(() => document.getElementById('gen').textContent);
   await waitFor(page, () => document.getElementById('gen').textContent === '1', undefined,
     'the page to show server process 1');
   await items(['m0'], 'the list as loaded');
@@ -302,29 +312,45 @@ async function restart({ open }) {
   for (const m of ['m1', 'm2']) eq((await call('POST', `/lab/add?text=${m}`)).delivered, 1, `connections ${m} reached`);
   await items(['m0', 'm1', 'm2'], 'the list with two live items');
 
-  // m3 is written while no process runs: only a reload of the list shows it.
+  const want = s1.resetOnRestart;
   const restartAt = Date.now();
-  await call('POST', '/lab/restart?add=m3');
+  await call('POST', `/lab/restart?${qs(want ? { add: 'm3' } : { add: 'm3', publish: 'm4' })}`);
   await serverWait((s) => s.generation === 2 && s.count === 1, 'a new server process, and the page connected to it');
   const reconnected = Date.now() - restartAt;
-  const want = s1.resetOnRestart;
+  let live;
   if (want) {
+    // m3 is written while no process runs: only a reload of the list shows it.
     await waitFor(page, () => window.__rec.resets.length > 0, undefined, 'the htmx-sse:reset event',
       { state: () => page.evaluate(() => window.__rec) });
     await waitFor(page, () => document.getElementById('gen').textContent === '2', undefined,
       'the page to show server process 2 (fetched again on reset)');
     await items(['m0', 'm1', 'm2', 'm3'], 'the list fetched again on reset');
+    live = 'm4';
+  } else {
+    // Caught up from the shared history: appended by the page's own swaps.
+    await items(['m0', 'm1', 'm2', 'm3', 'm4'], 'the list caught up from the Redis history');
+    live = 'm5';
   }
   eq(await page.evaluate(() => window.__rec.resets.map((r) => r.reason)), want ? [want] : [],
     `reasons of the reset events (${s1.backend} backend)`);
-  eq((await call('POST', '/lab/add?text=m4')).delivered, 1, 'connections m4 reached');
-  await items(['m0', 'm1', 'm2', 'm3', 'm4'], 'the list after the restart');
+  eq((await call('POST', `/lab/add?text=${live}`)).delivered, 1, `connections ${live} reached`);
+  const all = range(0, Number(live.slice(1))).map((n) => `m${n}`);
+  await items(all, 'the list after the restart');
   await sleep(300);
-  eq(await texts(page, '#items > li'), ['m0', 'm1', 'm2', 'm3', 'm4'], 'the list, settled');
+  eq(await texts(page, '#items > li'), all, 'the list, settled');
+  eq(await page.evaluate(() => window.__rec.resets.length), want ? 1 : 0, 'reset events, settled');
+  // Without a reset nothing fetched the regions again.
+  eq(await gen(), want ? '2' : '1', 'the server process the page shows');
   eq(await page.evaluate(() => window.__rec.loads), 1, 'page loads in the tab (the reset reloaded regions, not the page)');
   const s = await state();
+  if (!want) {
+    eq(s.added.map((a) => [a.text, a.by, a.delivered]),
+      [['m1', 'process 1', 1], ['m2', 'process 1', 1], ['m3', 'second instance', 0], ['m4', 'process 2', 0],
+        ['m5', 'process 2', 1]],
+      'items published: [text, by, connections reached]');
+  }
   console.log(`${s.backend} backend: new process and the page connected to it ${reconnected} ms after the restart `
-    + `request; stream requests: ${JSON.stringify(s.requests)}`);
+    + `request; stream requests: ${JSON.stringify(s.requests)}; items: ${JSON.stringify(s.added)}`);
   return page;
 }
 
@@ -349,7 +375,7 @@ async function tabClose({ open }) {
   return a;
 }
 
-const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'tab-close': tabClose };
+const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'restart-redis': restart, 'tab-close': tabClose };
 
 async function main() {
   const started = Date.now();

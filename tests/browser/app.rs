@@ -10,7 +10,8 @@
 //! thin test layer (`/lab/*`) outlives the processes: it records every
 //! stream request, ends open streams without the close event on demand (as
 //! a dropped connection would), and restarts the process on the same port,
-//! with a new manager from the scenario's [`Backend`].
+//! with a new manager from the scenario's [`Backend`]: in memory, or (with
+//! the `redis` feature) on a real `redis-server` the test starts.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,8 +63,9 @@ enum Scenario {
     /// The stream is cut twice while numbered messages are published: the
     /// page reconnects by itself and shows every message once, in order.
     Cut,
-    /// The server process restarts with a new manager: the page reconnects,
-    /// gets the reset event and fetches its list again.
+    /// The server process restarts with a new manager: in memory, the page
+    /// reconnects, gets the reset event and fetches its list again; on
+    /// Redis, it resumes from the shared history, without a reset.
     Restart,
     /// Two tabs, one closes: the registry drops to one connection.
     TabClose,
@@ -84,37 +86,87 @@ impl Scenario {
 // ---------------------------------------------------------------------------
 // Backends
 
-/// Builds the manager of one server process.
-type BuildManager = fn() -> Pin<Box<dyn Future<Output = BroadcastManager> + Send>>;
+/// Builds one manager: of a server process, or of a second instance.
+type BuildManager =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = BroadcastManager> + Send>> + Send + Sync>;
 
 /// The broadcast backend of the server processes: how each new process
 /// gets its manager, and what a page that was connected to the previous
-/// process receives when it reconnects. A Redis backend is a second value
-/// of this type (its restarted process resumes pages from the shared
-/// history, so `reset_on_restart` is `None` there).
-#[derive(Clone, Copy)]
+/// process receives when it reconnects.
+#[derive(Clone)]
 struct Backend {
     name: &'static str,
     build: BuildManager,
     /// The reason of the reset event a page gets after a restart, or
     /// `None` when the new process resumes it.
     reset_on_restart: Option<&'static str>,
+    /// Whether the managers `build` makes share their messages and
+    /// history, so that a second instance can publish for the pages while
+    /// the process is down.
+    shared: bool,
+}
+
+impl Backend {
+    /// The scenario name the driver gets, which names its screenshot:
+    /// `restart` in memory, `restart-redis` on Redis.
+    fn scenario_name(&self, scenario: Scenario) -> String {
+        if self.shared {
+            format!("{}-{}", scenario.name(), self.name)
+        } else {
+            scenario.name().to_owned()
+        }
+    }
 }
 
 /// In memory: a new process is a new epoch with an empty history, so a
 /// page that comes back gets `reset` with `{"reason":"restarted"}`.
-const MEMORY: Backend = Backend {
-    name: "memory",
-    build: memory_manager,
-    reset_on_restart: Some("restarted"),
-};
+fn memory() -> Backend {
+    Backend {
+        name: "memory",
+        build: Arc::new(|| Box::pin(async { BroadcastManager::builder().history(256).build() })),
+        reset_on_restart: Some("restarted"),
+        shared: false,
+    }
+}
 
-fn memory_manager() -> Pin<Box<dyn Future<Output = BroadcastManager> + Send>> {
-    Box::pin(async { BroadcastManager::builder().history(256).build() })
+/// On the `redis-server` at `url`, under `prefix`: the epoch and the
+/// history live in Redis, so a new process (or a second instance) goes on
+/// with the same ids and resumes a page that comes back, without a reset.
+#[cfg(feature = "redis")]
+fn redis(url: String, prefix: String) -> Backend {
+    let config = htmx_sse::backend::RedisConfig::new(url).prefix(prefix);
+    Backend {
+        name: "redis",
+        build: Arc::new(move || {
+            let config = config.clone();
+            Box::pin(async move {
+                BroadcastManager::builder()
+                    .history(256)
+                    .build_redis(config)
+                    .await
+                    .expect("connects to the test redis-server")
+            })
+        }),
+        reset_on_restart: None,
+        shared: true,
+    }
 }
 
 // ---------------------------------------------------------------------------
 // The test layer, which outlives server processes
+
+/// One item added to the restart page's list and broadcast (type `item`).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Added {
+    text: String,
+    /// The message id it got.
+    id: String,
+    /// How many connections it was queued for on the manager that
+    /// published it.
+    delivered: usize,
+    /// Who published it: `process 1`, `second instance`, `process 2`, ….
+    by: String,
+}
 
 /// One stream request as the server saw it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -140,10 +192,12 @@ struct Lab {
     requests: Mutex<Vec<StreamRequest>>,
     /// What each `POST /note` broadcast: `{text, from, delivered}`.
     notes: Mutex<Vec<Value>>,
+    /// Every item broadcast for the restart page, by whichever manager.
+    added: Mutex<Vec<Added>>,
     /// Bumped to end every open stream without the close event.
     cut: watch::Sender<u64>,
     /// Asks the test to restart the server process.
-    restart: mpsc::UnboundedSender<()>,
+    restart: mpsc::UnboundedSender<RestartQuery>,
 }
 
 type Shared = Arc<Lab>;
@@ -223,6 +277,7 @@ async fn state(State(ctx): State<Proc>) -> Json<Value> {
         "toastListeners": ctx.notifier.client_count(Some(TOAST_CHANNEL)),
         "requests": *lab.requests.lock(),
         "notes": *lab.notes.lock(),
+        "added": *lab.added.lock(),
     }))
 }
 
@@ -268,15 +323,32 @@ fn item(text: &str) -> Markup {
 
 /// Adds an item to the database and broadcasts it (type `item`).
 async fn add(State(ctx): State<Proc>, Query(q): Query<TextQuery>) -> Response {
-    ctx.lab.db.lock().push(q.text.clone());
-    match ctx
-        .manager
-        .broadcast("item", item(&q.text).into_string(), None, &[])
-        .await
-    {
+    let by = format!("process {}", ctx.generation);
+    match add_item(&ctx.lab, &ctx.manager, &q.text, by).await {
         Ok(sent) => Json(json!({ "delivered": sent.delivered })).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// Writes `text` to the database, then broadcasts it with `manager` and
+/// records it.
+async fn add_item(
+    lab: &Lab,
+    manager: &BroadcastManager,
+    text: &str,
+    by: String,
+) -> Result<htmx_sse::broadcast::Sent, htmx_sse::Error> {
+    lab.db.lock().push(text.to_owned());
+    let sent = manager
+        .broadcast("item", item(text).into_string(), None, &[])
+        .await?;
+    lab.added.lock().push(Added {
+        text: text.to_owned(),
+        id: sent.id.to_string(),
+        delivered: sent.delivered,
+        by,
+    });
+    Ok(sent)
 }
 
 async fn items(State(ctx): State<Proc>) -> Markup {
@@ -318,17 +390,19 @@ async fn cut(State(ctx): State<Proc>) -> StatusCode {
 
 #[derive(serde::Deserialize)]
 struct RestartQuery {
-    /// An item written to the database while no process runs.
+    /// An item written to the database while no process runs; with a
+    /// shared backend, a second server instance (a manager of its own on
+    /// the same Redis) also broadcasts it then.
     add: Option<String>,
+    /// An item the new process adds (database and broadcast) as soon as
+    /// its manager is built, before it serves: before the page can be back.
+    publish: Option<String>,
 }
 
 /// Asks for a restart and answers at once: the process that answers is the
-/// one that stops (see [`serve`]).
+/// one that stops (see [`run_with`]).
 async fn restart(State(ctx): State<Proc>, Query(q): Query<RestartQuery>) -> StatusCode {
-    if let Some(text) = q.add {
-        ctx.lab.db.lock().push(text);
-    }
-    match ctx.lab.restart.send(()) {
+    match ctx.lab.restart.send(q) {
         Ok(()) => StatusCode::ACCEPTED,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -436,6 +510,7 @@ async fn page(State(ctx): State<Proc>) -> Response {
             head.push(scripts::reset_script(ResetOptions::new()));
             let el = feed(f, "item", "#items").render().expect("a valid element");
             html! {
+                p { "backend: " code { (ctx.lab.backend.name) } }
                 p { "server process: " span #gen hx-get="/generation"
                     hx-trigger="load, htmx-sse:reset from:document" hx-swap="innerHTML" { "?" } }
                 (PreEscaped(el.as_str()))
@@ -487,10 +562,16 @@ struct Process {
 }
 
 impl Process {
-    /// Builds a manager with the lab's backend and serves on `listener`.
-    async fn start(lab: &Shared, listener: TcpListener) -> Process {
+    /// Builds a manager with the lab's backend, adds `publish` (see
+    /// [`RestartQuery`]) with it, and serves on `listener`.
+    async fn start(lab: &Shared, listener: TcpListener, publish: Option<&str>) -> Process {
         let manager = (lab.backend.build)().await;
         let generation = lab.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(text) = publish {
+            add_item(lab, &manager, text, format!("process {generation}"))
+                .await
+                .expect("the new process publishes");
+        }
         let ctx = Arc::new(Ctx {
             lab: lab.clone(),
             generation,
@@ -551,6 +632,21 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
     panic!("could not bind {addr} again after the restart: {last:?}");
 }
 
+/// What happens while no process runs: `add` goes to the database and,
+/// with a shared backend, a second instance broadcasts it (and stops).
+async fn while_down(lab: &Lab, add: Option<&str>) {
+    let Some(text) = add else { return };
+    if lab.backend.shared {
+        let second = (lab.backend.build)().await;
+        add_item(lab, &second, text, "second instance".to_owned())
+            .await
+            .expect("the second instance publishes");
+        second.shutdown();
+    } else {
+        lab.db.lock().push(text.to_owned());
+    }
+}
+
 /// Serves the scenario, restarting the process on the same port whenever
 /// `POST /lab/restart` asks, until the driver has finished.
 async fn run_with(scenario: Scenario, f: Flavour, backend: Backend) -> Shared {
@@ -564,34 +660,54 @@ async fn run_with(scenario: Scenario, f: Flavour, backend: Backend) -> Shared {
         db: Mutex::new(vec![FIRST_ITEM.to_owned()]),
         requests: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
+        added: Mutex::new(Vec::new()),
         cut: watch::channel(0).0,
         restart,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
-    let mut process = Process::start(&lab, listener).await;
+    let mut process = Process::start(&lab, listener, None).await;
     let base = format!("http://{addr}");
+    let name = lab.backend.scenario_name(scenario);
     let control = {
         let lab = lab.clone();
         // Owns the running process: dropped (and its server aborted) when
         // the driver has finished.
         async move {
-            while restarts.recv().await.is_some() {
+            while let Some(q) = restarts.recv().await {
                 process.stop().await;
                 lab.generation.store(0, Ordering::SeqCst);
-                process = Process::start(&lab, rebind(addr).await).await;
+                while_down(&lab, q.add.as_deref()).await;
+                let listener = rebind(addr).await;
+                process = Process::start(&lab, listener, q.publish.as_deref()).await;
             }
         }
     };
     tokio::select! {
-        () = drive("app.mjs", scenario.name(), f, &base) => {}
+        () = drive("app.mjs", &name, f, &base) => {}
         () = control => unreachable!("the lab keeps the restart channel open"),
     }
     lab
 }
 
 async fn run(scenario: Scenario, f: Flavour) -> Shared {
-    run_with(scenario, f, MEMORY).await
+    run_with(scenario, f, memory()).await
+}
+
+/// Runs the scenario on a `redis-server` of its own (on a free loopback
+/// port), under a key prefix of its own.
+#[cfg(feature = "redis")]
+async fn run_on_redis(scenario: Scenario, f: Flavour) -> Shared {
+    let server = super::common::redis::RedisServer::start(false);
+    let prefix = format!(
+        "htmx-sse-browser-{}-{}-{}",
+        scenario.name(),
+        f.name(),
+        std::process::id()
+    );
+    let lab = run_with(scenario, f, redis(server.url(), prefix)).await;
+    drop(server);
+    lab
 }
 
 // ---------------------------------------------------------------------------
@@ -680,6 +796,55 @@ async fn htmx4_in_memory_restart_resets_the_page() {
     assert_restarted_once(&lab);
     let back = lab.requests.lock()[1].clone();
     assert!(back.header.is_some(), "{back:?}");
+}
+
+/// The page came back with the id of m2, the last item it had (the id on
+/// the wire is `EPOCH-SEQ.CONNECTION`), and the items kept one epoch and
+/// increasing ids across the restart and the second instance.
+#[cfg(feature = "redis")]
+fn assert_resumed_from_m2(lab: &Lab, resumed: Option<&str>) {
+    assert_restarted_once(lab);
+    let added = lab.added.lock().clone();
+    let texts: Vec<&str> = added.iter().map(|a| a.text.as_str()).collect();
+    assert_eq!(texts, ["m1", "m2", "m3", "m4", "m5"], "{added:?}");
+    let ids: Vec<(&str, u64)> = added
+        .iter()
+        .map(|a| {
+            let (epoch, seq) = a.id.rsplit_once('-').expect("an id is EPOCH-SEQ");
+            (epoch, seq.parse().expect("a numeric sequence"))
+        })
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 < w[1].1),
+        "one epoch, increasing ids: {added:?}"
+    );
+    let m2 = &added[1].id;
+    assert!(
+        resumed.is_some_and(|id| id == m2 || id.starts_with(&format!("{m2}."))),
+        "resumed from {resumed:?}, m2 is {m2}; requests: {:?}",
+        lab.requests.lock()
+    );
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn htmx2_redis_restart_resumes_the_page_without_a_reset() {
+    let lab = run_on_redis(Scenario::Restart, Flavour::Htmx2).await;
+    // The runtime (brought by reset_script) resumes through the URL.
+    let back = lab.requests.lock()[1].clone();
+    let resumed = back
+        .uri
+        .split_once("lastEventId=")
+        .map(|(_, rest)| rest.split('&').next().unwrap_or(rest));
+    assert_resumed_from_m2(&lab, resumed);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn htmx4_redis_restart_resumes_the_page_without_a_reset() {
+    let lab = run_on_redis(Scenario::Restart, Flavour::Htmx4).await;
+    let back = lab.requests.lock()[1].clone();
+    assert_resumed_from_m2(&lab, back.header.as_deref());
 }
 
 #[tokio::test]
