@@ -318,3 +318,66 @@ async fn an_unreachable_redis_is_a_clear_error_at_start() {
         .unwrap_err();
     assert!(err.to_string().contains("bad Redis URL"), "{err}");
 }
+
+#[tokio::test]
+async fn toasts_and_topic_hub_publishes_cross_instances() {
+    use htmx_sse::notify::{Level, Notifier};
+    use htmx_sse::topics::setup_topic_routes;
+
+    let redis = RedisServer::start(false);
+    let make = || async {
+        BroadcastManager::builder()
+            .build_redis(RedisConfig::new(redis.url()).prefix("toasts"))
+            .await
+            .unwrap()
+    };
+    let (na, nb) = (
+        Notifier::with_manager(make().await),
+        Notifier::with_manager(make().await),
+    );
+    let hub = |m: BroadcastManager| setup_topic_routes(Router::new(), m, "/hub");
+    let hub_a = BroadcastManager::builder()
+        .build_redis(RedisConfig::new(redis.url()).prefix("hub"))
+        .await
+        .unwrap();
+    let hub_b = BroadcastManager::builder()
+        .build_redis(RedisConfig::new(redis.url()).prefix("hub"))
+        .await
+        .unwrap();
+    let (base_a, _ta) = common::serve(na.routes(hub(hub_a))).await;
+    let (base_b, _tb) = common::serve(nb.routes(hub(hub_b))).await;
+
+    // A toast sent on B reaches the page listening on A; B has no
+    // listener of its own, and still publishes.
+    let mut toasts = TestClient::get(format!("{base_a}/notifications/ops"))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(next(&mut toasts).await.event, "connection");
+    assert_eq!(nb.client_count(Some("ops")), 0);
+    nb.send("ops", "<b>deployed</b>", Level::Success)
+        .await
+        .unwrap();
+    let ev = next(&mut toasts).await;
+    assert!(
+        ev.data.contains("&#60;b&#62;deployed&#60;/b&#62;"),
+        "{}",
+        ev.data
+    );
+    assert!(ev.data.contains("alert-success"), "{}", ev.data);
+
+    // A Mercure-style publish to B's hub reaches A's subscriber.
+    let mut sub = TestClient::get(format!("{base_a}/hub?topic=todos%2F7"))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await.event, "connection");
+    let res = reqwest::Client::new()
+        .post(format!("{base_b}/hub"))
+        .json(&json!({"topics": ["todos/7"], "html": "<li>milk</li>"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(next(&mut sub).await.data, "<li>milk</li>");
+}
