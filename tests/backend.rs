@@ -91,21 +91,7 @@ impl Server {
     }
 
     async fn open(&self, path: &str, last_event_id: Option<&str>) -> (TestClient, ConnectionId) {
-        let mut b = TestClient::get(format!("{}{path}", self.base));
-        if let Some(id) = last_event_id {
-            b = b.last_event_id(id);
-        }
-        let mut c = b.connect().await.unwrap();
-        let ev = c.next_event_within(WAIT).await.unwrap();
-        assert_eq!(ev.event, "connection", "{ev:?}");
-        let id = ev
-            .data
-            .split("value=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap()
-            .to_owned();
-        (c, ConnectionId::new(&id).unwrap())
+        common::open_connection(&format!("{}{path}", self.base), last_event_id).await
     }
 }
 

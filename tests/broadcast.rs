@@ -40,26 +40,7 @@ impl Server {
     }
 
     async fn client_from(&self, last_event_id: Option<&str>) -> (TestClient, ConnectionId) {
-        let mut b = TestClient::get(format!("{}/sse", self.base));
-        if let Some(id) = last_event_id {
-            b = b.last_event_id(id);
-        }
-        let mut c = b.connect().await.unwrap();
-        let ev = c.next_event_within(WAIT).await.unwrap();
-        assert_eq!(ev.event, "connection");
-        let id = ev
-            .data
-            .split("value=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap()
-            .to_owned();
-        assert_eq!(
-            ev.data,
-            format!("<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">")
-        );
-        assert!(ev.last_event_id.ends_with(&format!(".{id}")));
-        (c, ConnectionId::new(&id).unwrap())
+        common::open_connection(&format!("{}/sse", self.base), last_event_id).await
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {

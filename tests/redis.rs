@@ -44,21 +44,7 @@ async fn instance(redis: &RedisServer, heartbeat: Duration) -> Instance {
 
 impl Instance {
     async fn open(&self, last_event_id: Option<&str>) -> (TestClient, ConnectionId) {
-        let mut b = TestClient::get(format!("{}/sse", self.base));
-        if let Some(id) = last_event_id {
-            b = b.last_event_id(id);
-        }
-        let mut c = b.connect().await.unwrap();
-        let ev = c.next_event_within(WAIT).await.unwrap();
-        assert_eq!(ev.event, "connection", "{ev:?}");
-        let id = ev
-            .data
-            .split("value=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap()
-            .to_owned();
-        (c, ConnectionId::new(&id).unwrap())
+        common::open_connection(&format!("{}/sse", self.base), last_event_id).await
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {

@@ -473,6 +473,19 @@ impl Shared {
         let _ = self.registry.send(RegOp::Remove { id });
     }
 
+    /// Adds to `pipe` the writes that record a connection of this
+    /// instance: where it is, and whose it is.
+    fn record(&self, pipe: &mut redis::Pipeline, id: &ConnectionId, user: Option<&UserId>) {
+        pipe.hset(&self.keys.place, id.as_str(), &self.instance)
+            .ignore()
+            .hset(
+                self.keys.conns(&self.instance),
+                id.as_str(),
+                user.map_or("", UserId::as_str),
+            )
+            .ignore();
+    }
+
     /// Whether the reader is connected to Redis now.
     pub(crate) fn is_reading(&self) -> bool {
         self.reading.load(Ordering::Relaxed)
@@ -768,14 +781,7 @@ async fn registry_loop(
         for op in batch.drain(..) {
             match op {
                 RegOp::Add { id, user, ready } => {
-                    pipe.hset(&shared.keys.place, id.as_str(), &shared.instance)
-                        .ignore()
-                        .hset(
-                            &conns,
-                            id.as_str(),
-                            user.as_ref().map_or("", UserId::as_str),
-                        )
-                        .ignore();
+                    shared.record(&mut pipe, &id, user.as_ref());
                     readies.push(ready);
                 }
                 RegOp::Remove { id } => {
@@ -824,7 +830,6 @@ async fn registry_loop(
 /// Redis forgot them, and buries instances that died.
 async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
     let alive = shared.keys.alive(&shared.instance);
-    let conns = shared.keys.conns(&shared.instance);
     let mut tick = tokio::time::interval(RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -850,14 +855,7 @@ async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
                 if !local.is_empty() {
                     let mut pipe = redis::pipe();
                     for (id, user) in &local {
-                        pipe.hset(&shared.keys.place, id.as_str(), &shared.instance)
-                            .ignore()
-                            .hset(
-                                &conns,
-                                id.as_str(),
-                                user.as_ref().map_or("", UserId::as_str),
-                            )
-                            .ignore();
+                        shared.record(&mut pipe, id, user.as_ref());
                     }
                     let _: () = pipe.query_async(&mut con).await?;
                 }

@@ -36,3 +36,39 @@ where
     });
     (format!("http://{addr}"), task)
 }
+
+/// Opens an SSE connection to a broadcast stream at `url` (resuming from
+/// `last_event_id` when given) and reads its first event, the
+/// `connection` event; returns the client and its connection id.
+#[cfg(feature = "testing")]
+pub async fn open_connection(
+    url: &str,
+    last_event_id: Option<&str>,
+) -> (
+    htmx_sse::testing::TestClient,
+    htmx_sse::connections::ConnectionId,
+) {
+    let mut b = htmx_sse::testing::TestClient::get(url);
+    if let Some(id) = last_event_id {
+        b = b.last_event_id(id);
+    }
+    let mut c = b.connect().await.unwrap();
+    let ev = c
+        .next_event_within(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(ev.event, "connection", "{ev:?}");
+    let id = ev
+        .data
+        .split("value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        ev.data,
+        format!("<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">")
+    );
+    assert!(ev.last_event_id.ends_with(&format!(".{id}")));
+    (c, htmx_sse::connections::ConnectionId::new(&id).unwrap())
+}
