@@ -367,3 +367,58 @@ async fn toasts_and_topic_hub_publishes_cross_instances() {
     assert_eq!(res.status(), 200);
     assert_eq!(next(&mut sub).await.data, "<li>milk</li>");
 }
+
+#[tokio::test]
+async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
+    let redis = RedisServer::start(false);
+    let config = || {
+        RedisConfig::new(redis.url())
+            .prefix("crash")
+            .liveness(Duration::from_millis(600))
+    };
+    let a = BroadcastManager::builder()
+        .build_redis(config())
+        .await
+        .unwrap();
+    let (base_a, _ta) =
+        common::serve(setup_broadcast_routes(Router::new(), a.clone(), "/sse")).await;
+    let (_on_a, _) = common::open_connection(&format!("{base_a}/sse"), None).await;
+
+    // Instance B lives on its own runtime; shutting that runtime down ends
+    // every task of B at once, with no clean-up: a crash.
+    let b_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b_config = config();
+    let base_b = b_runtime
+        .spawn(async move {
+            let b = BroadcastManager::builder()
+                .build_redis(b_config)
+                .await
+                .unwrap();
+            common::serve(setup_broadcast_routes(Router::new(), b, "/sse"))
+                .await
+                .0
+        })
+        .await
+        .unwrap();
+    let (on_b, b_id) = common::open_connection(&format!("{base_b}/sse"), None).await;
+    assert_eq!(a.cluster_connection_count().await.unwrap(), 2);
+    a.send_to(&b_id, "dm", "still there", None).await.unwrap();
+
+    b_runtime.shutdown_background();
+    drop(on_b);
+    // Until its liveness runs out B still counts; then it is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.cluster_connection_count().await.unwrap() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the crashed instance still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = a.send_to(&b_id, "dm", "gone?", None).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownConnection { .. }), "{err:?}");
+}

@@ -41,6 +41,7 @@ pub struct RedisConfig {
     url: String,
     prefix: String,
     timeout: Duration,
+    liveness: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -54,18 +55,20 @@ impl fmt::Debug for RedisConfig {
             .field("url", &shown)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("liveness", &self.liveness)
             .finish()
     }
 }
 
 impl RedisConfig {
     /// Connects to `url` (`redis://[:password@]host:port[/db]`), key prefix
-    /// `htmx-sse`, command timeout 2 s.
+    /// `htmx-sse`, command timeout 2 s, liveness 15 s.
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
             prefix: "htmx-sse".to_owned(),
             timeout: Duration::from_secs(2),
+            liveness: Duration::from_secs(15),
         }
     }
 
@@ -80,6 +83,17 @@ impl RedisConfig {
     /// How long a publish waits for Redis before it fails (default 2 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long an instance that stopped renewing its liveness key (it
+    /// crashed, or lost Redis) still counts as alive (default 15 s; at least
+    /// 300 ms). Each instance renews its key every third of this, and the
+    /// others then forget its connections: `send_to` answers unknown and
+    /// [`cluster_connection_count`](crate::broadcast::BroadcastManager::cluster_connection_count)
+    /// leaves them out.
+    pub fn liveness(mut self, liveness: Duration) -> Self {
+        self.liveness = liveness.max(Duration::from_millis(300));
         self
     }
 }
@@ -159,8 +173,6 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return #ids
 ";
 
-const LIVENESS: Duration = Duration::from_secs(15);
-const RENEW: Duration = Duration::from_secs(5);
 const BLOCK: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -187,6 +199,7 @@ pub(crate) struct Shared {
     bury: Script,
     history: usize,
     timeout: Duration,
+    liveness: Duration,
     nonce: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<usize>>>,
     registry: mpsc::UnboundedSender<RegOp>,
@@ -315,6 +328,7 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
         bury: Script::new(BURY),
         history: history.max(1),
         timeout: config.timeout,
+        liveness: config.liveness,
         nonce: AtomicU64::new(1),
         pending: Mutex::new(HashMap::new()),
         registry,
@@ -830,7 +844,7 @@ async fn registry_loop(
 /// Redis forgot them, and buries instances that died.
 async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
     let alive = shared.keys.alive(&shared.instance);
-    let mut tick = tokio::time::interval(RENEW);
+    let mut tick = tokio::time::interval(shared.liveness / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -840,9 +854,9 @@ async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
         let mut con = shared.commands.clone();
         let step = async {
             let existed: bool = con.exists(&alive).await?;
-            let ttl = LIVENESS.as_secs();
+            let ttl = u64::try_from(shared.liveness.as_millis()).unwrap_or(u64::MAX);
             let _: () = redis::pipe()
-                .set_ex(&alive, 1, ttl)
+                .pset_ex(&alive, 1, ttl)
                 .ignore()
                 .sadd(&shared.keys.instances, &shared.instance)
                 .ignore()
