@@ -14,7 +14,9 @@
 //! the same way in `tests/browser/helpers.rs`, against a `BroadcastManager`,
 //! by `tests/browser/helpers.mjs`; application scenarios (toasts, tabs kept
 //! in sync, a cut while publishing, a server restart, a closed tab) in
-//! `tests/browser/app.rs`, by `tests/browser/app.mjs`.
+//! `tests/browser/app.rs`, by `tests/browser/app.mjs`. The three drivers
+//! share `tests/browser/harness.mjs`; the three servers share the page
+//! shell, the static routes and [`drive`] from here.
 //!
 //! A run prints the screenshot folder once. A test passes only when its
 //! driver exits 0 and the screenshots it reports (`screenshot: <path>`)
@@ -27,6 +29,31 @@
 //! is missing they fail, saying how to install it: they never skip.
 #![cfg(feature = "maud")]
 
+/// `in_both_flavours! { name: |f| body; … }` declares, for each line, the
+/// module `name` with two tests, `htmx2` and `htmx4`, each running `body`
+/// with `f` bound to its flavour. Attributes before a line (`cfg`) go on its
+/// module.
+macro_rules! in_both_flavours {
+    ($($(#[$attr:meta])* $name:ident: |$f:ident| $body:expr;)*) => {$(
+        $(#[$attr])*
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn htmx2() {
+                let $f = Flavour::Htmx2;
+                $body;
+            }
+
+            #[tokio::test]
+            async fn htmx4() {
+                let $f = Flavour::Htmx4;
+                $body;
+            }
+        }
+    )*};
+}
+
 #[cfg(feature = "askama")]
 #[path = "browser/app.rs"]
 mod app;
@@ -34,6 +61,9 @@ mod common;
 #[cfg(feature = "askama")]
 #[path = "browser/helpers.rs"]
 mod helpers;
+#[cfg(feature = "askama")]
+#[path = "browser/lab.rs"]
+mod lab;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -43,13 +73,14 @@ use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::handler::Handler;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use htmx_sse::Event;
 use htmx_sse::streaming::{EndReason, OobFlavor, OobStreamBuilder, SseStream, StreamConfig, Swap};
-use maud::{DOCTYPE, Markup, html};
+use htmx_sse::{Event, Fragment};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -141,14 +172,25 @@ struct Hub {
 type Shared = Arc<Hub>;
 
 fn app(hub: Shared) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/assets/{file}", get(asset))
+    page_routes(page)
         .route("/events", get(events))
         .route("/publish", post(publish))
         .route("/stats", get(stats))
         .with_state(hub)
+}
+
+/// The routes of every driver's server: `page` at `/`, no favicon, and htmx
+/// with its SSE extension under `/assets/`.
+fn page_routes<H, T, S>(page: H) -> Router<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/", get(page))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/assets/{file}", get(asset))
 }
 
 async fn asset(UrlPath(file): UrlPath<String>) -> Response {
@@ -283,6 +325,30 @@ fn oob_message(flavor: OobFlavor) -> Event {
 
 async fn page(State(hub): State<Shared>) -> Markup {
     let (scenario, flavour) = (hub.scenario, hub.flavour);
+    page_shell(
+        "htmx-sse browser test",
+        scenario.name(),
+        flavour,
+        &[],
+        concat!(
+            "body{font:16px sans-serif;margin:1.5em}",
+            "section{border:1px solid #999;padding:.5em;margin:.5em 0}",
+            "h1{font-size:1.2em}",
+        ),
+        &scenario_body(scenario, flavour),
+    )
+}
+
+/// A scenario's page (of every driver): htmx and its SSE extension for
+/// `flavour`, the `head` scripts and `style`, then `heading` over `body`.
+fn page_shell(
+    heading: &str,
+    scenario: &str,
+    flavour: Flavour,
+    head: &[Fragment],
+    style: &str,
+    body: &Markup,
+) -> Markup {
     let (htmx, ext) = match flavour {
         Flavour::Htmx2 => ("/assets/htmx2.js", "/assets/sse2.js"),
         Flavour::Htmx4 => ("/assets/htmx4.js", "/assets/sse4.js"),
@@ -292,18 +358,15 @@ async fn page(State(hub): State<Shared>) -> Markup {
         html lang="en" {
             head {
                 meta charset="utf-8";
-                title { (scenario.name()) " / " (flavour.name()) }
+                title { (scenario) " / " (flavour.name()) }
                 script src=(htmx) {}
                 script src=(ext) {}
-                style {
-                    "body{font:16px sans-serif;margin:1.5em}"
-                    "section{border:1px solid #999;padding:.5em;margin:.5em 0}"
-                    "h1{font-size:1.2em}"
-                }
+                @for script in head { (PreEscaped(script.as_str())) }
+                style { (style) }
             }
             body {
-                h1 { "htmx-sse browser test: " (scenario.name()) " on " (flavour.name()) }
-                (scenario_body(scenario, flavour))
+                h1 { (heading) ": " (scenario) " on " (flavour.name()) }
+                (body)
             }
         }
     }
@@ -490,10 +553,15 @@ async fn run(scenario: Scenario, flavour: Flavour) -> Shared {
         connections: AtomicUsize::new(0),
         ended: Mutex::new(Vec::new()),
     });
-    let (base, server) = common::serve(app(hub.clone())).await;
-    drive("driver.mjs", scenario.name(), flavour, &base).await;
-    server.abort();
+    serve_and_drive(app(hub.clone()), "driver.mjs", scenario.name(), flavour).await;
     hub
+}
+
+/// Serves `app` on 127.0.0.1:0 while [`drive`] runs the driver against it.
+async fn serve_and_drive(app: Router, driver: &str, scenario: &str, flavour: Flavour) {
+    let (base, server) = common::serve(app).await;
+    drive(driver, scenario, flavour, &base).await;
+    server.abort();
 }
 
 /// Runs `node tests/browser/<driver> <scenario> <flavour> <base> <shots>`
@@ -561,37 +629,7 @@ async fn drive(driver: &str, scenario: &str, flavour: Flavour, base: &str) {
 // ---------------------------------------------------------------------------
 // The tests: one per scenario and flavour.
 
-#[tokio::test]
-async fn htmx2_fragments_in_order() {
-    run(Scenario::Fragments, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_fragments_in_order() {
-    run(Scenario::Fragments, Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_oob_swap_oob_updates_every_region() {
-    run(Scenario::OobSwapOob, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_oob_swap_oob_updates_every_region() {
-    run(Scenario::OobSwapOob, Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_oob_partial_updates_every_region() {
-    run(Scenario::OobPartial, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_oob_partial_updates_every_region() {
-    run(Scenario::OobPartial, Flavour::Htmx4).await;
-}
-
-fn assert_closed_once(hub: &Hub) {
+fn assert_closed_once(hub: &Shared) {
     assert_eq!(
         hub.connections.load(Ordering::SeqCst),
         1,
@@ -600,34 +638,11 @@ fn assert_closed_once(hub: &Hub) {
     assert_eq!(*hub.ended.lock(), [EndReason::SourceEnded]);
 }
 
-#[tokio::test]
-async fn htmx2_close_event_stops_reconnecting() {
-    let hub = run(Scenario::Close, Flavour::Htmx2).await;
-    assert_closed_once(&hub);
-}
-
-#[tokio::test]
-async fn htmx4_close_event_stops_reconnecting() {
-    let hub = run(Scenario::Close, Flavour::Htmx4).await;
-    assert_closed_once(&hub);
-}
-
-#[tokio::test]
-async fn htmx2_heartbeats_swap_nothing() {
-    run(Scenario::Heartbeat, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_heartbeats_swap_nothing() {
-    run(Scenario::Heartbeat, Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_escaped_text_stays_text() {
-    run(Scenario::Escaping, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_escaped_text_stays_text() {
-    run(Scenario::Escaping, Flavour::Htmx4).await;
+in_both_flavours! {
+    fragments_in_order: |f| run(Scenario::Fragments, f).await;
+    oob_swap_oob_updates_every_region: |f| run(Scenario::OobSwapOob, f).await;
+    oob_partial_updates_every_region: |f| run(Scenario::OobPartial, f).await;
+    close_event_stops_reconnecting: |f| assert_closed_once(&run(Scenario::Close, f).await);
+    heartbeats_swap_nothing: |f| run(Scenario::Heartbeat, f).await;
+    escaped_text_stays_text: |f| run(Scenario::Escaping, f).await;
 }

@@ -18,38 +18,15 @@
 // Saves <screenshot-dir>/app-<scenario>-<flavour>.png (…-FAILED.png on
 // failure). Exits 0 when every assertion held, 1 otherwise, 2 on misuse.
 
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { args, check, eq, run, server, sleep, texts, waitFor, waitOpen } from './harness.mjs';
 
-const WAIT_MS = 10_000; // the longest any single wait may take
-const WATCHDOG_MS = 55_000; // the whole run; the Rust side kills at 60 s
 const TOAST_MS = 1500; // as the toast page is configured (tests/browser/app.rs)
 const HOSTILE = '<img src=x onerror="window.__pwned=1">';
 
-const [scenario, flavour, base, shotDir] = process.argv.slice(2);
-if (!scenario || !['htmx2', 'htmx4'].includes(flavour) || !base || !shotDir) {
-  console.error('usage: app.mjs <scenario> <htmx2|htmx4> <base-url> <screenshot-dir>');
-  process.exit(2);
-}
-if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
-  console.error(`refusing base url ${base}: only http://127.0.0.1:<port> is allowed`);
-  process.exit(2);
-}
+const ARGS = args();
+const { flavour } = ARGS;
+const { call, state, serverWait } = server(ARGS.base);
 
-class Failure extends Error {}
-
-function check(cond, message) {
-  if (!cond) throw new Failure(message);
-}
-
-function eq(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Failure(`${what}:\n    expected ${e}\n    got      ${a}`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => String(from + i));
 
 // The htmx events that mean a swap went wrong (a target id that does not
@@ -99,55 +76,9 @@ function recorder(recorded) {
 const RECORDED = ['htmx:sseOpen', 'htmx:sseError', 'htmx:sseClose', 'htmx:sse:after:connection',
   'htmx:sse:error', 'htmx:sse:close', ...SWAP_ERRORS];
 
-// --- Talking to the server ---------------------------------------------------
-
-async function call(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: body ? { 'content-type': 'application/json' } : {},
-    body: body ? JSON.stringify(body) : undefined,
-    signal: AbortSignal.timeout(WAIT_MS),
-  });
-  if (!res.ok) throw new Failure(`${method} ${path} answered ${res.status}: ${await res.text()}`);
-  return res.status === 204 || res.status === 202 ? null : res.json();
-}
-
 const qs = (o) => new URLSearchParams(o).toString();
-const state = () => call('GET', '/lab/state');
-
-// A bounded wait for a condition on the server; a server that is not
-// there (restarting) counts as not yet.
-async function serverWait(pred, what, { timeout = WAIT_MS } = {}) {
-  const until = Date.now() + timeout;
-  let s;
-  for (;;) {
-    try {
-      s = await state();
-      if (pred(s)) return s;
-    } catch (e) {
-      s = `(unreachable: ${e.cause?.code || e.message})`;
-    }
-    if (Date.now() > until) throw new Failure(`timed out after ${timeout} ms waiting for ${what}; the server has ${JSON.stringify(s)}`);
-    await sleep(50);
-  }
-}
 
 // --- Looking at pages ----------------------------------------------------------
-
-async function waitFor(page, fn, arg, what, { timeout = WAIT_MS, state: show } = {}) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 20 });
-  } catch (e) {
-    if (e.name === 'TimeoutError' || /Timeout/.test(e.message)) {
-      const now = show ? `; the page has ${JSON.stringify(await show().catch((x) => x.message))}` : '';
-      throw new Failure(`timed out after ${timeout} ms waiting for ${what}${now}`);
-    }
-    throw e;
-  }
-}
-
-const texts = (page, selector) =>
-  page.evaluate((s) => [...document.querySelectorAll(s)].map((e) => e.textContent), selector);
 
 // Waits until `selector` matches at least as many elements as `want`, lets
 // anything late or doubled arrive, then requires exactly `want`.
@@ -158,16 +89,9 @@ async function waitTexts(page, selector, want, what, { settle = 300 } = {}) {
   eq(await texts(page, selector), want, what);
 }
 
-const OPEN = flavour === 'htmx2' ? 'htmx:sseOpen' : 'htmx:sse:after:connection';
-async function waitOpen(page) {
-  await waitFor(page, (o) => window.__rec.htmx.some((e) => e.type === o), OPEN, `the connection to open (${OPEN})`);
-}
-
-let shoot = async () => {};
-
 // --- 1. Toasts -------------------------------------------------------------------
 
-async function toasts({ open }) {
+async function toasts({ open, shoot }) {
   const page = await open();
   await serverWait((s) => s.toastListeners === 1, 'the toast container to listen on channel ops');
   const alerts = '.htmx-sse-toasts .alert';
@@ -257,7 +181,7 @@ async function tabSync({ open }) {
 
 async function cut({ open }) {
   const page = await open();
-  await waitOpen(page);
+  await waitOpen(page, flavour);
   await serverWait((s) => s.count === 1 && s.requests.length === 1, 'the page to connect');
   const publish = (q) => call('POST', `/lab/publish?${qs(q)}`);
   const log = '#log > li';
@@ -301,7 +225,7 @@ async function cut({ open }) {
 // reach the page by resuming from its Last-Event-ID, without a reset.
 async function restart({ open }) {
   const page = await open();
-  await waitOpen(page);
+  await waitOpen(page, flavour);
   const items = (want, what) => waitTexts(page, '#items > li', want, what, { settle: 0 });
   const gen = () => page.evaluate(() => document.getElementById('gen').textContent);
   await waitFor(page, () => document.getElementById('gen').textContent === '1', undefined,
@@ -359,8 +283,8 @@ async function restart({ open }) {
 async function tabClose({ open }) {
   const a = await open();
   const b = await open();
-  await waitOpen(a);
-  await waitOpen(b);
+  await waitOpen(a, flavour);
+  await waitOpen(b, flavour);
   await serverWait((s) => s.count === 2 && s.registry === 2, 'two connections in the registry');
   const closedAt = Date.now();
   await b.close();
@@ -377,47 +301,12 @@ async function tabClose({ open }) {
 
 const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'restart-redis': restart, 'tab-close': tabClose };
 
-async function main() {
-  const started = Date.now();
-  const logs = [];
-  let browser;
-  let shot;
-  let failed = null;
-  const watchdog = setTimeout(() => {
-    console.error(`watchdog: ${scenario} on ${flavour} still running after ${WATCHDOG_MS} ms`);
-    process.exit(1);
-  }, WATCHDOG_MS);
-  const pages = [];
-  const name = `app-${scenario}-${flavour}`;
-  shoot = async (page, suffix) => {
-    const file = join(shotDir, `${name}-${suffix}.png`);
-    await page.screenshot({ path: file, timeout: WAIT_MS });
-    console.log(`screenshot: ${file}`);
-  };
-  try {
-    const run = SCENARIOS[scenario];
-    if (!run) throw new Failure(`unknown scenario ${scenario}`);
-    browser = await chromium.launch({
-      executablePath: process.env.HTMX_SSE_CHROMIUM || '/usr/bin/chromium',
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      timeout: WAIT_MS,
-    });
-    const context = await browser.newContext({ viewport: { width: 800, height: 500 } });
-    const open = async () => {
-      const page = await context.newPage();
-      const n = pages.length;
-      pages.push(page);
-      page.setDefaultTimeout(WAIT_MS);
-      page.on('console', (m) => logs.push(`tab ${n} console.${m.type()}: ${m.text()}`));
-      page.on('pageerror', (e) => logs.push(`tab ${n} pageerror: ${e.message}`));
-      await page.addInitScript(recorder, RECORDED);
-      await page.goto(base + '/', { waitUntil: 'load' });
-      return page;
-    };
-    shot = await run({ open, context });
-    const errors = logs.filter((l) => l.includes('pageerror'));
-    check(errors.length === 0, `a page threw:\n  ${errors.join('\n  ')}`);
+await run(ARGS, {
+  name: `app-${ARGS.scenario}-${flavour}`,
+  scenarios: SCENARIOS,
+  recorder,
+  recorderArg: RECORDED,
+  async verify(pages) {
     for (const [i, p] of pages.entries()) {
       if (p.isClosed()) continue;
       // A lost connection is no swap error (htmx 2 reports it as
@@ -426,47 +315,6 @@ async function main() {
         .filter((e) => SWAP_ERRORS.includes(e.type) && e.cause !== 'htmx:sseError');
       eq(bad, [], `tab ${i}: htmx swap error events`);
     }
-  } catch (e) {
-    failed = e;
-  }
-
-  const page = shot && !shot.isClosed() ? shot : pages.find((p) => !p.isClosed());
-  if (page) {
-    const file = join(shotDir, `${name}${failed ? '-FAILED' : ''}.png`);
-    // Leave no stale picture of the other outcome behind.
-    rmSync(join(shotDir, `${name}${failed ? '' : '-FAILED'}.png`), { force: true });
-    try {
-      await page.screenshot({ path: file, timeout: WAIT_MS });
-      console.log(`screenshot: ${file}`);
-    } catch (e) {
-      console.log(`screenshot failed: ${e.message}`);
-    }
-    try {
-      const rec = await page.evaluate(() => window.__rec);
-      console.log(`recorded in the page: ${JSON.stringify(rec)}`);
-      if (failed) console.log(`body:\n${await page.evaluate(() => document.body.innerHTML)}`);
-    } catch (e) {
-      console.log(`could not read the page: ${e.message}`);
-    }
-  }
-  if (failed) {
-    try {
-      console.log(`server: ${JSON.stringify(await state())}`);
-    } catch (e) {
-      console.log(`could not read the server: ${e.message}`);
-    }
-  }
-  if (logs.length) console.log(`browser log:\n  ${logs.join('\n  ')}`);
-  if (browser) await browser.close().catch(() => {});
-  clearTimeout(watchdog);
-
-  if (failed) {
-    const kind = failed instanceof Failure ? 'assertion failed' : 'error';
-    console.error(`FAIL ${scenario} on ${flavour} (${kind}): ${failed.message}`);
-    if (!(failed instanceof Failure)) console.error(failed.stack);
-    process.exit(1);
-  }
-  console.log(`ok ${scenario} on ${flavour} in ${Date.now() - started} ms`);
-}
-
-await main();
+  },
+  serverState: state,
+});

@@ -20,28 +20,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Form, Query, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt as _;
-use htmx_sse::Flavor;
 use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::scripts::{self, ResetOptions, SseElement};
 use htmx_sse::notify::{Level, NotificationStream, Notifier};
 use htmx_sse::streaming::Swap;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{Markup, PreEscaped, html};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{Flavour, asset, drive};
+use super::lab::{cuttable, flavor, stream_request};
+use super::{Flavour, drive, page_routes, page_shell};
 
 /// How long a toast stays on the page.
 const TOAST_MS: u64 = 1500;
@@ -212,20 +210,23 @@ struct Ctx {
 
 type Proc = Arc<Ctx>;
 
-fn app(ctx: Proc) -> Router {
-    let router = Router::new()
-        .route("/", get(page))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/assets/{file}", get(asset))
-        .route("/items", get(items))
-        .route("/generation", get(generation))
-        .route("/note", post(note))
+/// The test layer's controls, which every process serves.
+fn lab_routes() -> Router<Proc> {
+    Router::new()
         .route("/lab/state", get(state))
         .route("/lab/publish", post(publish))
         .route("/lab/add", post(add))
         .route("/lab/toast", post(toast))
         .route("/lab/cut", post(cut))
         .route("/lab/restart", post(restart))
+}
+
+fn app(ctx: Proc) -> Router {
+    let router = page_routes(page)
+        .route("/items", get(items))
+        .route("/generation", get(generation))
+        .route("/note", post(note))
+        .merge(lab_routes())
         .with_state(ctx.clone());
     let router = ctx.notifier.routes(router);
     setup_broadcast_routes(router, ctx.manager.clone(), "/sse")
@@ -246,24 +247,13 @@ async fn lab_layer(State(ctx): State<Proc>, req: Request, next: Next) -> Respons
     if req.method() != Method::GET || path != "/sse" {
         return next.run(req).await;
     }
-    let header = req
-        .headers()
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    let (uri, header) = stream_request(&req);
     ctx.lab.requests.lock().push(StreamRequest {
-        uri: req.uri().to_string(),
+        uri,
         header,
         generation: ctx.generation,
     });
-    let mut cut = ctx.lab.cut.subscribe();
-    let (parts, body) = next.run(req).await.into_parts();
-    // Ends the body (a clean end of the chunked response, no close event)
-    // when the test cuts; dropping it unregisters the connection, as a
-    // client that went away would.
-    let body = body.into_data_stream().take_until(async move {
-        let _ = cut.changed().await;
-    });
-    Response::from_parts(parts, Body::from_stream(body))
+    cuttable(&ctx.lab.cut, req, next).await
 }
 
 async fn state(State(ctx): State<Proc>) -> Json<Value> {
@@ -438,13 +428,6 @@ async fn note(State(ctx): State<Proc>, Form(form): Form<NoteForm>) -> Response {
 // ---------------------------------------------------------------------------
 // The pages
 
-fn flavor(f: Flavour) -> Flavor {
-    match f {
-        Flavour::Htmx2 => Flavor::Htmx2,
-        Flavour::Htmx4 => Flavor::Htmx4,
-    }
-}
-
 /// A connection to `/sse` swapping `event` broadcasts at the end of
 /// `target`.
 fn feed(f: Flavour, event: &'static str, target: &str) -> SseElement {
@@ -466,10 +449,6 @@ const HTMX4_CONNECTION_ID: &str = "<script>document.addEventListener('connection
 
 async fn page(State(ctx): State<Proc>) -> Response {
     let (scenario, f) = (ctx.lab.scenario, ctx.lab.flavour);
-    let (htmx, ext) = match f {
-        Flavour::Htmx2 => ("/assets/htmx2.js", "/assets/sse2.js"),
-        Flavour::Htmx4 => ("/assets/htmx4.js", "/assets/sse4.js"),
-    };
     let mut head: Vec<htmx_sse::Fragment> = Vec::new();
     let body: Markup = match scenario {
         Scenario::Toasts => {
@@ -525,29 +504,20 @@ async fn page(State(ctx): State<Proc>) -> Response {
             html! { (PreEscaped(el.as_str())) ul #log {} }
         }
     };
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (scenario.name()) " / " (f.name()) }
-                script src=(htmx) {}
-                script src=(ext) {}
-                @for script in &head { (PreEscaped(script.as_str())) }
-                style {
-                    "body{font:16px sans-serif;margin:1.5em}"
-                    "#feed,ul{border:1px solid #999;padding:.5em 1.5em;margin:.5em 0;min-height:1em}"
-                    ".toast{position:fixed;top:1em;right:1em;display:flex;flex-direction:column;gap:.5em}"
-                    ".alert{padding:.6em 1em;border-radius:.4em;background:#dbeafe}"
-                    ".alert-success{background:#dcfce7}.alert-error{background:#fee2e2}"
-                }
-            }
-            body {
-                h1 { "htmx-sse app: " (scenario.name()) " on " (f.name()) }
-                (body)
-            }
-        }
-    };
+    let markup = page_shell(
+        "htmx-sse app",
+        scenario.name(),
+        f,
+        &head,
+        concat!(
+            "body{font:16px sans-serif;margin:1.5em}",
+            "#feed,ul{border:1px solid #999;padding:.5em 1.5em;margin:.5em 0;min-height:1em}",
+            ".toast{position:fixed;top:1em;right:1em;display:flex;flex-direction:column;gap:.5em}",
+            ".alert{padding:.6em 1em;border-radius:.4em;background:#dbeafe}",
+            ".alert-success{background:#dcfce7}.alert-error{background:#fee2e2}",
+        ),
+        &body,
+    );
     ([(header::CACHE_CONTROL, "no-cache")], markup).into_response()
 }
 
@@ -713,17 +683,7 @@ async fn run_on_redis(scenario: Scenario, f: Flavour) -> Shared {
 // ---------------------------------------------------------------------------
 // The tests
 
-#[tokio::test]
-async fn htmx2_toasts_appear_escaped_and_dismiss_themselves() {
-    run(Scenario::Toasts, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_toasts_appear_escaped_and_dismiss_themselves() {
-    run(Scenario::Toasts, Flavour::Htmx4).await;
-}
-
-fn assert_notes_excluded_their_tab(lab: &Lab) {
+fn assert_notes_excluded_their_tab(lab: &Shared) {
     let notes = lab.notes.lock().clone();
     assert_eq!(notes.len(), 2, "{notes:?}");
     for n in &notes {
@@ -736,21 +696,9 @@ fn assert_notes_excluded_their_tab(lab: &Lab) {
     assert_ne!(notes[0]["from"], notes[1]["from"], "{notes:?}");
 }
 
-#[tokio::test]
-async fn htmx2_two_tabs_in_sync_without_their_own_echo() {
-    let lab = run(Scenario::TabSync, Flavour::Htmx2).await;
-    assert_notes_excluded_their_tab(&lab);
-}
-
-#[tokio::test]
-async fn htmx4_two_tabs_in_sync_without_their_own_echo() {
-    let lab = run(Scenario::TabSync, Flavour::Htmx4).await;
-    assert_notes_excluded_their_tab(&lab);
-}
-
 /// Three streams, the last two resumed with the `Last-Event-ID` header: both
 /// flavours reconnect by themselves, without the crate's helper.
-fn assert_resumed_by_header(lab: &Lab) {
+fn assert_resumed_by_header(lab: &Shared) {
     let requests = lab.requests.lock().clone();
     assert_eq!(requests.len(), 3, "{requests:?}");
     assert!(requests[0].header.is_none(), "{requests:?}");
@@ -762,18 +710,6 @@ fn assert_resumed_by_header(lab: &Lab) {
     );
 }
 
-#[tokio::test]
-async fn htmx2_cut_mid_publish_loses_and_doubles_nothing() {
-    let lab = run(Scenario::Cut, Flavour::Htmx2).await;
-    assert_resumed_by_header(&lab);
-}
-
-#[tokio::test]
-async fn htmx4_cut_mid_publish_loses_and_doubles_nothing() {
-    let lab = run(Scenario::Cut, Flavour::Htmx4).await;
-    assert_resumed_by_header(&lab);
-}
-
 fn assert_restarted_once(lab: &Lab) {
     let requests = lab.requests.lock().clone();
     let generations: Vec<usize> = requests.iter().map(|r| r.generation).collect();
@@ -781,29 +717,39 @@ fn assert_restarted_once(lab: &Lab) {
     assert!(requests[0].header.is_none() && !requests[0].uri.contains("lastEventId"));
 }
 
-#[tokio::test]
-async fn htmx2_in_memory_restart_resets_the_page() {
-    let lab = run(Scenario::Restart, Flavour::Htmx2).await;
-    assert_restarted_once(&lab);
-    // The runtime (brought by reset_script) resumes through the URL.
+/// The stream request after the restart, which resumed the page: with the
+/// runtime (brought by `reset_script`) through the URL in htmx 2, by
+/// hx-sse with the header in htmx 4.
+fn resumed(lab: &Lab, f: Flavour) -> StreamRequest {
     let back = lab.requests.lock()[1].clone();
-    assert!(back.uri.contains("lastEventId="), "{back:?}");
+    match f {
+        Flavour::Htmx2 => assert!(back.uri.contains("lastEventId="), "{back:?}"),
+        Flavour::Htmx4 => assert!(back.header.is_some(), "{back:?}"),
+    }
+    back
 }
 
-#[tokio::test]
-async fn htmx4_in_memory_restart_resets_the_page() {
-    let lab = run(Scenario::Restart, Flavour::Htmx4).await;
+async fn in_memory_restart(f: Flavour) {
+    let lab = run(Scenario::Restart, f).await;
     assert_restarted_once(&lab);
-    let back = lab.requests.lock()[1].clone();
-    assert!(back.header.is_some(), "{back:?}");
+    resumed(&lab, f);
 }
 
 /// The page came back with the id of m2, the last item it had (the id on
 /// the wire is `EPOCH-SEQ.CONNECTION`), and the items kept one epoch and
 /// increasing ids across the restart and the second instance.
 #[cfg(feature = "redis")]
-fn assert_resumed_from_m2(lab: &Lab, resumed: Option<&str>) {
-    assert_restarted_once(lab);
+async fn redis_restart(f: Flavour) {
+    let lab = run_on_redis(Scenario::Restart, f).await;
+    assert_restarted_once(&lab);
+    let back = resumed(&lab, f);
+    let resumed = match f {
+        Flavour::Htmx2 => back
+            .uri
+            .split_once("lastEventId=")
+            .map(|(_, rest)| rest.split('&').next().unwrap_or(rest)),
+        Flavour::Htmx4 => back.header.as_deref(),
+    };
     let added = lab.added.lock().clone();
     let texts: Vec<&str> = added.iter().map(|a| a.text.as_str()).collect();
     assert_eq!(texts, ["m1", "m2", "m3", "m4", "m5"], "{added:?}");
@@ -826,33 +772,14 @@ fn assert_resumed_from_m2(lab: &Lab, resumed: Option<&str>) {
     );
 }
 
-#[cfg(feature = "redis")]
-#[tokio::test]
-async fn htmx2_redis_restart_resumes_the_page_without_a_reset() {
-    let lab = run_on_redis(Scenario::Restart, Flavour::Htmx2).await;
-    // The runtime (brought by reset_script) resumes through the URL.
-    let back = lab.requests.lock()[1].clone();
-    let resumed = back
-        .uri
-        .split_once("lastEventId=")
-        .map(|(_, rest)| rest.split('&').next().unwrap_or(rest));
-    assert_resumed_from_m2(&lab, resumed);
-}
-
-#[cfg(feature = "redis")]
-#[tokio::test]
-async fn htmx4_redis_restart_resumes_the_page_without_a_reset() {
-    let lab = run_on_redis(Scenario::Restart, Flavour::Htmx4).await;
-    let back = lab.requests.lock()[1].clone();
-    assert_resumed_from_m2(&lab, back.header.as_deref());
-}
-
-#[tokio::test]
-async fn htmx2_closing_a_tab_unregisters_its_connection() {
-    run(Scenario::TabClose, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_closing_a_tab_unregisters_its_connection() {
-    run(Scenario::TabClose, Flavour::Htmx4).await;
+in_both_flavours! {
+    toasts_appear_escaped_and_dismiss_themselves: |f| run(Scenario::Toasts, f).await;
+    two_tabs_in_sync_without_their_own_echo:
+        |f| assert_notes_excluded_their_tab(&run(Scenario::TabSync, f).await);
+    cut_mid_publish_loses_and_doubles_nothing:
+        |f| assert_resumed_by_header(&run(Scenario::Cut, f).await);
+    in_memory_restart_resets_the_page: |f| in_memory_restart(f).await;
+    #[cfg(feature = "redis")]
+    redis_restart_resumes_the_page_without_a_reset: |f| redis_restart(f).await;
+    closing_a_tab_unregisters_its_connection: |f| run(Scenario::TabClose, f).await;
 }

@@ -9,7 +9,7 @@
 // SseStream runs to its close event. Exits 0 when all held, 1 otherwise.
 
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launch } from './harness.mjs';
 
 const [base, shotDir] = process.argv.slice(2);
 if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base ?? '') || !shotDir) {
@@ -19,11 +19,7 @@ if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base ?? '') || !shotDir) {
 const WAIT = { timeout: 10_000 };
 setTimeout(() => { console.error('FAIL demo: watchdog after 55 s'); process.exit(1); }, 55_000).unref();
 
-const browser = await chromium.launch({
-  executablePath: process.env.HTMX_SSE_CHROMIUM ?? '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let a;
 try {
   const ctx = await browser.newContext({ viewport: { width: 900, height: 1100 } });

@@ -8,22 +8,11 @@
 // Saves <screenshot-dir>/<scenario>-<flavour>.png (…-FAILED.png on failure).
 // Exits 0 when every assertion held, 1 with a message otherwise, 2 on misuse.
 
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { args, check, eq, run, server, sleep, texts, waitFor } from './harness.mjs';
 
-const WAIT_MS = 10_000; // the longest any single wait may take
-const WATCHDOG_MS = 55_000; // the whole run; the Rust side kills at 60 s
-
-const [scenario, flavour, base, shotDir] = process.argv.slice(2);
-if (!scenario || !['htmx2', 'htmx4'].includes(flavour) || !base || !shotDir) {
-  console.error('usage: driver.mjs <scenario> <htmx2|htmx4> <base-url> <screenshot-dir>');
-  process.exit(2);
-}
-if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
-  console.error(`refusing base url ${base}: only http://127.0.0.1:<port> is allowed`);
-  process.exit(2);
-}
+const ARGS = args();
+const { flavour } = ARGS;
+const { call } = server(ARGS.base);
 
 // The event names each flavour fires (read from the shipped extensions).
 const NAMES = {
@@ -42,20 +31,6 @@ const NAMES = {
     error: 'htmx:sse:error',
   },
 }[flavour];
-
-class Failure extends Error {}
-
-function check(cond, message) {
-  if (!cond) throw new Failure(message);
-}
-
-function eq(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Failure(`${what}:\n    expected ${e}\n    got      ${a}`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Runs in the page before any of its scripts: records every htmx event that
 // matters here, with the message data, in window.__events.
@@ -90,126 +65,16 @@ const RECORDED = [
   'htmx:sse:after:message', 'htmx:sse:error', 'htmx:sse:close', 'htmx:error',
 ];
 
-async function main() {
-  const started = Date.now();
-  const logs = [];
-  let browser;
-  let page;
-  let failed = null;
-  const watchdog = setTimeout(() => {
-    console.error(`watchdog: ${scenario} on ${flavour} still running after ${WATCHDOG_MS} ms`);
-    process.exit(1);
-  }, WATCHDOG_MS);
-  try {
-    // playwright-core gives every launch a fresh temporary profile.
-    browser = await chromium.launch({
-      executablePath: process.env.HTMX_SSE_CHROMIUM || '/usr/bin/chromium',
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-      timeout: WAIT_MS,
-    });
-    const context = await browser.newContext({ viewport: { width: 800, height: 500 } });
-    page = await context.newPage();
-    page.setDefaultTimeout(WAIT_MS);
-    page.on('console', (m) => logs.push(`console.${m.type()}: ${m.text()}`));
-    page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
-    await page.addInitScript(recorder, RECORDED);
-    await page.goto(base + '/', { waitUntil: 'load' });
-    await waitFor(page, (open) => window.__events.some((e) => e.type === open), NAMES.open,
-      `the SSE connection to open (${NAMES.open})`);
-
-    const scenarios = { fragments, 'oob-swap-oob': oob, 'oob-partial': oob, close, heartbeat, escaping };
-    const run = scenarios[scenario];
-    if (!run) throw new Failure(`unknown scenario ${scenario}`);
-    await run(page);
-
-    const errors = logs.filter((l) => l.startsWith('pageerror'));
-    check(errors.length === 0, `the page threw:\n  ${errors.join('\n  ')}`);
-    const bad = [NAMES.error, 'htmx:error', 'htmx:oobErrorNoTarget', 'htmx:partialErrorNoTarget',
-      'htmx:swapError', 'htmx:targetError'];
-    const htmxErrors = (await page.evaluate(() => window.__events)).filter((e) => bad.includes(e.type));
-    eq(htmxErrors, [], 'htmx error events');
-  } catch (e) {
-    failed = e;
-  }
-
-  if (page) {
-    const name = `${scenario}-${flavour}`;
-    const file = join(shotDir, `${name}${failed ? '-FAILED' : ''}.png`);
-    // Leave no stale picture of the other outcome behind.
-    rmSync(join(shotDir, `${name}${failed ? '' : '-FAILED'}.png`), { force: true });
-    try {
-      await page.screenshot({ path: file, timeout: WAIT_MS });
-      console.log(`screenshot: ${file}`);
-    } catch (e) {
-      console.log(`screenshot failed: ${e.message}`);
-    }
-    try {
-      const events = await page.evaluate(() => window.__events);
-      console.log('htmx events (t in ms since navigation):');
-      for (const e of events) console.log(`  ${JSON.stringify(e)}`);
-      if (failed) {
-        console.log('body:');
-        console.log(await page.evaluate(() => document.body.innerHTML));
-      }
-    } catch (e) {
-      console.log(`could not read the page: ${e.message}`);
-    }
-  }
-  if (logs.length) console.log(`browser log:\n  ${logs.join('\n  ')}`);
-  if (browser) await browser.close().catch(() => {});
-  clearTimeout(watchdog);
-
-  if (failed) {
-    const kind = failed instanceof Failure ? 'assertion failed' : 'error';
-    console.error(`FAIL ${scenario} on ${flavour} (${kind}): ${failed.message}`);
-    if (!(failed instanceof Failure)) console.error(failed.stack);
-    process.exit(1);
-  }
-  console.log(`ok ${scenario} on ${flavour} in ${Date.now() - started} ms`);
-}
-
-// A bounded wait for a predicate in the page, with a readable failure;
-// `state`, when given, reads what the page shows instead.
-async function waitFor(page, fn, arg, what, { timeout = WAIT_MS, state } = {}) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 20 });
-  } catch (e) {
-    if (e.name === 'TimeoutError' || /Timeout/.test(e.message)) {
-      const now = state ? `; the page has ${JSON.stringify(await state().catch((x) => x.message))}` : '';
-      throw new Failure(`timed out after ${timeout} ms waiting for ${what}${now}`);
-    }
-    throw e;
-  }
-}
-
 async function publish(page, expectStreams = 1) {
-  const res = await fetch(base + '/publish', { method: 'POST', signal: AbortSignal.timeout(WAIT_MS) });
-  check(res.ok, `POST /publish answered ${res.status}`);
-  const body = await res.json();
+  const body = await call('POST', '/publish');
   eq([body.streams, body.failed], [expectStreams, 0], 'POST /publish [open page streams, failed sends]');
   return body;
 }
 
-async function stats() {
-  const res = await fetch(base + '/stats', { signal: AbortSignal.timeout(WAIT_MS) });
-  check(res.ok, `GET /stats answered ${res.status}`);
-  return res.json();
-}
+const stats = () => call('GET', '/stats');
 
 const events = (page, type) =>
   page.evaluate((t) => window.__events.filter((e) => e.type === t), type);
-
-const texts = (page, selector) =>
-  page.evaluate((s) => [...document.querySelectorAll(s)].map((e) => e.textContent), selector);
 
 // htmx marks swapped content with classes while it settles; wait until none
 // are left, so the DOM read afterwards is the final one.
@@ -354,4 +219,38 @@ async function escaping(page) {
     'the title attribute of the out-of-band region');
 }
 
-await main();
+// --- Running ---------------------------------------------------------------
+
+// Every scenario runs on one tab, once its SSE connection is open.
+const onOpenPage = (scenario) => async ({ open }) => {
+  const page = await open();
+  await waitFor(page, (o) => window.__events.some((e) => e.type === o), NAMES.open,
+    `the SSE connection to open (${NAMES.open})`);
+  await scenario(page);
+  return page;
+};
+
+await run(ARGS, {
+  name: `${ARGS.scenario}-${flavour}`,
+  scenarios: {
+    fragments: onOpenPage(fragments),
+    'oob-swap-oob': onOpenPage(oob),
+    'oob-partial': onOpenPage(oob),
+    close: onOpenPage(close),
+    heartbeat: onOpenPage(heartbeat),
+    escaping: onOpenPage(escaping),
+  },
+  recorder,
+  recorderArg: RECORDED,
+  async verify([page]) {
+    const bad = [NAMES.error, 'htmx:error', 'htmx:oobErrorNoTarget', 'htmx:partialErrorNoTarget',
+      'htmx:swapError', 'htmx:targetError'];
+    const htmxErrors = (await page.evaluate(() => window.__events)).filter((e) => bad.includes(e.type));
+    eq(htmxErrors, [], 'htmx error events');
+  },
+  async report(page) {
+    const recorded = await page.evaluate(() => window.__events);
+    console.log('htmx events (t in ms since navigation):');
+    for (const e of recorded) console.log(`  ${JSON.stringify(e)}`);
+  },
+});

@@ -10,12 +10,8 @@
 // Saves <screenshot-dir>/helpers-<scenario>-<flavour>.png (…-FAILED.png on
 // failure). Exits 0 when every assertion held, 1 otherwise, 2 on misuse.
 
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { args, check, eq, run, server, sleep, waitFor, waitOpen } from './harness.mjs';
 
-const WAIT_MS = 10_000; // the longest any single wait may take
-const WATCHDOG_MS = 55_000; // the whole run; the Rust side kills at 60 s
 const MAX_RETRIES = 3; // as the pages are configured (tests/browser/helpers.rs)
 const PWN = {
   status: '</script><script>window.__pwned=1</script>',
@@ -23,29 +19,9 @@ const PWN = {
   attr: '"><script>window.__pwned=4</script>',
 };
 
-const [scenario, flavour, base, shotDir] = process.argv.slice(2);
-if (!scenario || !['htmx2', 'htmx4'].includes(flavour) || !base || !shotDir) {
-  console.error('usage: helpers.mjs <scenario> <htmx2|htmx4> <base-url> <screenshot-dir>');
-  process.exit(2);
-}
-if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
-  console.error(`refusing base url ${base}: only http://127.0.0.1:<port> is allowed`);
-  process.exit(2);
-}
-
-class Failure extends Error {}
-
-function check(cond, message) {
-  if (!cond) throw new Failure(message);
-}
-
-function eq(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Failure(`${what}:\n    expected ${e}\n    got      ${a}`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const ARGS = args();
+const { flavour, base } = ARGS;
+const { call, state, serverWait } = server(base);
 
 // Runs in every page before its scripts: records the helpers' status
 // events, htmx's SSE events, and page shows, in window.__rec.
@@ -68,45 +44,9 @@ function recorder() {
 
 // --- Talking to the server ---------------------------------------------------
 
-async function call(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: body ? { 'content-type': 'application/json' } : {},
-    body: body ? JSON.stringify(body) : undefined,
-    signal: AbortSignal.timeout(WAIT_MS),
-  });
-  if (!res.ok) throw new Failure(`${method} ${path} answered ${res.status}: ${await res.text()}`);
-  return res.status === 204 ? null : res.json();
-}
-
-const state = () => call('GET', '/lab/state');
 const publish = (type, text) => call('POST', '/sse/broadcast', { type, data: `<li>${text}</li>` });
 
-// A bounded wait for a condition on the server.
-async function serverWait(pred, what) {
-  const until = Date.now() + WAIT_MS;
-  let s;
-  for (;;) {
-    s = await state();
-    if (pred(s)) return s;
-    if (Date.now() > until) throw new Failure(`timed out after ${WAIT_MS} ms waiting for ${what}; the server has ${JSON.stringify(s)}`);
-    await sleep(50);
-  }
-}
-
 // --- Looking at pages ----------------------------------------------------------
-
-async function waitFor(page, fn, arg, what, { timeout = WAIT_MS, state: show } = {}) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 20 });
-  } catch (e) {
-    if (e.name === 'TimeoutError' || /Timeout/.test(e.message)) {
-      const now = show ? `; the page has ${JSON.stringify(await show().catch((x) => x.message))}` : '';
-      throw new Failure(`timed out after ${timeout} ms waiting for ${what}${now}`);
-    }
-    throw e;
-  }
-}
 
 const log = (page) => page.evaluate(() => [...document.querySelectorAll('#log > li')].map((e) => e.textContent));
 const statusTrail = (page) => page.evaluate(() => window.__rec.status.map((s) => `${s.state}:${s.attempt}`));
@@ -130,12 +70,6 @@ async function waitStatus(page, want, id = 'status') {
   await waitFor(page, ([i, w]) => document.getElementById(i)?.dataset.state === w, [id, want],
     `the status element to say ${want}`, { state: () => statusTrail(page) });
   eq(await page.evaluate((i) => document.getElementById(i).textContent, id), want, 'the status text');
-}
-
-// Open as htmx sees it, for pages without a status element.
-const OPEN = flavour === 'htmx2' ? 'htmx:sseOpen' : 'htmx:sse:after:connection';
-async function waitOpen(page) {
-  await waitFor(page, (o) => window.__rec.htmx.some((e) => e.type === o), OPEN, `the connection to open (${OPEN})`);
 }
 
 // --- The scenarios -------------------------------------------------------------
@@ -271,7 +205,7 @@ async function shared({ open }, { tabs = 10, locks = true } = {}) {
 // The monitor shows what GET /sse/status says, and follows a second tab.
 async function monitor({ open }) {
   const a = await open();
-  await waitOpen(a);
+  await waitOpen(a, flavour);
   const shows = (n) => waitFor(a, (k) => {
     const el = document.getElementById('stats');
     return el.dataset.state === 'ok' && el.dataset.total === String(k) && el.textContent.startsWith(`${k} connected, ${k} active`);
@@ -280,7 +214,7 @@ async function monitor({ open }) {
   });
   await shows(1);
   const b = await open();
-  await waitOpen(b);
+  await waitOpen(b, flavour);
   await shows(2);
   await b.close();
   await shows(1);
@@ -305,7 +239,7 @@ async function monitor({ open }) {
 // A page made with SseElement alone: named events (and `message`) swapped.
 async function element({ open }) {
   const page = await open();
-  await waitOpen(page);
+  await waitOpen(page, flavour);
   await publish('chat', 'c1');
   await publish('news', 'n1');
   await publish('message', 'm1');
@@ -349,86 +283,12 @@ const SCENARIOS = {
   injection,
 };
 
-async function main() {
-  const started = Date.now();
-  const logs = [];
-  let browser;
-  let shot;
-  let failed = null;
-  const watchdog = setTimeout(() => {
-    console.error(`watchdog: ${scenario} on ${flavour} still running after ${WATCHDOG_MS} ms`);
-    process.exit(1);
-  }, WATCHDOG_MS);
-  const pages = [];
-  try {
-    const run = SCENARIOS[scenario];
-    if (!run) throw new Failure(`unknown scenario ${scenario}`);
-    browser = await chromium.launch({
-      executablePath: process.env.HTMX_SSE_CHROMIUM || '/usr/bin/chromium',
-      // playwright-core turns the back/forward cache off; the unload and
-      // shared scenarios need it.
-      ignoreDefaultArgs: ['unload', 'shared', 'shared-fallback'].includes(scenario) ? ['--disable-back-forward-cache'] : [],
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      timeout: WAIT_MS,
-    });
-    const context = await browser.newContext({ viewport: { width: 800, height: 500 } });
-    const open = async (init) => {
-      const page = await context.newPage();
-      const n = pages.length;
-      pages.push(page);
-      page.setDefaultTimeout(WAIT_MS);
-      page.on('console', (m) => logs.push(`tab ${n} console.${m.type()}: ${m.text()}`));
-      page.on('pageerror', (e) => logs.push(`tab ${n} pageerror: ${e.message}`));
-      await page.addInitScript(recorder);
-      if (init) await page.addInitScript(init);
-      await page.goto(base + '/', { waitUntil: 'load' });
-      return page;
-    };
-    shot = await run({ open, context });
-    const errors = logs.filter((l) => l.includes('pageerror'));
-    check(errors.length === 0, `a page threw:\n  ${errors.join('\n  ')}`);
-  } catch (e) {
-    failed = e;
-  }
-
-  const page = shot && !shot.isClosed() ? shot : pages.find((p) => !p.isClosed());
-  if (page) {
-    const name = `helpers-${scenario}-${flavour}`;
-    const file = join(shotDir, `${name}${failed ? '-FAILED' : ''}.png`);
-    rmSync(join(shotDir, `${name}${failed ? '' : '-FAILED'}.png`), { force: true });
-    try {
-      await page.screenshot({ path: file, timeout: WAIT_MS });
-      console.log(`screenshot: ${file}`);
-    } catch (e) {
-      console.log(`screenshot failed: ${e.message}`);
-    }
-    try {
-      const rec = await page.evaluate(() => window.__rec);
-      console.log(`recorded in the page: ${JSON.stringify(rec)}`);
-      if (failed) console.log(`body:\n${await page.evaluate(() => document.body.innerHTML)}`);
-    } catch (e) {
-      console.log(`could not read the page: ${e.message}`);
-    }
-  }
-  if (failed) {
-    try {
-      console.log(`server: ${JSON.stringify(await state())}`);
-    } catch (e) {
-      console.log(`could not read the server: ${e.message}`);
-    }
-  }
-  if (logs.length) console.log(`browser log:\n  ${logs.join('\n  ')}`);
-  if (browser) await browser.close().catch(() => {});
-  clearTimeout(watchdog);
-
-  if (failed) {
-    const kind = failed instanceof Failure ? 'assertion failed' : 'error';
-    console.error(`FAIL ${scenario} on ${flavour} (${kind}): ${failed.message}`);
-    if (!(failed instanceof Failure)) console.error(failed.stack);
-    process.exit(1);
-  }
-  console.log(`ok ${scenario} on ${flavour} in ${Date.now() - started} ms`);
-}
-
-await main();
+await run(ARGS, {
+  name: `helpers-${ARGS.scenario}-${flavour}`,
+  scenarios: SCENARIOS,
+  recorder,
+  // playwright-core turns the back/forward cache off; the unload and
+  // shared scenarios need it.
+  backForwardCache: ['unload', 'shared', 'shared-fallback'].includes(ARGS.scenario),
+  serverState: state,
+});

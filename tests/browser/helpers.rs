@@ -12,15 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt as _;
-use htmx_sse::Flavor;
 use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
 use htmx_sse::connections::scripts::{
     self, AttributeName, ReconnectOptions, SharedOptions, SseElement,
@@ -31,7 +28,8 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::{Flavour, asset, common, drive};
+use super::lab::{cuttable, flavor, stream_request};
+use super::{Flavour, page_routes, page_shell, serve_and_drive};
 
 /// Config values that try to break out of their `<script>`; each ends up
 /// as an element id the page really has, so the test can see it arrived
@@ -112,11 +110,8 @@ struct Lab {
 type Shared = Arc<Lab>;
 
 fn app(lab: Shared) -> Router {
-    let router = Router::new()
-        .route("/", get(page))
+    let router = page_routes(page)
         .route("/other", get(other))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/assets/{file}", get(asset))
         .route("/lab/state", get(state))
         .route("/lab/cut", post(cut))
         .route("/lab/refuse", post(refuse))
@@ -137,11 +132,7 @@ async fn lab_layer(State(lab): State<Shared>, req: Request, next: Next) -> Respo
             next.run(req).await
         }
         "/sse" => {
-            let uri = req.uri().to_string();
-            let header = req
-                .headers()
-                .get("last-event-id")
-                .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+            let (uri, header) = stream_request(&req);
             let refused = lab
                 .refuse
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -155,15 +146,7 @@ async fn lab_layer(State(lab): State<Shared>, req: Request, next: Next) -> Respo
             if refused {
                 return (StatusCode::INTERNAL_SERVER_ERROR, "refused by the test").into_response();
             }
-            let mut cut = lab.cut.subscribe();
-            let (parts, body) = next.run(req).await.into_parts();
-            // Ends the body (a clean end of the chunked response, no close
-            // event) when the test cuts; dropping it unregisters the
-            // connection, as a client that went away would.
-            let body = body.into_data_stream().take_until(async move {
-                let _ = cut.changed().await;
-            });
-            Response::from_parts(parts, Body::from_stream(body))
+            cuttable(&lab.cut, req, next).await
         }
         _ => next.run(req).await,
     }
@@ -202,13 +185,6 @@ async fn other() -> Markup {
 // ---------------------------------------------------------------------------
 // The pages
 
-fn flavor(f: Flavour) -> Flavor {
-    match f {
-        Flavour::Htmx2 => Flavor::Htmx2,
-        Flavour::Htmx4 => Flavor::Htmx4,
-    }
-}
-
 /// Reconnects fast and predictably: 200 ms, 400 ms, 800 ms, then gives up.
 fn fast_reconnect() -> ReconnectOptions {
     ReconnectOptions::new()
@@ -231,10 +207,6 @@ fn feed(f: Flavour) -> SseElement {
 
 async fn page(State(lab): State<Shared>) -> Response {
     let (scenario, f) = (lab.scenario, lab.flavour);
-    let (htmx, ext) = match f {
-        Flavour::Htmx2 => ("/assets/htmx2.js", "/assets/sse2.js"),
-        Flavour::Htmx4 => ("/assets/htmx4.js", "/assets/sse4.js"),
-    };
     let mut head: Vec<htmx_sse::Fragment> = Vec::new();
     let mut body: Vec<Markup> = Vec::new();
     let status = html! { p { "status: " span #status { "(none)" } } };
@@ -294,28 +266,22 @@ async fn page(State(lab): State<Shared>) -> Response {
         }
     };
     let element = element.render().expect("the test's element is valid");
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { (scenario.name()) " / " (f.name()) }
-                script src=(htmx) {}
-                script src=(ext) {}
-                @for script in &head { (PreEscaped(script.as_str())) }
-                style {
-                    "body{font:16px sans-serif;margin:1.5em}"
-                    "#feed{border:1px solid #999;padding:.5em;margin:.5em 0}"
-                    "[data-state=open]{color:green}[data-state=failed]{color:red}"
-                }
-            }
-            body {
-                h1 { "htmx-sse helpers: " (scenario.name()) " on " (f.name()) }
-                @for part in &body { (part) }
-                (PreEscaped(element.as_str()))
-            }
-        }
+    let body = html! {
+        @for part in &body { (part) }
+        (PreEscaped(element.as_str()))
     };
+    let markup = page_shell(
+        "htmx-sse helpers",
+        scenario.name(),
+        f,
+        &head,
+        concat!(
+            "body{font:16px sans-serif;margin:1.5em}",
+            "#feed{border:1px solid #999;padding:.5em;margin:.5em 0}",
+            "[data-state=open]{color:green}[data-state=failed]{color:red}",
+        ),
+        &body,
+    );
     ([(header::CACHE_CONTROL, "no-cache")], markup).into_response()
 }
 
@@ -332,9 +298,7 @@ async fn run(scenario: Scenario, f: Flavour) -> Shared {
         refuse: AtomicUsize::new(0),
         cut: watch::channel(0).0,
     });
-    let (base, server) = common::serve(app(lab.clone())).await;
-    drive("helpers.mjs", scenario.name(), f, &base).await;
-    server.abort();
+    serve_and_drive(app(lab.clone()), "helpers.mjs", scenario.name(), f).await;
     lab
 }
 
@@ -366,40 +330,25 @@ async fn retry_limit(f: Flavour) {
     assert_eq!(statuses(&lab), want);
 }
 
-#[tokio::test]
-async fn htmx2_reconnect_resumes_after_a_cut_and_refusals() {
-    reconnect(Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_reconnect_resumes_after_a_cut_and_refusals() {
-    reconnect(Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_reconnect_stops_at_the_retry_limit() {
-    retry_limit(Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_reconnect_stops_at_the_retry_limit() {
-    retry_limit(Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_unload_closes_on_pagehide_and_resumes_from_the_cache() {
-    let lab = run(Scenario::Unload, Flavour::Htmx2).await;
+/// Away and back through the back/forward cache: two streams, the second
+/// resumed (the runtime in htmx 2 through the URL, hx-sse by the header).
+async fn unload(f: Flavour) {
+    let lab = run(Scenario::Unload, f).await;
     assert_eq!(statuses(&lab), [200, 200]);
     let back = lab.requests.lock()[1].clone();
-    assert!(back.uri.contains("lastEventId="), "{back:?}");
+    match f {
+        Flavour::Htmx2 => assert!(back.uri.contains("lastEventId="), "{back:?}"),
+        Flavour::Htmx4 => assert!(back.header.is_some(), "{back:?}"),
+    }
 }
 
-#[tokio::test]
-async fn htmx4_unload_closes_on_pagehide_and_resumes_from_the_cache() {
-    let lab = run(Scenario::Unload, Flavour::Htmx4).await;
-    assert_eq!(statuses(&lab), [200, 200]);
-    let back = lab.requests.lock()[1].clone();
-    assert!(back.header.is_some(), "{back:?}");
+in_both_flavours! {
+    reconnect_resumes_after_a_cut_and_refusals: |f| reconnect(f).await;
+    reconnect_stops_at_the_retry_limit: |f| retry_limit(f).await;
+    unload_closes_on_pagehide_and_resumes_from_the_cache: |f| unload(f).await;
+    monitor_shows_the_counts: |f| run(Scenario::Monitor, f).await;
+    element_swaps_broadcasts: |f| run(Scenario::Element, f).await;
+    config_values_cannot_break_out_of_the_scripts: |f| run(Scenario::Injection, f).await;
 }
 
 #[tokio::test]
@@ -418,34 +367,4 @@ async fn htmx2_tabs_without_web_locks_share_one_connection() {
         (2..=3).contains(&statuses.len()) && statuses.iter().all(|s| *s == 200),
         "{statuses:?}"
     );
-}
-
-#[tokio::test]
-async fn htmx2_monitor_shows_the_counts() {
-    run(Scenario::Monitor, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_monitor_shows_the_counts() {
-    run(Scenario::Monitor, Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_element_swaps_broadcasts() {
-    run(Scenario::Element, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_element_swaps_broadcasts() {
-    run(Scenario::Element, Flavour::Htmx4).await;
-}
-
-#[tokio::test]
-async fn htmx2_config_values_cannot_break_out_of_the_scripts() {
-    run(Scenario::Injection, Flavour::Htmx2).await;
-}
-
-#[tokio::test]
-async fn htmx4_config_values_cannot_break_out_of_the_scripts() {
-    run(Scenario::Injection, Flavour::Htmx4).await;
 }

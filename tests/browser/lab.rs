@@ -1,0 +1,43 @@
+//! What the test layers of `helpers.rs` and `app.rs` share: reading a stream
+//! request, and serving it so that the test can end it without the close
+//! event, as a dropped connection would.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use futures_util::StreamExt as _;
+use htmx_sse::Flavor;
+use tokio::sync::watch;
+
+use super::Flavour;
+
+/// The crate's flavour for the pages of `f`.
+pub(super) fn flavor(f: Flavour) -> Flavor {
+    match f {
+        Flavour::Htmx2 => Flavor::Htmx2,
+        Flavour::Htmx4 => Flavor::Htmx4,
+    }
+}
+
+/// A stream request's path and query, and its `Last-Event-ID` header, if
+/// any.
+pub(super) fn stream_request(req: &Request) -> (String, Option<String>) {
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    (req.uri().to_string(), header)
+}
+
+/// Serves a stream request whose body ends (a clean end of the chunked
+/// response, no close event) when `cut` is bumped; dropping it unregisters
+/// the connection, as a client that went away would.
+pub(super) async fn cuttable(cut: &watch::Sender<u64>, req: Request, next: Next) -> Response {
+    let mut cut = cut.subscribe();
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = body.into_data_stream().take_until(async move {
+        let _ = cut.changed().await;
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
