@@ -219,13 +219,17 @@
       if (this.role === 'leader') post({ kind: 'state', url: this.href, state, attempt });
     }
 
-    // Drops an event already delivered through another source (the relay
-    // of a tab that was leader before, or a source replaced since).
+    // Drops an event delivered before, whoever delivers it again: the relay
+    // of a tab that was leader before, a source replaced since, or the
+    // leader's catch-up for a tab that came back crossing its live relay.
+    // The crate's ids are EPOCH-SEQ.CONNECTION; two connections carry one
+    // message under two connection ids, so the message part is the key.
+    // The connection event is always delivered (a reconnect repeats it).
     fresh(type, id, origin) {
-      if (!id) return true;
-      const key = type + '\n' + id;
-      const seen = this.recent.get(key);
-      if (seen !== undefined && seen !== origin) return false;
+      if (!id || type === 'connection') return true;
+      const message = /^[0-9a-f]{8}-[0-9]+\./.test(id) ? id.slice(0, id.indexOf('.')) : id;
+      const key = type + '\n' + message;
+      if (this.recent.has(key)) return false;
       this.recent.set(key, origin);
       if (this.recent.size > RECENT_IDS) this.recent.delete(this.recent.keys().next().value);
       return true;

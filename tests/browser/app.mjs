@@ -120,10 +120,9 @@ async function toasts({ open, shoot }) {
     'the second toast');
   await shoot(page, 'visible');
 
-  await waitFor(page, (s) => document.querySelectorAll(s).length === 1, alerts, 'the first toast to go',
-    { timeout: TOAST_MS + 3000, state: read });
-  eq((await read()).map((a) => a.level), ['error'], 'the toast left after the first went');
-  await waitFor(page, (s) => document.querySelectorAll(s).length === 0, alerts, 'the second toast to go',
+  // The two leave ~125 ms apart: too close to watch from here on a busy
+  // machine, so the order is read from what the page recorded.
+  await waitFor(page, (s) => document.querySelectorAll(s).length === 0, alerts, 'both toasts to go',
     { timeout: TOAST_MS + 3000, state: read });
   const seen = await page.evaluate(() => window.__rec.toasts);
   eq(seen.map((x) => `${x.what} ${x.level}`), ['added success', 'added error', 'removed success', 'removed error'],
