@@ -48,6 +48,9 @@ pub(crate) struct Feed {
     ring_next: Option<Arc<Stored>>,
     direct_next: Option<Arc<Stored>>,
     started: bool,
+    /// Deliveries not yet counted in the registry: counted once per batch
+    /// (when the feed runs dry or ends), not once per message.
+    uncounted: u64,
     after: u64,
     ready: Option<oneshot::Receiver<()>>,
     registration: Registration,
@@ -80,6 +83,7 @@ impl Feed {
             ring_next: None,
             direct_next: None,
             started: false,
+            uncounted: 0,
             after: intro.after,
             ready: intro.ready,
             registration,
@@ -87,7 +91,7 @@ impl Feed {
     }
 
     /// The frame of `stored` for this connection, if it is for it.
-    fn frame(&self, stored: &Stored) -> Option<Piece> {
+    fn frame(&mut self, stored: &Stored) -> Option<Piece> {
         if stored.seq <= self.after {
             return None;
         }
@@ -101,7 +105,7 @@ impl Feed {
                 return None;
             }
         }
-        self.registration.record_message();
+        self.uncounted += 1;
         Some(Piece::Three(
             stored.head.clone(),
             self.suffix.clone(),
@@ -109,7 +113,28 @@ impl Feed {
         ))
     }
 
+    /// The end of the stream, if the manager replaced or closed this
+    /// connection.
+    fn direct_end(&mut self) -> Option<Poll<Option<Piece>>> {
+        if self.direct.replaced.load(Ordering::Acquire) {
+            return Some(self.end(EndReason::Replaced));
+        }
+        if self.direct.lagged.load(Ordering::Acquire) {
+            return Some(self.end(EndReason::Lagged));
+        }
+        None
+    }
+
+    /// Counts the deliveries made since the last call in the registry.
+    fn count(&mut self) {
+        if self.uncounted > 0 {
+            self.registration
+                .record_messages(std::mem::take(&mut self.uncounted));
+        }
+    }
+
     fn end(&mut self, reason: EndReason) -> Poll<Option<Piece>> {
+        self.count();
         self.registration.set_state(ConnectionState::Error);
         tracing::debug!(connection = %self.id, ?reason, "closing connection");
         Poll::Ready(Some(Piece::End(reason)))
@@ -168,20 +193,19 @@ impl Stream for Feed {
                         return this.end(EndReason::Lagged);
                     }
                     // The manager is gone: nothing more will come.
-                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        this.count();
+                        return Poll::Ready(None);
+                    }
                     Poll::Pending => break,
                 }
             }
-            // Next message for us alone. Register first, then look, so a
-            // push between the two is never missed.
+            // Next message for us alone. The waker is registered only
+            // before waiting (below), not for every message.
             if this.direct_next.is_none() {
-                this.direct.waker.register(cx.waker());
                 this.direct_next = this.direct.queue.lock().pop_front();
-                if this.direct.replaced.load(Ordering::Acquire) {
-                    return this.end(EndReason::Replaced);
-                }
-                if this.direct.lagged.load(Ordering::Acquire) {
-                    return this.end(EndReason::Lagged);
+                if let Some(end) = this.direct_end() {
+                    return end;
                 }
             }
             // Both sources are filled in publish order under the manager's
@@ -192,7 +216,20 @@ impl Stream for Feed {
                 (Some(r), Some(d)) => r.seq < d.seq,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (None, None) => return Poll::Pending,
+                (None, None) => {
+                    // Register first, then look again, so a push between
+                    // the two is never missed.
+                    this.direct.waker.register(cx.waker());
+                    this.direct_next = this.direct.queue.lock().pop_front();
+                    if let Some(end) = this.direct_end() {
+                        return end;
+                    }
+                    if this.direct_next.is_none() {
+                        this.count();
+                        return Poll::Pending;
+                    }
+                    false
+                }
             };
             let stored = if take_ring {
                 this.ring_next.take()
@@ -209,6 +246,7 @@ impl Stream for Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        self.count();
         if let Some(inner) = self.manager.upgrade() {
             inner.remove(&self.id, &self.direct);
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use chrono::{DateTime, TimeZone as _, Utc};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use super::ConnectionId;
@@ -154,6 +154,19 @@ impl Entry {
 struct Shared {
     map: RwLock<HashMap<ConnectionId, Arc<Entry>>>,
     messages: AtomicU64,
+    /// The kind last registered, shared by every entry of that kind (one
+    /// allocation less per connection; most registries see one kind).
+    last_kind: Mutex<Option<Arc<str>>>,
+}
+
+impl Shared {
+    fn kind(&self, kind: &str) -> Arc<str> {
+        let mut last = self.last_kind.lock();
+        match &*last {
+            Some(k) if &**k == kind => Arc::clone(k),
+            _ => Arc::clone(last.insert(Arc::from(kind))),
+        }
+    }
 }
 
 /// Every open connection, with its state and counters.
@@ -208,7 +221,7 @@ impl ConnectionRegistry {
         let now = Utc::now();
         let entry = Arc::new(Entry {
             id: id.unwrap_or_else(ConnectionId::random),
-            kind: Arc::from(kind),
+            kind: self.shared.kind(kind),
             metadata,
             created_at: now,
             last_activity_ms: AtomicI64::new(now.timestamp_millis()),
@@ -334,8 +347,28 @@ impl Registration {
         self.record_messages(1);
     }
 
-    /// Counts `n` delivered messages and marks the connection active now.
+    /// Counts `n` delivered messages and marks the connection active now
+    /// (nothing for `n == 0`).
+    ///
+    /// This reads the clock and touches a counter every connection shares:
+    /// a stream that delivers many messages at once should count them
+    /// together (the broadcast feed counts once per batch of ready
+    /// messages), not call [`record_message`](Self::record_message) for each.
+    ///
+    /// ```
+    /// use htmx_sse::connections::ConnectionRegistry;
+    ///
+    /// let registry = ConnectionRegistry::new();
+    /// let reg = registry.add(None, "job", serde_json::Value::Null);
+    /// reg.record_messages(3);
+    /// reg.record_messages(0);
+    /// assert_eq!(registry.get(reg.id()).unwrap().message_count, 3);
+    /// assert_eq!(registry.stats().messages, 3);
+    /// ```
     pub fn record_messages(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.entry.messages.fetch_add(n, Ordering::Relaxed);
         self.shared.messages.fetch_add(n, Ordering::Relaxed);
         self.entry
@@ -409,6 +442,21 @@ mod tests {
         assert!(r.is_empty());
         // Messages from connections that left still count.
         assert_eq!(r.stats().messages, 4);
+    }
+
+    #[test]
+    fn entries_of_one_kind_share_its_name() {
+        let r = ConnectionRegistry::new();
+        let (a, b) = (r.add(None, "k", json!(null)), r.add(None, "k", json!(null)));
+        let c = r.add(None, "other", json!(null));
+        assert!(Arc::ptr_eq(&a.entry.kind, &b.entry.kind));
+        assert_eq!(&*c.entry.kind, "other");
+        let d = r.add(None, "k", json!(null));
+        assert_eq!(&*d.entry.kind, "k");
+        assert_eq!(
+            r.stats().by_kind,
+            BTreeMap::from([("k".to_owned(), 3), ("other".to_owned(), 1)])
+        );
     }
 
     #[test]

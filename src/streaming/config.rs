@@ -35,6 +35,7 @@ pub struct StreamConfig {
     pub(crate) close: Option<Event>,
     pub(crate) shutdown: Option<Shutdown>,
     pub(crate) debug: bool,
+    pub(crate) coalesce: bool,
 }
 
 impl Default for StreamConfig {
@@ -48,6 +49,7 @@ impl Default for StreamConfig {
             )),
             shutdown: None,
             debug: false,
+            coalesce: false,
         }
     }
 }
@@ -112,6 +114,65 @@ impl StreamConfig {
         self
     }
 
+    /// Latest wins: of the frames waiting to be sent together, only the
+    /// newest of each event name goes out; off by default.
+    ///
+    /// For dashboards that only need the newest value of each element. In
+    /// htmx an element swaps the events of one name (`sse-swap="cpu"`), so
+    /// the event name stands for the target element: when the client reads
+    /// slower than updates come, it gets the current value of every element
+    /// instead of falling behind by every value in between. Frames are
+    /// merged only when several are waiting at once (queued in the source
+    /// while the connection was busy), never held back to wait for more;
+    /// a merged frame goes out in the place of the newest one. Frames
+    /// without an event name (`data:` only, comments, heartbeats) are never
+    /// merged, so nothing else is lost or reordered.
+    ///
+    /// On a [`BroadcastManager`](crate::broadcast::BroadcastManager)
+    /// connection (through its builder's `stream`), a page that reconnects
+    /// resumes after the newest id it received, and the registry's message
+    /// counts include the frames that were superseded.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use htmx_sse::{Event, streaming::{SseStream, StreamConfig}};
+    ///
+    /// // <div sse-swap="cpu"></div> shows the newest value, however slow the
+    /// // client is.
+    /// async fn cpu() -> impl axum::response::IntoResponse {
+    ///     SseStream::spawn(16, |tx| async move {
+    ///         for load in (0..100).cycle() {
+    ///             let ev = Event::builder().event("cpu").data(format!("<b>{load}%</b>")).build();
+    ///             if tx.send(ev.expect("a valid name")).await.is_err() {
+    ///                 return; // the client went away
+    ///             }
+    ///             tokio::time::sleep(Duration::from_millis(10)).await;
+    ///         }
+    ///     })
+    ///     .config(StreamConfig::new().coalesce_by_event(true))
+    /// }
+    ///
+    /// let app: Router = Router::new().route("/cpu", get(cpu));
+    /// ```
+    pub fn coalesce_by_event(mut self, on: bool) -> Self {
+        self.coalesce = on;
+        self
+    }
+
+    /// Whether [`coalesce_by_event`](Self::coalesce_by_event) is on.
+    ///
+    /// ```
+    /// use htmx_sse::streaming::StreamConfig;
+    ///
+    /// assert!(!StreamConfig::new().coalesces_by_event());
+    /// assert!(StreamConfig::new().coalesce_by_event(true).coalesces_by_event());
+    /// ```
+    #[must_use]
+    pub fn coalesces_by_event(&self) -> bool {
+        self.coalesce
+    }
+
     /// The heartbeat interval, if heartbeats are on.
     #[must_use]
     pub fn heartbeat_interval(&self) -> Option<Duration> {
@@ -139,6 +200,7 @@ mod tests {
             b"event: close\ndata: connection closed\n\n"
         );
         assert_eq!(CLOSE_EVENT.as_str(), "close");
+        assert!(!StreamConfig::new().coalesces_by_event());
     }
 
     #[test]

@@ -5,13 +5,13 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
@@ -324,6 +324,148 @@ impl Drop for Life {
     }
 }
 
+/// How many bytes one body chunk collects at most: messages ready at the same
+/// time go out as one chunk up to this size (one buffer of hyper's write
+/// queue, which holds 16 buffers before it must flush, instead of one buffer
+/// per message or per piece of a message).
+const BATCH_BYTES: usize = 16 * 1024;
+
+/// The frames ready in one poll, as one chunk: a single frame is passed on
+/// as it is (no copy); from the second on, all are copied into one buffer.
+struct Batch {
+    single: Option<Bytes>,
+    buf: BytesMut,
+    /// The capacity to start the buffer with: the size of the stream's
+    /// previous chunk, so a steady stream grows no buffer twice.
+    hint: usize,
+}
+
+impl Batch {
+    fn new(hint: u32) -> Self {
+        Batch {
+            single: None,
+            buf: BytesMut::new(),
+            hint: (hint as usize).min(BATCH_BYTES),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.single.as_ref().map_or(self.buf.len(), Bytes::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.single.is_none() && self.buf.is_empty()
+    }
+
+    /// Makes room for `more` bytes, moving a single frame into the buffer.
+    fn reserve(&mut self, more: usize) {
+        let first = self.single.take();
+        let need = first.as_ref().map_or(0, Bytes::len) + more;
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(need.max(self.hint));
+        } else {
+            self.buf.reserve(need);
+        }
+        if let Some(first) = first {
+            self.buf.extend_from_slice(&first);
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if self.is_empty() {
+            self.single = Some(bytes);
+        } else {
+            self.reserve(bytes.len());
+            self.buf.extend_from_slice(&bytes);
+        }
+    }
+
+    fn push_piece(&mut self, piece: Piece) {
+        match piece {
+            Piece::One(bytes) => self.push(bytes),
+            Piece::Three(a, b, c) => {
+                self.reserve(a.len() + b.len() + c.len());
+                self.buf.extend_from_slice(&a);
+                self.buf.extend_from_slice(&b);
+                self.buf.extend_from_slice(&c);
+            }
+            Piece::End(_) => {}
+        }
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        match self.single {
+            Some(bytes) => Some(bytes),
+            None if self.buf.is_empty() => None,
+            None => Some(self.buf.freeze()),
+        }
+    }
+}
+
+/// With coalescing on, how many frames one poll takes from the source at
+/// most. No byte limit then: every waiting frame must be seen to know which
+/// are superseded, and what goes out is at most one frame per event name
+/// plus the unnamed ones.
+const COALESCE_MAX: usize = 1024;
+
+/// The frames ready in one poll, the newest of each event name only.
+#[derive(Default)]
+struct Coalesced {
+    /// Each with its event name, if it has one, in the order they go out.
+    pieces: Vec<(Option<Bytes>, Piece)>,
+    /// Frames taken from the source, superseded ones included.
+    taken: usize,
+}
+
+impl Coalesced {
+    fn push(&mut self, piece: Piece) {
+        self.taken += 1;
+        let name = piece.event_name();
+        if let Some(name) = &name
+            && let Some(i) = self
+                .pieces
+                .iter()
+                .position(|(n, _)| n.as_ref() == Some(name))
+        {
+            self.pieces.remove(i);
+        }
+        self.pieces.push((name, piece));
+    }
+}
+
+impl Piece {
+    /// The value of the frame's `event:` field, if it has a non-empty one.
+    fn event_name(&self) -> Option<Bytes> {
+        match self {
+            Piece::One(frame) => event_name(frame),
+            // The id head and suffix hold the `id:` line only.
+            Piece::Three(_, _, body) => event_name(body),
+            Piece::End(_) => None,
+        }
+    }
+}
+
+/// The value of the `event:` field of one encoded frame, if it has a
+/// non-empty one. Fields are lines up to the blank line that ends the event;
+/// data lines start with `data:`, so a line that starts with `event:` is
+/// the field.
+fn event_name(frame: &Bytes) -> Option<Bytes> {
+    let mut at = 0;
+    while at < frame.len() {
+        let end = memchr::memchr(b'\n', &frame[at..]).map_or(frame.len(), |i| at + i);
+        let line = &frame[at..end];
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(value) = line.strip_prefix(b"event:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            return (!value.is_empty()).then(|| frame.slice(end - value.len()..end));
+        }
+        at = end + 1;
+    }
+    None
+}
+
 pin_project! {
     /// The body of an SSE response: the source's frames, heartbeats, and the
     /// initial and close messages.
@@ -334,16 +476,24 @@ pin_project! {
         heartbeat: Option<Sleep>,
         every: Duration,
         last_sent: Option<Instant>,
-        #[pin]
-        deadline: Option<Sleep>,
+        // Boxed: rarely set, and a `Sleep` is 112 bytes of every stream.
+        deadline: Option<Pin<Box<Sleep>>>,
+        stop: CancellationToken,
         #[pin]
         stopped: WaitForCancellationFutureOwned,
+        shutdown_token: Option<CancellationToken>,
         #[pin]
         shutdown: Option<WaitForCancellationFutureOwned>,
+        // The waker the cancellation futures were last polled with: they
+        // wake it when cancelled, so they are polled again only for another
+        // waker.
+        registered: Option<Waker>,
         initial: Option<Event>,
         close: Option<Event>,
-        rest: Option<(Bytes, Bytes)>,
         debug: bool,
+        coalesce: bool,
+        // The size of the last chunk of several frames.
+        size_hint: u32,
         life: Life,
     }
 }
@@ -367,26 +517,43 @@ impl<S> Frames<S> {
             on_end,
         };
         tracing::debug!(stream = life.id, "sse stream opened");
+        let shutdown_token = config.shutdown.map(|s| s.token().clone());
         Frames {
             source: Some(source),
             heartbeat: config.heartbeat.map(|d| tokio::time::sleep_until(now + d)),
             every,
             last_sent: None,
-            deadline: config.timeout.map(|d| tokio::time::sleep_until(now + d)),
-            stopped: stop.cancelled_owned(),
-            shutdown: config.shutdown.map(|s| s.token().clone().cancelled_owned()),
+            deadline: config
+                .timeout
+                .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+            stopped: stop.clone().cancelled_owned(),
+            stop,
+            shutdown: shutdown_token
+                .clone()
+                .map(CancellationToken::cancelled_owned),
+            shutdown_token,
+            registered: None,
             initial: config.initial,
             close: config.close,
-            rest: None,
             debug: config.debug,
+            coalesce: config.coalesce,
+            size_hint: 0,
             life,
         }
     }
 }
 
-fn log_frame(life: &Life, debug: bool, bytes: &Bytes) {
+fn log_frame(life: &Life, debug: bool, bytes: &[u8]) {
     if debug {
         tracing::debug!(stream = life.id, frame = %String::from_utf8_lossy(bytes), "sse frame");
+    }
+}
+
+fn log_piece(life: &Life, piece: &Piece) {
+    match piece {
+        Piece::One(bytes) => log_frame(life, true, bytes),
+        Piece::Three(a, b, c) => log_frame(life, true, &[&a[..], b, c].concat()),
+        Piece::End(_) => {}
     }
 }
 
@@ -396,87 +563,118 @@ where
 {
     type Item = Result<Bytes, Infallible>;
 
+    /// Everything ready goes out as one chunk: the initial message, then the
+    /// source's frames until it is pending or the chunk holds
+    /// [`BATCH_BYTES`], then the close message if the stream ends. Stop and
+    /// shutdown are checked as flags on every call; their futures (and the
+    /// heartbeat) are polled only when there is nothing to send.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
-        let emit = |life: &mut Life, debug: bool, ev: Event| {
-            life.frames += 1;
-            log_frame(life, debug, ev.as_bytes());
-            Poll::Ready(Some(Ok(ev.into_bytes())))
-        };
-        // The rest of a frame in pieces goes out before anything else.
-        if let Some((second, third)) = this.rest.take() {
-            if third.is_empty() {
-                return Poll::Ready(Some(Ok(second)));
-            }
-            *this.rest = Some((third, Bytes::new()));
-            return Poll::Ready(Some(Ok(second)));
-        }
-        if let Some(ev) = this.initial.take() {
-            return emit(this.life, *this.debug, ev);
-        }
         if this.life.reason.is_some() {
-            // Ended; the close message, if one was staged, is the last frame.
-            return match this.close.take() {
-                Some(ev) => emit(this.life, *this.debug, ev),
-                None => Poll::Ready(None),
-            };
+            // Ended, and the close message (if any) went out with the last
+            // chunk.
+            return Poll::Ready(None);
+        }
+        let mut batch = Batch::new(*this.size_hint);
+        if let Some(ev) = this.initial.take() {
+            this.life.frames += 1;
+            log_frame(this.life, *this.debug, ev.as_bytes());
+            batch.push(ev.into_bytes());
         }
 
-        let shut = this
-            .shutdown
-            .as_mut()
-            .as_pin_mut()
-            .is_some_and(|f| f.poll(cx).is_ready());
-        let reason = if shut {
+        let mut reason = if this
+            .shutdown_token
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
             Some(EndReason::Shutdown)
-        } else if this.stopped.as_mut().poll(cx).is_ready() {
+        } else if this.stop.is_cancelled() {
             Some(EndReason::Stopped)
         } else if this
             .deadline
             .as_mut()
-            .as_pin_mut()
-            .is_some_and(|d| d.poll(cx).is_ready())
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
         {
             Some(EndReason::TimedOut)
         } else {
-            match this.source.as_mut().as_pin_mut() {
-                Some(src) => match src.poll_next(cx) {
-                    Poll::Ready(Some(Piece::End(reason))) => Some(reason),
-                    Poll::Ready(Some(piece)) => {
-                        // Only noted: the timer is moved when it fires, not
-                        // on every frame (a timer reset per delivery is a
-                        // measurable cost at thousands of connections).
-                        *this.last_sent = Some(Instant::now());
-                        this.life.frames += 1;
-                        let first = match piece {
-                            Piece::One(bytes) => bytes,
-                            Piece::Three(a, b, c) => {
-                                *this.rest = Some((b, c));
-                                a
-                            }
-                            Piece::End(_) => unreachable!("matched above"),
-                        };
-                        if *this.debug {
-                            match this.rest.as_ref() {
-                                Some((b, c)) => {
-                                    let mut all =
-                                        Vec::with_capacity(first.len() + b.len() + c.len());
-                                    all.extend_from_slice(&first);
-                                    all.extend_from_slice(b);
-                                    all.extend_from_slice(c);
-                                    log_frame(this.life, true, &Bytes::from(all));
-                                }
-                                None => log_frame(this.life, true, &first),
-                            }
-                        }
-                        return Poll::Ready(Some(Ok(first)));
-                    }
-                    Poll::Ready(None) => Some(EndReason::SourceEnded),
-                    Poll::Pending => None,
-                },
-                None => Some(EndReason::SourceEnded),
-            }
+            None
         };
+        if reason.is_none() {
+            let sent = this.life.frames;
+            match this.source.as_mut().as_pin_mut() {
+                Some(mut src) if *this.coalesce => {
+                    let mut ready = Coalesced::default();
+                    while ready.taken < COALESCE_MAX {
+                        match src.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(Piece::End(r))) => {
+                                reason = Some(r);
+                                break;
+                            }
+                            Poll::Ready(Some(piece)) => ready.push(piece),
+                            Poll::Ready(None) => {
+                                reason = Some(EndReason::SourceEnded);
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                    for (_, piece) in ready.pieces {
+                        this.life.frames += 1;
+                        if *this.debug {
+                            log_piece(this.life, &piece);
+                        }
+                        batch.push_piece(piece);
+                    }
+                }
+                Some(mut src) => {
+                    while batch.len() < BATCH_BYTES {
+                        match src.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(Piece::End(r))) => {
+                                reason = Some(r);
+                                break;
+                            }
+                            Poll::Ready(Some(piece)) => {
+                                this.life.frames += 1;
+                                if *this.debug {
+                                    log_piece(this.life, &piece);
+                                }
+                                batch.push_piece(piece);
+                            }
+                            Poll::Ready(None) => {
+                                reason = Some(EndReason::SourceEnded);
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                }
+                None => reason = Some(EndReason::SourceEnded),
+            }
+            if this.life.frames != sent {
+                // Only noted, once per chunk: the timer is moved when it
+                // fires, not on every frame (a timer reset per delivery is a
+                // measurable cost at thousands of connections).
+                *this.last_sent = Some(Instant::now());
+            }
+        }
+        if reason.is_none() && batch.is_empty() {
+            // About to wait: make sure a stop or a shutdown wakes us.
+            let waker = cx.waker();
+            if this.registered.as_ref().is_none_or(|w| !w.will_wake(waker)) {
+                if this
+                    .shutdown
+                    .as_mut()
+                    .as_pin_mut()
+                    .is_some_and(|f| f.poll(cx).is_ready())
+                {
+                    reason = Some(EndReason::Shutdown);
+                } else if this.stopped.as_mut().poll(cx).is_ready() {
+                    reason = Some(EndReason::Stopped);
+                } else {
+                    *this.registered = Some(waker.clone());
+                }
+            }
+        }
 
         if let Some(reason) = reason {
             this.life.reason = Some(reason);
@@ -485,13 +683,18 @@ where
             if let Some(task) = this.life.task.take() {
                 task.abort();
             }
-            if !reason.sends_close() {
-                *this.close = None;
+            if let Some(ev) = this.close.take().filter(|_| reason.sends_close()) {
+                this.life.frames += 1;
+                log_frame(this.life, *this.debug, ev.as_bytes());
+                batch.push(ev.into_bytes());
             }
-            return match this.close.take() {
-                Some(ev) => emit(this.life, *this.debug, ev),
-                None => Poll::Ready(None),
-            };
+            return Poll::Ready(batch.finish().map(Ok));
+        }
+        if !batch.is_empty() {
+            *this.size_hint = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        }
+        if let Some(chunk) = batch.finish() {
+            return Poll::Ready(Some(Ok(chunk)));
         }
 
         if let Some(mut hb) = this.heartbeat.as_mut().as_pin_mut() {
@@ -507,7 +710,9 @@ where
                     }
                 }
                 hb.as_mut().reset(Instant::now() + *this.every);
-                return emit(this.life, *this.debug, Event::HEARTBEAT);
+                this.life.frames += 1;
+                log_frame(this.life, *this.debug, Event::HEARTBEAT.as_bytes());
+                return Poll::Ready(Some(Ok(Event::HEARTBEAT.into_bytes())));
             }
         }
         Poll::Pending
@@ -597,10 +802,10 @@ mod tests {
         let s = SseStream::new(tokio_stream::iter(vec!["<p>1</p>"]))
             .config(StreamConfig::new().initial_message(None));
         let mut f = frames(s);
-        assert_eq!(next_text(&mut f).await.unwrap(), "data: <p>1</p>\n\n");
+        // The last item and the close message were ready together: one chunk.
         assert_eq!(
             next_text(&mut f).await.unwrap(),
-            "event: close\ndata: connection closed\n\n"
+            "data: <p>1</p>\n\nevent: close\ndata: connection closed\n\n"
         );
         assert_eq!(next_text(&mut f).await, None);
 
@@ -624,12 +829,10 @@ mod tests {
             );
         let stop = s.stop_handle();
         let mut f = frames(s);
-        for n in 0..3 {
-            assert_eq!(
-                next_text(&mut f).await.unwrap(),
-                format!("data: <i>{n}</i>\n\n")
-            );
-        }
+        assert_eq!(
+            next_text(&mut f).await.unwrap(),
+            "data: <i>0</i>\n\ndata: <i>1</i>\n\ndata: <i>2</i>\n\n"
+        );
         stop.stop();
         assert!(stop.is_stopped());
         assert_eq!(next_text(&mut f).await.unwrap(), "event: bye\ndata:\n\n");
@@ -652,8 +855,13 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let mut f = frames(s);
-        assert_eq!(next_text(&mut f).await.unwrap(), ": connected\n\n");
-        assert_eq!(next_text(&mut f).await.unwrap(), "data: x\n\n");
+        // The item comes with the initial message or in the next chunk,
+        // depending on when the producer runs.
+        let mut text = String::new();
+        while text.len() < ": connected\n\ndata: x\n\n".len() {
+            text.push_str(&next_text(&mut f).await.unwrap());
+        }
+        assert_eq!(text, ": connected\n\ndata: x\n\n");
         drop(f);
         for _ in 0..100 {
             if dropped.load(Ordering::SeqCst) {
@@ -670,5 +878,177 @@ mod tests {
         assert!(format!("{s:?}").contains("Empty"));
         fn assert_send<T: Send>(_: &T) {}
         assert_send(&frames(s));
+    }
+
+    fn piece_frames<S: Stream<Item = Piece>>(
+        source: S,
+        config: StreamConfig,
+    ) -> Pin<Box<Frames<S>>> {
+        Box::pin(Frames::new(
+            source,
+            config,
+            CancellationToken::new(),
+            None,
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn one_ready_frame_is_passed_on_without_a_copy() {
+        let frame = Bytes::from_static(b"data: alone\n\n");
+        let source =
+            tokio_stream::iter(vec![Piece::One(frame.clone())]).chain(tokio_stream::pending());
+        let mut f = piece_frames(source, StreamConfig::new().initial_message(None));
+        let chunk = f.next().await.unwrap().unwrap();
+        assert_eq!(chunk, frame);
+        assert_eq!(chunk.as_ptr(), frame.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_go_out_as_one_chunk() {
+        let (tx, rx) = mpsc::channel::<Piece>(8);
+        tx.send(Piece::Three(
+            Bytes::from_static(b"id: 1"),
+            Bytes::from_static(b".c\n"),
+            Bytes::from_static(b"data: a\n\n"),
+        ))
+        .await
+        .unwrap();
+        tx.send(Piece::One(Bytes::from_static(b"data: b\n\n")))
+            .await
+            .unwrap();
+        let mut f = piece_frames(ReceiverStream::new(rx), StreamConfig::new());
+        assert_eq!(
+            &*f.next().await.unwrap().unwrap(),
+            b": connected\n\nid: 1.c\ndata: a\n\ndata: b\n\n"
+        );
+        // Nothing more is ready: the next poll waits, and a new frame wakes it.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll_next(cx))).await;
+        assert!(polled.is_pending());
+        tx.send(Piece::One(Bytes::from_static(b"data: c\n\n")))
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), f.next()).await;
+        assert_eq!(&*next.unwrap().unwrap().unwrap(), b"data: c\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_stops_growing_at_the_batch_size() {
+        let frame = Bytes::from(format!("data: {}\n\n", "x".repeat(1000)));
+        let n = 3 * BATCH_BYTES / frame.len();
+        let source = tokio_stream::iter((0..n).map(|_| Piece::One(frame.clone())));
+        let mut f = piece_frames(
+            source,
+            StreamConfig::new()
+                .initial_message(None)
+                .close_message(None),
+        );
+        let mut chunks = Vec::new();
+        while let Some(chunk) = f.next().await {
+            chunks.push(chunk.unwrap());
+        }
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        for c in &chunks {
+            assert!(c.len() < BATCH_BYTES + frame.len());
+            assert_eq!(c.len() % frame.len(), 0);
+        }
+        assert_eq!(
+            chunks.iter().map(Bytes::len).sum::<usize>(),
+            n * frame.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_is_seen_while_the_source_is_always_ready() {
+        let s = SseStream::new(tokio_stream::iter(std::iter::repeat("<b>x</b>")))
+            .config(StreamConfig::new().initial_message(None));
+        let stop = s.stop_handle();
+        let mut f = frames(s);
+        assert!(
+            next_text(&mut f)
+                .await
+                .unwrap()
+                .starts_with("data: <b>x</b>\n\n")
+        );
+        stop.stop();
+        assert_eq!(
+            next_text(&mut f).await.unwrap(),
+            "event: close\ndata: connection closed\n\n"
+        );
+        assert_eq!(next_text(&mut f).await, None);
+    }
+
+    #[test]
+    fn event_name_is_read_from_the_frame() {
+        let name = |s: &'static str| event_name(&Bytes::from_static(s.as_bytes()));
+        assert_eq!(
+            name("event: cpu\ndata: 1\n\n").as_deref(),
+            Some(&b"cpu"[..])
+        );
+        assert_eq!(
+            name(": c\nid: 4\nevent:mem\ndata: 1\n\n").as_deref(),
+            Some(&b"mem"[..])
+        );
+        assert_eq!(name("data: event: no\n\n"), None);
+        assert_eq!(name("event:\ndata: x\n\n"), None);
+        assert_eq!(name("data: x\n\nevent: next\n\n"), None);
+        assert_eq!(name(":\n\n"), None);
+    }
+
+    #[tokio::test]
+    async fn coalescing_keeps_the_newest_frame_per_event_name() {
+        let one = |s: &'static str| Piece::One(Bytes::from_static(s.as_bytes()));
+        let source = tokio_stream::iter(vec![
+            one("event: cpu\ndata: 1\n\n"),
+            Piece::Three(
+                Bytes::from_static(b"id: 2"),
+                Bytes::from_static(b".c\n"),
+                Bytes::from_static(b"event: mem\ndata: 1\n\n"),
+            ),
+            one("data: log\n\n"),
+            one("event: cpu\ndata: 2\n\n"),
+            Piece::Three(
+                Bytes::from_static(b"id: 5"),
+                Bytes::from_static(b".c\n"),
+                Bytes::from_static(b"event: mem\ndata: 2\n\n"),
+            ),
+            one(":\n\n"),
+        ])
+        .chain(tokio_stream::pending());
+        let config = StreamConfig::new()
+            .initial_message(None)
+            .coalesce_by_event(true);
+        let mut f = piece_frames(source, config);
+        assert_eq!(
+            &*f.next().await.unwrap().unwrap(),
+            b"data: log\n\nevent: cpu\ndata: 2\n\nid: 5.c\nevent: mem\ndata: 2\n\n:\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_seen_while_the_source_is_always_ready() {
+        let shutdown = Shutdown::new();
+        let s = SseStream::new(tokio_stream::iter(std::iter::repeat("<b>x</b>"))).config(
+            StreamConfig::new()
+                .initial_message(None)
+                .shutdown(&shutdown),
+        );
+        let mut f = frames(s);
+        assert!(
+            next_text(&mut f)
+                .await
+                .unwrap()
+                .starts_with("data: <b>x</b>\n\n")
+        );
+        shutdown.trigger();
+        // Checked on every poll, even when the source is never dry (it may
+        // still return `Pending` to yield, as `iter` does every 32 items):
+        // at most one chunk after the trigger, never the close message.
+        let mut chunks = 0;
+        while let Some(text) = next_text(&mut f).await {
+            assert!(!text.contains("close"), "{text}");
+            chunks += 1;
+            assert!(chunks <= 1, "the stream went on after shutdown");
+        }
     }
 }

@@ -1,0 +1,314 @@
+//! The three servers, each run in its own process (`--serve KIND`):
+//!
+//! - `crate`: `htmx_sse::setup_broadcast_routes` mounted on a plain axum
+//!   router, served by `axum::serve`, publishing with
+//!   `BroadcastManager::broadcast` (defaults: queue 256, history 1024,
+//!   heartbeat 15 s);
+//! - `baseline`: the twenty lines a user would write instead, as the axum
+//!   examples do: `axum::response::sse::Sse` over a `BroadcastStream` of a
+//!   `tokio::sync::broadcast::channel::<String>(256)`, each item mapped to
+//!   `Event::default().data(msg)`, `KeepAlive::default()`;
+//! - `raw`: no HTTP server at all: one thread writes the finished chunk
+//!   (`data: …\n\n` in HTTP/1.1 chunked framing) to every socket in a loop,
+//!   after writing the response head once per socket. The floor.
+//!
+//! Publishing is the same for all three: the bench client sends `P <seq>`
+//! lines on a control connection; the server stamps the payload with
+//! `CLOCK_MONOTONIC` right before it publishes (so latency is measured from
+//! the publish call to the client's parse), then calls the kind's publish.
+
+use std::convert::Infallible;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use futures_util::Stream;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::broadcast;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::sys;
+
+/// Bytes of HTML in every published message.
+pub(crate) const PAYLOAD_LEN: usize = 256;
+
+/// Descriptors a server process must be able to open: the scale run's
+/// connections plus listeners, control, epoll and stdio.
+const SERVER_FDS: u64 = 19_600;
+
+/// A server process never outlives this, whatever the parent does.
+const SERVER_LIFETIME: Duration = Duration::from_secs(900);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Crate,
+    Baseline,
+    Raw,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 3] = [Kind::Crate, Kind::Baseline, Kind::Raw];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Crate => "crate",
+            Kind::Baseline => "baseline",
+            Kind::Raw => "raw",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// The 256-byte HTML payload of message `seq`, stamped with `t_ns`:
+/// `<p id="m" data-seq="…" data-t="…">xxx…</p>`.
+pub(crate) fn payload(seq: u64, t_ns: u64) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(PAYLOAD_LEN);
+    let _ = write!(
+        s,
+        "<p id=\"m\" data-seq=\"{seq:010}\" data-t=\"{t_ns:020}\">"
+    );
+    while s.len() < PAYLOAD_LEN - 4 {
+        s.push('x');
+    }
+    s.push_str("</p>");
+    s
+}
+
+/// Runs one server until its standard input closes.
+pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
+    let pinned = sys::pin_to_cpu(cpu)?;
+    let nofile = sys::raise_nofile(SERVER_FDS)?;
+    // The parent ends a server by closing its stdin; a lost parent cannot
+    // leave one behind for longer than SERVER_LIFETIME.
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(0);
+    });
+    std::thread::spawn(|| {
+        std::thread::sleep(SERVER_LIFETIME);
+        eprintln!("fanout server: lifetime exceeded, exiting");
+        std::process::exit(3);
+    });
+    // One worker thread: the server has one core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (sse, ctl) = rt
+        .block_on(async { Ok::<_, std::io::Error>((listen().await?, listen().await?)) })
+        .map_err(|e| format!("bind: {e}"))?;
+    let ports = (
+        sse.local_addr().map_err(|e| e.to_string())?.port(),
+        ctl.local_addr().map_err(|e| e.to_string())?.port(),
+    );
+    let ready = || {
+        println!(
+            "READY {} {} pinned={} nofile={} workers=1 nodelay={nodelay}",
+            ports.0,
+            ports.1,
+            pinned.replace(' ', ","),
+            nofile
+        );
+        let _ = std::io::stdout().flush();
+    };
+    match kind {
+        Kind::Crate => rt.block_on(async move {
+            let manager = htmx_sse::BroadcastManager::new();
+            let app = htmx_sse::setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+            tokio::spawn(control(ctl, move |msg| {
+                let manager = manager.clone();
+                async move {
+                    let _ = manager.broadcast("bench", msg, None, &[]).await;
+                }
+            }));
+            ready();
+            serve(sse, app, nodelay).await
+        }),
+        Kind::Baseline => rt.block_on(async move {
+            let (tx, _) = broadcast::channel::<String>(256);
+            let app = Router::new()
+                .route("/sse", get(baseline_handler))
+                .with_state(tx.clone());
+            tokio::spawn(control(ctl, move |msg| {
+                let _ = tx.send(msg);
+                std::future::ready(())
+            }));
+            ready();
+            serve(sse, app, nodelay).await
+        }),
+        Kind::Raw => {
+            let sse = rt
+                .block_on(async { sse.into_std() })
+                .map_err(|e| e.to_string())?;
+            let ctl = rt
+                .block_on(async { ctl.into_std() })
+                .map_err(|e| e.to_string())?;
+            drop(rt);
+            sse.set_nonblocking(false).map_err(|e| e.to_string())?;
+            ctl.set_nonblocking(false).map_err(|e| e.to_string())?;
+            ready();
+            raw(sse, &ctl, nodelay)
+        }
+    }
+}
+
+/// `axum::serve` as a user writes it; with `nodelay`, with the
+/// `tap_io(set_nodelay)` that axum documents for it.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    nodelay: bool,
+) -> Result<(), String> {
+    let done = if nodelay {
+        axum::serve(
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .await
+    } else {
+        axum::serve(listener, app).await
+    };
+    done.map_err(|e| e.to_string())
+}
+
+/// A listener on 127.0.0.1 with room for a burst of connects (the
+/// machine's `somaxconn` caps it).
+async fn listen() -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind("127.0.0.1:0".parse().expect("literal address"))?;
+    socket.listen(4096)
+}
+
+/// The baseline handler, as the axum examples write it.
+async fn baseline_handler(
+    State(tx): State<broadcast::Sender<String>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(tx.subscribe())
+        .filter_map(|msg| msg.ok())
+        .map(|msg| Ok(Event::default().data(msg)));
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Reads `P <seq>` lines from control connections and publishes each
+/// message, stamped just before the call.
+async fn control<F, Fut>(listener: tokio::net::TcpListener, mut publish: F)
+where
+    F: FnMut(String) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    while let Ok((sock, _)) = listener.accept().await {
+        let _ = sock.set_nodelay(true);
+        let mut lines = tokio::io::BufReader::new(sock).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(seq) = line.strip_prefix("P ").and_then(|n| n.parse().ok()) {
+                publish(payload(seq, sys::now_ns())).await;
+            }
+        }
+    }
+}
+
+const RAW_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// The raw limit: accept, answer the head once, then write the frames to
+/// every socket in one loop: one `write` per socket for all the messages
+/// that arrived together (as hyper writes all queued frames at once).
+fn raw(
+    sse: std::net::TcpListener,
+    ctl: &std::net::TcpListener,
+    nodelay: bool,
+) -> Result<(), String> {
+    let socks: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let accepted = Arc::clone(&socks);
+    std::thread::spawn(move || {
+        for stream in sse.incoming() {
+            let Ok(mut s) = stream else { continue };
+            if nodelay {
+                let _ = s.set_nodelay(true);
+            }
+            // Read the request head; its content does not matter.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::with_capacity(256);
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let mut list = accepted.lock().expect("raw socket list");
+            if s.write_all(RAW_HEAD).is_ok() {
+                list.push(s);
+            }
+        }
+    });
+    let mut frames = Vec::with_capacity(16 * (PAYLOAD_LEN + 32));
+    let mut line = String::new();
+    for conn in ctl.incoming() {
+        let Ok(conn) = conn else { continue };
+        let _ = conn.set_nodelay(true);
+        let mut reader = BufReader::new(conn);
+        loop {
+            // Block for one command, then take every one already buffered.
+            frames.clear();
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => push_raw_frame(&mut frames, &line),
+            }
+            while reader.buffer().contains(&b'\n') {
+                line.clear();
+                if reader.read_line(&mut line).is_err() {
+                    break;
+                }
+                push_raw_frame(&mut frames, &line);
+            }
+            if frames.is_empty() {
+                continue;
+            }
+            let mut list = socks.lock().expect("raw socket list");
+            list.retain_mut(|s| write_all(s, &frames).is_ok());
+        }
+    }
+    Ok(())
+}
+
+/// `write_all` through `writev` (as tokio and hyper write; std's plain
+/// `write` on a socket is `send`, which `/proc/<pid>/io` does not count).
+fn write_all(s: &mut std::net::TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write_vectored(&[std::io::IoSlice::new(buf)]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Appends the chunk for a `P <seq>` command: `data: …\n\n` in chunked
+/// framing.
+fn push_raw_frame(frames: &mut Vec<u8>, line: &str) {
+    let Some(seq) = line.trim().strip_prefix("P ").and_then(|n| n.parse().ok()) else {
+        return;
+    };
+    let data = payload(seq, sys::now_ns());
+    let len = data.len() + 8; // "data: " + "\n\n"
+    let _ = write!(frames, "{len:x}\r\ndata: {data}\n\n\r\n");
+}

@@ -1,0 +1,173 @@
+//! Throughput through Redis as a ratio of in-memory throughput, in one run.
+//!
+//! `cargo bench --features redis --bench redis` starts a real
+//! `redis-server` on a free loopback port, then for each backend serves a
+//! `BroadcastManager` over HTTP on 127.0.0.1, opens the same number of
+//! real SSE connections (plain TCP clients that count frames), publishes
+//! the same messages from concurrent publishers (`--publishers N`, default 4) and times how long
+//! until every connection has every message. Prints deliveries per second
+//! for both and their ratio. `--clients N`, `--messages N` change the size.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use htmx_sse::backend::RedisConfig;
+use htmx_sse::broadcast::{BroadcastBuilder, BroadcastManager, setup_broadcast_routes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const PAYLOAD: usize = 256;
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> (Redis, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Redis(child), format!("redis://127.0.0.1:{port}/"))
+}
+
+/// Opens an SSE connection and counts `event: n` frames until `want`.
+async fn client(addr: SocketAddr, want: u64, connected: Arc<AtomicU64>) -> u64 {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /sse HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let needle = b"event: n\n";
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    let mut seen = 0;
+    let mut told = false;
+    while seen < want {
+        let n = match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        if !told && buf[..n].windows(17).any(|w| w == b"event: connection") {
+            connected.fetch_add(1, Ordering::Relaxed);
+            told = true;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        seen += tail.windows(needle.len()).filter(|w| *w == needle).count() as u64;
+        let keep = tail.len().min(needle.len() - 1);
+        tail.drain(..tail.len() - keep);
+    }
+    seen
+}
+
+async fn run(manager: BroadcastManager, clients: usize, messages: usize, publishers: usize) -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let connected = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(client(addr, messages as u64, Arc::clone(&connected))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connected.load(Ordering::Relaxed) < clients as u64 {
+        assert!(Instant::now() < deadline, "clients did not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let payload = "x".repeat(PAYLOAD);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            let (m, payload) = (manager.clone(), payload.clone());
+            tokio::spawn(async move {
+                for _ in (p..messages).step_by(publishers) {
+                    m.broadcast("n", payload.as_str(), None, &[])
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for p in tasks {
+        p.await.expect("publisher");
+    }
+    let mut delivered = 0;
+    for r in readers {
+        delivered += r.await.expect("reader");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    server.abort();
+    let want = (clients * messages) as u64;
+    assert_eq!(delivered, want, "lost messages");
+    delivered as f64 / elapsed
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn builder(messages: usize) -> BroadcastBuilder {
+    // Room for every message: this measures throughput, not lagging.
+    BroadcastManager::builder()
+        .history(1024)
+        .queue_capacity(messages.max(256))
+}
+
+#[tokio::main]
+async fn main() {
+    let clients = arg("--clients", 200);
+    let messages = arg("--messages", 2000);
+    let publishers = arg("--publishers", 4);
+    let (_redis, url) = start_redis();
+    println!("{clients} clients x {messages} messages of {PAYLOAD} bytes, {publishers} publishers");
+    let mut memory = Vec::new();
+    let mut redis = Vec::new();
+    // Alternate, three rounds each, and keep the best of each.
+    for round in 0..3 {
+        let m = run(builder(messages).build(), clients, messages, publishers).await;
+        let prefix = format!("bench-{round}");
+        let r = run(
+            builder(messages)
+                .build_redis(RedisConfig::new(url.as_str()).prefix(prefix))
+                .await
+                .expect("redis"),
+            clients,
+            messages,
+            publishers,
+        )
+        .await;
+        println!("round {round}: memory {m:>12.0} deliveries/s   redis {r:>12.0} deliveries/s");
+        memory.push(m);
+        redis.push(r);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (m, r) = (best(&memory), best(&redis));
+    println!(
+        "best: memory {m:.0}/s, redis {r:.0}/s; redis / memory = {:.2}x",
+        r / m
+    );
+}
