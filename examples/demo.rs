@@ -190,7 +190,7 @@ async fn main() {
     let signal = shutdown.after(async {
         let _ = tokio::signal::ctrl_c().await;
     });
-    if let Err(e) = axum::serve(listener, app)
+    if let Err(e) = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(signal)
         .await
     {

@@ -171,16 +171,31 @@ async fn serve(
     app: Router,
     nodelay: bool,
 ) -> Result<(), String> {
-    let done = if nodelay {
-        axum::serve(
-            listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            app,
-        )
-        .await
-    } else {
-        axum::serve(listener, app).await
+    // FANOUT_MAKE_SERVICE=1: `app.into_make_service()`, which finalises
+    // the router once; `axum::serve(listener, app)` does it again for every
+    // connection (`Router::with_state` per connection in axum 0.8).
+    let once = std::env::var_os("FANOUT_MAKE_SERVICE").is_some_and(|v| v == "1");
+    let done = match (nodelay, once) {
+        (true, false) => {
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .await
+        }
+        (true, true) => {
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app.into_make_service(),
+            )
+            .await
+        }
+        (false, false) => axum::serve(listener, app).await,
+        (false, true) => axum::serve(listener, app.into_make_service()).await,
     };
     done.map_err(|e| e.to_string())
 }

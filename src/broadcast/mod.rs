@@ -15,7 +15,7 @@
 //! // Elsewhere, e.g. in a POST handler:
 //! manager.broadcast("chat", "<li>hello</li>", None, &[]).await.expect("valid type");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await
+//! axum::serve(listener, app.into_make_service()).await
 //! # }
 //! ```
 //!
