@@ -621,3 +621,37 @@ async fn manager_shutdown_ends_streams_without_close() {
     let evs = c.collect_until_closed(WAIT).await.unwrap();
     assert!(evs.is_empty(), "{evs:?}");
 }
+
+/// Broadcasts and messages to one connection, published from another
+/// thread while the connection is being written: its ids never go
+/// backwards (the feed merges two queues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_never_go_backwards_when_broadcasts_and_direct_messages_interleave() {
+    let s = Server::start(BroadcastManager::builder().queue_capacity(8192).build()).await;
+    let (mut c, id) = s.client().await;
+    let manager = s.manager.clone();
+    let publisher = tokio::spawn(async move {
+        for n in 0..1500 {
+            manager.broadcast("n", n, None, &[]).await.unwrap();
+            manager.send_to(&id, "n", n, None).await.unwrap();
+            if n % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut last = 0u64;
+    for _ in 0..3000 {
+        let ev = next(&mut c).await;
+        let seq: u64 = ev
+            .last_event_id
+            .split('.')
+            .next()
+            .and_then(|m| m.rsplit('-').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(seq > last, "id {seq} after {last}");
+        last = seq;
+    }
+    publisher.await.unwrap();
+}

@@ -185,20 +185,8 @@ impl Stream for Feed {
 
         loop {
             // Next shared message for us (for everyone, or on a topic).
-            while this.ring_next.is_none() {
-                match Pin::new(&mut this.ring).poll_next(cx) {
-                    Poll::Ready(Some(Ok(stored))) => this.ring_next = Some(stored),
-                    Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                        tracing::debug!(connection = %this.id, missed, "lagging");
-                        return this.end(EndReason::Lagged);
-                    }
-                    // The manager is gone: nothing more will come.
-                    Poll::Ready(None) => {
-                        this.count();
-                        return Poll::Ready(None);
-                    }
-                    Poll::Pending => break,
-                }
+            if let Some(done) = this.fill_ring(cx) {
+                return done;
             }
             // Next message for us alone. The waker is registered only
             // before waiting (below), not for every message.
@@ -207,11 +195,18 @@ impl Stream for Feed {
                 if let Some(end) = this.direct_end() {
                     return end;
                 }
+                // A shared message published before this one (a smaller id)
+                // may have reached the ring after it was looked at: both are
+                // filled under the manager's lock, so it is there now.
+                if this.direct_next.is_some()
+                    && let Some(done) = this.fill_ring(cx)
+                {
+                    return done;
+                }
             }
-            // Both sources are filled in publish order under the manager's
-            // lock, so when one has a message and the other has none yet, no
-            // earlier message can still arrive on the other: the smaller id
-            // goes first.
+            // With both looked at in that order, when one has a message and
+            // the other has none, no earlier message can still arrive on the
+            // other: the smaller id goes first.
             let take_ring = match (&this.ring_next, &this.direct_next) {
                 (Some(r), Some(d)) => r.seq < d.seq,
                 (Some(_), None) => true,
@@ -228,7 +223,11 @@ impl Stream for Feed {
                         this.count();
                         return Poll::Pending;
                     }
-                    false
+                    // Look at the ring again before sending it.
+                    if let Some(done) = this.fill_ring(cx) {
+                        return done;
+                    }
+                    continue;
                 }
             };
             let stored = if take_ring {
@@ -241,6 +240,29 @@ impl Stream for Feed {
                 return Poll::Ready(Some(piece));
             }
         }
+    }
+}
+
+impl Feed {
+    /// Takes the next shared message into `ring_next` if there is none
+    /// yet; `Some` when the feed ends here instead.
+    fn fill_ring(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<Piece>>> {
+        while self.ring_next.is_none() {
+            match Pin::new(&mut self.ring).poll_next(cx) {
+                Poll::Ready(Some(Ok(stored))) => self.ring_next = Some(stored),
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    tracing::debug!(connection = %self.id, missed, "lagging");
+                    return Some(self.end(EndReason::Lagged));
+                }
+                // The manager is gone: nothing more will come.
+                Poll::Ready(None) => {
+                    self.count();
+                    return Some(Poll::Ready(None));
+                }
+                Poll::Pending => break,
+            }
+        }
+        None
     }
 }
 
