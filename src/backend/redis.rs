@@ -92,6 +92,17 @@ impl RedisConfig {
     /// others then forget its connections: `send_to` answers unknown and
     /// [`cluster_connection_count`](crate::broadcast::BroadcastManager::cluster_connection_count)
     /// leaves them out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use htmx_sse::backend::RedisConfig;
+    ///
+    /// let config = RedisConfig::new("redis://:secret@127.0.0.1:6379/")
+    ///     .timeout(Duration::from_millis(500))
+    ///     .liveness(Duration::from_secs(5));
+    /// let shown = format!("{config:?}");
+    /// assert!(shown.contains("liveness: 5s") && !shown.contains("secret"));
+    /// ```
     pub fn liveness(mut self, liveness: Duration) -> Self {
         self.liveness = liveness.max(Duration::from_millis(300));
         self

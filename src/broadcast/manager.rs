@@ -814,6 +814,11 @@ impl BroadcastManager {
 
     /// Whether messages travel through a backend shared with other server
     /// processes (Redis).
+    ///
+    /// ```
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// assert!(!manager.is_distributed()); // in memory
+    /// ```
     #[must_use]
     pub fn is_distributed(&self) -> bool {
         !matches!(self.inner.backend, Backend::Memory)
@@ -1060,7 +1065,13 @@ impl BroadcastManager {
     }
 
     /// Whether the backend can be reached now: always in memory; with
-    /// Redis, whether this process is reading the shared stream.
+    /// Redis, whether this process is reading the shared stream (`GET
+    /// {prefix}/status` reports it as `backend_connected`).
+    ///
+    /// ```
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// assert!(manager.backend_connected());
+    /// ```
     #[must_use]
     pub fn backend_connected(&self) -> bool {
         match &self.inner.backend {
@@ -1073,6 +1084,15 @@ impl BroadcastManager {
     /// Connections open on every server process sharing this manager's
     /// backend: with the Redis backend, every live instance's; in memory,
     /// the same as [`connection_count`](Self::connection_count).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let _page = manager.connect(None, serde_json::Value::Null);
+    /// assert_eq!(manager.cluster_connection_count().await?, 1);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
