@@ -9,15 +9,13 @@ use std::task::{Context, Poll};
 
 use std::future::Future;
 
-use bytes::Bytes;
 use futures_core::Stream;
 use tokio::sync::{broadcast, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::Subscription;
 use super::manager::{Direct, Filter, Inner, Recipient, Stored};
-use crate::connections::{ConnectionId, ConnectionState, Registration};
+use crate::connections::{ConnectionState, Registration};
 use crate::event::Event;
 use crate::streaming::{EndReason, Piece};
 
@@ -34,58 +32,58 @@ pub(crate) struct Intro {
     pub(crate) ready: Option<oneshot::Receiver<()>>,
 }
 
+/// What is still to go out before live messages, or to wait for: kept
+/// apart and dropped once done, so an open connection carries none of it.
+struct Opening {
+    connection: Option<Event>,
+    reset: Option<Event>,
+    replay: VecDeque<Arc<Stored>>,
+    ready: Option<oneshot::Receiver<()>>,
+    started: bool,
+}
+
+/// The connection's id is its registration's, its subscription its
+/// `Direct`'s: neither is kept twice.
 pub(crate) struct Feed {
-    id: ConnectionId,
-    sub: Subscription,
     filter: Option<Arc<Filter>>,
     manager: Weak<Inner>,
     ring: BroadcastStream<Arc<Stored>>,
     direct: Arc<Direct>,
-    suffix: Bytes,
-    connection: Option<Event>,
-    reset: Option<Event>,
-    replay: VecDeque<Arc<Stored>>,
+    opening: Option<Box<Opening>>,
     ring_next: Option<Arc<Stored>>,
     direct_next: Option<Arc<Stored>>,
-    started: bool,
     /// Deliveries not yet counted in the registry: counted once per batch
     /// (when the feed runs dry or ends), not once per message.
     uncounted: u64,
     after: u64,
-    ready: Option<oneshot::Receiver<()>>,
     registration: Registration,
 }
 
 impl Feed {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        id: ConnectionId,
-        sub: Subscription,
         manager: Weak<Inner>,
         ring: broadcast::Receiver<Arc<Stored>>,
         direct: Arc<Direct>,
-        suffix: Bytes,
         intro: Intro,
         registration: Registration,
     ) -> Self {
         let filter = manager.upgrade().and_then(|m| m.filter.clone());
         Feed {
-            id,
-            sub,
             filter,
             manager,
             ring: BroadcastStream::new(ring),
             direct,
-            suffix,
-            connection: Some(intro.connection),
-            reset: intro.reset,
-            replay: intro.replay,
+            opening: Some(Box::new(Opening {
+                connection: Some(intro.connection),
+                reset: intro.reset,
+                replay: intro.replay,
+                ready: intro.ready,
+                started: false,
+            })),
             ring_next: None,
             direct_next: None,
-            started: false,
             uncounted: 0,
             after: intro.after,
-            ready: intro.ready,
             registration,
         }
     }
@@ -95,27 +93,27 @@ impl Feed {
         if stored.seq <= self.after {
             return None;
         }
-        let body = stored.body_for(&self.id, &self.sub)?;
+        let id = self.registration.id();
+        let body = stored.body_for(id, &self.direct.sub)?;
         if let Some(filter) = &self.filter {
             let to = Recipient {
-                connection: &self.id,
-                user: self.sub.user.as_ref(),
+                connection: id,
+                user: self.direct.sub.user.as_ref(),
             };
             if !filter(&stored.message, &to) {
                 return None;
             }
         }
         self.uncounted += 1;
-        Some(Piece::Three(
-            stored.head.clone(),
-            self.suffix.clone(),
-            body.clone(),
-        ))
+        Some(Piece::Tagged(stored.head.clone(), id.clone(), body.clone()))
     }
 
     /// The end of the stream, if the manager replaced or closed this
     /// connection.
     fn direct_end(&mut self) -> Option<Poll<Option<Piece>>> {
+        if let Some(stop) = self.stop() {
+            return Some(stop);
+        }
         if self.direct.replaced.load(Ordering::Acquire) {
             return Some(self.end(EndReason::Replaced));
         }
@@ -123,6 +121,17 @@ impl Feed {
             return Some(self.end(EndReason::Lagged));
         }
         None
+    }
+
+    /// The end of the stream, with the close message, if the manager
+    /// stopped this connection ([`unregister`](super::BroadcastManager::unregister)).
+    fn stop(&mut self) -> Option<Poll<Option<Piece>>> {
+        if !self.direct.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        self.count();
+        tracing::debug!(connection = %self.registration.id(), "stopping connection");
+        Some(Poll::Ready(Some(Piece::End(EndReason::Stopped))))
     }
 
     /// Counts the deliveries made since the last call in the registry.
@@ -136,7 +145,7 @@ impl Feed {
     fn end(&mut self, reason: EndReason) -> Poll<Option<Piece>> {
         self.count();
         self.registration.set_state(ConnectionState::Error);
-        tracing::debug!(connection = %self.id, ?reason, "closing connection");
+        tracing::debug!(connection = %self.registration.id(), ?reason, "closing connection");
         Poll::Ready(Some(Piece::End(reason)))
     }
 }
@@ -146,29 +155,44 @@ impl Stream for Feed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
         let this = &mut *self;
-        if let Some(ready) = &mut this.ready {
-            // Ready or failed (the sender is dropped then): go on either way.
-            if Pin::new(ready).poll(cx).is_pending() {
-                return Poll::Pending;
+        // A stop comes before anything else, even what is ready to send.
+        if let Some(stop) = this.stop() {
+            return stop;
+        }
+        while let Some(opening) = this.opening.as_deref_mut() {
+            if let Some(ready) = &mut opening.ready {
+                // Ready or failed (the sender is dropped then): go on either
+                // way.
+                if Pin::new(ready).poll(cx).is_pending() {
+                    // A stop must wake us while we wait: register, look
+                    // again.
+                    this.direct.waker.register(cx.waker());
+                    if let Some(stop) = this.stop() {
+                        return stop;
+                    }
+                    return Poll::Pending;
+                }
+                opening.ready = None;
             }
-            this.ready = None;
-        }
-        if !this.started {
-            this.started = true;
-            this.registration.set_state(if this.replay.is_empty() {
-                ConnectionState::Connected
-            } else {
-                ConnectionState::Reconnecting
-            });
-        }
-        if let Some(ev) = this.connection.take() {
-            return Poll::Ready(Some(Piece::One(ev.into_bytes())));
-        }
-        if let Some(ev) = this.reset.take() {
-            return Poll::Ready(Some(Piece::One(ev.into_bytes())));
-        }
-        while let Some(stored) = this.replay.pop_front() {
-            if this.replay.is_empty() {
+            if !opening.started {
+                opening.started = true;
+                this.registration.set_state(if opening.replay.is_empty() {
+                    ConnectionState::Connected
+                } else {
+                    ConnectionState::Reconnecting
+                });
+            }
+            if let Some(ev) = opening.connection.take() {
+                return Poll::Ready(Some(Piece::One(ev.into_bytes())));
+            }
+            if let Some(ev) = opening.reset.take() {
+                return Poll::Ready(Some(Piece::One(ev.into_bytes())));
+            }
+            let Some(stored) = opening.replay.pop_front() else {
+                this.opening = None;
+                break;
+            };
+            if opening.replay.is_empty() {
                 this.registration.set_state(ConnectionState::Connected);
             }
             if let Some(piece) = this.frame(&stored) {
@@ -176,11 +200,8 @@ impl Stream for Feed {
             }
         }
 
-        if this.direct.replaced.load(Ordering::Acquire) {
-            return this.end(EndReason::Replaced);
-        }
-        if this.direct.lagged.load(Ordering::Acquire) {
-            return this.end(EndReason::Lagged);
+        if let Some(end) = this.direct_end() {
+            return end;
         }
 
         loop {
@@ -251,7 +272,7 @@ impl Feed {
             match Pin::new(&mut self.ring).poll_next(cx) {
                 Poll::Ready(Some(Ok(stored))) => self.ring_next = Some(stored),
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                    tracing::debug!(connection = %self.id, missed, "lagging");
+                    tracing::debug!(connection = %self.registration.id(), missed, "lagging");
                     return Some(self.end(EndReason::Lagged));
                 }
                 // The manager is gone: nothing more will come.
@@ -270,7 +291,7 @@ impl Drop for Feed {
     fn drop(&mut self) {
         self.count();
         if let Some(inner) = self.manager.upgrade() {
-            inner.remove(&self.id, &self.direct);
+            inner.remove(self.registration.id(), &self.direct);
         }
     }
 }

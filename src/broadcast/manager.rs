@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 use super::Subscription;
 use super::feed::{Feed, Intro};
@@ -158,34 +157,39 @@ impl Stored {
     }
 }
 
-/// One connection's own queue: messages addressed to it alone.
+/// One connection's own queue (messages addressed to it alone), what it
+/// listens to, and the flags that end it: shared by the manager's map and
+/// the connection's feed.
 #[derive(Debug)]
 pub(crate) struct Direct {
+    pub(crate) sub: Subscription,
     pub(crate) queue: Mutex<VecDeque<Arc<Stored>>>,
     pub(crate) waker: AtomicWaker,
     /// The queue overflowed: the connection is closed and resumes.
     pub(crate) lagged: AtomicBool,
     /// A newer connection with the same id took over.
     pub(crate) replaced: AtomicBool,
-    /// Ends the connection with the close message.
-    pub(crate) stop: CancellationToken,
+    /// Ends the connection with the close message
+    /// ([`BroadcastManager::unregister`]).
+    pub(crate) stopped: AtomicBool,
 }
 
 impl Direct {
-    fn new() -> Self {
+    fn new(sub: Subscription) -> Self {
         Direct {
+            sub,
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             lagged: AtomicBool::new(false),
             replaced: AtomicBool::new(false),
-            stop: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
         }
     }
 }
 
 struct Conn {
+    /// With the subscription: one pointer per entry of the map.
     direct: Arc<Direct>,
-    sub: Subscription,
 }
 
 pub(crate) struct Core {
@@ -243,7 +247,7 @@ impl Inner {
             .is_some_and(|c| Arc::ptr_eq(&c.direct, direct))
             && let Some(conn) = core.connections.remove(id)
         {
-            if let Some(user) = &conn.sub.user {
+            if let Some(user) = &conn.direct.sub.user {
                 core.forget_user(user, id);
             }
             drop(core);
@@ -262,7 +266,7 @@ impl Inner {
             Target::One { to, user } => core
                 .connections
                 .get(to)
-                .filter(|c| c.sub.user == *user)
+                .filter(|c| c.direct.sub.user == *user)
                 .map(|c| Arc::clone(&c.direct))
                 .into_iter()
                 .collect(),
@@ -337,7 +341,7 @@ impl Inner {
                     .connections
                     .iter()
                     .filter(|(id, c)| {
-                        !exclude.contains(id) && c.sub.wants(topics, *private).is_some()
+                        !exclude.contains(id) && c.direct.sub.wants(topics, *private).is_some()
                     })
                     .count();
                 let _ = self.ring.send(Arc::clone(&stored));
@@ -390,7 +394,7 @@ impl Inner {
             .lock()
             .connections
             .iter()
-            .map(|(id, c)| (id.clone(), c.sub.user.clone()))
+            .map(|(id, c)| (id.clone(), c.direct.sub.user.clone()))
             .collect()
     }
 }
@@ -704,7 +708,8 @@ impl BroadcastManager {
         let resume = last_event_id
             .filter(|s| !s.is_empty())
             .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
-        let direct = Arc::new(Direct::new());
+        let direct = Arc::new(Direct::new(sub));
+        let sub = &direct.sub;
         let mut core = inner.core.lock();
         let id = match (id, &resume) {
             (Some(id), _) => id,
@@ -713,7 +718,7 @@ impl BroadcastManager {
                 if core
                     .connections
                     .get(&lei.connection)
-                    .is_none_or(|c| c.sub.user == sub.user) =>
+                    .is_none_or(|c| c.direct.sub.user == sub.user) =>
             {
                 lei.connection.clone()
             }
@@ -742,7 +747,7 @@ impl BroadcastManager {
                 let replay: Vec<Arc<Stored>> = core
                     .history
                     .iter()
-                    .filter(|s| s.seq > lei.seq && s.body_for(&id, &sub).is_some())
+                    .filter(|s| s.seq > lei.seq && s.body_for(&id, sub).is_some())
                     .cloned()
                     .collect();
                 (lei.seq, None, replay)
@@ -754,12 +759,11 @@ impl BroadcastManager {
         }
         let conn = Conn {
             direct: Arc::clone(&direct),
-            sub: sub.clone(),
         };
         if let Some(old) = core.connections.insert(id.clone(), conn) {
             old.direct.replaced.store(true, Ordering::Release);
             old.direct.waker.wake();
-            if let Some(user) = &old.sub.user {
+            if let Some(user) = &old.direct.sub.user {
                 core.forget_user(user, &id);
                 // The new entry's user was pushed before; keep it listed.
                 if sub.user.as_ref() == Some(user) {
@@ -776,13 +780,6 @@ impl BroadcastManager {
         };
 
         let registration = inner.registry.add(Some(id.clone()), &inner.kind, metadata);
-        let suffix = {
-            let mut b = BytesMut::with_capacity(id.as_str().len() + 2);
-            b.put_u8(b'.');
-            b.put_slice(id.as_str().as_bytes());
-            b.put_u8(b'\n');
-            b.freeze()
-        };
         let intro = Intro {
             connection: connection_event(epoch, &id, start),
             reset: reset.map(|r| reset_event(epoch, &id, seq_now, r)),
@@ -793,14 +790,10 @@ impl BroadcastManager {
         if let Some(reason) = reset {
             tracing::debug!(connection = %id, ?reason, "resume impossible, sending reset");
         }
-        let stop = direct.stop.clone();
         let feed = Feed::new(
-            id.clone(),
-            sub,
             Arc::downgrade(&self.inner),
             ring,
             direct,
-            suffix,
             intro,
             registration,
         );
@@ -808,7 +801,6 @@ impl BroadcastManager {
             id,
             feed,
             config: inner.stream.clone(),
-            stop,
         }
     }
 
@@ -1032,7 +1024,7 @@ impl BroadcastManager {
                 let mut core = inner.core.lock();
                 if let Target::One { to, user } = &mut prepared.target {
                     match core.connections.get(to) {
-                        Some(c) => user.clone_from(&c.sub.user),
+                        Some(c) => user.clone_from(&c.direct.sub.user),
                         None => return Err(Error::UnknownConnection { id: to.to_string() }),
                     }
                 }
@@ -1048,7 +1040,7 @@ impl BroadcastManager {
                         .lock()
                         .connections
                         .get(to)
-                        .map(|c| c.sub.user.clone());
+                        .map(|c| c.direct.sub.user.clone());
                     *user = match local {
                         Some(u) => u,
                         None => redis
@@ -1110,7 +1102,8 @@ impl BroadcastManager {
     pub fn unregister(&self, connection_id: &ConnectionId) -> bool {
         match self.inner.core.lock().connections.get(connection_id) {
             Some(conn) => {
-                conn.direct.stop.cancel();
+                conn.direct.stopped.store(true, Ordering::Release);
+                conn.direct.waker.wake();
                 true
             }
             None => false,
@@ -1126,7 +1119,7 @@ impl BroadcastManager {
             .lock()
             .connections
             .values()
-            .filter(|c| c.sub.listens_to(topic))
+            .filter(|c| c.direct.sub.listens_to(topic))
             .count()
     }
 
@@ -1139,7 +1132,8 @@ impl BroadcastManager {
             .connections
             .values()
             .flat_map(|c| {
-                c.sub
+                c.direct
+                    .sub
                     .topic_selectors()
                     .iter()
                     .filter_map(TopicSelector::as_topic)

@@ -3,7 +3,7 @@
 //!
 //! A message is rendered and encoded once. Every connection that receives
 //! it shares the same bytes; only the `id:` line ends with the receiving
-//! connection's own id, written from a buffer made once per connection.
+//! connection's own id, written from the id the connection holds.
 //!
 //! ```no_run
 //! use axum::Router;
@@ -85,7 +85,6 @@ mod subscription;
 use std::fmt;
 
 use axum::response::{IntoResponse, Response};
-use tokio_util::sync::CancellationToken;
 
 pub use manager::{BroadcastBuilder, BroadcastManager, Message, Outgoing, Recipient, Sent};
 pub use message::{BroadcastMessage, Epoch, MessageId};
@@ -136,7 +135,6 @@ pub struct Connection {
     id: ConnectionId,
     feed: feed::Feed,
     config: StreamConfig,
-    stop: CancellationToken,
 }
 
 impl fmt::Debug for Connection {
@@ -157,7 +155,9 @@ impl Connection {
 
 impl IntoResponse for Connection {
     fn into_response(self) -> Response {
-        sse_response(Frames::new(self.feed, self.config, self.stop, None, None))
+        // The feed ends itself, with the close message, when the manager
+        // stops it (`BroadcastManager::unregister`): no token of its own.
+        sse_response(Frames::new(self.feed, self.config, (), None, None))
     }
 }
 
@@ -171,5 +171,43 @@ mod tests {
         assert::<BroadcastManager>();
         fn assert_send<T: Send + 'static>() {}
         assert_send::<Connection>();
+    }
+
+    #[tokio::test]
+    async fn unregister_ends_the_stream_with_the_close_message() {
+        use std::time::Duration;
+        use tokio_stream::StreamExt as _;
+
+        const CLOSE: &[u8] = b"event: close\ndata: connection closed\n\n";
+        let manager = BroadcastManager::new();
+        // Before the first poll: the close message alone (the manager sends
+        // no initial comment, and the stop comes before the `connection`
+        // event).
+        let c = manager.connect(None, serde_json::Value::Null);
+        assert!(manager.unregister(c.id()));
+        let body = axum::body::to_bytes(c.into_response().into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], CLOSE);
+        assert_eq!(manager.connection_count(), 0);
+
+        // While waiting: the stream wakes and ends with the close message.
+        let c = manager.connect(None, serde_json::Value::Null);
+        let id = c.id().clone();
+        let mut body = c.into_response().into_body().into_data_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(first.starts_with(b"event: connection\n"));
+        let m = manager.clone();
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            m.unregister(&id)
+        });
+        let wait = Duration::from_secs(5);
+        let next = tokio::time::timeout(wait, body.next()).await.unwrap();
+        assert_eq!(&next.unwrap().unwrap()[..], CLOSE);
+        let end = tokio::time::timeout(wait, body.next()).await.unwrap();
+        assert!(end.is_none());
+        assert!(stop.await.unwrap());
+        assert_eq!(manager.connection_count(), 0);
     }
 }

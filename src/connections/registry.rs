@@ -1,7 +1,9 @@
 //! `ConnectionRegistry`: who is connected right now, and what they received.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
@@ -121,7 +123,9 @@ pub struct RegistryStats {
 struct Entry {
     id: ConnectionId,
     kind: Arc<str>,
-    metadata: serde_json::Value,
+    /// `None` for `Value::Null` (most connections): a pointer, not the 32
+    /// bytes of a `Value`, in every entry.
+    metadata: Option<Box<serde_json::Value>>,
     created_at: DateTime<Utc>,
     last_activity_ms: AtomicI64,
     messages: AtomicU64,
@@ -135,7 +139,11 @@ impl Entry {
             id: self.id.clone(),
             kind: self.kind.to_string(),
             state: self.state(),
-            metadata: self.metadata.clone(),
+            metadata: self
+                .metadata
+                .as_deref()
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
             created_at: self.created_at,
             last_activity: Utc
                 .timestamp_millis_opt(ms)
@@ -150,9 +158,34 @@ impl Entry {
     }
 }
 
+/// An entry as the registry lists it: found by its id, which it holds, so
+/// the id is not kept a second time as a key (one pointer per slot).
+struct Listed(Arc<Entry>);
+
+impl Borrow<ConnectionId> for Listed {
+    fn borrow(&self) -> &ConnectionId {
+        &self.0.id
+    }
+}
+
+impl Hash for Listed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As the id hashes: lookups by `&ConnectionId` find it.
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Listed {}
+
 #[derive(Default)]
 struct Shared {
-    map: RwLock<HashMap<ConnectionId, Arc<Entry>>>,
+    map: RwLock<HashSet<Listed>>,
     messages: AtomicU64,
     /// The kind last registered, shared by every entry of that kind (one
     /// allocation less per connection; most registries see one kind).
@@ -222,16 +255,13 @@ impl ConnectionRegistry {
         let entry = Arc::new(Entry {
             id: id.unwrap_or_else(ConnectionId::random),
             kind: self.shared.kind(kind),
-            metadata,
+            metadata: (!metadata.is_null()).then(|| Box::new(metadata)),
             created_at: now,
             last_activity_ms: AtomicI64::new(now.timestamp_millis()),
             messages: AtomicU64::new(0),
             state: AtomicU8::new(ConnectionState::Connecting.to_u8()),
         });
-        self.shared
-            .map
-            .write()
-            .insert(entry.id.clone(), Arc::clone(&entry));
+        self.shared.map.write().replace(Listed(Arc::clone(&entry)));
         Registration {
             shared: Arc::clone(&self.shared),
             entry,
@@ -241,13 +271,13 @@ impl ConnectionRegistry {
     /// The connection with this id, if registered.
     #[must_use]
     pub fn get(&self, id: &ConnectionId) -> Option<SseConnection> {
-        self.shared.map.read().get(id).map(|e| e.snapshot())
+        self.shared.map.read().get(id).map(|e| e.0.snapshot())
     }
 
     /// Whether a connection with this id is registered.
     #[must_use]
     pub fn contains(&self, id: &ConnectionId) -> bool {
-        self.shared.map.read().contains_key(id)
+        self.shared.map.read().contains(id)
     }
 
     /// All connections, or those of one kind, oldest first.
@@ -267,9 +297,9 @@ impl ConnectionRegistry {
             .shared
             .map
             .read()
-            .values()
-            .filter(|e| keep(e))
-            .map(|e| e.snapshot())
+            .iter()
+            .filter(|e| keep(&e.0))
+            .map(|e| e.0.snapshot())
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
@@ -284,7 +314,7 @@ impl ConnectionRegistry {
             messages: self.shared.messages.load(Ordering::Relaxed),
             ..RegistryStats::default()
         };
-        for e in map.values() {
+        for Listed(e) in map.iter() {
             if e.state().is_active() {
                 stats.active += 1;
             }
@@ -384,7 +414,7 @@ impl Registration {
             .map
             .read()
             .get(&self.entry.id)
-            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+            .is_some_and(|e| Arc::ptr_eq(&e.0, &self.entry))
     }
 }
 
@@ -394,7 +424,7 @@ impl Drop for Registration {
         let mut map = self.shared.map.write();
         if map
             .get(&self.entry.id)
-            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+            .is_some_and(|e| Arc::ptr_eq(&e.0, &self.entry))
         {
             map.remove(&self.entry.id);
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::StreamConfig;
+use crate::connections::ConnectionId;
 use crate::event::Event;
 
 /// Why a stream ended. See the module docs, section *Closing*.
@@ -220,7 +221,13 @@ where
             inner: source,
             f: event_piece::<S::Item>,
         };
-        sse_response(Frames::new(source, config, stop, task, on_end))
+        sse_response(Frames::new(
+            source,
+            config,
+            TokenStop::new(stop),
+            task,
+            on_end,
+        ))
     }
 }
 
@@ -235,18 +242,20 @@ fn event_piece<T: Into<Event>>(item: T) -> Piece {
 pub(crate) enum Piece {
     /// A frame in one buffer.
     One(Bytes),
-    /// A frame in three buffers, e.g. a shared id head, a per-connection id
-    /// suffix, and a shared body: no per-receiver copy.
-    Three(Bytes, Bytes, Bytes),
+    /// A frame in three parts: a shared id head (`id: EPOCH-SEQ`), the
+    /// receiving connection's id (written as `.ID` and the end of the line),
+    /// and a shared body: nothing per receiver but the id it already holds.
+    Tagged(Bytes, ConnectionId, Bytes),
     /// End the stream for this reason (a close message only if the reason
     /// sends one).
     End(EndReason),
 }
 
 /// The SSE response around a body of frames.
-pub(crate) fn sse_response<S>(frames: Frames<S>) -> Response
+pub(crate) fn sse_response<S, T>(frames: Frames<S, T>) -> Response
 where
     S: Stream<Item = Piece> + Send + 'static,
+    T: Stop + Send + 'static,
 {
     let mut res = Response::new(Body::from_stream(frames));
     *res.status_mut() = StatusCode::OK;
@@ -383,11 +392,14 @@ impl Batch {
     fn push_piece(&mut self, piece: Piece) {
         match piece {
             Piece::One(bytes) => self.push(bytes),
-            Piece::Three(a, b, c) => {
-                self.reserve(a.len() + b.len() + c.len());
-                self.buf.extend_from_slice(&a);
-                self.buf.extend_from_slice(&b);
-                self.buf.extend_from_slice(&c);
+            Piece::Tagged(head, id, body) => {
+                let id = id.as_str().as_bytes();
+                self.reserve(head.len() + id.len() + 2 + body.len());
+                self.buf.extend_from_slice(&head);
+                self.buf.put_u8(b'.');
+                self.buf.extend_from_slice(id);
+                self.buf.put_u8(b'\n');
+                self.buf.extend_from_slice(&body);
             }
             Piece::End(_) => {}
         }
@@ -438,8 +450,8 @@ impl Piece {
     fn event_name(&self) -> Option<Bytes> {
         match self {
             Piece::One(frame) => event_name(frame),
-            // The id head and suffix hold the `id:` line only.
-            Piece::Three(_, _, body) => event_name(body),
+            // The id head and the connection id make the `id:` line only.
+            Piece::Tagged(_, _, body) => event_name(body),
             Piece::End(_) => None,
         }
     }
@@ -466,10 +478,59 @@ fn event_name(frame: &Bytes) -> Option<Bytes> {
     None
 }
 
+/// What ends a [`Frames`] with its close message besides its source: a
+/// [`StopHandle`]'s token ([`TokenStop`]), or nothing (`()`) when the source
+/// ends itself on a stop (the broadcast feed), which keeps the token and its
+/// future out of every such stream.
+pub(crate) trait Stop {
+    /// Whether the stream was stopped.
+    fn is_stopped(&self) -> bool;
+    /// Whether the stream was stopped; if not, `cx` is woken when it is.
+    fn poll_stopped(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool;
+}
+
+impl Stop for () {
+    fn is_stopped(&self) -> bool {
+        false
+    }
+
+    fn poll_stopped(self: Pin<&mut Self>, _: &mut Context<'_>) -> bool {
+        false
+    }
+}
+
+pin_project! {
+    /// A stop through a [`CancellationToken`]: see [`StopHandle`].
+    pub(crate) struct TokenStop {
+        token: CancellationToken,
+        #[pin]
+        stopped: WaitForCancellationFutureOwned,
+    }
+}
+
+impl TokenStop {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        TokenStop {
+            stopped: token.clone().cancelled_owned(),
+            token,
+        }
+    }
+}
+
+impl Stop for TokenStop {
+    fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    fn poll_stopped(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        self.project().stopped.poll(cx).is_ready()
+    }
+}
+
 pin_project! {
     /// The body of an SSE response: the source's frames, heartbeats, and the
     /// initial and close messages.
-    pub(crate) struct Frames<S> {
+    pub(crate) struct Frames<S, T> {
         #[pin]
         source: Option<S>,
         #[pin]
@@ -478,9 +539,8 @@ pin_project! {
         last_sent: Option<Instant>,
         // Boxed: rarely set, and a `Sleep` is 112 bytes of every stream.
         deadline: Option<Pin<Box<Sleep>>>,
-        stop: CancellationToken,
         #[pin]
-        stopped: WaitForCancellationFutureOwned,
+        stop: T,
         shutdown_token: Option<CancellationToken>,
         #[pin]
         shutdown: Option<WaitForCancellationFutureOwned>,
@@ -498,11 +558,11 @@ pin_project! {
     }
 }
 
-impl<S> Frames<S> {
+impl<S, T> Frames<S, T> {
     pub(crate) fn new(
         source: S,
         config: StreamConfig,
-        stop: CancellationToken,
+        stop: T,
         task: Option<AbortHandle>,
         on_end: Option<OnEnd>,
     ) -> Self {
@@ -526,7 +586,6 @@ impl<S> Frames<S> {
             deadline: config
                 .timeout
                 .map(|d| Box::pin(tokio::time::sleep_until(now + d))),
-            stopped: stop.clone().cancelled_owned(),
             stop,
             shutdown: shutdown_token
                 .clone()
@@ -552,14 +611,19 @@ fn log_frame(life: &Life, debug: bool, bytes: &[u8]) {
 fn log_piece(life: &Life, piece: &Piece) {
     match piece {
         Piece::One(bytes) => log_frame(life, true, bytes),
-        Piece::Three(a, b, c) => log_frame(life, true, &[&a[..], b, c].concat()),
+        Piece::Tagged(head, id, body) => log_frame(
+            life,
+            true,
+            &[&head[..], b".", id.as_str().as_bytes(), b"\n", body].concat(),
+        ),
         Piece::End(_) => {}
     }
 }
 
-impl<S> Stream for Frames<S>
+impl<S, T> Stream for Frames<S, T>
 where
     S: Stream<Item = Piece>,
+    T: Stop,
 {
     type Item = Result<Bytes, Infallible>;
 
@@ -588,7 +652,7 @@ where
             .is_some_and(CancellationToken::is_cancelled)
         {
             Some(EndReason::Shutdown)
-        } else if this.stop.is_cancelled() {
+        } else if this.stop.is_stopped() {
             Some(EndReason::Stopped)
         } else if this
             .deadline
@@ -668,7 +732,7 @@ where
                     .is_some_and(|f| f.poll(cx).is_ready())
                 {
                     reason = Some(EndReason::Shutdown);
-                } else if this.stopped.as_mut().poll(cx).is_ready() {
+                } else if this.stop.as_mut().poll_stopped(cx) {
                     reason = Some(EndReason::Stopped);
                 } else {
                     *this.registered = Some(waker.clone());
@@ -726,7 +790,8 @@ mod tests {
     use std::sync::Arc;
     use tokio_stream::StreamExt as _;
 
-    type TestFrames<S> = Pin<Box<Frames<Transform<S, fn(<S as Stream>::Item) -> Piece>>>>;
+    type TestFrames<S> =
+        Pin<Box<Frames<Transform<S, fn(<S as Stream>::Item) -> Piece>, TokenStop>>>;
 
     fn frames<S>(s: SseStream<S>) -> TestFrames<S>
     where
@@ -737,7 +802,13 @@ mod tests {
             inner: s.source,
             f: event_piece::<S::Item> as fn(S::Item) -> Piece,
         };
-        Box::pin(Frames::new(source, s.config, s.stop, s.task, s.on_end))
+        Box::pin(Frames::new(
+            source,
+            s.config,
+            TokenStop::new(s.stop),
+            s.task,
+            s.on_end,
+        ))
     }
 
     async fn next_text<S>(f: &mut TestFrames<S>) -> Option<String>
@@ -883,11 +954,11 @@ mod tests {
     fn piece_frames<S: Stream<Item = Piece>>(
         source: S,
         config: StreamConfig,
-    ) -> Pin<Box<Frames<S>>> {
+    ) -> Pin<Box<Frames<S, TokenStop>>> {
         Box::pin(Frames::new(
             source,
             config,
-            CancellationToken::new(),
+            TokenStop::new(CancellationToken::new()),
             None,
             None,
         ))
@@ -907,9 +978,9 @@ mod tests {
     #[tokio::test]
     async fn frames_ready_together_go_out_as_one_chunk() {
         let (tx, rx) = mpsc::channel::<Piece>(8);
-        tx.send(Piece::Three(
+        tx.send(Piece::Tagged(
             Bytes::from_static(b"id: 1"),
-            Bytes::from_static(b".c\n"),
+            ConnectionId::new("c").unwrap(),
             Bytes::from_static(b"data: a\n\n"),
         ))
         .await
@@ -1000,16 +1071,16 @@ mod tests {
         let one = |s: &'static str| Piece::One(Bytes::from_static(s.as_bytes()));
         let source = tokio_stream::iter(vec![
             one("event: cpu\ndata: 1\n\n"),
-            Piece::Three(
+            Piece::Tagged(
                 Bytes::from_static(b"id: 2"),
-                Bytes::from_static(b".c\n"),
+                ConnectionId::new("c").unwrap(),
                 Bytes::from_static(b"event: mem\ndata: 1\n\n"),
             ),
             one("data: log\n\n"),
             one("event: cpu\ndata: 2\n\n"),
-            Piece::Three(
+            Piece::Tagged(
                 Bytes::from_static(b"id: 5"),
-                Bytes::from_static(b".c\n"),
+                ConnectionId::new("c").unwrap(),
                 Bytes::from_static(b"event: mem\ndata: 2\n\n"),
             ),
             one(":\n\n"),
