@@ -351,86 +351,71 @@ struct Run {
     server_wchar: u64,
 }
 
+/// `num / den`, or 0 when nothing was counted.
+fn per(num: f64, den: u64) -> f64 {
+    if den == 0 { 0.0 } else { num / den as f64 }
+}
+
 impl Run {
     fn deliveries_per_s(&self) -> f64 {
-        if self.span_ns == 0 {
-            return 0.0;
-        }
-        self.received as f64 / (self.span_ns as f64 / 1e9)
+        per(self.received as f64 * 1e9, self.span_ns)
     }
 
     fn cpu_us_per_delivery(&self) -> f64 {
-        if self.received == 0 {
-            return 0.0;
-        }
-        self.server_cpu_ns as f64 / 1e3 / self.received as f64
+        per(self.server_cpu_ns as f64 / 1e3, self.received)
     }
 
     fn rss_per_conn_kib(&self) -> f64 {
-        if self.connected == 0 {
-            return 0.0;
-        }
-        self.rss_held_kib.saturating_sub(self.rss_start_kib) as f64 / self.connected as f64
+        per(
+            self.rss_held_kib.saturating_sub(self.rss_start_kib) as f64,
+            self.connected as u64,
+        )
     }
 
     fn tcp_mem_per_conn_kib(&self) -> f64 {
-        if self.connected == 0 {
-            return 0.0;
-        }
-        self.tcp_mem_held_pages
-            .saturating_sub(self.tcp_mem_start_pages) as f64
-            * 4.0
-            / self.connected as f64
+        per(
+            self.tcp_mem_held_pages
+                .saturating_sub(self.tcp_mem_start_pages) as f64
+                * 4.0,
+            self.connected as u64,
+        )
     }
 
     /// Kernel slab memory (socket structures of both ends, files, epoll
     /// entries) per connection held, in KiB; machine-wide, so other work
     /// on the machine adds noise.
     fn slab_per_conn_kib(&self) -> f64 {
-        if self.connected == 0 {
-            return 0.0;
-        }
-        self.slab_held_kib.saturating_sub(self.slab_start_kib) as f64 / self.connected as f64
+        per(
+            self.slab_held_kib.saturating_sub(self.slab_start_kib) as f64,
+            self.connected as u64,
+        )
     }
 
     fn wire_bytes_per_msg(&self) -> f64 {
-        if self.received == 0 {
-            return 0.0;
-        }
-        self.body_bytes as f64 / self.received as f64
+        per(self.body_bytes as f64, self.received)
     }
 
     /// Deliveries per write system call of the server: how many frames
     /// one `write`/`writev` carries on average.
     fn deliveries_per_write(&self) -> f64 {
-        if self.server_writes == 0 {
-            return 0.0;
-        }
-        self.received as f64 / self.server_writes as f64
+        per(self.received as f64, self.server_writes)
     }
 
     fn server_util(&self) -> f64 {
-        if self.server_wall_ns == 0 {
-            return 0.0;
-        }
-        self.server_cpu_ns as f64 / self.server_wall_ns as f64
+        per(self.server_cpu_ns as f64, self.server_wall_ns)
     }
 
     /// The larger share of the server's or the client's CPU that other
     /// processes took during the publish phase.
     fn foreign(&self) -> f64 {
-        if self.server_wall_ns == 0 {
-            return 0.0;
-        }
-        self.foreign_server_cpu_ns.max(self.foreign_client_cpu_ns) as f64
-            / self.server_wall_ns as f64
+        per(
+            self.foreign_server_cpu_ns.max(self.foreign_client_cpu_ns) as f64,
+            self.server_wall_ns,
+        )
     }
 
     fn client_util(&self) -> f64 {
-        if self.span_ns == 0 {
-            return 0.0;
-        }
-        self.client_cpu_ns as f64 / self.span_ns as f64
+        per(self.client_cpu_ns as f64, self.span_ns)
     }
 }
 

@@ -361,22 +361,19 @@ fn svg(runs: &[Run]) -> String {
         ("baseline", "#ff7f0e", ""),
         ("raw", "#7f7f7f", " stroke-dasharray=\"6 4\""),
     ];
-    let xs: Vec<(&str, f64)> = LOAD
-        .iter()
-        .filter_map(|sc| {
-            runs.iter()
-                .find(|r| r.scenario == *sc)
-                .map(|r| (*sc, r.conns as f64))
-        })
-        .collect();
-    let xs_paced: Vec<(&str, f64)> = PACED
-        .iter()
-        .filter_map(|sc| {
-            runs.iter()
-                .find(|r| r.scenario == *sc)
-                .map(|r| (*sc, r.conns as f64))
-        })
-        .collect();
+    // The client counts of the scenarios that ran, in scenario order.
+    let counts = |scenarios: &[&'static str]| -> Vec<(&'static str, f64)> {
+        scenarios
+            .iter()
+            .filter_map(|sc| {
+                runs.iter()
+                    .find(|r| r.scenario == *sc)
+                    .map(|r| (*sc, r.conns as f64))
+            })
+            .collect()
+    };
+    let xs = counts(&LOAD);
+    let xs_paced = counts(&PACED);
     let p99 = |r: &Run| r.p99_us as f64 / 1e3;
     let panels: [Panel<'_>; 3] = [
         (

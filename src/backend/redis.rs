@@ -266,20 +266,13 @@ async fn epoch<C: redis::aio::ConnectionLike + Send>(
         .get(&keys.epoch)
         .query_async(con)
         .await?;
-    parse_epoch(&current).ok_or_else(|| {
+    Epoch::parse(&current).ok_or_else(|| {
         redis::RedisError::from((
             redis::ErrorKind::Parse,
             "the epoch key does not hold an epoch",
             current,
         ))
     })
-}
-
-fn parse_epoch(s: &str) -> Option<Epoch> {
-    (s.len() == 8)
-        .then(|| u32::from_str_radix(s, 16).ok())
-        .flatten()
-        .map(Epoch)
 }
 
 /// Connects, reads the epoch and the recent history.
@@ -605,7 +598,7 @@ fn decode(entry: &StreamId) -> Result<Decoded, String> {
         .and_then(|s| s.parse().ok())
         .ok_or("not an id of ours")?;
     let epoch = field_str(entry, "e")
-        .and_then(|e| parse_epoch(&e))
+        .and_then(|e| Epoch::parse(&e))
         .ok_or("no epoch")?;
     let origin = field_str(entry, "o").ok_or("no origin")?;
     let nonce = field_str(entry, "n")

@@ -16,6 +16,14 @@ use crate::event::{Event, EventName};
 pub struct Epoch(pub(crate) u32);
 
 impl Epoch {
+    /// Reads the 8 hex digits it is shown as.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(s, 16).ok().map(Epoch)
+    }
+
     pub(crate) fn random() -> Self {
         let bytes = uuid::Uuid::new_v4().into_bytes();
         Epoch(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
@@ -97,14 +105,11 @@ impl LastEventId {
         }
         let (message, connection) = s.split_once('.')?;
         let (epoch, seq) = message.split_once('-')?;
-        if epoch.len() != 8 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
         if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         Some(LastEventId {
-            epoch: Epoch(u32::from_str_radix(epoch, 16).ok()?),
+            epoch: Epoch::parse(epoch)?,
             seq: seq.parse().ok()?,
             connection: ConnectionId::new(connection).ok()?,
         })
