@@ -98,6 +98,10 @@ fn scenarios(quick: bool, repeat: usize) -> Vec<Scenario> {
             paced("paced-1k", 1_000, 100, 20, repeat.min(3)),
             paced("paced-10k", 10_000, 30, 150, repeat.min(3)),
             s("idle-10k", 10_000, 0, 1, 3_000, 1),
+            // The same after 17 s: both servers have sent their first
+            // heartbeat (15 s by default) on every connection, as every
+            // connection idle for longer has.
+            s("idle-10k-beat", 10_000, 0, 1, 17_000, 1),
             // Two client processes of 9,750: each stays far below its own
             // 20,000 descriptors; the server holds all 19,500.
             s("scale", 19_500, 0, 2, 3_000, 1),
@@ -118,6 +122,8 @@ struct Options {
     /// profiling runs).
     conns: Option<usize>,
     msgs: Option<u64>,
+    /// Overrides every scenario's pause before the memory reading.
+    settle: Option<Duration>,
 }
 
 fn main() {
@@ -177,6 +183,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         nodelay: false,
         conns: None,
         msgs: None,
+        settle: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -197,6 +204,10 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--out" => o.out = PathBuf::from(value()?),
             "--conns" => o.conns = Some(value()?.parse().map_err(|_| "bad --conns")?),
             "--msgs" => o.msgs = Some(value()?.parse().map_err(|_| "bad --msgs")?),
+            "--settle-ms" => {
+                let ms = value()?.parse().map_err(|_| "bad --settle-ms")?;
+                o.settle = Some(Duration::from_millis(ms));
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -439,6 +450,9 @@ fn orchestrate(o: &Options) -> Result<(), String> {
         }
         if let (Some(m), true) = (o.msgs, sc.msgs > 0) {
             sc.msgs = m;
+        }
+        if let Some(settle) = o.settle {
+            sc.settle = settle;
         }
         if o.only
             .as_ref()

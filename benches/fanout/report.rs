@@ -18,12 +18,16 @@ pub(crate) struct Meta {
 
 const LOAD: [&str; 2] = ["load-1k", "load-10k"];
 const PACED: [&str; 2] = ["paced-1k", "paced-10k"];
-const ALL: [&str; 6] = [
+/// The memory scenarios: just connected, after the first heartbeat, and
+/// the most connections one process may hold.
+const IDLE: [&str; 3] = ["idle-10k", "idle-10k-beat", "scale"];
+const ALL: [&str; 7] = [
     "load-1k",
     "load-10k",
     "paced-1k",
     "paced-10k",
     "idle-10k",
+    "idle-10k-beat",
     "scale",
 ];
 const KINDS: [&str; 3] = ["crate", "baseline", "raw"];
@@ -321,7 +325,7 @@ fn targets(runs: &[Run]) -> Vec<String> {
             ));
         }
     }
-    for sc in ["idle-10k", "scale"] {
+    for sc in IDLE {
         let p = |k| med(runs, sc, k, Run::rss_per_conn_kib);
         if let (Some(c), Some(b)) = (p("crate"), p("baseline")) {
             let r = c / b;

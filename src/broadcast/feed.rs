@@ -2,6 +2,8 @@
 //! what goes to everyone and what goes to it alone, in id order.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -9,15 +11,16 @@ use std::task::{Context, Poll};
 
 use std::future::Future;
 
+use bytes::Bytes;
 use futures_core::Stream;
-use tokio::sync::{broadcast, oneshot};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
-use super::manager::{Direct, Filter, Inner, Recipient, Stored};
+use super::hub::{Hub, Read};
+use super::manager::{Direct, Inner, Recipient, Stored};
 use crate::connections::{ConnectionState, Registration};
 use crate::event::Event;
-use crate::streaming::{EndReason, Piece};
+use crate::streaming::{Batch, EndReason, Piece, drain, log_frame};
 
 /// What a connection receives before live messages.
 pub(crate) struct Intro {
@@ -45,9 +48,9 @@ struct Opening {
 /// The connection's id is its registration's, its subscription its
 /// `Direct`'s: neither is kept twice.
 pub(crate) struct Feed {
-    filter: Option<Arc<Filter>>,
     manager: Weak<Inner>,
-    ring: BroadcastStream<Arc<Stored>>,
+    /// The position of the next message to read in the hub's ring.
+    ring: u64,
     direct: Arc<Direct>,
     opening: Option<Box<Opening>>,
     ring_next: Option<Arc<Stored>>,
@@ -62,16 +65,14 @@ pub(crate) struct Feed {
 impl Feed {
     pub(crate) fn new(
         manager: Weak<Inner>,
-        ring: broadcast::Receiver<Arc<Stored>>,
+        ring: u64,
         direct: Arc<Direct>,
         intro: Intro,
         registration: Registration,
     ) -> Self {
-        let filter = manager.upgrade().and_then(|m| m.filter.clone());
         Feed {
-            filter,
             manager,
-            ring: BroadcastStream::new(ring),
+            ring,
             direct,
             opening: Some(Box::new(Opening {
                 connection: Some(intro.connection),
@@ -89,13 +90,13 @@ impl Feed {
     }
 
     /// The frame of `stored` for this connection, if it is for it.
-    fn frame(&mut self, stored: &Stored) -> Option<Piece> {
+    fn frame(&mut self, hub: &Hub, stored: &Stored) -> Option<Piece> {
         if stored.seq <= self.after {
             return None;
         }
         let id = self.registration.id();
         let body = stored.body_for(id, &self.direct.sub)?;
-        if let Some(filter) = &self.filter {
+        if let Some(filter) = &hub.filter {
             let to = Recipient {
                 connection: id,
                 user: self.direct.sub.user.as_ref(),
@@ -150,11 +151,13 @@ impl Feed {
     }
 }
 
-impl Stream for Feed {
-    type Item = Piece;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
-        let this = &mut *self;
+impl Feed {
+    /// The next frame for this connection, in id order; before returning
+    /// `Pending`, the task is registered with the connection's `Direct`,
+    /// which everything that may wake it (the ring, its own queue, the
+    /// manager's flags, the hub's timer task) wakes.
+    fn poll_piece(&mut self, hub: &Hub, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
+        let this = self;
         // A stop comes before anything else, even what is ready to send.
         if let Some(stop) = this.stop() {
             return stop;
@@ -195,7 +198,7 @@ impl Stream for Feed {
             if opening.replay.is_empty() {
                 this.registration.set_state(ConnectionState::Connected);
             }
-            if let Some(piece) = this.frame(&stored) {
+            if let Some(piece) = this.frame(hub, &stored) {
                 return Poll::Ready(Some(piece));
             }
         }
@@ -206,7 +209,7 @@ impl Stream for Feed {
 
         loop {
             // Next shared message for us (for everyone, or on a topic).
-            if let Some(done) = this.fill_ring(cx) {
+            if let Some(done) = this.fill_ring(hub) {
                 return done;
             }
             // Next message for us alone. The waker is registered only
@@ -220,7 +223,7 @@ impl Stream for Feed {
                 // may have reached the ring after it was looked at: both are
                 // filled under the manager's lock, so it is there now.
                 if this.direct_next.is_some()
-                    && let Some(done) = this.fill_ring(cx)
+                    && let Some(done) = this.fill_ring(hub)
                 {
                     return done;
                 }
@@ -233,20 +236,20 @@ impl Stream for Feed {
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => {
-                    // Register first, then look again, so a push between
-                    // the two is never missed.
+                    // Register first, then look again (both: the ring's
+                    // pushes wake through the `Direct` too), so a push
+                    // between the two is never missed.
                     this.direct.waker.register(cx.waker());
                     this.direct_next = this.direct.queue.lock().pop_front();
                     if let Some(end) = this.direct_end() {
                         return end;
                     }
-                    if this.direct_next.is_none() {
+                    if let Some(done) = this.fill_ring(hub) {
+                        return done;
+                    }
+                    if this.direct_next.is_none() && this.ring_next.is_none() {
                         this.count();
                         return Poll::Pending;
-                    }
-                    // Look at the ring again before sending it.
-                    if let Some(done) = this.fill_ring(cx) {
-                        return done;
                     }
                     continue;
                 }
@@ -257,7 +260,7 @@ impl Stream for Feed {
                 this.direct_next.take()
             };
             // A shared message that is not for us is skipped; look again.
-            if let Some(piece) = stored.and_then(|s| this.frame(&s)) {
+            if let Some(piece) = stored.and_then(|s| this.frame(hub, &s)) {
                 return Poll::Ready(Some(piece));
             }
         }
@@ -267,20 +270,23 @@ impl Stream for Feed {
 impl Feed {
     /// Takes the next shared message into `ring_next` if there is none
     /// yet; `Some` when the feed ends here instead.
-    fn fill_ring(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<Piece>>> {
-        while self.ring_next.is_none() {
-            match Pin::new(&mut self.ring).poll_next(cx) {
-                Poll::Ready(Some(Ok(stored))) => self.ring_next = Some(stored),
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+    fn fill_ring(&mut self, hub: &Hub) -> Option<Poll<Option<Piece>>> {
+        if self.ring_next.is_none() {
+            match hub.ring.read(self.ring) {
+                Read::Message(stored) => {
+                    self.ring += 1;
+                    self.ring_next = Some(stored);
+                }
+                Read::Empty => {}
+                Read::Lagged(missed) => {
                     tracing::debug!(connection = %self.registration.id(), missed, "lagging");
                     return Some(self.end(EndReason::Lagged));
                 }
                 // The manager is gone: nothing more will come.
-                Poll::Ready(None) => {
+                Read::Closed => {
                     self.count();
                     return Some(Poll::Ready(None));
                 }
-                Poll::Pending => break,
             }
         }
         None
@@ -292,6 +298,121 @@ impl Drop for Feed {
         self.count();
         if let Some(inner) = self.manager.upgrade() {
             inner.remove(self.registration.id(), &self.direct);
+        }
+    }
+}
+
+/// The response body of a manager's connection: the feed's frames, as many
+/// as are ready in one chunk, with the heartbeats, the shutdown and the
+/// settings from the manager's [`Hub`]. Nothing of it is a timer or a
+/// future but the rarely set timeout.
+pub(crate) struct FeedBody {
+    hub: Arc<Hub>,
+    /// `None` once the stream ended (dropping it leaves the manager at once).
+    feed: Option<Feed>,
+    // Boxed: rarely set, and a `Sleep` is 112 bytes.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The size of the last chunk of several frames.
+    size_hint: u32,
+}
+
+impl FeedBody {
+    pub(crate) fn new(hub: Arc<Hub>, feed: Feed) -> Self {
+        FeedBody {
+            deadline: hub.timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            hub,
+            feed: Some(feed),
+            size_hint: 0,
+        }
+    }
+}
+
+impl Stream for FeedBody {
+    type Item = Result<Bytes, Infallible>;
+
+    /// Everything ready goes out as one chunk (see `drain`); with nothing to
+    /// send, a heartbeat if the connection has been quiet for long enough.
+    /// The shutdown and the timeout end the stream without and with the
+    /// close message.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let hub = &*this.hub;
+        let Some(feed) = &mut this.feed else {
+            return Poll::Ready(None);
+        };
+        let mut batch = Batch::new(this.size_hint);
+        let mut frames = 0;
+        let mut reason = if hub.is_shut() {
+            Some(EndReason::Shutdown)
+        } else if this
+            .deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+        {
+            Some(EndReason::TimedOut)
+        } else {
+            None
+        };
+        let label = hub.debug.then(|| feed.registration.id().clone());
+        if reason.is_none() {
+            let (n, end) = drain(
+                cx,
+                &mut batch,
+                hub.coalesce,
+                label.as_ref().map(|id| id as &dyn fmt::Display),
+                |cx| feed.poll_piece(hub, cx),
+            );
+            frames = n;
+            reason = end;
+        }
+        if reason.is_none() && batch.is_empty() {
+            // The feed registered the task with its `Direct` before it
+            // returned `Pending`: a shutdown or a tick from now on wakes it.
+            if hub.is_shut() {
+                reason = Some(EndReason::Shutdown);
+            } else if hub.heartbeat_due(feed.direct.sent.load(Ordering::Relaxed)) {
+                if let Some(id) = &label {
+                    log_frame(id, true, Event::HEARTBEAT.as_bytes());
+                }
+                batch.push(Event::HEARTBEAT.into_bytes());
+                frames += 1;
+            }
+        }
+        if frames > 0 {
+            feed.direct.sent.store(hub.tick(), Ordering::Relaxed);
+        }
+        if let Some(reason) = reason {
+            if reason.sends_close()
+                && let Some(ev) = &hub.close
+            {
+                if let Some(id) = &label {
+                    log_frame(id, true, ev.as_bytes());
+                }
+                batch.push(ev.clone().into_bytes());
+            }
+            tracing::debug!(connection = %feed.registration.id(), ?reason, "sse stream ended");
+            // Leaves the manager now, not when the body is dropped.
+            this.feed = None;
+            return Poll::Ready(batch.finish().map(Ok));
+        }
+        if !batch.is_empty() {
+            this.size_hint = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        }
+        match batch.finish() {
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for FeedBody {
+    fn drop(&mut self) {
+        if let Some(feed) = &self.feed {
+            tracing::debug!(
+                connection = %feed.registration.id(),
+                reason = ?EndReason::ClientGone,
+                "sse stream ended"
+            );
         }
     }
 }

@@ -3,17 +3,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::broadcast;
 
 use super::Subscription;
-use super::feed::{Feed, Intro};
+use super::feed::{Feed, FeedBody, Intro};
+use super::hub::Hub;
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
 use crate::connections::{ConnectionId, ConnectionRegistry, RegistryStats, UserId};
@@ -172,12 +172,16 @@ pub(crate) struct Direct {
     /// Ends the connection with the close message
     /// ([`BroadcastManager::unregister`]).
     pub(crate) stopped: AtomicBool,
+    /// The hub's tick when the connection last sent a frame: the timer task
+    /// wakes it for a heartbeat when it has been quiet long enough.
+    pub(crate) sent: AtomicU32,
 }
 
 impl Direct {
-    fn new(sub: Subscription) -> Self {
+    fn new(sub: Subscription, tick: u32) -> Self {
         Direct {
             sub,
+            sent: AtomicU32::new(tick),
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             lagged: AtomicBool::new(false),
@@ -226,18 +230,60 @@ pub(crate) type Filter = dyn Fn(&BroadcastMessage, &Recipient<'_>) -> bool + Sen
 pub(crate) struct Inner {
     core: Mutex<Core>,
     backend: Backend,
-    ring: broadcast::Sender<Arc<Stored>>,
     registry: ConnectionRegistry,
     pub(crate) history_limit: usize,
     pub(crate) queue_capacity: usize,
-    pub(crate) stream: StreamConfig,
+    /// Shared with every connection.
+    pub(crate) hub: Arc<Hub>,
+    /// The hub's timer task, started by the first connection (a manager
+    /// may be built outside a runtime); stopped with the manager.
+    timer: OnceLock<AbortOnDrop>,
     kind: String,
     render: Option<Arc<Render>>,
-    pub(crate) filter: Option<Arc<Filter>>,
     shutdown: Shutdown,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Inner {
+    /// The manager is gone: every connection drains the ring and ends with
+    /// the close message.
+    fn drop(&mut self) {
+        self.hub.ring.close();
+        for conn in self.core.get_mut().connections.values() {
+            conn.direct.waker.wake();
+        }
+    }
+}
+
 impl Inner {
+    /// Calls `f` with every connection of this instance, under the lock.
+    pub(crate) fn each_connection(&self, mut f: impl FnMut(&Arc<Direct>)) {
+        for conn in self.core.lock().connections.values() {
+            f(&conn.direct);
+        }
+    }
+
+    /// Starts the hub's timer task once, if there is a runtime to run it.
+    fn start_timer(self: &Arc<Self>) {
+        if self.timer.get().is_some() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.timer.get_or_init(|| {
+                let task = Arc::clone(&self.hub).run(Arc::downgrade(self), self.shutdown.clone());
+                AbortOnDrop(runtime.spawn(task).abort_handle())
+            });
+        }
+    }
+
     /// Forgets a connection's queue, unless a newer one took its id.
     pub(crate) fn remove(&self, id: &ConnectionId, direct: &Arc<Direct>) {
         let mut core = self.core.lock();
@@ -329,22 +375,25 @@ impl Inner {
                     .iter()
                     .filter(|id| core.connections.contains_key(*id))
                     .count();
-                let receivers = self.ring.send(Arc::clone(&stored)).unwrap_or(0);
-                receivers.saturating_sub(excluded)
+                self.hub.ring.push(Arc::clone(&stored));
+                for conn in core.connections.values() {
+                    conn.direct.waker.wake();
+                }
+                core.connections.len().saturating_sub(excluded)
             }
             Target::Topics {
                 topics,
                 private,
                 exclude,
             } => {
-                let wanted = core
-                    .connections
-                    .iter()
-                    .filter(|(id, c)| {
-                        !exclude.contains(id) && c.direct.sub.wants(topics, *private).is_some()
-                    })
-                    .count();
-                let _ = self.ring.send(Arc::clone(&stored));
+                self.hub.ring.push(Arc::clone(&stored));
+                let mut wanted = 0;
+                for (id, c) in &core.connections {
+                    if !exclude.contains(id) && c.direct.sub.wants(topics, *private).is_some() {
+                        c.direct.waker.wake();
+                        wanted += 1;
+                    }
+                }
                 wanted
             }
         };
@@ -504,6 +553,25 @@ impl BroadcastBuilder {
     /// (the initial message is replaced by the `connection` event). A
     /// [`Shutdown`] given here becomes the manager's own, so one signal ends
     /// every stream of the server; without one the manager makes its own.
+    ///
+    /// The manager's connections share one timer: it ticks every quarter of
+    /// the heartbeat interval, and a connection gets a heartbeat at the first
+    /// tick at which it has been quiet for four ticks. So a connection is
+    /// never quiet for longer than the interval, the quiet before a heartbeat
+    /// is at least ¾ of it, and an idle connection gets one heartbeat per
+    /// interval, as a stream with a timer of its own would; but no
+    /// connection keeps a timer (or a future for the shutdown), which makes
+    /// an idle connection smaller.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use htmx_sse::{BroadcastManager, streaming::StreamConfig};
+    ///
+    /// let manager = BroadcastManager::builder()
+    ///     .stream(StreamConfig::new().heartbeat(Duration::from_secs(20)))
+    ///     .build();
+    /// # let _ = manager;
+    /// ```
     pub fn stream(mut self, config: StreamConfig) -> Self {
         self.stream = config;
         self
@@ -628,7 +696,6 @@ impl BroadcastBuilder {
     fn build_with(self, backend: Backend, epoch: Epoch, seq: u64) -> BroadcastManager {
         // One signal for everything: the stream config's, if it has one.
         let shutdown = self.stream.shutdown.clone().unwrap_or_default();
-        let (ring, _) = broadcast::channel(self.queue_capacity);
         BroadcastManager {
             inner: Arc::new(Inner {
                 core: Mutex::new(Core {
@@ -639,14 +706,15 @@ impl BroadcastBuilder {
                     users: HashMap::new(),
                 }),
                 backend,
-                ring,
                 registry: ConnectionRegistry::new(),
                 history_limit: self.history,
                 queue_capacity: self.queue_capacity,
-                stream: self.stream.shutdown(&shutdown).initial_message(None),
+                // No initial message: the `connection` event opens every
+                // stream.
+                hub: Arc::new(Hub::new(&self.stream, self.filter, self.queue_capacity)),
+                timer: OnceLock::new(),
                 kind: self.kind,
                 render: self.render,
-                filter: self.filter,
                 shutdown,
             }),
         }
@@ -708,7 +776,8 @@ impl BroadcastManager {
         let resume = last_event_id
             .filter(|s| !s.is_empty())
             .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
-        let direct = Arc::new(Direct::new(sub));
+        inner.start_timer();
+        let direct = Arc::new(Direct::new(sub, inner.hub.tick()));
         let sub = &direct.sub;
         let mut core = inner.core.lock();
         let id = match (id, &resume) {
@@ -753,7 +822,7 @@ impl BroadcastManager {
                 (lei.seq, None, replay)
             }
         };
-        let ring = inner.ring.subscribe();
+        let ring = inner.hub.ring.end();
         if let Some(user) = &sub.user {
             core.users.entry(user.clone()).or_default().push(id.clone());
         }
@@ -799,8 +868,7 @@ impl BroadcastManager {
         );
         Connection {
             id,
-            feed,
-            config: inner.stream.clone(),
+            body: FeedBody::new(Arc::clone(&inner.hub), feed),
         }
     }
 

@@ -78,6 +78,7 @@
 //! with the close message.
 
 mod feed;
+mod hub;
 pub(crate) mod manager;
 mod message;
 mod subscription;
@@ -94,7 +95,7 @@ pub use crate::routes::{BroadcastRoutes, setup_broadcast_routes};
 
 use crate::connections::ConnectionId;
 use crate::event::EventName;
-use crate::streaming::{Frames, StreamConfig, sse_response};
+use crate::streaming::sse_response;
 
 /// The first event of every connection: `data` is a hidden input carrying
 /// the connection id.
@@ -133,8 +134,7 @@ impl ResetReason {
 #[must_use]
 pub struct Connection {
     id: ConnectionId,
-    feed: feed::Feed,
-    config: StreamConfig,
+    body: feed::FeedBody,
 }
 
 impl fmt::Debug for Connection {
@@ -155,9 +155,7 @@ impl Connection {
 
 impl IntoResponse for Connection {
     fn into_response(self) -> Response {
-        // The feed ends itself, with the close message, when the manager
-        // stops it (`BroadcastManager::unregister`): no token of its own.
-        sse_response(Frames::new(self.feed, self.config, (), None, None))
+        sse_response(self.body)
     }
 }
 

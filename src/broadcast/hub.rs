@@ -1,0 +1,390 @@
+//! `Hub`: what every connection of a manager shares, and the one timer task
+//! that gives all of them their heartbeats and the shutdown.
+//!
+//! A connection keeps no timer and no shutdown future of its own: the
+//! manager's task counts *ticks*, a quarter of the heartbeat interval each,
+//! and wakes the connections that have been quiet for [`BEATS`] ticks; on
+//! shutdown it raises one flag and wakes them all. That keeps a `Sleep` and a
+//! cancellation future (about 180 bytes) and their timer-wheel entries out of
+//! every idle connection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use super::manager::{Direct, Filter, Inner, Stored};
+use crate::event::Event;
+use crate::streaming::{Shutdown, StreamConfig};
+
+/// A connection quiet for this many ticks gets a heartbeat: with a tick of a
+/// quarter of the interval, the quiet before a heartbeat is between ¾ of the
+/// interval and the interval, and an idle connection gets one per interval.
+pub(crate) const BEATS: u32 = 4;
+
+/// The shortest tick, however short the heartbeat interval.
+const MIN_TICK: Duration = Duration::from_millis(1);
+
+/// The stream settings and signals of a manager's connections.
+pub(crate) struct Hub {
+    pub(crate) heartbeat: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) close: Option<Event>,
+    pub(crate) debug: bool,
+    pub(crate) coalesce: bool,
+    pub(crate) filter: Option<Arc<Filter>>,
+    /// What goes to everyone and to topics.
+    pub(crate) ring: Ring,
+    /// Ticks since the timer task started (wrapping).
+    tick: AtomicU32,
+    /// The manager's shutdown signal was seen.
+    shut: AtomicBool,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        config: &StreamConfig,
+        filter: Option<Arc<Filter>>,
+        queue_capacity: usize,
+    ) -> Self {
+        Hub {
+            ring: Ring::new(queue_capacity),
+            heartbeat: config.heartbeat,
+            timeout: config.timeout,
+            close: config.close.clone(),
+            debug: config.debug,
+            coalesce: config.coalesce,
+            filter,
+            tick: AtomicU32::new(0),
+            shut: AtomicBool::new(false),
+        }
+    }
+
+    /// The current tick, to stamp a connection's last frame with.
+    pub(crate) fn tick(&self) -> u32 {
+        self.tick.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection whose last frame went out at tick `sent` is due
+    /// a heartbeat.
+    pub(crate) fn heartbeat_due(&self, sent: u32) -> bool {
+        self.heartbeat.is_some() && self.tick().wrapping_sub(sent) >= BEATS
+    }
+
+    /// Whether the manager is shutting down.
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Acquire)
+    }
+
+    /// The timer task: ticks (with a heartbeat) and the shutdown. Ends when
+    /// the manager is gone or once it has shut every connection.
+    pub(crate) async fn run(self: Arc<Self>, manager: Weak<Inner>, shutdown: Shutdown) {
+        let mut ticks = self.heartbeat.map(|every| {
+            let period = (every / BEATS).max(MIN_TICK);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            // A late tick is not made up for with a burst of heartbeats.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        let mut due: Vec<Arc<Direct>> = Vec::new();
+        loop {
+            tokio::select! {
+                () = shutdown.triggered() => {
+                    self.shut.store(true, Ordering::Release);
+                    if let Some(inner) = manager.upgrade() {
+                        inner.each_connection(|direct| due.push(Arc::clone(direct)));
+                    }
+                    tracing::debug!(connections = due.len(), "shutdown: ending every connection");
+                    for direct in due.drain(..) {
+                        direct.waker.wake();
+                    }
+                    return;
+                }
+                () = next_tick(ticks.as_mut()) => {
+                    let tick = self.tick.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                    let Some(inner) = manager.upgrade() else { return };
+                    // Collected under the manager's lock, woken after it.
+                    inner.each_connection(|direct| {
+                        if tick.wrapping_sub(direct.sent.load(Ordering::Relaxed)) >= BEATS {
+                            due.push(Arc::clone(direct));
+                        }
+                    });
+                    drop(inner);
+                    for direct in due.drain(..) {
+                        direct.waker.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The messages for everyone and for topics, newest last, each shared by
+/// every connection: a connection keeps only its position in the ring, and
+/// is woken through its `Direct` when a message is added. One that falls
+/// `capacity` messages behind has lagged (it is closed and resumes from the
+/// history).
+pub(crate) struct Ring {
+    buf: RwLock<RingBuf>,
+    capacity: usize,
+}
+
+struct RingBuf {
+    items: VecDeque<Arc<Stored>>,
+    /// The position of `items[0]`: how many messages left the ring.
+    start: u64,
+    /// The manager is gone: nothing more will be added.
+    closed: bool,
+}
+
+/// What a connection finds at its position in the ring.
+pub(crate) enum Read {
+    Message(Arc<Stored>),
+    /// Nothing yet.
+    Empty,
+    /// This many messages left the ring before the connection read them.
+    Lagged(u64),
+    /// Nothing more will come.
+    Closed,
+}
+
+impl Ring {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Ring {
+            buf: RwLock::new(RingBuf {
+                items: VecDeque::with_capacity(capacity.min(4096)),
+                start: 0,
+                closed: false,
+            }),
+            capacity,
+        }
+    }
+
+    /// The position of the next message added: where a new connection
+    /// starts.
+    pub(crate) fn end(&self) -> u64 {
+        let buf = self.buf.read();
+        buf.start + buf.items.len() as u64
+    }
+
+    /// Adds a message; the caller wakes the connections.
+    pub(crate) fn push(&self, stored: Arc<Stored>) {
+        let mut buf = self.buf.write();
+        if buf.items.len() == self.capacity {
+            buf.items.pop_front();
+            buf.start += 1;
+        }
+        buf.items.push_back(stored);
+    }
+
+    /// The message at position `pos`.
+    pub(crate) fn read(&self, pos: u64) -> Read {
+        let buf = self.buf.read();
+        if pos < buf.start {
+            return Read::Lagged(buf.start - pos);
+        }
+        let at = usize::try_from(pos - buf.start).unwrap_or(usize::MAX);
+        match buf.items.get(at) {
+            Some(stored) => Read::Message(Arc::clone(stored)),
+            None if buf.closed => Read::Closed,
+            None => Read::Empty,
+        }
+    }
+
+    /// Nothing more will be added; the caller wakes the connections.
+    pub(crate) fn close(&self) {
+        self.buf.write().closed = true;
+    }
+}
+
+async fn next_tick(ticks: Option<&mut tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::response::IntoResponse as _;
+    use tokio::time::Instant;
+    use tokio_stream::StreamExt as _;
+
+    use crate::BroadcastManager;
+    use crate::streaming::StreamConfig;
+
+    type Body = axum::body::BodyDataStream;
+
+    fn manager(heartbeat: Duration) -> BroadcastManager {
+        BroadcastManager::builder()
+            .stream(StreamConfig::new().heartbeat(heartbeat))
+            .build()
+    }
+
+    fn open(manager: &BroadcastManager) -> (crate::connections::ConnectionId, Body) {
+        let c = manager.connect(None, serde_json::Value::Null);
+        let id = c.id().clone();
+        (id, c.into_response().into_body().into_data_stream())
+    }
+
+    async fn next(body: &mut Body) -> String {
+        let chunk = body.next().await.unwrap().unwrap();
+        String::from_utf8(chunk.to_vec()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_gets_one_heartbeat_per_interval() {
+        let m = manager(Duration::from_secs(1));
+        let (_, mut body) = open(&m);
+        let t0 = Instant::now();
+        assert!(next(&mut body).await.starts_with("event: connection\n"));
+        for n in 1..=3 {
+            assert_eq!(next(&mut body).await, ":\n\n");
+            assert_eq!(t0.elapsed(), Duration::from_secs(n));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_postpones_the_heartbeat_by_three_quarters_to_one_interval() {
+        let m = manager(Duration::from_secs(1));
+        let (_, mut body) = open(&m);
+        next(&mut body).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        m.broadcast("n", "1", None, &[]).await.unwrap();
+        assert!(next(&mut body).await.contains("data: 1\n"));
+        let sent = Instant::now();
+        assert_eq!(next(&mut body).await, ":\n\n");
+        let quiet = sent.elapsed();
+        assert!(
+            quiet >= Duration::from_millis(750) && quiet <= Duration::from_secs(1),
+            "{quiet:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_gets_no_heartbeat_while_a_quiet_one_does() {
+        let m = manager(Duration::from_secs(1));
+        let (busy_id, mut busy) = open(&m);
+        let (_, mut quiet) = open(&m);
+        next(&mut busy).await;
+        next(&mut quiet).await;
+        let t0 = Instant::now();
+        // Both bodies are read as hyper reads them: all along.
+        let read = |mut body: Body| {
+            tokio::spawn(async move {
+                let mut chunks = Vec::new();
+                while let Ok(Some(chunk)) =
+                    tokio::time::timeout_at(t0 + Duration::from_millis(3100), body.next()).await
+                {
+                    let chunk = String::from_utf8(chunk.unwrap().to_vec()).unwrap();
+                    chunks.push((t0.elapsed(), chunk));
+                }
+                chunks
+            })
+        };
+        let (busy, quiet) = (read(busy), read(quiet));
+        for n in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            m.send_to(&busy_id, "n", n, None).await.unwrap();
+        }
+        let busy = busy.await.unwrap();
+        assert_eq!(busy.len(), 10, "{busy:?}");
+        assert!(busy.iter().all(|(_, c)| c.contains("data: ")), "{busy:?}");
+        let secs = Duration::from_secs;
+        let heartbeat = ":\n\n".to_owned();
+        assert_eq!(
+            quiet.await.unwrap(),
+            [
+                (secs(1), heartbeat.clone()),
+                (secs(2), heartbeat.clone()),
+                (secs(3), heartbeat)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_open_and_later_connections_without_the_close_message() {
+        let m = manager(Duration::from_secs(15));
+        let (_, mut open_before) = open(&m);
+        next(&mut open_before).await;
+        m.shutdown();
+        let wait = Duration::from_secs(5);
+        let end = tokio::time::timeout(wait, open_before.next())
+            .await
+            .unwrap();
+        assert!(end.is_none(), "{end:?}");
+        let (_, mut after) = open(&m);
+        let end = tokio::time::timeout(wait, after.next()).await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(m.connection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_timer_task_ends_with_the_manager() {
+        let m = manager(Duration::from_millis(10));
+        let (_, body) = open(&m);
+        let hub = std::sync::Arc::downgrade(&m.inner.hub);
+        drop(body);
+        drop(m);
+        for _ in 0..100 {
+            if hub.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the hub outlived its manager");
+    }
+
+    #[tokio::test]
+    async fn a_connection_lags_when_more_than_the_queue_capacity_is_waiting() {
+        // Three, not a power of two: the ring keeps exactly the capacity.
+        let m = BroadcastManager::builder().queue_capacity(3).build();
+        let (_, mut body) = open(&m);
+        next(&mut body).await;
+        for n in 0..3 {
+            m.broadcast("n", n, None, &[]).await.unwrap();
+        }
+        // Three waiting: all arrive, in one chunk.
+        let chunk = next(&mut body).await;
+        assert_eq!(chunk.matches("data: ").count(), 3, "{chunk}");
+        for n in 3..7 {
+            m.broadcast("n", n, None, &[]).await.unwrap();
+        }
+        // Four waiting: the connection ends, without the close message.
+        let wait = Duration::from_secs(5);
+        let end = tokio::time::timeout(wait, body.next()).await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(m.connection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_manager_ends_its_connections_after_what_was_sent() {
+        let m = manager(Duration::from_secs(15));
+        let (_, mut body) = open(&m);
+        next(&mut body).await;
+        m.broadcast("n", "last", None, &[]).await.unwrap();
+        drop(m);
+        let wait = Duration::from_secs(5);
+        let rest = tokio::time::timeout(wait, async {
+            let mut rest = String::new();
+            while let Some(chunk) = body.next().await {
+                rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+            }
+            rest
+        })
+        .await
+        .unwrap();
+        assert!(rest.contains("data: last\n\n"), "{rest}");
+        assert!(
+            rest.ends_with("event: close\ndata: connection closed\n\n"),
+            "{rest}"
+        );
+    }
+}
