@@ -138,9 +138,13 @@ pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
         }),
         Kind::Baseline => rt.block_on(async move {
             let (tx, _) = broadcast::channel::<String>(256);
-            let app = Router::new()
-                .route("/sse", get(baseline_handler))
-                .with_state(tx.clone());
+            let announce = std::env::var_os("FANOUT_BASELINE_ANNOUNCE").is_some_and(|v| v == "1");
+            let app = if announce {
+                Router::new().route("/sse", get(baseline_announce_handler))
+            } else {
+                Router::new().route("/sse", get(baseline_handler))
+            }
+            .with_state(tx.clone());
             tokio::spawn(control(ctl, move |msg| {
                 let _ = tx.send(msg);
                 std::future::ready(())
@@ -216,6 +220,26 @@ async fn baseline_handler(
     let stream = BroadcastStream::new(tx.subscribe())
         .filter_map(|msg| msg.ok())
         .map(|msg| Ok(Event::default().data(msg)));
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `FANOUT_BASELINE_ANNOUNCE=1`: the baseline, but it also tells the page
+/// its id and where it starts as soon as it connects, as the crate's
+/// `connection` event does. Not the axum examples' way: for the
+/// like-for-like memory reading in BENCHMARKS.md.
+async fn baseline_announce_handler(
+    State(tx): State<broadcast::Sender<String>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let hello = Event::default()
+        .event("connection")
+        .id(format!("0-0.{id}"))
+        .data(id);
+    let stream = tokio_stream::once(Ok(hello)).chain(
+        BroadcastStream::new(tx.subscribe())
+            .filter_map(|msg| msg.ok())
+            .map(|msg| Ok(Event::default().data(msg))),
+    );
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -1,7 +1,7 @@
 //! `BroadcastManager`: numbering, history, and handing each message to the
 //! connections it is for.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,7 +16,7 @@ use super::feed::{Feed, FeedBody, Intro};
 use super::hub::Hub;
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
-use crate::connections::{ConnectionId, ConnectionRegistry, RegistryStats, UserId};
+use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Listing, RegistryStats, UserId};
 use crate::error::Error;
 use crate::event::{Event, EventName};
 use crate::fragment::Fragment;
@@ -162,6 +162,8 @@ impl Stored {
 /// the connection's feed.
 #[derive(Debug)]
 pub(crate) struct Direct {
+    /// The connection as the registry lists it (its id among others).
+    pub(crate) entry: Entry,
     pub(crate) sub: Subscription,
     pub(crate) queue: Mutex<VecDeque<Arc<Stored>>>,
     pub(crate) waker: AtomicWaker,
@@ -178,8 +180,9 @@ pub(crate) struct Direct {
 }
 
 impl Direct {
-    fn new(sub: Subscription, tick: u32) -> Self {
+    fn new(sub: Subscription, entry: Entry, tick: u32) -> Self {
         Direct {
+            entry,
             sub,
             sent: AtomicU32::new(tick),
             queue: Mutex::new(VecDeque::new()),
@@ -191,16 +194,51 @@ impl Direct {
     }
 }
 
+impl Listing for Direct {
+    fn entry(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+/// A connection as the manager's map holds it: found by the id its
+/// `Direct` holds, so the id is not kept a second time as a key (one
+/// pointer per slot).
 struct Conn {
-    /// With the subscription: one pointer per entry of the map.
     direct: Arc<Direct>,
 }
+
+impl Conn {
+    fn id(&self) -> &ConnectionId {
+        self.direct.entry.id()
+    }
+}
+
+impl std::borrow::Borrow<ConnectionId> for Conn {
+    fn borrow(&self) -> &ConnectionId {
+        self.id()
+    }
+}
+
+impl std::hash::Hash for Conn {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the id hashes: lookups by `&ConnectionId` find it.
+        self.id().hash(state);
+    }
+}
+
+impl PartialEq for Conn {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for Conn {}
 
 pub(crate) struct Core {
     epoch: Epoch,
     seq: u64,
     history: VecDeque<Arc<Stored>>,
-    connections: HashMap<ConnectionId, Conn>,
+    connections: HashSet<Conn>,
     users: HashMap<UserId, Vec<ConnectionId>>,
 }
 
@@ -257,7 +295,7 @@ impl Drop for Inner {
     /// the close message.
     fn drop(&mut self) {
         self.hub.ring.close();
-        for conn in self.core.get_mut().connections.values() {
+        for conn in self.core.get_mut().connections.iter() {
             conn.direct.waker.wake();
         }
     }
@@ -266,7 +304,7 @@ impl Drop for Inner {
 impl Inner {
     /// Calls `f` with every connection of this instance, under the lock.
     pub(crate) fn each_connection(&self, mut f: impl FnMut(&Arc<Direct>)) {
-        for conn in self.core.lock().connections.values() {
+        for conn in self.core.lock().connections.iter() {
             f(&conn.direct);
         }
     }
@@ -291,7 +329,7 @@ impl Inner {
             .connections
             .get(id)
             .is_some_and(|c| Arc::ptr_eq(&c.direct, direct))
-            && let Some(conn) = core.connections.remove(id)
+            && let Some(conn) = core.connections.take(id)
         {
             if let Some(user) = &conn.direct.sub.user {
                 core.forget_user(user, id);
@@ -373,10 +411,10 @@ impl Inner {
             Target::All { exclude } => {
                 let excluded = exclude
                     .iter()
-                    .filter(|id| core.connections.contains_key(*id))
+                    .filter(|id| core.connections.contains(*id))
                     .count();
                 self.hub.ring.push(Arc::clone(&stored));
-                for conn in core.connections.values() {
+                for conn in core.connections.iter() {
                     conn.direct.waker.wake();
                 }
                 core.connections.len().saturating_sub(excluded)
@@ -388,8 +426,8 @@ impl Inner {
             } => {
                 self.hub.ring.push(Arc::clone(&stored));
                 let mut wanted = 0;
-                for (id, c) in &core.connections {
-                    if !exclude.contains(id) && c.direct.sub.wants(topics, *private).is_some() {
+                for c in &core.connections {
+                    if !exclude.contains(c.id()) && c.direct.sub.wants(topics, *private).is_some() {
                         c.direct.waker.wake();
                         wanted += 1;
                     }
@@ -414,7 +452,7 @@ impl Inner {
             // read them): every connection resumes, and gets the reset
             // event when the history cannot cover the gap.
             tracing::warn!(from = core.seq, to = seq, "gap in the message stream");
-            for conn in core.connections.values() {
+            for conn in core.connections.iter() {
                 conn.direct.lagged.store(true, Ordering::Release);
                 conn.direct.waker.wake();
             }
@@ -443,7 +481,7 @@ impl Inner {
             .lock()
             .connections
             .iter()
-            .map(|(id, c)| (id.clone(), c.direct.sub.user.clone()))
+            .map(|c| (c.id().clone(), c.direct.sub.user.clone()))
             .collect()
     }
 }
@@ -702,7 +740,7 @@ impl BroadcastBuilder {
                     epoch,
                     seq,
                     history: VecDeque::with_capacity(self.history.min(4096)),
-                    connections: HashMap::new(),
+                    connections: HashSet::new(),
                     users: HashMap::new(),
                 }),
                 backend,
@@ -777,8 +815,6 @@ impl BroadcastManager {
             .filter(|s| !s.is_empty())
             .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
         inner.start_timer();
-        let direct = Arc::new(Direct::new(sub, inner.hub.tick()));
-        let sub = &direct.sub;
         let mut core = inner.core.lock();
         let id = match (id, &resume) {
             (Some(id), _) => id,
@@ -816,20 +852,26 @@ impl BroadcastManager {
                 let replay: Vec<Arc<Stored>> = core
                     .history
                     .iter()
-                    .filter(|s| s.seq > lei.seq && s.body_for(&id, sub).is_some())
+                    .filter(|s| s.seq > lei.seq && s.body_for(&id, &sub).is_some())
                     .cloned()
                     .collect();
                 (lei.seq, None, replay)
             }
         };
         let ring = inner.hub.ring.end();
+        // The registry's entry lives in the `Direct`: one allocation.
+        let entry = inner
+            .registry
+            .entry(Some(id.clone()), &inner.kind, metadata);
+        let direct = Arc::new(Direct::new(sub, entry, inner.hub.tick()));
+        let sub = &direct.sub;
         if let Some(user) = &sub.user {
             core.users.entry(user.clone()).or_default().push(id.clone());
         }
         let conn = Conn {
             direct: Arc::clone(&direct),
         };
-        if let Some(old) = core.connections.insert(id.clone(), conn) {
+        if let Some(old) = core.connections.replace(conn) {
             old.direct.replaced.store(true, Ordering::Release);
             old.direct.waker.wake();
             if let Some(user) = &old.direct.sub.user {
@@ -848,7 +890,7 @@ impl BroadcastManager {
             Backend::Redis(redis) => Some(redis.add(id.clone(), sub.user.clone())),
         };
 
-        let registration = inner.registry.add(Some(id.clone()), &inner.kind, metadata);
+        let registration = inner.registry.list(Arc::clone(&direct) as Arc<dyn Listing>);
         let intro = Intro {
             connection: connection_event(epoch, &id, start),
             reset: reset.map(|r| reset_event(epoch, &id, seq_now, r)),
@@ -1186,7 +1228,7 @@ impl BroadcastManager {
             .core
             .lock()
             .connections
-            .values()
+            .iter()
             .filter(|c| c.direct.sub.listens_to(topic))
             .count()
     }
@@ -1198,7 +1240,7 @@ impl BroadcastManager {
         let core = self.inner.core.lock();
         let mut topics: Vec<Topic> = core
             .connections
-            .values()
+            .iter()
             .flat_map(|c| {
                 c.direct
                     .sub

@@ -14,6 +14,7 @@ use serde::Serialize;
 pub use registry::{
     ConnectionRegistry, ConnectionState, Registration, RegistryStats, SseConnection,
 };
+pub(crate) use registry::{Entry, Listing};
 
 use crate::error::Error;
 

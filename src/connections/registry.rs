@@ -120,7 +120,10 @@ pub struct RegistryStats {
     pub messages: u64,
 }
 
-struct Entry {
+/// What the registry knows of one connection. The broadcast manager keeps
+/// it inside the connection's own state (one allocation per connection, not
+/// two), so the registry lists entries through [`Listing`].
+pub(crate) struct Entry {
     id: ConnectionId,
     kind: Arc<str>,
     /// `None` for `Value::Null` (most connections): a pointer, not the 32
@@ -132,7 +135,32 @@ struct Entry {
     state: AtomicU8,
 }
 
+/// Something that holds an [`Entry`]: the entry itself, or a larger
+/// per-connection state that embeds it.
+pub(crate) trait Listing: Send + Sync + 'static {
+    fn entry(&self) -> &Entry;
+}
+
+impl Listing for Entry {
+    fn entry(&self) -> &Entry {
+        self
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("id", &self.id)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Entry {
+    pub(crate) fn id(&self) -> &ConnectionId {
+        &self.id
+    }
+
     fn snapshot(&self) -> SseConnection {
         let ms = self.last_activity_ms.load(Ordering::Relaxed);
         SseConnection {
@@ -159,25 +187,31 @@ impl Entry {
 }
 
 /// An entry as the registry lists it: found by its id, which it holds, so
-/// the id is not kept a second time as a key (one pointer per slot).
-struct Listed(Arc<Entry>);
+/// the id is not kept a second time as a key.
+struct Listed(Arc<dyn Listing>);
+
+impl Listed {
+    fn entry(&self) -> &Entry {
+        self.0.entry()
+    }
+}
 
 impl Borrow<ConnectionId> for Listed {
     fn borrow(&self) -> &ConnectionId {
-        &self.0.id
+        &self.entry().id
     }
 }
 
 impl Hash for Listed {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // As the id hashes: lookups by `&ConnectionId` find it.
-        self.0.id.hash(state);
+        self.entry().id.hash(state);
     }
 }
 
 impl PartialEq for Listed {
     fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
+        self.entry().id == other.entry().id
     }
 }
 
@@ -251,8 +285,18 @@ impl ConnectionRegistry {
         kind: &str,
         metadata: serde_json::Value,
     ) -> Registration {
+        self.list(Arc::new(self.entry(id, kind, metadata)))
+    }
+
+    /// A new entry in state [`ConnectionState::Connecting`], not yet listed.
+    pub(crate) fn entry(
+        &self,
+        id: Option<ConnectionId>,
+        kind: &str,
+        metadata: serde_json::Value,
+    ) -> Entry {
         let now = Utc::now();
-        let entry = Arc::new(Entry {
+        Entry {
             id: id.unwrap_or_else(ConnectionId::random),
             kind: self.shared.kind(kind),
             metadata: (!metadata.is_null()).then(|| Box::new(metadata)),
@@ -260,18 +304,25 @@ impl ConnectionRegistry {
             last_activity_ms: AtomicI64::new(now.timestamp_millis()),
             messages: AtomicU64::new(0),
             state: AtomicU8::new(ConnectionState::Connecting.to_u8()),
-        });
-        self.shared.map.write().replace(Listed(Arc::clone(&entry)));
+        }
+    }
+
+    /// Lists `listing`'s entry, replacing one of the same id.
+    pub(crate) fn list(&self, listing: Arc<dyn Listing>) -> Registration {
+        self.shared
+            .map
+            .write()
+            .replace(Listed(Arc::clone(&listing)));
         Registration {
             shared: Arc::clone(&self.shared),
-            entry,
+            entry: listing,
         }
     }
 
     /// The connection with this id, if registered.
     #[must_use]
     pub fn get(&self, id: &ConnectionId) -> Option<SseConnection> {
-        self.shared.map.read().get(id).map(|e| e.0.snapshot())
+        self.shared.map.read().get(id).map(|e| e.entry().snapshot())
     }
 
     /// Whether a connection with this id is registered.
@@ -298,8 +349,8 @@ impl ConnectionRegistry {
             .map
             .read()
             .iter()
-            .filter(|e| keep(&e.0))
-            .map(|e| e.0.snapshot())
+            .filter(|e| keep(e.entry()))
+            .map(|e| e.entry().snapshot())
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
@@ -314,7 +365,7 @@ impl ConnectionRegistry {
             messages: self.shared.messages.load(Ordering::Relaxed),
             ..RegistryStats::default()
         };
-        for Listed(e) in map.iter() {
+        for e in map.iter().map(Listed::entry) {
             if e.state().is_active() {
                 stats.active += 1;
             }
@@ -342,14 +393,14 @@ impl ConnectionRegistry {
 /// as the connection.
 pub struct Registration {
     shared: Arc<Shared>,
-    entry: Arc<Entry>,
+    entry: Arc<dyn Listing>,
 }
 
 impl fmt::Debug for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registration")
-            .field("id", &self.entry.id)
-            .field("state", &self.entry.state())
+            .field("id", &self.entry.entry().id)
+            .field("state", &self.entry.entry().state())
             .finish()
     }
 }
@@ -358,18 +409,21 @@ impl Registration {
     /// The connection's id.
     #[must_use]
     pub fn id(&self) -> &ConnectionId {
-        &self.entry.id
+        &self.entry.entry().id
     }
 
     /// Its current state.
     #[must_use]
     pub fn state(&self) -> ConnectionState {
-        self.entry.state()
+        self.entry.entry().state()
     }
 
     /// Moves it to `state`.
     pub fn set_state(&self, state: ConnectionState) {
-        self.entry.state.store(state.to_u8(), Ordering::Relaxed);
+        self.entry
+            .entry()
+            .state
+            .store(state.to_u8(), Ordering::Relaxed);
     }
 
     /// Counts one delivered message and marks the connection active now.
@@ -399,9 +453,10 @@ impl Registration {
         if n == 0 {
             return;
         }
-        self.entry.messages.fetch_add(n, Ordering::Relaxed);
+        self.entry.entry().messages.fetch_add(n, Ordering::Relaxed);
         self.shared.messages.fetch_add(n, Ordering::Relaxed);
         self.entry
+            .entry()
             .last_activity_ms
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
@@ -413,7 +468,7 @@ impl Registration {
         self.shared
             .map
             .read()
-            .get(&self.entry.id)
+            .get(&self.entry.entry().id)
             .is_some_and(|e| Arc::ptr_eq(&e.0, &self.entry))
     }
 }
@@ -423,10 +478,10 @@ impl Drop for Registration {
         self.set_state(ConnectionState::Disconnected);
         let mut map = self.shared.map.write();
         if map
-            .get(&self.entry.id)
+            .get(&self.entry.entry().id)
             .is_some_and(|e| Arc::ptr_eq(&e.0, &self.entry))
         {
-            map.remove(&self.entry.id);
+            map.remove(&self.entry.entry().id);
         }
     }
 }
@@ -479,10 +534,10 @@ mod tests {
         let r = ConnectionRegistry::new();
         let (a, b) = (r.add(None, "k", json!(null)), r.add(None, "k", json!(null)));
         let c = r.add(None, "other", json!(null));
-        assert!(Arc::ptr_eq(&a.entry.kind, &b.entry.kind));
-        assert_eq!(&*c.entry.kind, "other");
+        assert!(Arc::ptr_eq(&a.entry.entry().kind, &b.entry.entry().kind));
+        assert_eq!(&*c.entry.entry().kind, "other");
         let d = r.add(None, "k", json!(null));
-        assert_eq!(&*d.entry.kind, "k");
+        assert_eq!(&*d.entry.entry().kind, "k");
         assert_eq!(
             r.stats().by_kind,
             BTreeMap::from([("k".to_owned(), 3), ("other".to_owned(), 1)])
