@@ -655,3 +655,65 @@ async fn ids_never_go_backwards_when_broadcasts_and_direct_messages_interleave()
     }
     publisher.await.unwrap();
 }
+
+/// Broadcasts published from the test's thread in short bursts while the
+/// connections run on two workers, each burst waiting until every
+/// connection has the burst's last message: a connection that is not woken
+/// for a message stalls, and the test fails after `WAIT` (no heartbeat
+/// here to wake it). Every connection gets every message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_gets_every_broadcast_across_threads() {
+    const CLIENTS: usize = 8;
+    const BURSTS: usize = 1_500;
+    let manager = BroadcastManager::builder()
+        .stream(StreamConfig::new().no_heartbeat())
+        .build();
+    let s = Server::start(manager).await;
+    let (tx, _) = tokio::sync::broadcast::channel::<usize>(BURSTS * 3);
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut c, _) = s.client().await;
+        let done = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let ev = next(&mut c).await;
+                if ev.data == "end" {
+                    return n;
+                }
+                assert_eq!(ev.data, n.to_string());
+                let _ = done.send(n);
+                n += 1;
+            }
+        }));
+    }
+    let mut acks = tx.subscribe();
+    let mut sent = 0;
+    for burst in 0..BURSTS {
+        for i in 0..=(burst % 3) {
+            if i > 0 {
+                // A little apart, so that a message often arrives while a
+                // connection is busy with the one before. (This thread is
+                // the test's own, not a worker's.)
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            s.manager.broadcast("n", sent, None, &[]).await.unwrap();
+            sent += 1;
+        }
+        // Every connection acknowledges the burst's last message.
+        let mut got = 0;
+        while got < CLIENTS {
+            let n = tokio::time::timeout(WAIT, acks.recv())
+                .await
+                .expect("a connection stalled: a wake-up was lost")
+                .unwrap();
+            if n == sent - 1 {
+                got += 1;
+            }
+        }
+    }
+    s.manager.broadcast("n", "end", None, &[]).await.unwrap();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), sent);
+    }
+}

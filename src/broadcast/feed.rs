@@ -20,7 +20,7 @@ use super::hub::{Hub, Read};
 use super::manager::{Direct, Inner, Recipient, Stored};
 use crate::connections::{ConnectionState, Registration};
 use crate::event::Event;
-use crate::streaming::{Batch, EndReason, Piece, drain, log_frame};
+use crate::streaming::{Batch, EndReason, Piece, drain, expired, log_frame};
 
 /// What a connection receives before live messages.
 pub(crate) struct Intro {
@@ -344,11 +344,7 @@ impl Stream for FeedBody {
         let mut frames = 0;
         let mut reason = if hub.is_shut() {
             Some(EndReason::Shutdown)
-        } else if this
-            .deadline
-            .as_mut()
-            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-        {
+        } else if expired(&mut this.deadline, cx) {
             Some(EndReason::TimedOut)
         } else {
             None

@@ -79,5 +79,5 @@ mod stream;
 pub use config::{CLOSE_EVENT, StreamConfig};
 pub use oob::{OobFlavor, OobStreamBuilder, Swap};
 pub use shutdown::Shutdown;
-pub(crate) use stream::{Batch, Piece, drain, log_frame, sse_response};
+pub(crate) use stream::{Batch, Piece, drain, expired, log_frame, sse_response};
 pub use stream::{EndReason, SseStream, StopHandle, Transform};

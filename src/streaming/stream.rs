@@ -611,6 +611,14 @@ fn log_piece(stream: &dyn fmt::Display, piece: &Piece) {
     }
 }
 
+/// Whether the stream's timeout (if it has one) passed; if not, `cx` is
+/// woken when it does.
+pub(crate) fn expired(deadline: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    deadline
+        .as_mut()
+        .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+}
+
 /// Takes into `batch` what `next` has ready: frames until it is pending or
 /// the batch holds [`BATCH_BYTES`]; with `coalesce`, every waiting frame (up
 /// to [`COALESCE_MAX`]), the newest of each event name only. Returns how
@@ -704,11 +712,7 @@ where
             Some(EndReason::Shutdown)
         } else if this.stop.is_stopped() {
             Some(EndReason::Stopped)
-        } else if this
-            .deadline
-            .as_mut()
-            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-        {
+        } else if expired(this.deadline, cx) {
             Some(EndReason::TimedOut)
         } else {
             None
