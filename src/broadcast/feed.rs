@@ -340,6 +340,13 @@ impl Stream for FeedBody {
         let Some(feed) = &mut this.feed else {
             return Poll::Ready(None);
         };
+        if feed.opening.is_some()
+            && let Some(inner) = feed.manager.upgrade()
+        {
+            // The first poll runs in a runtime, whether or not the
+            // connection was opened in one.
+            inner.start_timer();
+        }
         let mut batch = Batch::new(this.size_hint);
         let mut frames = 0;
         let mut reason = if hub.is_shut() {

@@ -73,6 +73,11 @@ impl Hub {
         self.heartbeat.is_some() && self.tick().wrapping_sub(sent) >= BEATS
     }
 
+    /// Marks the manager as shutting down; the caller wakes the connections.
+    pub(crate) fn mark_shut(&self) {
+        self.shut.store(true, Ordering::Release);
+    }
+
     /// Whether the manager is shutting down.
     pub(crate) fn is_shut(&self) -> bool {
         self.shut.load(Ordering::Acquire)
@@ -92,7 +97,7 @@ impl Hub {
         loop {
             tokio::select! {
                 () = shutdown.triggered() => {
-                    self.shut.store(true, Ordering::Release);
+                    self.mark_shut();
                     if let Some(inner) = manager.upgrade() {
                         inner.each_connection(|direct| due.push(Arc::clone(direct)));
                     }
@@ -386,5 +391,33 @@ mod tests {
             rest.ends_with("event: close\ndata: connection closed\n\n"),
             "{rest}"
         );
+    }
+
+    #[test]
+    fn a_connection_opened_outside_a_runtime_still_gets_heartbeats() {
+        let m = manager(Duration::from_secs(1));
+        let (_, mut body) = open(&m);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let t0 = Instant::now();
+            assert!(next(&mut body).await.starts_with("event: connection\n"));
+            let beat = tokio::time::timeout(Duration::from_secs(5), next(&mut body)).await;
+            assert_eq!(beat.expect("no heartbeat: no timer task"), ":\n\n");
+            assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        });
+    }
+
+    #[tokio::test]
+    async fn a_connection_opened_after_the_shutdown_ends_before_its_first_frame() {
+        let m = manager(Duration::from_secs(15));
+        m.shutdown();
+        let (_, mut body) = open(&m);
+        let end = body.next().await;
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(m.connection_count(), 0);
     }
 }

@@ -309,10 +309,17 @@ impl Inner {
         }
     }
 
-    /// Starts the hub's timer task once, if there is a runtime to run it.
-    fn start_timer(self: &Arc<Self>) {
+    /// Starts the hub's timer task once, if there is a runtime to run it
+    /// (at the first connection, and again at its first poll, which always
+    /// runs in one).
+    pub(crate) fn start_timer(self: &Arc<Self>) {
         if self.timer.get().is_some() {
             return;
+        }
+        // A connection opened after the shutdown ends at once, before the
+        // task has run.
+        if self.shutdown.is_triggered() {
+            self.hub.mark_shut();
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             self.timer.get_or_init(|| {
