@@ -240,6 +240,7 @@ impl Feed {
                     // pushes wake through the `Direct` too), so a push
                     // between the two is never missed.
                     this.direct.waker.register(cx.waker());
+                    hub.wait_for_ring(&this.direct);
                     this.direct_next = this.direct.queue.lock().pop_front();
                     if let Some(end) = this.direct_end() {
                         return end;
@@ -297,6 +298,7 @@ impl Drop for Feed {
     fn drop(&mut self) {
         self.count();
         if let Some(inner) = self.manager.upgrade() {
+            inner.hub.stop_waiting(&self.direct);
             inner.remove(self.registration.id(), &self.direct);
         }
     }

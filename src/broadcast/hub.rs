@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::manager::{Direct, Filter, Inner, Stored};
 use crate::event::Event;
@@ -37,6 +37,8 @@ pub(crate) struct Hub {
     pub(crate) filter: Option<Arc<Filter>>,
     /// What goes to everyone and to topics.
     pub(crate) ring: Ring,
+    /// The connections waiting for the ring's next message.
+    waiting: Waiting,
     /// Ticks since the timer task started (wrapping).
     tick: AtomicU32,
     /// The manager's shutdown signal was seen.
@@ -51,6 +53,7 @@ impl Hub {
     ) -> Self {
         Hub {
             ring: Ring::new(queue_capacity),
+            waiting: Waiting::default(),
             heartbeat: config.heartbeat,
             timeout: config.timeout,
             close: config.close.clone(),
@@ -71,6 +74,55 @@ impl Hub {
     /// a heartbeat.
     pub(crate) fn heartbeat_due(&self, sent: u32) -> bool {
         self.heartbeat.is_some() && self.tick().wrapping_sub(sent) >= BEATS
+    }
+
+    /// Lists `direct` among the connections the ring's next message wakes
+    /// (once, however often it is called before that message). The caller
+    /// has registered its waker and looks at the ring again afterwards.
+    pub(crate) fn wait_for_ring(&self, direct: &Arc<Direct>) {
+        let mut w = self.waiting.list.lock();
+        let generation = w.generation;
+        if slot_generation(direct.waiting.load(Ordering::Relaxed)) == generation {
+            return;
+        }
+        let at = w.directs.len();
+        w.directs.push(Arc::clone(direct));
+        direct
+            .waiting
+            .store(slot(generation, at), Ordering::Relaxed);
+    }
+
+    /// Takes `direct` off the waiting list (its connection is gone).
+    pub(crate) fn stop_waiting(&self, direct: &Arc<Direct>) {
+        let mut w = self.waiting.list.lock();
+        let at = direct.waiting.load(Ordering::Relaxed);
+        if slot_generation(at) != w.generation {
+            return;
+        }
+        let at = slot_index(at);
+        if at < w.directs.len() && Arc::ptr_eq(&w.directs[at], direct) {
+            w.directs.swap_remove(at);
+            if let Some(moved) = w.directs.get(at) {
+                moved
+                    .waiting
+                    .store(slot(w.generation, at), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Wakes the connections waiting for the ring (after a push), and only
+    /// them: a connection busy with what it has is not touched.
+    pub(crate) fn wake_ring_waiters(&self) {
+        let mut woken = self.waiting.spare.lock();
+        {
+            let mut w = self.waiting.list.lock();
+            // A new generation: every slot handed out so far is stale.
+            w.generation = w.generation.wrapping_add(1).max(1);
+            std::mem::swap(&mut w.directs, &mut woken);
+        }
+        for direct in woken.drain(..) {
+            direct.waker.wake();
+        }
     }
 
     /// Marks the manager as shutting down; the caller wakes the connections.
@@ -124,6 +176,45 @@ impl Hub {
             }
         }
     }
+}
+
+/// The connections waiting for the ring's next message. Each connection's
+/// `Direct` knows its place in the list (`Direct::waiting`: the list's
+/// generation and an index), so it is listed once and leaves in O(1); a
+/// push takes the whole list and starts a new generation, so the places it
+/// handed out go stale at once.
+#[derive(Default)]
+struct Waiting {
+    list: Mutex<WaitList>,
+    /// The list the last push took, emptied: its room is kept for the next.
+    spare: Mutex<Vec<Arc<Direct>>>,
+}
+
+struct WaitList {
+    /// Never 0, which marks a `Direct` that was never listed.
+    generation: u32,
+    directs: Vec<Arc<Direct>>,
+}
+
+impl Default for WaitList {
+    fn default() -> Self {
+        WaitList {
+            generation: 1,
+            directs: Vec::new(),
+        }
+    }
+}
+
+fn slot(generation: u32, index: usize) -> u64 {
+    (u64::from(generation) << 32) | (index as u64 & u64::from(u32::MAX))
+}
+
+fn slot_generation(slot: u64) -> u32 {
+    (slot >> 32) as u32
+}
+
+fn slot_index(slot: u64) -> usize {
+    (slot & u64::from(u32::MAX)) as usize
 }
 
 /// The messages for everyone and for topics, newest last, each shared by
@@ -419,5 +510,34 @@ mod tests {
         let end = body.next().await;
         assert!(end.is_none(), "{end:?}");
         assert_eq!(m.connection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_ring_wakes_only_waiting_connections_and_forgets_those_gone() {
+        use futures_util::FutureExt as _;
+        let m = manager(Duration::from_secs(15));
+        let waiting = || m.inner.hub.waiting.list.lock().directs.len();
+        let mut bodies: Vec<Body> = (0..3).map(|_| open(&m).1).collect();
+        for body in &mut bodies {
+            assert!(next(body).await.starts_with("event: connection\n"));
+            // Nothing more: the connection waits, listed once however
+            // often it is polled.
+            assert!(body.next().now_or_never().is_none());
+            assert!(body.next().now_or_never().is_none());
+        }
+        assert_eq!(waiting(), 3);
+        // Gone while waiting: off the list at once (the last one moves into
+        // the first one's place, and leaves from there).
+        let last = bodies.pop().unwrap();
+        drop(bodies.remove(0));
+        assert_eq!(waiting(), 2);
+        drop(last);
+        assert_eq!(waiting(), 1);
+        // A push wakes (and unlists) the one left, which gets the message.
+        m.broadcast("n", "1", None, &[]).await.unwrap();
+        assert_eq!(waiting(), 0);
+        assert!(next(&mut bodies[0]).await.contains("data: 1\n"));
+        assert!(bodies[0].next().now_or_never().is_none());
+        assert_eq!(waiting(), 1);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -177,6 +177,9 @@ pub(crate) struct Direct {
     /// The hub's tick when the connection last sent a frame: the timer task
     /// wakes it for a heartbeat when it has been quiet long enough.
     pub(crate) sent: AtomicU32,
+    /// Its place in the hub's list of connections waiting for the ring
+    /// (generation and index; changed under that list's lock).
+    pub(crate) waiting: AtomicU64,
 }
 
 impl Direct {
@@ -185,6 +188,7 @@ impl Direct {
             entry,
             sub,
             sent: AtomicU32::new(tick),
+            waiting: AtomicU64::new(0),
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             lagged: AtomicBool::new(false),
@@ -421,9 +425,7 @@ impl Inner {
                     .filter(|id| core.connections.contains(*id))
                     .count();
                 self.hub.ring.push(Arc::clone(&stored));
-                for conn in core.connections.iter() {
-                    conn.direct.waker.wake();
-                }
+                self.hub.wake_ring_waiters();
                 core.connections.len().saturating_sub(excluded)
             }
             Target::Topics {
