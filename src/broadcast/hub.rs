@@ -540,4 +540,53 @@ mod tests {
         assert!(bodies[0].next().now_or_never().is_none());
         assert_eq!(waiting(), 1);
     }
+
+    #[tokio::test]
+    async fn topic_messages_for_others_do_not_make_a_connection_lag() {
+        use crate::broadcast::Subscription;
+        use crate::topics::{Topic, TopicSelector};
+        // Room for 4 waiting messages; 10 go by on a topic that only the
+        // second connection listens to.
+        let m = BroadcastManager::builder()
+            .queue_capacity(4)
+            .stream(StreamConfig::new().no_heartbeat())
+            .build();
+        let (_, mut plain) = open(&m);
+        let sub = Subscription::new().topics(vec![TopicSelector::new("t").unwrap()]);
+        let c = m.subscribe(sub, None, serde_json::Value::Null);
+        let mut listener = c.into_response().into_body().into_data_stream();
+        let read_all = |body: Body| {
+            tokio::spawn(async move {
+                let mut body = body;
+                let mut text = String::new();
+                while let Ok(Some(chunk)) =
+                    tokio::time::timeout(Duration::from_millis(500), body.next()).await
+                {
+                    text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+                }
+                (text, body)
+            })
+        };
+        next(&mut plain).await;
+        next(&mut listener).await;
+        let plain = read_all(plain);
+        let listener = read_all(listener);
+        for n in 0..10 {
+            m.message("t", n)
+                .topics([Topic::new("t").unwrap()])
+                .send()
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        m.broadcast("all", "x", None, &[]).await.unwrap();
+        let (plain, _open) = plain.await.unwrap();
+        let (listener, _still_open) = listener.await.unwrap();
+        // The first connection got the broadcast, and nothing else: it was
+        // not closed for the topic messages it skipped.
+        assert_eq!(plain.matches("data: ").count(), 1, "{plain}");
+        assert!(plain.ends_with("data: x\n\n"), "{plain}");
+        assert_eq!(listener.matches("data: ").count(), 11, "{listener}");
+        assert_eq!(m.connection_count(), 2);
+    }
 }

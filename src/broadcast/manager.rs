@@ -434,14 +434,16 @@ impl Inner {
                 exclude,
             } => {
                 self.hub.ring.push(Arc::clone(&stored));
-                let mut wanted = 0;
-                for c in &core.connections {
-                    if !exclude.contains(c.id()) && c.direct.sub.wants(topics, *private).is_some() {
-                        c.direct.waker.wake();
-                        wanted += 1;
-                    }
-                }
-                wanted
+                // Every waiting connection, not only the subscribed ones:
+                // each must move past it in the ring, or messages for
+                // others would make it lag.
+                self.hub.wake_ring_waiters();
+                core.connections
+                    .iter()
+                    .filter(|c| {
+                        !exclude.contains(c.id()) && c.direct.sub.wants(topics, *private).is_some()
+                    })
+                    .count()
             }
         };
         (id, delivered)
