@@ -330,6 +330,13 @@ mod tests {
         (id, c.into_response().into_body().into_data_stream())
     }
 
+    /// Asserts that the stream ends (within 5 s) with nothing more.
+    async fn assert_ends(body: &mut Body) {
+        let end = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+        let end = end.expect("the stream did not end");
+        assert!(end.is_none(), "{end:?}");
+    }
+
     async fn next(body: &mut Body) -> String {
         let chunk = body.next().await.unwrap().unwrap();
         String::from_utf8(chunk.to_vec()).unwrap()
@@ -411,14 +418,9 @@ mod tests {
         let (_, mut open_before) = open(&m);
         next(&mut open_before).await;
         m.shutdown();
-        let wait = Duration::from_secs(5);
-        let end = tokio::time::timeout(wait, open_before.next())
-            .await
-            .unwrap();
-        assert!(end.is_none(), "{end:?}");
+        assert_ends(&mut open_before).await;
         let (_, mut after) = open(&m);
-        let end = tokio::time::timeout(wait, after.next()).await.unwrap();
-        assert!(end.is_none(), "{end:?}");
+        assert_ends(&mut after).await;
         assert_eq!(m.connection_count(), 0);
     }
 
@@ -454,9 +456,7 @@ mod tests {
             m.broadcast("n", n, None, &[]).await.unwrap();
         }
         // Four waiting: the connection ends, without the close message.
-        let wait = Duration::from_secs(5);
-        let end = tokio::time::timeout(wait, body.next()).await.unwrap();
-        assert!(end.is_none(), "{end:?}");
+        assert_ends(&mut body).await;
         assert_eq!(m.connection_count(), 0);
     }
 
@@ -507,8 +507,7 @@ mod tests {
         let m = manager(Duration::from_secs(15));
         m.shutdown();
         let (_, mut body) = open(&m);
-        let end = body.next().await;
-        assert!(end.is_none(), "{end:?}");
+        assert_ends(&mut body).await;
         assert_eq!(m.connection_count(), 0);
     }
 

@@ -481,17 +481,9 @@ fn event_name(frame: &Bytes) -> Option<Bytes> {
     None
 }
 
-/// What ends a [`Frames`] with its close message besides its source: a
-/// [`StopHandle`]'s token ([`TokenStop`]).
-pub(crate) trait Stop {
-    /// Whether the stream was stopped.
-    fn is_stopped(&self) -> bool;
-    /// Whether the stream was stopped; if not, `cx` is woken when it is.
-    fn poll_stopped(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool;
-}
-
 pin_project! {
-    /// A stop through a [`CancellationToken`]: see [`StopHandle`].
+    /// What ends a [`Frames`] with its close message besides its source:
+    /// a [`StopHandle`]'s token.
     pub(crate) struct TokenStop {
         token: CancellationToken,
         #[pin]
@@ -508,11 +500,13 @@ impl TokenStop {
     }
 }
 
-impl Stop for TokenStop {
+impl TokenStop {
+    /// Whether the stream was stopped.
     fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
 
+    /// Whether the stream was stopped; if not, `cx` is woken when it is.
     fn poll_stopped(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
         self.project().stopped.poll(cx).is_ready()
     }
@@ -521,7 +515,7 @@ impl Stop for TokenStop {
 pin_project! {
     /// The body of an SSE response: the source's frames, heartbeats, and the
     /// initial and close messages.
-    pub(crate) struct Frames<S, T> {
+    pub(crate) struct Frames<S> {
         #[pin]
         source: Option<S>,
         #[pin]
@@ -531,7 +525,7 @@ pin_project! {
         // Boxed: rarely set, and a `Sleep` is 112 bytes of every stream.
         deadline: Option<Pin<Box<Sleep>>>,
         #[pin]
-        stop: T,
+        stop: TokenStop,
         shutdown_token: Option<CancellationToken>,
         #[pin]
         shutdown: Option<WaitForCancellationFutureOwned>,
@@ -549,11 +543,11 @@ pin_project! {
     }
 }
 
-impl<S, T> Frames<S, T> {
+impl<S> Frames<S> {
     pub(crate) fn new(
         source: S,
         config: StreamConfig,
-        stop: T,
+        stop: TokenStop,
         task: Option<AbortHandle>,
         on_end: Option<OnEnd>,
     ) -> Self {
@@ -678,10 +672,9 @@ pub(crate) fn drain(
     (frames, reason)
 }
 
-impl<S, T> Stream for Frames<S, T>
+impl<S> Stream for Frames<S>
 where
     S: Stream<Item = Piece>,
-    T: Stop,
 {
     type Item = Result<Bytes, Infallible>;
 
@@ -810,8 +803,7 @@ mod tests {
     use std::sync::Arc;
     use tokio_stream::StreamExt as _;
 
-    type TestFrames<S> =
-        Pin<Box<Frames<Transform<S, fn(<S as Stream>::Item) -> Piece>, TokenStop>>>;
+    type TestFrames<S> = Pin<Box<Frames<Transform<S, fn(<S as Stream>::Item) -> Piece>>>>;
 
     fn frames<S>(s: SseStream<S>) -> TestFrames<S>
     where
@@ -974,7 +966,7 @@ mod tests {
     fn piece_frames<S: Stream<Item = Piece>>(
         source: S,
         config: StreamConfig,
-    ) -> Pin<Box<Frames<S, TokenStop>>> {
+    ) -> Pin<Box<Frames<S>>> {
         Box::pin(Frames::new(
             source,
             config,
