@@ -643,3 +643,92 @@ async fn broadcast_publish_routes_need_rights_with_an_authorizer() {
     assert_eq!(post(Some("user=alice"), "note").await, 200);
     assert_eq!(manager.last_id().seq(), 1);
 }
+
+/// Topic messages and broadcasts published from the test's thread while
+/// six connections (three on `a`, three on `b`) run on two workers, with
+/// room for only 4 waiting messages each. A connection on `b` sits through
+/// twelve messages on `a` between its own, none of which wakes it: it
+/// must neither be closed as lagging nor miss one of its own. Each round
+/// waits until the connections it was for have its last message, so a
+/// lost wake-up fails the test after `WAIT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_topic_connections_skip_messages_for_others_across_threads() {
+    const ROUNDS: usize = 400;
+    let manager = BroadcastManager::builder()
+        .queue_capacity(4)
+        .stream(htmx_sse::streaming::StreamConfig::new().no_heartbeat())
+        .build();
+    let (base, _) = common::serve(TopicRoutes::new(manager.clone()).install(Router::new())).await;
+    let (acks, _) = tokio::sync::broadcast::channel::<(usize, String)>(ROUNDS * 40);
+    let mut readers = Vec::new();
+    for n in 0..6 {
+        let topic = if n < 3 { "a" } else { "b" };
+        let mut c = TestClient::get(format!("{base}/hub?topic={topic}"))
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(next(&mut c).await.event, "connection");
+        let acks = acks.clone();
+        readers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let data = next(&mut c).await.data;
+                if data == "end" {
+                    return got;
+                }
+                let _ = acks.send((n / 3, data.clone()));
+                got.push(data);
+            }
+        }));
+    }
+    let mut heard = acks.subscribe();
+    let mut expected: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        // To `a` mostly, to `b` every fifth round, to everyone every
+        // seventh.
+        let to: &[usize] = match (round % 7, round % 5) {
+            (6, _) => &[0, 1],
+            (_, 4) => &[1],
+            _ => &[0],
+        };
+        let mut last = String::new();
+        for i in 0..3 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            last = format!("{round}.{i}");
+            let message = manager.message("message", last.as_str());
+            if to.len() == 2 {
+                message.send().await.unwrap();
+            } else {
+                let topic = if to[0] == 0 { "a" } else { "b" };
+                message
+                    .topics([Topic::new(topic).unwrap()])
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            for &group in to {
+                expected[group].push(last.clone());
+            }
+        }
+        let mut waiting_for = 3 * to.len();
+        while waiting_for > 0 {
+            let (_, data) = tokio::time::timeout(WAIT, heard.recv())
+                .await
+                .expect("a connection stalled: a wake-up was lost")
+                .unwrap();
+            if data == last {
+                waiting_for -= 1;
+            }
+        }
+    }
+    assert_eq!(manager.connection_count(), 6, "a connection was closed");
+    manager
+        .broadcast("message", "end", None, &[])
+        .await
+        .unwrap();
+    for (n, r) in readers.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), expected[n / 3], "connection {n}");
+    }
+}

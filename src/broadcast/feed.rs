@@ -51,6 +51,9 @@ pub(crate) struct Feed {
     manager: Weak<Inner>,
     /// The position of the next message to read in the hub's ring.
     ring: u64,
+    /// Where the ring was when the connection was last listed as waiting
+    /// (`u64::MAX` before that): see [`Hub::skippable`].
+    since: u64,
     direct: Arc<Direct>,
     opening: Option<Box<Opening>>,
     ring_next: Option<Arc<Stored>>,
@@ -73,6 +76,7 @@ impl Feed {
         Feed {
             manager,
             ring,
+            since: u64::MAX,
             direct,
             opening: Some(Box::new(Opening {
                 connection: Some(intro.connection),
@@ -240,7 +244,9 @@ impl Feed {
                     // pushes wake through the `Direct` too), so a push
                     // between the two is never missed.
                     this.direct.waker.register(cx.waker());
-                    hub.wait_for_ring(&this.direct);
+                    if let Some(since) = hub.wait_for_ring(&this.direct) {
+                        this.since = since;
+                    }
                     this.direct_next = this.direct.queue.lock().pop_front();
                     if let Some(end) = this.direct_end() {
                         return end;
@@ -280,6 +286,14 @@ impl Feed {
                 }
                 Read::Empty => {}
                 Read::Lagged(missed) => {
+                    // What left the ring unread may not have been for us:
+                    // messages pushed while we waited that did not wake us.
+                    if let Some(pos) = hub.skippable(&self.direct, self.ring, self.since)
+                        && pos > self.ring
+                    {
+                        self.ring = pos;
+                        return self.fill_ring(hub);
+                    }
                     tracing::debug!(connection = %self.registration.id(), missed, "lagging");
                     return Some(self.end(EndReason::Lagged));
                 }

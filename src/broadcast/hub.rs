@@ -37,7 +37,7 @@ pub(crate) struct Hub {
     pub(crate) filter: Option<Arc<Filter>>,
     /// What goes to everyone and to topics.
     pub(crate) ring: Ring,
-    /// The connections waiting for the ring's next message.
+    /// The connections waiting for a message in the ring.
     waiting: Waiting,
     /// Ticks since the timer task started (wrapping).
     tick: AtomicU32,
@@ -76,52 +76,96 @@ impl Hub {
         self.heartbeat.is_some() && self.tick().wrapping_sub(sent) >= BEATS
     }
 
-    /// Lists `direct` among the connections the ring's next message wakes
-    /// (once, however often it is called before that message). The caller
-    /// has registered its waker and looks at the ring again afterwards.
-    pub(crate) fn wait_for_ring(&self, direct: &Arc<Direct>) {
+    /// Lists `direct` among the connections a message for them wakes
+    /// (once, however often it is called before such a message). The
+    /// caller has registered its waker and looks at the ring again
+    /// afterwards.
+    ///
+    /// Returns, when it lists `direct`, the ring position from which every
+    /// message is looked at for it while it stays listed; `None` when it
+    /// was listed already (since the position returned then).
+    pub(crate) fn wait_for_ring(&self, direct: &Arc<Direct>) -> Option<u64> {
         let mut w = self.waiting.list.lock();
-        let generation = w.generation;
-        if slot_generation(direct.waiting.load(Ordering::Relaxed)) == generation {
-            return;
+        if let Place::Listed(_) = place(direct.waiting.load(Ordering::Relaxed)) {
+            return None;
         }
         let at = w.directs.len();
         w.directs.push(Arc::clone(direct));
-        direct
-            .waiting
-            .store(slot(generation, at), Ordering::Relaxed);
+        direct.waiting.store(listed(at), Ordering::Relaxed);
+        Some(w.passed)
     }
 
     /// Takes `direct` off the waiting list (its connection is gone).
     pub(crate) fn stop_waiting(&self, direct: &Arc<Direct>) {
         let mut w = self.waiting.list.lock();
-        let at = direct.waiting.load(Ordering::Relaxed);
-        if slot_generation(at) != w.generation {
+        let Place::Listed(at) = place(direct.waiting.load(Ordering::Relaxed)) else {
             return;
-        }
-        let at = slot_index(at);
+        };
         if at < w.directs.len() && Arc::ptr_eq(&w.directs[at], direct) {
             w.directs.swap_remove(at);
+            direct.waiting.store(OFF, Ordering::Relaxed);
             if let Some(moved) = w.directs.get(at) {
-                moved
-                    .waiting
-                    .store(slot(w.generation, at), Ordering::Relaxed);
+                moved.waiting.store(listed(at), Ordering::Relaxed);
             }
         }
     }
 
-    /// Wakes the connections waiting for the ring (after a push), and only
-    /// them: a connection busy with what it has is not touched.
-    pub(crate) fn wake_ring_waiters(&self) {
+    /// After the message at ring position `pos` was pushed: wakes the
+    /// waiting connections it is for (`wants`), and only them. The others
+    /// stay listed and are not touched: a connection busy with what it
+    /// has, or waiting for messages on other topics, costs a push nothing
+    /// but the check.
+    ///
+    /// Called for every push, in ring order (under the manager's lock).
+    pub(crate) fn wake_ring_waiters(&self, pos: u64, wants: impl Fn(&Direct) -> bool) {
         let mut woken = self.waiting.spare.lock();
         {
             let mut w = self.waiting.list.lock();
-            // A new generation: every slot handed out so far is stale.
-            w.generation = w.generation.wrapping_add(1).max(1);
-            std::mem::swap(&mut w.directs, &mut woken);
+            let directs = &mut w.directs;
+            let mut kept = 0;
+            for i in 0..directs.len() {
+                if wants(&directs[i]) {
+                    directs[i].waiting.store(woken_at(pos), Ordering::Release);
+                    woken.push(Arc::clone(&directs[i]));
+                } else {
+                    if i != kept {
+                        directs.swap(i, kept);
+                        directs[kept].waiting.store(listed(kept), Ordering::Relaxed);
+                    }
+                    kept += 1;
+                }
+            }
+            directs.truncate(kept);
+            w.passed = pos + 1;
         }
         for direct in woken.drain(..) {
             direct.waker.wake();
+        }
+    }
+
+    /// Where a connection that was listed from ring position `since` may
+    /// read from instead of `pos`, skipping only messages that were not for
+    /// it: those pushed while it was listed that did not wake it. `None`
+    /// when nothing is known to be skippable (it was never listed, or `pos`
+    /// is before `since`).
+    ///
+    /// Without the lock when the connection was woken (only the connection
+    /// itself changes a woken mark); with it when it is still listed.
+    pub(crate) fn skippable(&self, direct: &Direct, pos: u64, since: u64) -> Option<u64> {
+        if pos < since {
+            return None;
+        }
+        match place(direct.waiting.load(Ordering::Acquire)) {
+            Place::Woken(at) => Some(at.max(pos)),
+            Place::Listed(_) => {
+                let w = self.waiting.list.lock();
+                match place(direct.waiting.load(Ordering::Acquire)) {
+                    Place::Listed(_) => Some(w.passed.max(pos)),
+                    Place::Woken(at) => Some(at.max(pos)),
+                    Place::Off => None,
+                }
+            }
+            Place::Off => None,
         }
     }
 
@@ -178,43 +222,62 @@ impl Hub {
     }
 }
 
-/// The connections waiting for the ring's next message. Each connection's
-/// `Direct` knows its place in the list (`Direct::waiting`: the list's
-/// generation and an index), so it is listed once and leaves in O(1); a
-/// push takes the whole list and starts a new generation, so the places it
-/// handed out go stale at once.
+/// The connections waiting for a message in the ring. Each connection's
+/// `Direct` knows where it stands (`Direct::waiting`, see [`Place`]), so it
+/// is listed once and leaves in O(1). A push wakes the listed connections
+/// it is for and keeps the others; its position tells a woken connection
+/// that every message before it, since it was listed, was not for it.
 #[derive(Default)]
 struct Waiting {
     list: Mutex<WaitList>,
-    /// The list the last push took, emptied: its room is kept for the next.
+    /// The connections the last push woke, emptied: its room is kept for
+    /// the next.
     spare: Mutex<Vec<Arc<Direct>>>,
 }
 
+#[derive(Default)]
 struct WaitList {
-    /// Never 0, which marks a `Direct` that was never listed.
-    generation: u32,
     directs: Vec<Arc<Direct>>,
+    /// Every push before this ring position has woken whom it was for.
+    passed: u64,
 }
 
-impl Default for WaitList {
-    fn default() -> Self {
-        WaitList {
-            generation: 1,
-            directs: Vec::new(),
-        }
+/// Where a connection stands with the waiting list, in one word
+/// (`Direct::waiting`). It changes only under the list's lock, and a woken
+/// mark only when the connection lists itself again: so the connection
+/// reads its own woken mark without the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Not listed, and not woken by a push since it last was.
+    Off,
+    /// Listed, at this index.
+    Listed(usize),
+    /// Woken by the push at this ring position: the first message, since
+    /// it was listed, that was for it.
+    Woken(u64),
+}
+
+/// `Direct::waiting` of a connection never listed.
+pub(crate) const OFF: u64 = 0;
+/// Marks a woken connection; the rest of the word is the ring position.
+const WOKEN: u64 = 1 << 63;
+
+fn listed(index: usize) -> u64 {
+    index as u64 + 1
+}
+
+fn woken_at(pos: u64) -> u64 {
+    WOKEN | pos
+}
+
+fn place(word: u64) -> Place {
+    if word & WOKEN != 0 {
+        Place::Woken(word & !WOKEN)
+    } else if word == OFF {
+        Place::Off
+    } else {
+        Place::Listed(usize::try_from(word - 1).unwrap_or(usize::MAX))
     }
-}
-
-fn slot(generation: u32, index: usize) -> u64 {
-    (u64::from(generation) << 32) | (index as u64 & u64::from(u32::MAX))
-}
-
-fn slot_generation(slot: u64) -> u32 {
-    (slot >> 32) as u32
-}
-
-fn slot_index(slot: u64) -> usize {
-    (slot & u64::from(u32::MAX)) as usize
 }
 
 /// The messages for everyone and for topics, newest last, each shared by
@@ -266,14 +329,16 @@ impl Ring {
         buf.start + buf.items.len() as u64
     }
 
-    /// Adds a message; the caller wakes the connections.
-    pub(crate) fn push(&self, stored: Arc<Stored>) {
+    /// Adds a message and returns its position; the caller wakes the
+    /// connections.
+    pub(crate) fn push(&self, stored: Arc<Stored>) -> u64 {
         let mut buf = self.buf.write();
         if buf.items.len() == self.capacity {
             buf.items.pop_front();
             buf.start += 1;
         }
         buf.items.push_back(stored);
+        buf.start + buf.items.len() as u64 - 1
     }
 
     /// The message at position `pos`.
@@ -538,6 +603,119 @@ mod tests {
         assert!(next(&mut bodies[0]).await.contains("data: 1\n"));
         assert!(bodies[0].next().now_or_never().is_none());
         assert_eq!(waiting(), 1);
+    }
+
+    /// A manager whose connections may have 4 messages waiting, a plain
+    /// connection and one on topic `t`, both past their connection event.
+    async fn plain_and_listener(
+        heartbeat: Option<Duration>,
+    ) -> (
+        BroadcastManager,
+        crate::connections::ConnectionId,
+        Body,
+        Body,
+    ) {
+        use crate::broadcast::Subscription;
+        use crate::topics::TopicSelector;
+        let config = match heartbeat {
+            Some(every) => StreamConfig::new().heartbeat(every),
+            None => StreamConfig::new().no_heartbeat(),
+        };
+        let m = BroadcastManager::builder()
+            .queue_capacity(4)
+            .stream(config)
+            .build();
+        let (id, mut plain) = open(&m);
+        let sub = Subscription::new().topics(vec![TopicSelector::new("t").unwrap()]);
+        let c = m.subscribe(sub, None, serde_json::Value::Null);
+        let mut listener = c.into_response().into_body().into_data_stream();
+        next(&mut plain).await;
+        next(&mut listener).await;
+        (m, id, plain, listener)
+    }
+
+    /// Sends `n` messages on topic `t`, each read by `listener` before the
+    /// next.
+    async fn topic_messages(m: &BroadcastManager, listener: &mut Body, n: usize) {
+        for i in 0..n {
+            m.message("t", i)
+                .topics([crate::topics::Topic::new("t").unwrap()])
+                .send()
+                .await
+                .unwrap();
+            assert!(next(listener).await.contains(&format!("data: {i}\n")));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_topic_message_wakes_only_the_waiting_connections_it_is_for() {
+        use futures_util::FutureExt as _;
+        let (m, _, mut plain, mut listener) = plain_and_listener(None).await;
+        let waiting = || m.inner.hub.waiting.list.lock().directs.len();
+        assert!(plain.next().now_or_never().is_none());
+        assert!(listener.next().now_or_never().is_none());
+        assert_eq!(waiting(), 2);
+        m.message("t", "1")
+            .topics([crate::topics::Topic::new("t").unwrap()])
+            .send()
+            .await
+            .unwrap();
+        // The listener was woken and left the list; the plain connection
+        // is still listed: the message did not touch it.
+        assert_eq!(waiting(), 1);
+        assert!(next(&mut listener).await.contains("data: 1\n"));
+        assert!(listener.next().now_or_never().is_none());
+        assert_eq!(waiting(), 2);
+        assert!(plain.next().now_or_never().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_after_skipped_topic_messages_is_not_a_lag() {
+        let (m, _, mut plain, mut listener) =
+            plain_and_listener(Some(Duration::from_secs(1))).await;
+        // Ten messages for the other connection: more than the plain one
+        // may have waiting, none for it, none woke it.
+        topic_messages(&m, &mut listener, 10).await;
+        // The timer wakes it while it is still listed: a heartbeat, not
+        // the end of the stream.
+        assert_eq!(next(&mut plain).await, ":\n\n");
+        m.broadcast("all", "x", None, &[]).await.unwrap();
+        assert!(next(&mut plain).await.contains("data: x\n"));
+        assert_eq!(m.connection_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_message_to_one_after_skipped_topic_messages_is_not_a_lag() {
+        let (m, plain_id, mut plain, mut listener) = plain_and_listener(None).await;
+        topic_messages(&m, &mut listener, 10).await;
+        m.send_to(&plain_id, "direct", "d", None).await.unwrap();
+        assert!(next(&mut plain).await.contains("data: d\n"));
+        m.broadcast("all", "x", None, &[]).await.unwrap();
+        assert!(next(&mut plain).await.contains("data: x\n"));
+        assert_eq!(m.connection_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn broadcasts_that_exclude_a_waiting_connection_do_not_make_it_lag() {
+        let m = BroadcastManager::builder()
+            .queue_capacity(4)
+            .stream(StreamConfig::new().no_heartbeat())
+            .build();
+        let (me, mut mine) = open(&m);
+        let (_, mut other) = open(&m);
+        next(&mut mine).await;
+        next(&mut other).await;
+        for n in 0..10 {
+            m.broadcast("n", n, None, std::slice::from_ref(&me))
+                .await
+                .unwrap();
+            assert!(next(&mut other).await.contains(&format!("data: {n}\n")));
+        }
+        m.broadcast("n", "all", None, &[]).await.unwrap();
+        let chunk = next(&mut mine).await;
+        assert_eq!(chunk.matches("data: ").count(), 1, "{chunk}");
+        assert!(chunk.contains("data: all\n"), "{chunk}");
+        assert_eq!(m.connection_count(), 2);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::Subscription;
 use super::feed::{Feed, FeedBody, Intro};
-use super::hub::Hub;
+use super::hub::{self, Hub};
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
 use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Listing, RegistryStats, UserId};
@@ -188,7 +188,7 @@ impl Direct {
             entry,
             sub,
             sent: AtomicU32::new(tick),
-            waiting: AtomicU64::new(0),
+            waiting: AtomicU64::new(hub::OFF),
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             lagged: AtomicBool::new(false),
@@ -424,8 +424,9 @@ impl Inner {
                     .iter()
                     .filter(|id| core.connections.contains(*id))
                     .count();
-                self.hub.ring.push(Arc::clone(&stored));
-                self.hub.wake_ring_waiters();
+                let pos = self.hub.ring.push(Arc::clone(&stored));
+                self.hub
+                    .wake_ring_waiters(pos, |d| !exclude.contains(d.entry.id()));
                 core.connections.len().saturating_sub(excluded)
             }
             Target::Topics {
@@ -433,11 +434,11 @@ impl Inner {
                 private,
                 exclude,
             } => {
-                self.hub.ring.push(Arc::clone(&stored));
-                // Every waiting connection, not only the subscribed ones:
-                // each must move past it in the ring, or messages for
-                // others would make it lag.
-                self.hub.wake_ring_waiters();
+                let pos = self.hub.ring.push(Arc::clone(&stored));
+                // Only the waiting connections it is for: the others stay
+                // listed, and may skip it unread (see `Hub::skippable`).
+                self.hub
+                    .wake_ring_waiters(pos, |d| stored.body_for(d.entry.id(), &d.sub).is_some());
                 core.connections
                     .iter()
                     .filter(|c| {

@@ -60,7 +60,9 @@
 //! # Lagging
 //!
 //! Each connection may have at most
-//! [`queue_capacity`](BroadcastBuilder::queue_capacity) messages waiting.
+//! [`queue_capacity`](BroadcastBuilder::queue_capacity) messages waiting
+//! (messages for others, on topics it does not listen to or excluding it,
+//! count only while it has messages of its own to send).
 //! A publisher never waits for a connection: a connection that falls
 //! further behind is closed without the close message (its state becomes
 //! [`Error`](crate::connections::ConnectionState::Error)). The browser
@@ -81,8 +83,12 @@
 //!
 //! Messages for everyone (and for topics) wait in one ring that every
 //! connection reads at its own position; messages for one connection or one
-//! user wait in that connection's own queue. Heartbeats and the shutdown come
-//! from one timer task per manager, not one timer per connection. So an idle
+//! user wait in that connection's own queue. A message wakes only the idle
+//! connections it is for: an idle connection on one topic sleeps through any
+//! number of messages on others, and moves past them unread when it wakes
+//! (they do not count toward its [lag](#lagging)). Heartbeats and the
+//! shutdown come from one timer task per manager, not one timer per
+//! connection. So an idle
 //! connection holds its position, its queue (empty), its registry entry and
 //! a small response body: about 16.9 KiB of process memory with hyper's
 //! buffers, against 16.3 KiB for axum's `Sse` over `tokio::sync::broadcast`
