@@ -11,7 +11,16 @@
 //!   `htmx_sse::Fragment` against the engine's own `String` and a
 //!   `format!` (without escaping: the inputs need none);
 //! - out-of-band updates: `OobStreamBuilder` against a `format!` of the same
-//!   HTML.
+//!   HTML;
+//! - a topic message among many idle connections (`topics`): 1,000 or
+//!   10,000 connections in one process, ten on each topic, every one a
+//!   task reading its response body; one message to one topic, timed until
+//!   its ten listeners have it. The crate (`BroadcastManager` with
+//!   `Subscription::topics`) against one `tokio::sync::broadcast` channel
+//!   per topic under axum's `Sse`, the twenty lines a user would write
+//!   (which cost nothing per connection that does not listen). What it
+//!   shows is whether the crate's cost grows with the listeners or with
+//!   every connection.
 //!
 //! Every pair is checked to produce the same bytes before it is timed. After
 //! the run, the means are read back from criterion's `estimates.json` and
@@ -80,7 +89,7 @@ fn oob_hand(count: &str, log: &str) -> String {
 }
 
 /// The pairs: (group, crate's id, hand-written id).
-const PAIRS: [(&str, &str, &str); 5] = [
+const PAIRS: [(&str, &str, &str); 8] = [
     (
         "encode",
         "crate_builder_event_id_data",
@@ -90,6 +99,9 @@ const PAIRS: [(&str, &str, &str); 5] = [
     ("render", "askama_via_fragment", "format"),
     ("render", "maud_via_fragment", "format"),
     ("oob", "oob_stream_builder", "format"),
+    ("topics", "crate_1k", "channels_1k"),
+    ("topics", "crate_10k", "channels_10k"),
+    ("topics", "crate_10k", "crate_1k"),
 ];
 
 fn check_same_bytes() {
@@ -194,6 +206,136 @@ fn benches(c: &mut Criterion) {
         b.iter(|| oob_hand(black_box("42"), black_box("<li>tick 42</li>")));
     });
     g.finish();
+
+    // One runtime thread, as a server with one core: every poll counts.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("topics");
+    for (name, total) in [("1k", 1_000), ("10k", 10_000)] {
+        let mut publish = crate_topics(total);
+        g.bench_function(format!("crate_{name}"), |b| b.iter(|| publish(&rt, &h)));
+        drop(publish);
+        let mut publish = channel_topics(total);
+        g.bench_function(format!("channels_{name}"), |b| b.iter(|| publish(&rt, &h)));
+    }
+    g.finish();
+}
+
+/// Listeners on each topic in the `topics` group.
+const PER_TOPIC: usize = 10;
+
+/// Makes every body a task on `rt` that reads it and reports each chunk on
+/// the returned channel; waits for the opening chunk of each when the
+/// bodies start with one (the crate's `connection` event).
+fn spawn_readers(
+    rt: &tokio::runtime::Runtime,
+    bodies: Vec<axum::body::Body>,
+    opening: bool,
+) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    use tokio_stream::StreamExt as _;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let total = bodies.len();
+    rt.block_on(async {
+        for body in bodies {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut body = body.into_data_stream();
+                while let Some(Ok(_)) = body.next().await {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        if opening {
+            for _ in 0..total {
+                rx.recv().await.expect("a reader ended");
+            }
+        }
+    });
+    rx
+}
+
+/// The crate: `total` connections through `BroadcastManager::subscribe`.
+fn crate_topics(total: usize) -> impl FnMut(&tokio::runtime::Runtime, &str) + use<> {
+    use axum::response::IntoResponse as _;
+    use htmx_sse::BroadcastManager;
+    use htmx_sse::broadcast::Subscription;
+    use htmx_sse::streaming::StreamConfig;
+    use htmx_sse::topics::{Topic, TopicSelector};
+    let topics: Vec<Topic> = (0..total / PER_TOPIC)
+        .map(|t| Topic::new(&format!("room/{t}")).expect("valid"))
+        .collect();
+    let manager = BroadcastManager::builder()
+        .stream(StreamConfig::new().no_heartbeat())
+        .build();
+    let bodies = (0..total)
+        .map(|n| {
+            let selector = TopicSelector::exact(&topics[n / PER_TOPIC]);
+            let sub = Subscription::new().topics(vec![selector]);
+            manager
+                .subscribe(sub, None, serde_json::Value::Null)
+                .into_response()
+                .into_body()
+        })
+        .collect();
+    let mut rx: Option<tokio::sync::mpsc::UnboundedReceiver<()>> = None;
+    let mut next = 0;
+    let mut bodies = Some(bodies);
+    move |rt, html| {
+        let rx = rx.get_or_insert_with(|| spawn_readers(rt, bodies.take().expect("once"), true));
+        let topic = topics[next % topics.len()].clone();
+        next += 1;
+        rt.block_on(async {
+            manager
+                .message("message", html)
+                .topics([topic])
+                .send()
+                .await
+                .expect("sent");
+            for _ in 0..PER_TOPIC {
+                rx.recv().await.expect("a reader ended");
+            }
+        });
+    }
+}
+
+/// The baseline: a `tokio::sync::broadcast` channel per topic, each
+/// connection axum's `Sse` over a `BroadcastStream` of its topic's channel.
+fn channel_topics(total: usize) -> impl FnMut(&tokio::runtime::Runtime, &str) + use<> {
+    use std::convert::Infallible;
+
+    use axum::response::IntoResponse as _;
+    use axum::response::sse::{Event as AxumEvent, Sse};
+    use tokio_stream::StreamExt as _;
+    use tokio_stream::wrappers::BroadcastStream;
+    let senders: Vec<tokio::sync::broadcast::Sender<String>> = (0..total / PER_TOPIC)
+        .map(|_| tokio::sync::broadcast::channel(256).0)
+        .collect();
+    let bodies = (0..total)
+        .map(|n| {
+            let stream = BroadcastStream::new(senders[n / PER_TOPIC].subscribe())
+                .filter_map(Result::ok)
+                .map(|msg| Ok::<_, Infallible>(AxumEvent::default().data(msg)));
+            Sse::new(stream).into_response().into_body()
+        })
+        .collect();
+    let mut rx: Option<tokio::sync::mpsc::UnboundedReceiver<()>> = None;
+    let mut next = 0;
+    let mut bodies = Some(bodies);
+    move |rt, html| {
+        let rx = rx.get_or_insert_with(|| spawn_readers(rt, bodies.take().expect("once"), false));
+        let sender = &senders[next % senders.len()];
+        next += 1;
+        rt.block_on(async {
+            sender.send(html.to_owned()).expect("listeners");
+            for _ in 0..PER_TOPIC {
+                rx.recv().await.expect("a reader ended");
+            }
+        });
+    }
 }
 
 fn target_dir() -> PathBuf {

@@ -279,6 +279,9 @@ impl Feed {
     /// yet; `Some` when the feed ends here instead.
     fn fill_ring(&mut self, hub: &Hub) -> Option<Poll<Option<Piece>>> {
         if self.ring_next.is_none() {
+            if let Some(pos) = hub.woken_at(&self.direct, self.ring, self.since) {
+                self.ring = pos;
+            }
             match hub.ring.read(self.ring) {
                 Read::Message(stored) => {
                     self.ring += 1;

@@ -98,15 +98,8 @@ impl Hub {
     /// Takes `direct` off the waiting list (its connection is gone).
     pub(crate) fn stop_waiting(&self, direct: &Arc<Direct>) {
         let mut w = self.waiting.list.lock();
-        let Place::Listed(at) = place(direct.waiting.load(Ordering::Relaxed)) else {
-            return;
-        };
-        if at < w.directs.len() && Arc::ptr_eq(&w.directs[at], direct) {
-            w.directs.swap_remove(at);
+        if w.unlist(direct) {
             direct.waiting.store(OFF, Ordering::Relaxed);
-            if let Some(moved) = w.directs.get(at) {
-                moved.waiting.store(listed(at), Ordering::Relaxed);
-            }
         }
     }
 
@@ -140,6 +133,40 @@ impl Hub {
         }
         for direct in woken.drain(..) {
             direct.waker.wake();
+        }
+    }
+
+    /// After the message at ring position `pos` was pushed to topics: wakes
+    /// those of the connections `each` names (the ones it is for) that are
+    /// waiting. Nothing else on the list is looked at: a topic message costs
+    /// what its listeners cost, however many connections wait for others.
+    ///
+    /// Called for every push, in ring order (under the manager's lock).
+    pub(crate) fn wake_these(&self, pos: u64, each: impl FnOnce(&mut dyn FnMut(&Arc<Direct>))) {
+        let mut woken = self.waiting.spare.lock();
+        {
+            let mut w = self.waiting.list.lock();
+            each(&mut |direct| {
+                if w.unlist(direct) {
+                    direct.waiting.store(woken_at(pos), Ordering::Release);
+                    woken.push(Arc::clone(direct));
+                }
+            });
+            w.passed = pos + 1;
+        }
+        for direct in woken.drain(..) {
+            direct.waker.wake();
+        }
+    }
+
+    /// Where a connection woken by a push may read from instead of `pos`:
+    /// the position of that push, when it was listed from `since` or
+    /// before, so that it does not read through the messages for others
+    /// pushed while it waited. Lock-free: `None` unless it was woken.
+    pub(crate) fn woken_at(&self, direct: &Direct, pos: u64, since: u64) -> Option<u64> {
+        match place(direct.waiting.load(Ordering::Acquire)) {
+            Place::Woken(at) if pos >= since && at > pos => Some(at),
+            _ => None,
         }
     }
 
@@ -240,6 +267,23 @@ struct WaitList {
     directs: Vec<Arc<Direct>>,
     /// Every push before this ring position has woken whom it was for.
     passed: u64,
+}
+
+impl WaitList {
+    /// Takes `direct` off the list if it is on it (the caller marks it).
+    fn unlist(&mut self, direct: &Arc<Direct>) -> bool {
+        let Place::Listed(at) = place(direct.waiting.load(Ordering::Relaxed)) else {
+            return false;
+        };
+        if at >= self.directs.len() || !Arc::ptr_eq(&self.directs[at], direct) {
+            return false;
+        }
+        self.directs.swap_remove(at);
+        if let Some(moved) = self.directs.get(at) {
+            moved.waiting.store(listed(at), Ordering::Relaxed);
+        }
+        true
+    }
 }
 
 /// Where a connection stands with the waiting list, in one word

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use super::Subscription;
 use super::feed::{Feed, FeedBody, Intro};
 use super::hub::{self, Hub};
+use super::listeners::{Conn, Listeners};
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
 use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Listing, RegistryStats, UserId};
@@ -204,46 +205,14 @@ impl Listing for Direct {
     }
 }
 
-/// A connection as the manager's map holds it: found by the id its
-/// `Direct` holds, so the id is not kept a second time as a key (one
-/// pointer per slot).
-struct Conn {
-    direct: Arc<Direct>,
-}
-
-impl Conn {
-    fn id(&self) -> &ConnectionId {
-        self.direct.entry.id()
-    }
-}
-
-impl std::borrow::Borrow<ConnectionId> for Conn {
-    fn borrow(&self) -> &ConnectionId {
-        self.id()
-    }
-}
-
-impl std::hash::Hash for Conn {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As the id hashes: lookups by `&ConnectionId` find it.
-        self.id().hash(state);
-    }
-}
-
-impl PartialEq for Conn {
-    fn eq(&self, other: &Self) -> bool {
-        self.id() == other.id()
-    }
-}
-
-impl Eq for Conn {}
-
 pub(crate) struct Core {
     epoch: Epoch,
     seq: u64,
     history: VecDeque<Arc<Stored>>,
     connections: HashSet<Conn>,
     users: HashMap<UserId, Vec<ConnectionId>>,
+    /// The connections that listen to topics, by topic.
+    listeners: Listeners,
 }
 
 impl Core {
@@ -333,6 +302,13 @@ impl Inner {
         }
     }
 
+    /// How many connections are listed under exact topics and with
+    /// patterns.
+    #[cfg(test)]
+    pub(crate) fn listener_counts(&self) -> (usize, usize) {
+        self.core.lock().listeners.counts()
+    }
+
     /// Forgets a connection's queue, unless a newer one took its id.
     pub(crate) fn remove(&self, id: &ConnectionId, direct: &Arc<Direct>) {
         let mut core = self.core.lock();
@@ -342,6 +318,7 @@ impl Inner {
             .is_some_and(|c| Arc::ptr_eq(&c.direct, direct))
             && let Some(conn) = core.connections.take(id)
         {
+            core.listeners.remove(&conn);
             if let Some(user) = &conn.direct.sub.user {
                 core.forget_user(user, id);
             }
@@ -435,16 +412,27 @@ impl Inner {
                 exclude,
             } => {
                 let pos = self.hub.ring.push(Arc::clone(&stored));
-                // Only the waiting connections it is for: the others stay
-                // listed, and may skip it unread (see `Hub::skippable`).
-                self.hub
-                    .wake_ring_waiters(pos, |d| stored.body_for(d.entry.id(), &d.sub).is_some());
-                core.connections
-                    .iter()
-                    .filter(|c| {
-                        !exclude.contains(c.id()) && c.direct.sub.wants(topics, *private).is_some()
-                    })
-                    .count()
+                // Only the connections that listen to its topics are looked
+                // at, and the waiting ones it is for are woken; the others
+                // may skip it unread (see `Hub::skippable`).
+                let mut delivered = 0;
+                let listeners = &core.listeners;
+                self.hub.wake_these(pos, |wake| {
+                    listeners.each_candidate(topics, |direct, found_under| {
+                        if exclude.contains(direct.entry.id()) {
+                            return;
+                        }
+                        let Some(hit) = direct.sub.wants(topics, *private) else {
+                            return;
+                        };
+                        // Counted (and woken) once, under its first match.
+                        if found_under.is_none_or(|i| i == hit) {
+                            delivered += 1;
+                            wake(direct);
+                        }
+                    });
+                });
+                delivered
             }
         };
         (id, delivered)
@@ -754,6 +742,7 @@ impl BroadcastBuilder {
                     history: VecDeque::with_capacity(self.history.min(4096)),
                     connections: HashSet::new(),
                     users: HashMap::new(),
+                    listeners: Listeners::default(),
                 }),
                 backend,
                 registry: ConnectionRegistry::new(),
@@ -883,7 +872,9 @@ impl BroadcastManager {
         let conn = Conn {
             direct: Arc::clone(&direct),
         };
+        core.listeners.add(&conn);
         if let Some(old) = core.connections.replace(conn) {
+            core.listeners.remove(&old);
             old.direct.replaced.store(true, Ordering::Release);
             old.direct.waker.wake();
             if let Some(user) = &old.direct.sub.user {
@@ -1236,13 +1227,7 @@ impl BroadcastManager {
     /// that matches it).
     #[must_use]
     pub fn subscriber_count(&self, topic: &Topic) -> usize {
-        self.inner
-            .core
-            .lock()
-            .connections
-            .iter()
-            .filter(|c| c.direct.sub.listens_to(topic))
-            .count()
+        self.inner.core.lock().listeners.count(topic)
     }
 
     /// The exact topics open connections subscribed to (selectors without

@@ -97,6 +97,7 @@
 
 mod feed;
 mod hub;
+mod listeners;
 pub(crate) mod manager;
 mod message;
 mod subscription;
