@@ -103,32 +103,30 @@ impl Hub {
         }
     }
 
-    /// After the message at ring position `pos` was pushed: wakes the
-    /// waiting connections it is for (`wants`), and only them. The others
-    /// stay listed and are not touched: a connection busy with what it
-    /// has, or waiting for messages on other topics, costs a push nothing
-    /// but the check.
+    /// After a message for everyone was pushed at ring position `pos`:
+    /// wakes the waiting connections it is for (`wants`: all but those it
+    /// excludes); the others stay listed, and may skip it unread.
     ///
     /// Called for every push, in ring order (under the manager's lock).
     pub(crate) fn wake_ring_waiters(&self, pos: u64, wants: impl Fn(&Direct) -> bool) {
         let mut woken = self.waiting.spare.lock();
         {
             let mut w = self.waiting.list.lock();
-            let directs = &mut w.directs;
-            let mut kept = 0;
-            for i in 0..directs.len() {
-                if wants(&directs[i]) {
-                    directs[i].waiting.store(woken_at(pos), Ordering::Release);
-                    woken.push(Arc::clone(&directs[i]));
+            // Take the whole list (its room goes on as the spare), then put
+            // back the ones it is not for.
+            std::mem::swap(&mut w.directs, &mut *woken);
+            woken.retain(|direct| {
+                if wants(direct) {
+                    direct.waiting.store(woken_at(pos), Ordering::Release);
+                    true
                 } else {
-                    if i != kept {
-                        directs.swap(i, kept);
-                        directs[kept].waiting.store(listed(kept), Ordering::Relaxed);
-                    }
-                    kept += 1;
+                    direct
+                        .waiting
+                        .store(listed(w.directs.len()), Ordering::Relaxed);
+                    w.directs.push(Arc::clone(direct));
+                    false
                 }
-            }
-            directs.truncate(kept);
+            });
             w.passed = pos + 1;
         }
         for direct in woken.drain(..) {

@@ -705,11 +705,10 @@ fn push_partial_open(out: &mut String, id: &str, swap: Swap) {
     out.push_str("\">");
 }
 
-/// Checks that `id` is a plain HTML id: `#id` is then a valid CSS selector,
-/// and the id is safe inside a double-quoted attribute.
 /// Checks that `id` is a plain HTML id: an ASCII letter or `_`, then ASCII
-/// letters, digits, `-` and `_`. Shared with the `sse-connect` element
-/// builder.
+/// letters, digits, `-` and `_`. `#id` is then a valid CSS selector, and
+/// the id is safe inside a double-quoted attribute. Shared with the
+/// `sse-connect` element builder.
 pub(crate) fn check_target(id: &str) -> Result<(), Error> {
     let invalid = |reason| {
         Err(Error::InvalidTarget {
