@@ -226,9 +226,43 @@ fn benches(c: &mut Criterion) {
 /// Listeners on each topic in the `topics` group.
 const PER_TOPIC: usize = 10;
 
+/// Connection bodies, each read by a task once the first message is timed
+/// (so that building them is not timed), reporting every chunk it reads.
+struct Readers {
+    bodies: Option<Vec<axum::body::Body>>,
+    /// The bodies start with a chunk of their own (the crate's
+    /// `connection` event): read before the first message.
+    opening: bool,
+    chunks: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+impl Readers {
+    fn new(bodies: Vec<axum::body::Body>, opening: bool) -> Self {
+        Readers {
+            bodies: Some(bodies),
+            opening,
+            chunks: None,
+        }
+    }
+
+    /// Runs `publish` on `rt` and waits until [`PER_TOPIC`] chunks arrived.
+    fn publish(&mut self, rt: &tokio::runtime::Runtime, publish: impl Future<Output = ()>) {
+        let bodies = &mut self.bodies;
+        let opening = self.opening;
+        let chunks = self
+            .chunks
+            .get_or_insert_with(|| spawn_readers(rt, bodies.take().unwrap_or_default(), opening));
+        rt.block_on(async {
+            publish.await;
+            for _ in 0..PER_TOPIC {
+                chunks.recv().await.expect("a reader ended");
+            }
+        });
+    }
+}
+
 /// Makes every body a task on `rt` that reads it and reports each chunk on
-/// the returned channel; waits for the opening chunk of each when the
-/// bodies start with one (the crate's `connection` event).
+/// the returned channel; with `opening`, waits for the first chunk of each.
 fn spawn_readers(
     rt: &tokio::runtime::Runtime,
     bodies: Vec<axum::body::Body>,
@@ -258,7 +292,8 @@ fn spawn_readers(
     rx
 }
 
-/// The crate: `total` connections through `BroadcastManager::subscribe`.
+/// The crate: `total` connections through `BroadcastManager::subscribe`,
+/// [`PER_TOPIC`] on each topic.
 fn crate_topics(total: usize) -> impl FnMut(&tokio::runtime::Runtime, &str) + use<> {
     use axum::response::IntoResponse as _;
     use htmx_sse::BroadcastManager;
@@ -281,23 +316,14 @@ fn crate_topics(total: usize) -> impl FnMut(&tokio::runtime::Runtime, &str) + us
                 .into_body()
         })
         .collect();
-    let mut rx: Option<tokio::sync::mpsc::UnboundedReceiver<()>> = None;
+    let mut readers = Readers::new(bodies, true);
     let mut next = 0;
-    let mut bodies = Some(bodies);
     move |rt, html| {
-        let rx = rx.get_or_insert_with(|| spawn_readers(rt, bodies.take().expect("once"), true));
         let topic = topics[next % topics.len()].clone();
         next += 1;
-        rt.block_on(async {
-            manager
-                .message("message", html)
-                .topics([topic])
-                .send()
-                .await
-                .expect("sent");
-            for _ in 0..PER_TOPIC {
-                rx.recv().await.expect("a reader ended");
-            }
+        readers.publish(rt, async {
+            let message = manager.message("message", html).topics([topic]);
+            message.send().await.expect("sent");
         });
     }
 }
@@ -322,18 +348,13 @@ fn channel_topics(total: usize) -> impl FnMut(&tokio::runtime::Runtime, &str) + 
             Sse::new(stream).into_response().into_body()
         })
         .collect();
-    let mut rx: Option<tokio::sync::mpsc::UnboundedReceiver<()>> = None;
+    let mut readers = Readers::new(bodies, false);
     let mut next = 0;
-    let mut bodies = Some(bodies);
     move |rt, html| {
-        let rx = rx.get_or_insert_with(|| spawn_readers(rt, bodies.take().expect("once"), false));
         let sender = &senders[next % senders.len()];
         next += 1;
-        rt.block_on(async {
+        readers.publish(rt, async {
             sender.send(html.to_owned()).expect("listeners");
-            for _ in 0..PER_TOPIC {
-                rx.recv().await.expect("a reader ended");
-            }
         });
     }
 }

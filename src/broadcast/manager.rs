@@ -178,8 +178,9 @@ pub(crate) struct Direct {
     /// The hub's tick when the connection last sent a frame: the timer task
     /// wakes it for a heartbeat when it has been quiet long enough.
     pub(crate) sent: AtomicU32,
-    /// Its place in the hub's list of connections waiting for the ring
-    /// (generation and index; changed under that list's lock).
+    /// Where it stands with the hub's list of connections waiting for the
+    /// ring, in one word: off it, on it at an index, or woken by the push
+    /// at a ring position (see `hub::Place`).
     pub(crate) waiting: AtomicU64,
 }
 
