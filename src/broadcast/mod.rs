@@ -86,14 +86,19 @@
 //! user wait in that connection's own queue. A message wakes only the idle
 //! connections it is for: an idle connection on one topic sleeps through any
 //! number of messages on others, and moves past them unread when it wakes
-//! (they do not count toward its [lag](#lagging)). Heartbeats and the
-//! shutdown come from one timer task per manager, not one timer per
-//! connection. So an idle
-//! connection holds its position, its queue (empty), its registry entry and
-//! a small response body: about 16.9 KiB of process memory with hyper's
-//! buffers, against 16.3 KiB for axum's `Sse` over `tokio::sync::broadcast`
-//! (BENCHMARKS.md has the measurement; most of the difference is the
-//! `connection` event, written at connect).
+//! (they do not count toward its [lag](#lagging)). A message on topics looks
+//! only at the connections that listen to those topics, found through an
+//! index by exact topic (connections with a pattern among their selectors,
+//! `*`, `{id}` or `**`, are checked for every topic message). Heartbeats and
+//! the shutdown come from one timer task per manager, not one timer per
+//! connection.
+//!
+//! So an idle connection holds its position, its queue (empty), its
+//! registry entry, a slot in the topic index for each exact topic it listens
+//! to, and a small response body: about 16.9 KiB of process memory with
+//! hyper's buffers, against 16.3 KiB for axum's `Sse` over
+//! `tokio::sync::broadcast` (BENCHMARKS.md has the measurement; most of the
+//! difference is the `connection` event, written at connect).
 
 mod feed;
 mod hub;
