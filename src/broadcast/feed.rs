@@ -93,8 +93,9 @@ impl Feed {
         }
     }
 
-    /// The frame of `stored` for this connection, if it is for it.
-    fn frame(&mut self, hub: &Hub, stored: &Stored) -> Option<Piece> {
+    /// The frame of `stored` for this connection, if it is for it: written
+    /// into `batch` when there is one, else as a piece.
+    fn frame(&mut self, hub: &Hub, stored: &Stored, batch: Option<&mut Batch>) -> Option<Piece> {
         if stored.seq <= self.after {
             return None;
         }
@@ -110,33 +111,43 @@ impl Feed {
             }
         }
         self.uncounted += 1;
-        Some(Piece::Tagged(stored.head.clone(), id.clone(), body.clone()))
+        Some(match batch {
+            Some(batch) => {
+                batch.push_tagged(&stored.head, id, body);
+                Piece::Written
+            }
+            None => Piece::Tagged(stored.head.clone(), id.clone(), body.clone()),
+        })
     }
 
     /// The end of the stream, if the manager replaced or closed this
     /// connection.
+    #[inline]
     fn direct_end(&mut self) -> Option<Poll<Option<Piece>>> {
-        if let Some(stop) = self.stop() {
-            return Some(stop);
+        let flags = self.direct.flags();
+        if flags == 0 {
+            return None;
         }
-        if self.direct.replaced.load(Ordering::Acquire) {
-            return Some(self.end(EndReason::Replaced));
-        }
-        if self.direct.lagged.load(Ordering::Acquire) {
-            return Some(self.end(EndReason::Lagged));
-        }
-        None
+        Some(if flags & Direct::STOPPED != 0 {
+            self.stopped()
+        } else if flags & Direct::REPLACED != 0 {
+            self.end(EndReason::Replaced)
+        } else {
+            self.end(EndReason::Lagged)
+        })
     }
 
     /// The end of the stream, with the close message, if the manager
     /// stopped this connection ([`unregister`](super::BroadcastManager::unregister)).
+    #[inline]
     fn stop(&mut self) -> Option<Poll<Option<Piece>>> {
-        if !self.direct.stopped.load(Ordering::Acquire) {
-            return None;
-        }
+        (self.direct.flags() & Direct::STOPPED != 0).then(|| self.stopped())
+    }
+
+    fn stopped(&mut self) -> Poll<Option<Piece>> {
         self.count();
         tracing::debug!(connection = %self.registration.id(), "stopping connection");
-        Some(Poll::Ready(Some(Piece::End(EndReason::Stopped))))
+        Poll::Ready(Some(Piece::End(EndReason::Stopped)))
     }
 
     /// Counts the deliveries made since the last call in the registry.
@@ -160,7 +171,12 @@ impl Feed {
     /// `Pending`, the task is registered with the connection's `Direct`,
     /// which everything that may wake it (the ring, its own queue, the
     /// manager's flags, the hub's timer task) wakes.
-    fn poll_piece(&mut self, hub: &Hub, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
+    fn poll_piece(
+        &mut self,
+        hub: &Hub,
+        cx: &mut Context<'_>,
+        mut batch: Option<&mut Batch>,
+    ) -> Poll<Option<Piece>> {
         let this = self;
         // A stop comes before anything else, even what is ready to send.
         if let Some(stop) = this.stop() {
@@ -202,7 +218,7 @@ impl Feed {
             if opening.replay.is_empty() {
                 this.registration.set_state(ConnectionState::Connected);
             }
-            if let Some(piece) = this.frame(hub, &stored) {
+            if let Some(piece) = this.frame(hub, &stored, batch.as_deref_mut()) {
                 return Poll::Ready(Some(piece));
             }
         }
@@ -267,7 +283,7 @@ impl Feed {
                 this.direct_next.take()
             };
             // A shared message that is not for us is skipped; look again.
-            if let Some(piece) = stored.and_then(|s| this.frame(hub, &s)) {
+            if let Some(piece) = stored.and_then(|s| this.frame(hub, &s, batch.as_deref_mut())) {
                 return Poll::Ready(Some(piece));
             }
         }
@@ -382,7 +398,7 @@ impl Stream for FeedBody {
                 &mut batch,
                 hub.coalesce,
                 label.as_ref().map(|id| id as &dyn fmt::Display),
-                |cx| feed.poll_piece(hub, cx),
+                |cx, batch| feed.poll_piece(hub, cx, batch),
             );
             frames = n;
             reason = end;

@@ -761,6 +761,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_are_the_same_written_in_place_logged_or_coalesced() {
+        // Without logging or coalescing the feed writes each frame into the
+        // chunk itself; with either, it hands the frame over in parts.
+        let configs = [
+            StreamConfig::new(),
+            StreamConfig::new().debug(true),
+            StreamConfig::new().coalesce_by_event(true),
+        ];
+        for config in configs {
+            let m = BroadcastManager::builder()
+                .stream(config.no_heartbeat())
+                .build();
+            let (id, mut body) = open(&m);
+            let opening = next(&mut body).await;
+            let start = opening
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .unwrap()
+                .to_owned();
+            let epoch = start.split('-').next().unwrap().to_owned();
+            assert_eq!(start, format!("{epoch}-0.{id}"));
+            m.send_to(&id, "b", "2", None).await.unwrap();
+            for (name, data) in [("a", "1"), ("c", "3")] {
+                m.broadcast(name, data, None, &[]).await.unwrap();
+            }
+            let mut text = String::new();
+            while text.matches("data: ").count() < 3 {
+                text.push_str(&next(&mut body).await);
+            }
+            assert_eq!(
+                text,
+                format!(
+                    "id: {epoch}-1.{id}\nevent: b\ndata: 2\n\n\
+                     id: {epoch}-2.{id}\nevent: a\ndata: 1\n\n\
+                     id: {epoch}-3.{id}\nevent: c\ndata: 3\n\n"
+                )
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn topic_messages_for_others_do_not_make_a_connection_lag() {
         use crate::topics::Topic;
         // Room for 4 waiting messages; 10 go by on a topic that only the

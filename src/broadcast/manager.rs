@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -168,13 +168,10 @@ pub(crate) struct Direct {
     pub(crate) sub: Subscription,
     pub(crate) queue: Mutex<VecDeque<Arc<Stored>>>,
     pub(crate) waker: AtomicWaker,
-    /// The queue overflowed: the connection is closed and resumes.
-    pub(crate) lagged: AtomicBool,
-    /// A newer connection with the same id took over.
-    pub(crate) replaced: AtomicBool,
-    /// Ends the connection with the close message
-    /// ([`BroadcastManager::unregister`]).
-    pub(crate) stopped: AtomicBool,
+    /// What the manager decided about the connection ([`Direct::LAGGED`],
+    /// [`Direct::REPLACED`], [`Direct::STOPPED`]): one word, so that the
+    /// feed checks all three with one load per message.
+    pub(crate) flags: AtomicU8,
     /// The hub's tick when the connection last sent a frame: the timer task
     /// wakes it for a heartbeat when it has been quiet long enough.
     pub(crate) sent: AtomicU32,
@@ -193,10 +190,27 @@ impl Direct {
             waiting: AtomicU64::new(hub::OFF),
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
-            lagged: AtomicBool::new(false),
-            replaced: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
         }
+    }
+
+    /// The queue overflowed: the connection is closed and resumes.
+    pub(crate) const LAGGED: u8 = 1;
+    /// A newer connection with the same id took over.
+    pub(crate) const REPLACED: u8 = 2;
+    /// Ends the connection with the close message
+    /// ([`BroadcastManager::unregister`]).
+    pub(crate) const STOPPED: u8 = 4;
+
+    /// Raises `flag`; the caller wakes the connection.
+    pub(crate) fn flag(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::Release);
+    }
+
+    /// The flags raised so far.
+    #[inline]
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Acquire)
     }
 }
 
@@ -388,7 +402,7 @@ impl Inner {
                     let mut queue = direct.queue.lock();
                     if queue.len() >= self.queue_capacity {
                         // Too far behind: close it; it resumes from history.
-                        direct.lagged.store(true, Ordering::Release);
+                        direct.flag(Direct::LAGGED);
                     } else {
                         queue.push_back(Arc::clone(&stored));
                     }
@@ -454,7 +468,7 @@ impl Inner {
             // event when the history cannot cover the gap.
             tracing::warn!(from = core.seq, to = seq, "gap in the message stream");
             for conn in core.connections.iter() {
-                conn.direct.lagged.store(true, Ordering::Release);
+                conn.direct.flag(Direct::LAGGED);
                 conn.direct.waker.wake();
             }
         }
@@ -876,7 +890,7 @@ impl BroadcastManager {
         core.listeners.add(&conn);
         if let Some(old) = core.connections.replace(conn) {
             core.listeners.remove(&old);
-            old.direct.replaced.store(true, Ordering::Release);
+            old.direct.flag(Direct::REPLACED);
             old.direct.waker.wake();
             if let Some(user) = &old.direct.sub.user {
                 core.forget_user(user, &id);
@@ -1216,7 +1230,7 @@ impl BroadcastManager {
     pub fn unregister(&self, connection_id: &ConnectionId) -> bool {
         match self.inner.core.lock().connections.get(connection_id) {
             Some(conn) => {
-                conn.direct.stopped.store(true, Ordering::Release);
+                conn.direct.flag(Direct::STOPPED);
                 conn.direct.waker.wake();
                 true
             }

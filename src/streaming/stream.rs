@@ -246,6 +246,9 @@ pub(crate) enum Piece {
     /// receiving connection's id (written as `.ID` and the end of the line),
     /// and a shared body: nothing per receiver but the id it already holds.
     Tagged(Bytes, ConnectionId, Bytes),
+    /// A frame the source wrote into the batch it was handed (see
+    /// [`drain`]): nothing to copy, nothing shared to count.
+    Written,
     /// End the stream for this reason (a close message only if the reason
     /// sends one).
     End(EndReason),
@@ -392,19 +395,23 @@ impl Batch {
         }
     }
 
+    /// Adds a frame made of a shared id head, the receiving connection's
+    /// id and a shared body (see [`Piece::Tagged`]), copying each part once.
+    pub(crate) fn push_tagged(&mut self, head: &[u8], id: &ConnectionId, body: &[u8]) {
+        let id = id.as_str().as_bytes();
+        self.reserve(head.len() + id.len() + 2 + body.len());
+        self.buf.extend_from_slice(head);
+        self.buf.put_u8(b'.');
+        self.buf.extend_from_slice(id);
+        self.buf.put_u8(b'\n');
+        self.buf.extend_from_slice(body);
+    }
+
     fn push_piece(&mut self, piece: Piece) {
         match piece {
             Piece::One(bytes) => self.push(bytes),
-            Piece::Tagged(head, id, body) => {
-                let id = id.as_str().as_bytes();
-                self.reserve(head.len() + id.len() + 2 + body.len());
-                self.buf.extend_from_slice(&head);
-                self.buf.put_u8(b'.');
-                self.buf.extend_from_slice(id);
-                self.buf.put_u8(b'\n');
-                self.buf.extend_from_slice(&body);
-            }
-            Piece::End(_) => {}
+            Piece::Tagged(head, id, body) => self.push_tagged(&head, &id, &body),
+            Piece::Written | Piece::End(_) => {}
         }
     }
 
@@ -455,7 +462,7 @@ impl Piece {
             Piece::One(frame) => event_name(frame),
             // The id head and the connection id make the `id:` line only.
             Piece::Tagged(_, _, body) => event_name(body),
-            Piece::End(_) => None,
+            Piece::Written | Piece::End(_) => None,
         }
     }
 }
@@ -601,7 +608,8 @@ fn log_piece(stream: &dyn fmt::Display, piece: &Piece) {
             true,
             &[&head[..], b".", id.as_str().as_bytes(), b"\n", body].concat(),
         ),
-        Piece::End(_) => {}
+        // Never handed a batch while logging.
+        Piece::Written | Piece::End(_) => {}
     }
 }
 
@@ -618,12 +626,16 @@ pub(crate) fn expired(deadline: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'
 /// to [`COALESCE_MAX`]), the newest of each event name only. Returns how
 /// many frames went into the batch, and why the source ended if it did.
 /// `debug` names the stream in a log line per frame.
+///
+/// `next` is handed the batch when it may write a frame into it itself
+/// (and return [`Piece::Written`]): not while coalescing, which needs the
+/// frames apart, nor while logging them.
 pub(crate) fn drain(
     cx: &mut Context<'_>,
     batch: &mut Batch,
     coalesce: bool,
     debug: Option<&dyn fmt::Display>,
-    mut next: impl FnMut(&mut Context<'_>) -> Poll<Option<Piece>>,
+    mut next: impl FnMut(&mut Context<'_>, Option<&mut Batch>) -> Poll<Option<Piece>>,
 ) -> (u64, Option<EndReason>) {
     let mut frames = 0;
     let mut reason = None;
@@ -637,7 +649,7 @@ pub(crate) fn drain(
     if coalesce {
         let mut ready = Coalesced::default();
         while ready.taken < COALESCE_MAX {
-            match next(cx) {
+            match next(cx, None) {
                 Poll::Ready(Some(Piece::End(r))) => {
                     reason = Some(r);
                     break;
@@ -654,8 +666,9 @@ pub(crate) fn drain(
             take(batch, piece);
         }
     } else {
+        let direct = debug.is_none();
         while batch.len() < BATCH_BYTES {
-            match next(cx) {
+            match next(cx, direct.then_some(&mut *batch)) {
                 Poll::Ready(Some(Piece::End(r))) => {
                     reason = Some(r);
                     break;
@@ -720,7 +733,7 @@ where
                         &mut batch,
                         *this.coalesce,
                         this.debug.then_some(&id as &dyn fmt::Display),
-                        |cx| src.as_mut().poll_next(cx),
+                        |cx, _| src.as_mut().poll_next(cx),
                     );
                     this.life.frames += n;
                     reason = end;
