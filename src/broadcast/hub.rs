@@ -397,6 +397,29 @@ impl Ring {
         }
     }
 
+    /// Hands `f` the messages from position `pos` on, in order, under one
+    /// read of the ring, until `f` returns `false` or the ring ends;
+    /// returns how many `f` took. None when `pos` has left the ring (the
+    /// caller's [`read`](Self::read) tells it so).
+    pub(crate) fn run(&self, pos: u64, mut f: impl FnMut(&Stored) -> bool) -> u64 {
+        let buf = self.buf.read();
+        let Some(from) = pos
+            .checked_sub(buf.start)
+            .and_then(|at| usize::try_from(at).ok())
+            .filter(|&at| at < buf.items.len())
+        else {
+            return 0;
+        };
+        let mut taken = 0;
+        for stored in buf.items.range(from..) {
+            if !f(stored) {
+                break;
+            }
+            taken += 1;
+        }
+        taken
+    }
+
     /// Nothing more will be added; the caller wakes the connections.
     pub(crate) fn close(&self) {
         self.buf.write().closed = true;
@@ -799,6 +822,29 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_message_to_one_between_broadcasts_goes_out_in_its_place() {
+        let m = manager(Duration::from_secs(15));
+        let (id, mut body) = open(&m);
+        next(&mut body).await;
+        // All five wait before the connection is polled again: the run of
+        // broadcasts written in place must stop at the message for it alone.
+        m.broadcast("n", "1", None, &[]).await.unwrap();
+        m.broadcast("n", "2", None, &[]).await.unwrap();
+        m.send_to(&id, "n", "3", None).await.unwrap();
+        m.broadcast("n", "4", None, &[]).await.unwrap();
+        m.send_to(&id, "n", "5", None).await.unwrap();
+        let mut text = String::new();
+        while text.matches("data: ").count() < 5 {
+            text.push_str(&next(&mut body).await);
+        }
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(data, ["1", "2", "3", "4", "5"], "{text}");
     }
 
     #[tokio::test]

@@ -166,7 +166,11 @@ pub(crate) struct Direct {
     /// The connection as the registry lists it (its id among others).
     pub(crate) entry: Entry,
     pub(crate) sub: Subscription,
-    pub(crate) queue: Mutex<VecDeque<Arc<Stored>>>,
+    queue: Mutex<VecDeque<Arc<Stored>>>,
+    /// How many messages wait in `queue`: changed under its lock, read
+    /// without it, so that a connection with none (the usual case) does
+    /// not take the lock for every message.
+    queued: AtomicU32,
     pub(crate) waker: AtomicWaker,
     /// What the manager decided about the connection ([`Direct::LAGGED`],
     /// [`Direct::REPLACED`], [`Direct::STOPPED`]): one word, so that the
@@ -191,7 +195,46 @@ impl Direct {
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             flags: AtomicU8::new(0),
+            queued: AtomicU32::new(0),
         }
+    }
+
+    /// Queues `stored` for this connection alone, or flags it as lagging
+    /// when `capacity` messages wait already; the caller wakes it.
+    fn push(&self, stored: &Arc<Stored>, capacity: usize) {
+        let mut queue = self.queue.lock();
+        if queue.len() >= capacity {
+            // Too far behind: close it; it resumes from history.
+            self.flag(Direct::LAGGED);
+        } else {
+            queue.push_back(Arc::clone(stored));
+            self.queued.store(
+                u32::try_from(queue.len()).unwrap_or(u32::MAX),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// How many messages wait for this connection alone.
+    #[inline]
+    pub(crate) fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The next message for this connection alone, if one waits. A message
+    /// queued before the caller's last acquire (a ring read, or registering
+    /// its waker when the queuing woke it) is seen.
+    pub(crate) fn pop(&self) -> Option<Arc<Stored>> {
+        if self.queued() == 0 {
+            return None;
+        }
+        let mut queue = self.queue.lock();
+        let next = queue.pop_front();
+        self.queued.store(
+            u32::try_from(queue.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        next
     }
 
     /// The queue overflowed: the connection is closed and resumes.
@@ -399,14 +442,7 @@ impl Inner {
         let delivered = match &stored.target {
             Target::One { .. } | Target::User { .. } => {
                 for direct in &directs {
-                    let mut queue = direct.queue.lock();
-                    if queue.len() >= self.queue_capacity {
-                        // Too far behind: close it; it resumes from history.
-                        direct.flag(Direct::LAGGED);
-                    } else {
-                        queue.push_back(Arc::clone(&stored));
-                    }
-                    drop(queue);
+                    direct.push(&stored, self.queue_capacity);
                     direct.waker.wake();
                 }
                 directs.len()

@@ -246,9 +246,9 @@ pub(crate) enum Piece {
     /// receiving connection's id (written as `.ID` and the end of the line),
     /// and a shared body: nothing per receiver but the id it already holds.
     Tagged(Bytes, ConnectionId, Bytes),
-    /// A frame the source wrote into the batch it was handed (see
-    /// [`drain`]): nothing to copy, nothing shared to count.
-    Written,
+    /// Frames (this many) the source wrote into the batch it was handed
+    /// (see [`drain`]): nothing to copy, nothing shared to count.
+    Written(u32),
     /// End the stream for this reason (a close message only if the reason
     /// sends one).
     End(EndReason),
@@ -372,6 +372,11 @@ impl Batch {
         self.single.is_none() && self.buf.is_empty()
     }
 
+    /// Whether more frames may go into this chunk ([`BATCH_BYTES`]).
+    pub(crate) fn has_room(&self) -> bool {
+        self.len() < BATCH_BYTES
+    }
+
     /// Makes room for `more` bytes, moving a single frame into the buffer.
     fn reserve(&mut self, more: usize) {
         let first = self.single.take();
@@ -411,7 +416,7 @@ impl Batch {
         match piece {
             Piece::One(bytes) => self.push(bytes),
             Piece::Tagged(head, id, body) => self.push_tagged(&head, &id, &body),
-            Piece::Written | Piece::End(_) => {}
+            Piece::Written(_) | Piece::End(_) => {}
         }
     }
 
@@ -462,7 +467,7 @@ impl Piece {
             Piece::One(frame) => event_name(frame),
             // The id head and the connection id make the `id:` line only.
             Piece::Tagged(_, _, body) => event_name(body),
-            Piece::Written | Piece::End(_) => None,
+            Piece::Written(_) | Piece::End(_) => None,
         }
     }
 }
@@ -609,7 +614,7 @@ fn log_piece(stream: &dyn fmt::Display, piece: &Piece) {
             &[&head[..], b".", id.as_str().as_bytes(), b"\n", body].concat(),
         ),
         // Never handed a batch while logging.
-        Piece::Written | Piece::End(_) => {}
+        Piece::Written(_) | Piece::End(_) => {}
     }
 }
 
@@ -640,7 +645,10 @@ pub(crate) fn drain(
     let mut frames = 0;
     let mut reason = None;
     let mut take = |batch: &mut Batch, piece: Piece| {
-        frames += 1;
+        frames += match piece {
+            Piece::Written(n) => u64::from(n),
+            _ => 1,
+        };
         if let Some(stream) = debug {
             log_piece(stream, &piece);
         }
@@ -667,7 +675,7 @@ pub(crate) fn drain(
         }
     } else {
         let direct = debug.is_none();
-        while batch.len() < BATCH_BYTES {
+        while batch.has_room() {
             match next(cx, direct.then_some(&mut *batch)) {
                 Poll::Ready(Some(Piece::End(r))) => {
                     reason = Some(r);
