@@ -310,9 +310,7 @@ impl Feed {
     /// What it stops at is left to the general path: a message for us alone
     /// may come first, or the ring may have moved on without us.
     fn write_run(&mut self, hub: &Hub, batch: &mut Batch) -> u32 {
-        if let Some(pos) = hub.woken_at(&self.direct, self.ring, self.since) {
-            self.ring = pos;
-        }
+        self.skip_to_wake(hub);
         let mut written = 0;
         let taken = hub.ring.run(self.ring, |stored| {
             // A message for us alone queued before this one was pushed is
@@ -330,13 +328,19 @@ impl Feed {
         written
     }
 
+    /// Moves past the messages pushed while we waited that did not wake
+    /// us, when a push woke us (see [`Hub::woken_at`]).
+    fn skip_to_wake(&mut self, hub: &Hub) {
+        if let Some(pos) = hub.woken_at(&self.direct, self.ring, self.since) {
+            self.ring = pos;
+        }
+    }
+
     /// Takes the next shared message into `ring_next` if there is none
     /// yet; `Some` when the feed ends here instead.
     fn fill_ring(&mut self, hub: &Hub) -> Option<Poll<Option<Piece>>> {
         if self.ring_next.is_none() {
-            if let Some(pos) = hub.woken_at(&self.direct, self.ring, self.since) {
-                self.ring = pos;
-            }
+            self.skip_to_wake(hub);
             match hub.ring.read(self.ring) {
                 Read::Message(stored) => {
                     self.ring += 1;

@@ -169,27 +169,21 @@ impl Hub {
     }
 
     /// Where a connection that was listed from ring position `since` may
-    /// read from instead of `pos`, skipping only messages that were not for
-    /// it: those pushed while it was listed that did not wake it. `None`
-    /// when nothing is known to be skippable (it was never listed, or `pos`
-    /// is before `since`).
-    ///
-    /// Without the lock when the connection was woken (only the connection
-    /// itself changes a woken mark); with it when it is still listed.
+    /// read from instead of `pos` once `pos` has left the ring, skipping only
+    /// messages that were not for it: those pushed while it was listed that
+    /// did not wake it. `None` when nothing is known to be skippable (it was
+    /// never listed, or `pos` is before `since`). Takes the list's lock: for
+    /// the rare lag, where a woken connection has already jumped
+    /// ([`woken_at`](Self::woken_at)) and a listed one was woken by
+    /// something else (a heartbeat, a message for it alone).
     pub(crate) fn skippable(&self, direct: &Direct, pos: u64, since: u64) -> Option<u64> {
         if pos < since {
             return None;
         }
+        let w = self.waiting.list.lock();
         match place(direct.waiting.load(Ordering::Acquire)) {
+            Place::Listed(_) => Some(w.passed.max(pos)),
             Place::Woken(at) => Some(at.max(pos)),
-            Place::Listed(_) => {
-                let w = self.waiting.list.lock();
-                match place(direct.waiting.load(Ordering::Acquire)) {
-                    Place::Listed(_) => Some(w.passed.max(pos)),
-                    Place::Woken(at) => Some(at.max(pos)),
-                    Place::Off => None,
-                }
-            }
             Place::Off => None,
         }
     }
@@ -630,15 +624,6 @@ mod tests {
             assert_eq!(beat.expect("no heartbeat: no timer task"), ":\n\n");
             assert_eq!(t0.elapsed(), Duration::from_secs(1));
         });
-    }
-
-    #[tokio::test]
-    async fn a_connection_opened_after_the_shutdown_ends_before_its_first_frame() {
-        let m = manager(Duration::from_secs(15));
-        m.shutdown();
-        let (_, mut body) = open(&m);
-        assert_ends(&mut body).await;
-        assert_eq!(m.connection_count(), 0);
     }
 
     #[tokio::test]
