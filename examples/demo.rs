@@ -12,6 +12,7 @@
 //! cargo run --example demo                      # http://127.0.0.1:3000
 //! cargo run --example demo -- --addr 0.0.0.0:8080
 //! cargo run --example demo -- --assets DIR      # serve htmx from DIR instead of a CDN
+//! cargo run --example demo -- --open-publish    # anyone may POST /sse/broadcast (closed otherwise)
 //! ```
 //!
 //! Two processes acting as one, through Redis (notes, toasts and the
@@ -43,7 +44,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use htmx_sse::Event;
-use htmx_sse::auth::{AuthError, AuthFuture, Authorizer, Subject};
+use htmx_sse::auth::{Access, AuthError, AuthFuture, Authorizer, Subject};
 use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::UserId;
@@ -68,12 +69,16 @@ struct App {
 struct Args {
     addr: SocketAddr,
     assets: Option<PathBuf>,
+    /// `--open-publish`: anyone who reaches the demo may use `POST
+    /// /sse/broadcast` and `POST /sse/send/{id}`.
+    open_publish: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         assets: None,
+        open_publish: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -93,8 +98,13 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.assets = Some(dir);
             }
+            "--open-publish" => args.open_publish = true,
             "-h" | "--help" => {
-                return Err("usage: demo [--addr HOST:PORT] [--assets DIR]".to_owned());
+                return Err(
+                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish]\n  \
+                     --open-publish  let anyone who reaches the demo POST /sse/broadcast and /sse/send/{id}"
+                        .to_owned(),
+                );
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -170,13 +180,22 @@ async fn main() {
         .route("/logout", post(logout))
         .route("/toast", post(send_toast))
         .with_state(state);
-    // GET /sse is the shared stream; the publish routes it also adds are
-    // open here because the demo listens on 127.0.0.1 only by default.
-    // GET /sse knows the signed-in demo user from the cookie, so
-    // `send_to_user` reaches every tab of that user and nobody else.
-    let app = BroadcastRoutes::new(manager.clone())
-        .authorizer(DemoUser)
-        .install(app);
+    // GET /sse is the shared stream. It knows the signed-in demo user from
+    // the cookie, so `send_to_user` reaches every tab of that user and
+    // nobody else. The routes it also adds (POST /sse/broadcast, POST
+    // /sse/send/{id}, GET /sse/status, GET /sse/history) are closed as they
+    // come: DemoUser grants no publishing, so POST /sse/broadcast answers
+    // 401 (403 when signed in); the demo publishes from its own handlers.
+    // `--open-publish` opens them, in one line a reviewer can see:
+    let mut routes = BroadcastRoutes::new(manager.clone()).authorizer(DemoUser);
+    if args.open_publish {
+        println!(
+            "--open-publish: anyone who reaches {} may publish to every page",
+            args.addr
+        );
+        routes = routes.publish(Access::Anyone);
+    }
+    let app = routes.install(app);
     tokio::spawn(dashboard(manager, std::time::Instant::now()));
 
     let listener = match tokio::net::TcpListener::bind(args.addr).await {

@@ -96,6 +96,15 @@ pub enum Error {
         /// The id asked for.
         id: String,
     },
+    /// A message type that the crate gives a meaning to (`connection`,
+    /// `reset`, `close`, or the manager's own close event): pages would
+    /// take it for the crate's own event (a published `close` stops every
+    /// page from reconnecting). Publish it on purpose with
+    /// [`Message::allow_reserved_type`](crate::broadcast::Message::allow_reserved_type).
+    ReservedEventName {
+        /// The name as given.
+        name: String,
+    },
     /// The shared backend (Redis) could not be reached or refused the
     /// command; nothing was published. Worth retrying later.
     Backend(String),
@@ -135,6 +144,10 @@ impl fmt::Display for Error {
             Error::InvalidUserId { id, reason } => write!(f, "invalid user id {id:?}: {reason}"),
             Error::InvalidTopic(e) => fmt::Display::fmt(e, f),
             Error::Unsupported { what } => write!(f, "unsupported: {what}"),
+            Error::ReservedEventName { name } => write!(
+                f,
+                "event name {name:?} is reserved: the crate sends it itself"
+            ),
             Error::Backend(reason) => write!(f, "backend unavailable: {reason}"),
         }
     }

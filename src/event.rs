@@ -120,6 +120,14 @@ impl Event {
     pub fn into_bytes(self) -> Bytes {
         self.bytes
     }
+
+    /// The name in the frame's `event:` field, if it has one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.bytes
+            .split(|&b| b == b'\n')
+            .find_map(|line| line.strip_prefix(b"event: "))
+            .and_then(|name| std::str::from_utf8(name).ok())
+    }
 }
 
 impl fmt::Debug for Event {
@@ -465,7 +473,8 @@ macro_rules! text_newtype {
 }
 
 text_newtype!(
-    /// A checked event name: not empty, no CR or LF.
+    /// A checked event name: not empty, no CR, LF or NUL (a NUL would
+    /// reach the page as U+0000 in the name; no page listens for it).
     ///
     /// ```
     /// use htmx_sse::event::EventName;
@@ -473,11 +482,12 @@ text_newtype!(
     /// const CLOSE: EventName = EventName::from_static("close");
     /// assert_eq!(CLOSE.as_str(), "close");
     /// assert!(EventName::new("a\rb").is_err());
+    /// assert!(EventName::new("a\0b").is_err());
     /// assert!(EventName::new("").is_err());
     /// ```
     EventName,
     Field::Event,
-    false,
+    true,
     false
 );
 
@@ -673,8 +683,16 @@ mod tests {
                 other => panic!("expected an error, got {other:?}"),
             }
         }
-        // NUL is fine in names and comments: browsers keep it.
-        assert!(Event::builder().event("a\0b").build().is_ok());
+        // NUL is refused in names, like CR and LF; comments may hold it
+        // (browsers skip comments whole).
+        assert!(matches!(
+            Event::builder().event("a\0b").build(),
+            Err(Error::InvalidField {
+                field: Field::Event,
+                byte: 0,
+                position: 1
+            })
+        ));
         assert!(matches!(
             Event::builder().event("").build(),
             Err(Error::EmptyEventName)
@@ -741,7 +759,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_data_survives_a_spec_parser(data in ".*", name in "[^\r\n]{1,20}", id in "[^\r\n\0]{0,20}") {
+        fn any_data_survives_a_spec_parser(data in ".*", name in "[^\r\n\0]{1,20}", id in "[^\r\n\0]{0,20}") {
             let ev = Event::builder().event(name.as_str()).id(id.as_str()).data(data.clone()).build().unwrap();
             let items = parse_all(ev.as_bytes());
             let expected = data.replace("\r\n", "\n").replace('\r', "\n");

@@ -9,13 +9,18 @@
 //!
 //! ```no_run
 //! use axum::{routing::{get, post}, Router};
+//! use htmx_sse::auth::Access;
 //! use htmx_sse::notify::{Level, NotificationStream, Notifier};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let notifier = Notifier::new();
 //! let toasts = NotificationStream::new("admin").render()?; // put it in the page
+//! // GET /notifications/{channel}: anyone may listen to any channel here
+//! // (see `NotificationRoutes` for an authorizer per channel).
 //! let app: Router = notifier
-//!     .routes(Router::new()) // GET /notifications/{channel}
+//!     .routes()
+//!     .listen(Access::Anyone)
+//!     .install(Router::new())
 //!     .route("/", get(move || async move { axum::response::Html(toasts.into_string()) }))
 //!     .route("/action", post({
 //!         let notifier = notifier.clone();
@@ -31,6 +36,7 @@
 //! "Success: Action completed!". The message text is escaped.
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
@@ -38,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::Flavor;
+use crate::auth::{Access, AuthError, Authorizer, subject_of};
 use crate::broadcast::{BroadcastManager, Subscription};
 use crate::error::Error;
 use crate::fragment::Fragment;
@@ -248,59 +255,178 @@ impl Notifier {
         }
     }
 
-    /// Adds `GET /notifications/{channel}`, the stream a
-    /// [`NotificationStream`] listens to.
-    pub fn routes<S>(&self, router: Router<S>) -> Router<S>
-    where
-        S: Clone + Send + Sync + 'static,
-    {
-        self.routes_at(router, "/notifications/{channel}")
+    /// The stream route a [`NotificationStream`] listens to, `GET
+    /// /notifications/{channel}`, to configure and install: closed (401)
+    /// until the application gives an authorizer or opens the channels with
+    /// [`Access::Anyone`]. See [`NotificationRoutes`].
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use htmx_sse::{auth::Access, notify::Notifier};
+    ///
+    /// let notifier = Notifier::new();
+    /// let app: Router = notifier.routes().listen(Access::Anyone).install(Router::new());
+    /// ```
+    pub fn routes(&self) -> NotificationRoutes {
+        NotificationRoutes::new(self.clone())
+    }
+}
+
+/// The notification stream route, `GET /notifications/{channel}`, and who
+/// may listen to which channel.
+///
+/// By default ([`Access::Granted`]) a page may listen to a channel when the
+/// [`Authorizer`] accepts its credentials and their `subscribe` selectors
+/// match the channel as a topic (`"all"` is a channel like any other);
+/// 401 without credentials, 403 for another channel, and nobody without an
+/// authorizer. `.listen(Access::Anyone)` lets every page listen to every
+/// channel.
+///
+/// ```
+/// use axum::Router;
+/// use htmx_sse::auth::{Access, AuthFuture, Authorizer, Subject};
+/// use htmx_sse::notify::{NotificationRoutes, Notifier};
+/// use htmx_sse::topics::TopicSelector;
+///
+/// /// Each signed-in user hears their own channel, `user/NAME` (the
+/// /// cookie is a stand-in for your session check).
+/// struct Session;
+///
+/// impl Authorizer for Session {
+///     fn authorize<'a>(&'a self, parts: &'a axum::http::request::Parts) -> AuthFuture<'a> {
+///         Box::pin(async move {
+///             let Some(name) = htmx_sse::auth::cookie(parts, "session_user") else {
+///                 return Ok(None);
+///             };
+///             let own = TopicSelector::new(&format!("user/{name}"))
+///                 .map_err(|e| htmx_sse::auth::AuthError::Invalid(e.to_string()))?;
+///             Ok(Some(Subject::default().with_subscribe(vec![own])))
+///         })
+///     }
+/// }
+///
+/// let notifier = Notifier::new();
+/// let app: Router = NotificationRoutes::new(notifier.clone())
+///     .path("/toasts/{channel}")
+///     .authorizer(Session)
+///     .install(Router::new());
+///
+/// // A demo on 127.0.0.1, where every page may hear every channel:
+/// let demo: Router = NotificationRoutes::new(notifier).listen(Access::Anyone).install(Router::new());
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct NotificationRoutes {
+    notifier: Notifier,
+    path: String,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    listen: Access,
+}
+
+impl fmt::Debug for NotificationRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotificationRoutes")
+            .field("path", &self.path)
+            .field("authorizer", &self.authorizer.is_some())
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NotificationRoutes {
+    /// The route for `notifier` at `/notifications/{channel}`, closed until
+    /// opened ([`Access::Granted`] with no authorizer).
+    pub fn new(notifier: Notifier) -> Self {
+        NotificationRoutes {
+            notifier,
+            path: "/notifications/{channel}".to_owned(),
+            authorizer: None,
+            listen: Access::Granted,
+        }
     }
 
-    /// Adds the stream at a path of your own, which must hold `{channel}`.
+    /// The route's path, which must hold `{channel}`.
     ///
     /// # Panics
     ///
     /// When `path` does not start with `/` or lacks `{channel}`.
     #[track_caller]
-    pub fn routes_at<S>(&self, router: Router<S>, path: &str) -> Router<S>
-    where
-        S: Clone + Send + Sync + 'static,
-    {
+    pub fn path(mut self, path: &str) -> Self {
         assert!(
             path.starts_with('/') && path.contains("{channel}"),
             "notification route must start with '/' and hold {{channel}}, got {path:?}"
         );
-        let manager = self.manager.clone();
+        path.clone_into(&mut self.path);
+        self
+    }
+
+    /// Checks every request with `authorizer`: see the type's docs.
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Who may listen to which channel (default [`Access::Granted`]).
+    pub fn listen(mut self, access: Access) -> Self {
+        self.listen = access;
+        self
+    }
+
+    /// Adds the route to `router`.
+    pub fn install<S>(self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let path = self.path.clone();
+        let routes = Arc::new(self);
         router.route(
-            path,
+            &path,
             get(
                 move |axum::extract::Path(channel): axum::extract::Path<String>, req: Request| {
-                    let manager = manager.clone();
-                    async move { listen(&manager, &channel, &req.into_parts().0) }
+                    let routes = Arc::clone(&routes);
+                    async move { routes.listen_to(&channel, &req.into_parts().0).await }
                 },
             ),
         )
     }
-}
 
-fn listen(
-    manager: &BroadcastManager,
-    channel: &str,
-    parts: &axum::http::request::Parts,
-) -> Response {
-    let topic = match Topic::new(channel) {
-        Ok(t) => t,
-        Err(e) => return crate::routes::error(axum::http::StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let last = crate::routes::last_event_id(parts);
-    manager
-        .subscribe(
-            Subscription::new().topics(vec![TopicSelector::exact(&topic)]),
-            last.as_deref(),
-            serde_json::json!({ "channel": channel }),
-        )
-        .into_response()
+    async fn listen_to(&self, channel: &str, parts: &axum::http::request::Parts) -> Response {
+        let topic = match Topic::new(channel) {
+            Ok(t) => t,
+            Err(e) => {
+                return crate::routes::error(axum::http::StatusCode::BAD_REQUEST, e.to_string());
+            }
+        };
+        let subject = match subject_of(self.authorizer.as_deref(), parts).await {
+            Ok(s) => s,
+            Err(e) => return e.into_response(),
+        };
+        let granted = self.listen.check(subject.as_ref(), |s| {
+            if s.subscribe.iter().any(|sel| sel.matches(&topic)) {
+                Ok(())
+            } else {
+                Err(AuthError::Forbidden(format!(
+                    "may not listen to channel {channel:?}"
+                )))
+            }
+        });
+        if let Err(e) = granted {
+            return e.into_response();
+        }
+        let mut sub = Subscription::new().topics(vec![TopicSelector::exact(&topic)]);
+        if let Some(user) = subject.and_then(|s| s.user) {
+            sub = sub.user(user);
+        }
+        let last = crate::routes::last_event_id(parts);
+        self.notifier
+            .manager
+            .subscribe(
+                sub,
+                last.as_deref(),
+                serde_json::json!({ "channel": channel }),
+            )
+            .into_response()
+    }
 }
 
 #[derive(askama::Template)]

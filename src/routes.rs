@@ -2,28 +2,65 @@
 //!
 //! [`setup_broadcast_routes`] mounts a [`BroadcastManager`] under a prefix:
 //!
-//! | route | what it does |
-//! | --- | --- |
-//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header) |
-//! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}` |
-//! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 |
-//! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) |
-//! | `GET {prefix}/history?limit=N` | recent messages addressed to everyone, as JSON |
+//! | route | what it does | who may (by default) |
+//! | --- | --- | --- |
+//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header) | anyone: messages to everyone, plus the user's own with credentials |
+//! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}` | credentials whose `publish` selectors match the type |
+//! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
+//! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
+//! | `GET {prefix}/history?limit=N` | recent messages sent to everyone, as the asker's page would have received them ([`BroadcastManager::history_for`]), as JSON | any valid credentials |
+//!
+//! # Closed until the application opens them
+//!
+//! Installed as they come, the publish and read routes answer **401** to
+//! everyone: nobody can put HTML into the pages or read what was sent
+//! until the application says who may. There are two ways, both one line:
+//!
+//! - an [`Authorizer`] ([`BroadcastRoutes::authorizer`], for example
+//!   [`JwtAuthorizer`](crate::auth) with feature `jwt`): credentials it
+//!   accepts may read, and may publish the types their `publish` selectors
+//!   match (`*` for every type); others get 401 (none or bad) or 403;
+//! - [`Access::Anyone`], written where it is meant:
+//!   `.publish(Access::Anyone)` and `.read(Access::Anyone)` open the routes
+//!   to whoever reaches them (a server listening on `127.0.0.1`, or routes
+//!   behind your own authentication layer).
+//!
+//! To guard the routes with your own axum middleware instead, take them as
+//! two routers, [`BroadcastRoutes::stream_router`] and
+//! [`BroadcastRoutes::admin_router`], and layer the admin one before you
+//! merge it (a layer on the router you pass to [`BroadcastRoutes::install`]
+//! does not cover routes added after it):
+//!
+//! ```
+//! use axum::{Router, extract::Request, http::StatusCode, middleware::{self, Next}, response::Response};
+//! use htmx_sse::auth::Access;
+//! use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes};
+//!
+//! async fn admins_only(req: Request, next: Next) -> Result<Response, StatusCode> {
+//!     let is_admin = req.headers().get("x-admin-key").is_some_and(|k| k == "from-your-config");
+//!     if is_admin { Ok(next.run(req).await) } else { Err(StatusCode::UNAUTHORIZED) }
+//! }
+//!
+//! // The layer decides, so the routes themselves let through what reaches them.
+//! let routes = BroadcastRoutes::new(BroadcastManager::new())
+//!     .publish(Access::Anyone)
+//!     .read(Access::Anyone);
+//! let app: Router = Router::new()
+//!     .merge(routes.stream_router())
+//!     .merge(routes.admin_router().route_layer(middleware::from_fn(admins_only)));
+//! ```
+//!
+//! # Errors
 //!
 //! Bad input changes nothing and gets a JSON error, `{"error": "…"}`:
-//! 400 for malformed JSON or a bad query or path, 413 for a body over the
-//! limit (64 KiB by default), 415 when the body is not
+//! 400 for malformed JSON or a bad query or path, 401 without credentials
+//! (or with bad ones), 403 with credentials that lack the grant, 413 for a
+//! body over the limit (64 KiB by default), 415 when the body is not
 //! `Content-Type: application/json` (which also makes browsers ask before a
 //! cross-site POST), 422 for JSON of the wrong shape (unknown fields, wrong
-//! types, CR or LF in a type, bad connection ids), 404 for an unknown
-//! connection, 503 when the shared backend (Redis) cannot be reached.
-//!
-//! # Protect the publish routes
-//!
-//! As installed here, anyone who can reach the server can publish to every
-//! page. In production, put the `POST` routes behind your authentication
-//! (a middleware layer on the router you pass in, or a reverse proxy rule),
-//! or mount only the stream and publish from your own handlers.
+//! types, CR, LF or NUL in a type, a reserved type, bad connection ids),
+//! 404 for an unknown connection, 503 when the shared backend (Redis)
+//! cannot be reached.
 
 // Handlers answer early with a finished `Response`; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
@@ -43,7 +80,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{AuthError, Authorizer, Subject, subject_of};
+use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
 use crate::broadcast::{BroadcastManager, Sent, Subscription};
 use crate::connections::ConnectionId;
 use crate::error::Error;
@@ -53,15 +90,18 @@ use crate::topics::Topic;
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
 /// Mounts `manager` on `router` under `prefix` (for example `"/sse"`) with
-/// the default options: see the [module docs](self) for the routes, and
-/// [`BroadcastRoutes`] for options.
+/// the default options: the stream open to every page, the publish and
+/// read routes closed (401) until the application opens them. See the
+/// [module docs](self) for the routes, and [`BroadcastRoutes`] for options.
 ///
 /// ```
 /// use axum::Router;
 /// use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
 ///
 /// let manager = BroadcastManager::new();
-/// let app: Router = setup_broadcast_routes(Router::new(), manager, "/sse");
+/// let app: Router = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+/// // Publish from your own handlers with `manager.broadcast(…)`, or open
+/// // the HTTP publish routes with `BroadcastRoutes`.
 /// ```
 ///
 /// # Panics
@@ -79,15 +119,19 @@ where
     BroadcastRoutes::new(manager).prefix(prefix).install(router)
 }
 
-/// Options for the broadcast routes.
+/// Options for the broadcast routes: prefix, body limit, and who may use
+/// them.
 ///
 /// ```
 /// use axum::Router;
+/// use htmx_sse::auth::Access;
 /// use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes};
 ///
 /// let app: Router = BroadcastRoutes::new(BroadcastManager::new())
 ///     .prefix("/live")
 ///     .max_body(16 * 1024)
+///     // A decision: anyone who reaches the server may read the history.
+///     .read(Access::Anyone)
 ///     .install(Router::new());
 /// ```
 #[derive(Clone)]
@@ -97,6 +141,8 @@ pub struct BroadcastRoutes {
     prefix: String,
     max_body: usize,
     authorizer: Option<Arc<dyn Authorizer>>,
+    publish: Access,
+    read: Access,
 }
 
 impl fmt::Debug for BroadcastRoutes {
@@ -105,28 +151,77 @@ impl fmt::Debug for BroadcastRoutes {
             .field("prefix", &self.prefix)
             .field("max_body", &self.max_body)
             .field("authorizer", &self.authorizer.is_some())
+            .field("publish", &self.publish)
+            .field("read", &self.read)
             .finish_non_exhaustive()
     }
 }
 
 impl BroadcastRoutes {
-    /// Routes for `manager` under `/sse`, bodies up to 64 KiB.
+    /// Routes for `manager` under `/sse`, bodies up to 64 KiB, publish and
+    /// read routes closed ([`Access::Granted`] with no authorizer).
     pub fn new(manager: BroadcastManager) -> Self {
         BroadcastRoutes {
             manager,
             prefix: "/sse".to_owned(),
             max_body: DEFAULT_MAX_BODY,
             authorizer: None,
+            publish: Access::Granted,
+            read: Access::Granted,
         }
     }
 
     /// Checks every request with `authorizer`: a stream connection carries
-    /// its subject's user (for [`BroadcastManager::send_to_user`]); the
-    /// publish routes need credentials whose `publish` selectors match the
-    /// message type as a topic (`*` allows every type), else 401/403. Bad
-    /// credentials are refused on every route. See [`crate::auth`].
+    /// its subject's user (for [`BroadcastManager::send_to_user`]); with
+    /// [`Access::Granted`] the publish routes need credentials whose
+    /// `publish` selectors match the message type as a topic (`*` allows
+    /// every type), and the read routes any valid credentials, else
+    /// 401/403. Bad credentials are refused on every route. See
+    /// [`crate::auth`].
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use htmx_sse::auth::{AuthFuture, Authorizer, Subject};
+    /// use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes, topics::TopicSelector};
+    ///
+    /// /// Requests with the right key may publish any type.
+    /// struct ApiKey(String);
+    ///
+    /// impl Authorizer for ApiKey {
+    ///     fn authorize<'a>(&'a self, parts: &'a axum::http::request::Parts) -> AuthFuture<'a> {
+    ///         Box::pin(async move {
+    ///             let sent = htmx_sse::auth::bearer(parts)?;
+    ///             Ok((sent == Some(self.0.as_str())).then(|| {
+    ///                 Subject::default().with_publish(vec![TopicSelector::any()])
+    ///             }))
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// let app: Router = BroadcastRoutes::new(BroadcastManager::new())
+    ///     .authorizer(ApiKey("from-your-config".into()))
+    ///     .install(Router::new());
+    /// ```
     pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
         self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Who may use `POST {prefix}/broadcast` and `POST {prefix}/send/{id}`
+    /// (default [`Access::Granted`]: credentials from the authorizer whose
+    /// `publish` selectors match the type; nobody without an authorizer).
+    /// `.publish(Access::Anyone)` lets anyone who reaches the server put
+    /// messages into every page.
+    pub fn publish(mut self, access: Access) -> Self {
+        self.publish = access;
+        self
+    }
+
+    /// Who may use `GET {prefix}/status` and `GET {prefix}/history`
+    /// (default [`Access::Granted`]: any credentials the authorizer
+    /// accepts; nobody without an authorizer).
+    pub fn read(mut self, access: Access) -> Self {
+        self.read = access;
         self
     }
 
@@ -151,23 +246,52 @@ impl BroadcastRoutes {
         self
     }
 
-    /// Adds the routes to `router`.
-    pub fn install<S>(self, router: Router<S>) -> Router<S>
+    fn ctx(&self) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            manager: self.manager.clone(),
+            max_body: self.max_body,
+            authorizer: self.authorizer.clone(),
+            publish: self.publish,
+            read: self.read,
+        })
+    }
+
+    /// The stream route alone, `GET {prefix}`, to merge into your router.
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes};
+    ///
+    /// let app: Router = Router::new().merge(BroadcastRoutes::new(BroadcastManager::new()).stream_router());
+    /// ```
+    pub fn stream_router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let path = if self.prefix.is_empty() {
+            "/"
+        } else {
+            self.prefix.as_str()
+        };
+        let ctx = self.ctx();
+        Router::new().route(
+            path,
+            get(move |req: Request| async move { stream(&ctx, req).await }),
+        )
+    }
+
+    /// The publish and read routes alone (`POST {prefix}/broadcast`,
+    /// `POST {prefix}/send/{id}`, `GET {prefix}/status`, `GET
+    /// {prefix}/history`), with this value's access rules, to layer with
+    /// your own authentication before merging: see the
+    /// [module docs](self#closed-until-the-application-opens-them).
+    pub fn admin_router<S>(&self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
         let p = &self.prefix;
-        let stream_path = if p.is_empty() { "/" } else { p.as_str() };
-        let ctx = Arc::new(Ctx {
-            manager: self.manager,
-            max_body: self.max_body,
-            authorizer: self.authorizer,
-        });
-        router
-            .route(stream_path, {
-                let ctx = Arc::clone(&ctx);
-                get(move |req: Request| async move { stream(&ctx, req).await })
-            })
+        let ctx = self.ctx();
+        Router::new()
             .route(&format!("{p}/broadcast"), {
                 let ctx = Arc::clone(&ctx);
                 post(move |req: Request| async move { publish_all(&ctx, req).await })
@@ -180,13 +304,22 @@ impl BroadcastRoutes {
             })
             .route(&format!("{p}/status"), {
                 let ctx = Arc::clone(&ctx);
-                get(move || async move { status(&ctx.manager).await })
+                get(move |req: Request| async move { status(&ctx, req).await })
             })
-            .route(&format!("{p}/history"), {
-                get(move |query: Query<HashMap<String, String>>| async move {
-                    history(&ctx.manager, &query)
-                })
-            })
+            .route(
+                &format!("{p}/history"),
+                get(move |req: Request| async move { history(&ctx, req).await }),
+            )
+    }
+
+    /// Adds the stream and the publish and read routes to `router`.
+    pub fn install<S>(self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        router
+            .merge(self.stream_router())
+            .merge(self.admin_router())
     }
 }
 
@@ -194,6 +327,8 @@ struct Ctx {
     manager: BroadcastManager,
     max_body: usize,
     authorizer: Option<Arc<dyn Authorizer>>,
+    publish: Access,
+    read: Access,
 }
 
 impl Ctx {
@@ -203,26 +338,31 @@ impl Ctx {
             .map_err(IntoResponse::into_response)
     }
 
-    /// For publish routes: with an authorizer, credentials are required
-    /// and must allow `message_type` as a topic.
+    /// For publish routes: whether `subject` may publish `message_type`.
     fn may_publish(&self, subject: Option<&Subject>, message_type: &str) -> Result<(), Response> {
-        if self.authorizer.is_none() {
-            return Ok(());
-        }
-        let Some(subject) = subject else {
-            return Err(AuthError::Missing.into_response());
-        };
-        let allowed = Topic::new(message_type)
-            .map(|t| subject.can_publish(&[t]))
-            .unwrap_or(false);
-        if allowed {
-            Ok(())
-        } else {
-            Err(
-                AuthError::Forbidden(format!("may not publish type {message_type:?}"))
-                    .into_response(),
-            )
-        }
+        self.publish
+            .check(subject, |s| {
+                let allowed = Topic::new(message_type)
+                    .map(|t| s.can_publish(&[t]))
+                    .unwrap_or(false);
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(AuthError::Forbidden(format!(
+                        "may not publish type {message_type:?}"
+                    )))
+                }
+            })
+            .map_err(IntoResponse::into_response)
+    }
+
+    /// For read routes: the asker's subject, when it may read.
+    async fn reader(&self, parts: &Parts) -> Result<Option<Subject>, Response> {
+        let subject = self.subject(parts).await?;
+        self.read
+            .check(subject.as_ref(), |_| Ok(()))
+            .map_err(IntoResponse::into_response)?;
+        Ok(subject)
     }
 }
 
@@ -364,14 +504,15 @@ pub(crate) fn publish_error(e: &Error) -> Response {
     }
 }
 
-/// Authorizes a publish request, then reads its body.
+/// Authorizes a publish request (credentials first, so that a refused
+/// request is not read), then reads its body.
 async fn authorized_body<T: serde::de::DeserializeOwned>(
     ctx: &Ctx,
     req: Request,
 ) -> Result<(Option<Subject>, T), Response> {
     let (parts, body) = req.into_parts();
     let subject = ctx.subject(&parts).await?;
-    if ctx.authorizer.is_some() && subject.is_none() {
+    if ctx.publish == Access::Granted && subject.is_none() {
         return Err(AuthError::Missing.into_response());
     }
     let body = json_body(Request::from_parts(parts, body), ctx.max_body).await?;
@@ -427,7 +568,11 @@ async fn publish_one(ctx: &Ctx, id: &str, req: Request) -> Response {
     }
 }
 
-async fn status(m: &BroadcastManager) -> Response {
+async fn status(ctx: &Ctx, req: Request) -> Response {
+    if let Err(r) = ctx.reader(&req.into_parts().0).await {
+        return r;
+    }
+    let m = &ctx.manager;
     let stats = m.stats();
     // Every instance's connections (the same as `total` in memory); null
     // while the shared backend cannot be reached.
@@ -445,7 +590,16 @@ async fn status(m: &BroadcastManager) -> Response {
     .into_response()
 }
 
-fn history(m: &BroadcastManager, query: &HashMap<String, String>) -> Response {
+async fn history(ctx: &Ctx, req: Request) -> Response {
+    let parts = req.into_parts().0;
+    let subject = match ctx.reader(&parts).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let query: HashMap<String, String> = match Query::try_from_uri(&parts.uri) {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => None,
         Some(Ok(l)) => Some(l),
@@ -456,5 +610,6 @@ fn history(m: &BroadcastManager, query: &HashMap<String, String>) -> Response {
             );
         }
     };
-    Json(m.history(limit)).into_response()
+    let user = subject.as_ref().and_then(|s| s.user.as_ref());
+    Json(ctx.manager.history_for(limit, user)).into_response()
 }

@@ -16,9 +16,7 @@ use axum::routing::get;
 use common::redis::RedisServer;
 use htmx_sse::Error;
 use htmx_sse::backend::RedisConfig;
-use htmx_sse::broadcast::{
-    BroadcastBuilder, BroadcastManager, Subscription, setup_broadcast_routes,
-};
+use htmx_sse::broadcast::{BroadcastBuilder, BroadcastManager, Subscription};
 use htmx_sse::connections::{ConnectionId, UserId};
 use htmx_sse::testing::{ReceivedEvent, TestClient};
 use htmx_sse::topics::{Topic, TopicSelector};
@@ -76,7 +74,7 @@ async fn topic_stream(
 impl Server {
     async fn start(backend: Backend) -> Server {
         let manager = backend.manager.clone();
-        let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse").merge(
+        let app = common::open_routes(Router::new(), manager.clone(), "/sse").merge(
             Router::new()
                 .route("/user/{user}", get(user_stream))
                 .route("/topic/{topic}", get(topic_stream))

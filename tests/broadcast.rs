@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::broadcast::BroadcastManager;
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::streaming::StreamConfig;
 use htmx_sse::testing::{ReceivedEvent, TestClient};
@@ -24,7 +24,7 @@ struct Server {
 
 impl Server {
     async fn start(manager: BroadcastManager) -> Server {
-        let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+        let app = common::open_routes(Router::new(), manager.clone(), "/sse");
         let (base, _task) = common::serve(app).await;
         Server {
             base,

@@ -32,7 +32,13 @@ async fn wait_for(notifier: &Notifier, clients: usize) {
 #[tokio::test]
 async fn channels_live_as_long_as_their_listeners() {
     let notifier = Notifier::new();
-    let (base, _) = common::serve(notifier.routes(Router::new())).await;
+    let (base, _) = common::serve(
+        notifier
+            .routes()
+            .listen(htmx_sse::auth::Access::Anyone)
+            .install(Router::new()),
+    )
+    .await;
     assert!(notifier.active_channels().is_empty());
     assert_eq!(
         notifier
@@ -123,7 +129,11 @@ async fn channels_live_as_long_as_their_listeners() {
 #[tokio::test]
 async fn custom_path_and_bad_channels() {
     let notifier = Notifier::new();
-    let app = notifier.routes_at(Router::new(), "/sse/{channel}");
+    let app = notifier
+        .routes()
+        .path("/sse/{channel}")
+        .listen(htmx_sse::auth::Access::Anyone)
+        .install(Router::new());
     let (base, _) = common::serve(app).await;
     let mut c = TestClient::get(format!("{base}/sse/ops"))
         .connect()

@@ -11,7 +11,7 @@ use axum::Router;
 use common::redis::RedisServer;
 use htmx_sse::Error;
 use htmx_sse::backend::RedisConfig;
-use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::broadcast::BroadcastManager;
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::streaming::StreamConfig;
 use htmx_sse::testing::{ReceivedEvent, SseItem, TestClient};
@@ -33,7 +33,7 @@ async fn instance(redis: &RedisServer, heartbeat: Duration) -> Instance {
         .build_redis(RedisConfig::new(redis.url()).timeout(Duration::from_millis(500)))
         .await
         .expect("connects to the test redis-server");
-    let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+    let app = common::open_routes(Router::new(), manager.clone(), "/sse");
     let (base, task) = common::serve(app).await;
     Instance {
         base,
@@ -305,10 +305,16 @@ async fn an_unreachable_redis_is_a_clear_error_at_start() {
     assert!(err.to_string().contains("bad Redis URL"), "{err}");
 }
 
+/// The notification stream, open to every page (the test has no users).
+fn listen(n: &htmx_sse::notify::Notifier, router: Router) -> Router {
+    n.routes()
+        .listen(htmx_sse::auth::Access::Anyone)
+        .install(router)
+}
+
 #[tokio::test]
 async fn toasts_and_topic_hub_publishes_cross_instances() {
     use htmx_sse::notify::{Level, Notifier};
-    use htmx_sse::topics::setup_topic_routes;
 
     let redis = RedisServer::start(false);
     let make = || async {
@@ -321,7 +327,11 @@ async fn toasts_and_topic_hub_publishes_cross_instances() {
         Notifier::with_manager(make().await),
         Notifier::with_manager(make().await),
     );
-    let hub = |m: BroadcastManager| setup_topic_routes(Router::new(), m, "/hub");
+    let hub = |m: BroadcastManager| {
+        htmx_sse::topics::TopicRoutes::new(m)
+            .publish(htmx_sse::auth::Access::Anyone)
+            .install(Router::new())
+    };
     let hub_a = BroadcastManager::builder()
         .build_redis(RedisConfig::new(redis.url()).prefix("hub"))
         .await
@@ -330,8 +340,8 @@ async fn toasts_and_topic_hub_publishes_cross_instances() {
         .build_redis(RedisConfig::new(redis.url()).prefix("hub"))
         .await
         .unwrap();
-    let (base_a, _ta) = common::serve(na.routes(hub(hub_a))).await;
-    let (base_b, _tb) = common::serve(nb.routes(hub(hub_b))).await;
+    let (base_a, _ta) = common::serve(listen(&na, hub(hub_a))).await;
+    let (base_b, _tb) = common::serve(listen(&nb, hub(hub_b))).await;
 
     // A toast sent on B reaches the page listening on A; B has no
     // listener of its own, and still publishes.
@@ -380,8 +390,7 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
         .build_redis(config())
         .await
         .unwrap();
-    let (base_a, _ta) =
-        common::serve(setup_broadcast_routes(Router::new(), a.clone(), "/sse")).await;
+    let (base_a, _ta) = common::serve(common::open_routes(Router::new(), a.clone(), "/sse")).await;
     let (_on_a, _) = common::open_connection(&format!("{base_a}/sse"), None).await;
 
     // Instance B lives on its own runtime; shutting that runtime down ends
@@ -398,7 +407,7 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
                 .build_redis(b_config)
                 .await
                 .unwrap();
-            common::serve(setup_broadcast_routes(Router::new(), b, "/sse"))
+            common::serve(common::open_routes(Router::new(), b, "/sse"))
                 .await
                 .0
         })

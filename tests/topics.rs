@@ -50,9 +50,11 @@ struct Hub {
 async fn hub(auth: Option<JwtAuthorizer>) -> Hub {
     let manager = BroadcastManager::new();
     let mut routes = TopicRoutes::new(manager.clone());
-    if let Some(a) = auth {
-        routes = routes.authorizer(a);
-    }
+    routes = match auth {
+        Some(a) => routes.authorizer(a),
+        // Without credentials to check, these tests publish as anyone.
+        None => routes.publish(htmx_sse::auth::Access::Anyone),
+    };
     let (base, _) = common::serve(routes.install(Router::new())).await;
     Hub {
         base,
@@ -221,10 +223,17 @@ async fn private_messages_reach_only_authorized_subscribers() {
     assert_eq!(next(&mut b).await.data, "bob's");
     assert_eq!(next(&mut b).await.data, "public");
     assert_eq!(next(&mut anon).await.data, "public");
-    // Private messages never show in the public history.
+    // Topic messages, private or not, never show in the history: it lists
+    // what every page is sent, and a topic's pages may be chosen by an
+    // authorizer (a notification channel per user).
+    assert!(h.manager.history(None).is_empty());
+    h.manager
+        .broadcast("note", "to everyone", None, &[])
+        .await
+        .unwrap();
     let history = h.manager.history(None);
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].data, "public");
+    assert_eq!(history[0].data, "to everyone");
     // private=1 without credentials: 401, not a silent empty stream.
     match h.subscribe("topic=lists%2F**&private=1", None).await {
         Err(ClientError::NotAnEventStream { status: 401, .. }) => {}
@@ -658,7 +667,12 @@ async fn idle_topic_connections_skip_messages_for_others_across_threads() {
         .queue_capacity(4)
         .stream(htmx_sse::streaming::StreamConfig::new().no_heartbeat())
         .build();
-    let (base, _) = common::serve(TopicRoutes::new(manager.clone()).install(Router::new())).await;
+    let (base, _) = common::serve(
+        TopicRoutes::new(manager.clone())
+            .publish(htmx_sse::auth::Access::Anyone)
+            .install(Router::new()),
+    )
+    .await;
     let (acks, _) = tokio::sync::broadcast::channel::<(usize, String)>(ROUNDS * 40);
     let mut readers = Vec::new();
     for n in 0..6 {

@@ -134,6 +134,58 @@ impl IntoResponse for AuthError {
     }
 }
 
+/// Who may use a group of routes: the decision every route installer asks
+/// for before it answers anyone.
+///
+/// The default is [`Access::Granted`]: a request needs credentials that the
+/// application's [`Authorizer`] accepts and that carry the right grant (for
+/// publishing, a `publish` selector matching what is published). Without an
+/// authorizer nobody is granted anything, so routes installed with the
+/// defaults answer 401 until the application decides otherwise.
+///
+/// [`Access::Anyone`] opens the routes to whoever reaches them. Write it
+/// only where that is true on purpose: a server on `127.0.0.1`, or routes
+/// behind your own layer (`route_layer`) that already decides.
+///
+/// ```
+/// use axum::Router;
+/// use htmx_sse::auth::Access;
+/// use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes};
+///
+/// // Anyone may publish: a decision a reviewer can see (and grep for).
+/// let app: Router = BroadcastRoutes::new(BroadcastManager::new())
+///     .publish(Access::Anyone)
+///     .install(Router::new());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Access {
+    /// Requests whose credentials the authorizer accepts and grants the
+    /// action; nobody without an authorizer (401).
+    #[default]
+    Granted,
+    /// Anyone who reaches the route, with or without credentials (bad
+    /// credentials are still refused with 401).
+    Anyone,
+}
+
+impl Access {
+    /// Checks a request that the authorizer turned into `subject` (`None`:
+    /// no credentials) against this policy; `grant` says whether a subject
+    /// holds the right.
+    pub(crate) fn check(
+        self,
+        subject: Option<&Subject>,
+        grant: impl FnOnce(&Subject) -> Result<(), AuthError>,
+    ) -> Result<(), AuthError> {
+        match (self, subject) {
+            (Access::Anyone, _) => Ok(()),
+            (Access::Granted, None) => Err(AuthError::Missing),
+            (Access::Granted, Some(s)) => grant(s),
+        }
+    }
+}
+
 /// What [`Authorizer::authorize`] returns.
 pub type AuthFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<Subject>, AuthError>> + Send + 'a>>;

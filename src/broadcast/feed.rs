@@ -103,7 +103,7 @@ impl Feed {
         let body = stored.body_for(id, &self.direct.sub)?;
         if let Some(filter) = &hub.filter {
             let to = Recipient {
-                connection: id,
+                connection: Some(id),
                 user: self.direct.sub.user.as_ref(),
             };
             if !filter(&stored.message, &to) {

@@ -148,14 +148,6 @@ impl Stored {
             None => &self.body,
         })
     }
-
-    fn is_public(&self) -> bool {
-        match &self.target {
-            Target::All { .. } => true,
-            Target::Topics { private, .. } => !private,
-            Target::One { .. } | Target::User { .. } => false,
-        }
-    }
 }
 
 /// One connection's own queue (messages addressed to it alone), what it
@@ -288,8 +280,9 @@ impl Core {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Recipient<'a> {
-    /// The connection.
-    pub connection: &'a ConnectionId,
+    /// The connection; `None` when the message is listed for a history
+    /// reader ([`BroadcastManager::history_for`]) rather than sent.
+    pub connection: Option<&'a ConnectionId>,
     /// The user it belongs to, if any.
     pub user: Option<&'a UserId>,
 }
@@ -991,6 +984,9 @@ impl BroadcastManager {
     /// # Errors
     ///
     /// [`Error::InvalidField`] or [`Error::EmptyEventName`] for a bad type,
+    /// [`Error::ReservedEventName`] for one of the crate's own types
+    /// (`connection`, `reset`, `close`: see
+    /// [`Message::allow_reserved_type`]),
     /// [`Error::Json`] when `data` does not serialise, or the renderer's
     /// error. Nothing is published then.
     pub async fn broadcast<T, D>(
@@ -1110,8 +1106,21 @@ impl BroadcastManager {
             dest: Dest::All,
             private: false,
             topic_as_type: false,
+            allow_reserved: false,
             error,
         }
+    }
+
+    /// [`Error::ReservedEventName`] when pages would take `name` for one of
+    /// the crate's own events.
+    fn refuse_reserved(&self, name: &str) -> Result<(), Error> {
+        let own_close = self.inner.hub.close.as_ref().and_then(Event::name);
+        if super::RESERVED_EVENTS.iter().any(|r| r.as_str() == name) || own_close == Some(name) {
+            return Err(Error::ReservedEventName {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Renders and encodes a message once, outside any lock.
@@ -1121,6 +1130,16 @@ impl BroadcastManager {
             return Err(e);
         }
         let message_type = m.message_type.unwrap_or(CONNECTION_EVENT);
+        if !m.allow_reserved {
+            self.refuse_reserved(message_type.as_str())?;
+            if m.topic_as_type
+                && let Dest::Topics(topics) = &m.dest
+            {
+                for t in topics {
+                    self.refuse_reserved(t.as_str())?;
+                }
+            }
+        }
         let (data, metadata) = (m.data, m.metadata);
         let timestamp = Utc::now();
         let text = match &inner.render {
@@ -1315,16 +1334,65 @@ impl BroadcastManager {
         self.inner.core.lock().connections.len()
     }
 
-    /// The most recent public messages (up to `limit`, all kept when
-    /// `None`), oldest first: those for everyone and public topic messages.
-    /// Messages for one connection or one user, and private topic messages,
-    /// are kept for resume but never listed here.
+    /// The most recent messages sent to everyone (up to `limit`, all kept
+    /// when `None`), oldest first, as an anonymous page would have received
+    /// them: see [`history_for`](Self::history_for).
+    ///
+    /// ```
+    /// use htmx_sse::broadcast::BroadcastManager;
+    /// use htmx_sse::connections::UserId;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///
+    /// let manager = BroadcastManager::new();
+    /// manager.broadcast("news", "for everyone", None, &[]).await?;
+    /// manager.send_to_user(&UserId::new("ann")?, "dm", "for ann", None).await?;
+    /// let listed: Vec<_> = manager.history(None).iter().map(|m| m.data.clone()).collect();
+    /// assert_eq!(listed, ["for everyone"]);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn history(&self, limit: Option<usize>) -> Vec<BroadcastMessage> {
-        let core = self.inner.core.lock();
-        let public: Vec<&Arc<Stored>> = core.history.iter().filter(|s| s.is_public()).collect();
-        let skip = limit.map_or(0, |l| public.len().saturating_sub(l));
-        public[skip..].iter().map(|s| s.message.clone()).collect()
+        self.history_for(limit, None)
+    }
+
+    /// The most recent messages sent to everyone that a page of `user`
+    /// would have received (up to `limit`, all kept when `None`), oldest
+    /// first.
+    ///
+    /// Only what every page is sent is listed: messages for one connection,
+    /// one user or a topic are kept for resume but never listed, and a
+    /// [recipient filter](BroadcastBuilder::recipient_filter) is asked with
+    /// `connection: None` and this user, so what it withholds from them is
+    /// not listed either. `GET {prefix}/history` answers with this list for
+    /// the asker's user.
+    #[must_use]
+    pub fn history_for(
+        &self,
+        limit: Option<usize>,
+        user: Option<&UserId>,
+    ) -> Vec<BroadcastMessage> {
+        let filter = self.inner.hub.filter.as_deref();
+        let reader = Recipient {
+            connection: None,
+            user,
+        };
+        let to_all: Vec<Arc<Stored>> = self
+            .inner
+            .core
+            .lock()
+            .history
+            .iter()
+            .filter(|s| matches!(s.target, Target::All { .. }))
+            .cloned()
+            .collect();
+        // The filter is the application's code: asked outside the lock.
+        let listed: Vec<&Arc<Stored>> = to_all
+            .iter()
+            .filter(|s| filter.is_none_or(|f| f(&s.message, &reader)))
+            .collect();
+        let skip = limit.map_or(0, |l| listed.len().saturating_sub(l));
+        listed[skip..].iter().map(|s| s.message.clone()).collect()
     }
 
     /// The id the next message will follow: the last one published (with
@@ -1417,6 +1485,7 @@ pub struct Message<'a> {
     dest: Dest,
     private: bool,
     topic_as_type: bool,
+    allow_reserved: bool,
     error: Option<Error>,
 }
 
@@ -1477,12 +1546,37 @@ impl Message<'_> {
         self
     }
 
+    /// Lets this message use a type the crate gives a meaning to
+    /// ([`RESERVED_EVENTS`](super::RESERVED_EVENTS): `connection`, `reset`,
+    /// `close`, or the manager's own close event), which is refused
+    /// otherwise. Pages take it for the crate's own event: a `close` sent
+    /// to everyone stops every page from reconnecting.
+    ///
+    /// ```
+    /// use htmx_sse::{broadcast::BroadcastManager, Error};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let manager = BroadcastManager::new();
+    /// let refused = manager.broadcast("close", "", None, &[]).await;
+    /// assert!(matches!(refused, Err(Error::ReservedEventName { .. })));
+    ///
+    /// // Every page stops listening: meant, and visible in review.
+    /// manager.message("close", "service retired").allow_reserved_type().send().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn allow_reserved_type(mut self) -> Self {
+        self.allow_reserved = true;
+        self
+    }
+
     /// Publishes it.
     ///
     /// # Errors
     ///
-    /// A bad type, data that does not serialise, the renderer's error, a
-    /// topic message without topics, an unknown connection for
+    /// A bad type (CR, LF or NUL, empty, or reserved: see
+    /// [`allow_reserved_type`](Self::allow_reserved_type)), data that does
+    /// not serialise, the renderer's error, a topic message without topics,
+    /// an unknown connection for
     /// [`to_connection`](Self::to_connection). Nothing is published then.
     pub async fn send(self) -> Result<Sent, Error> {
         self.manager.publish(self).await

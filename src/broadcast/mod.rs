@@ -128,6 +128,17 @@ pub const CONNECTION_EVENT: EventName = EventName::from_static("connection");
 /// The event sent when a reconnecting page cannot be caught up.
 pub const RESET_EVENT: EventName = EventName::from_static("reset");
 
+/// The message types the crate gives a meaning to, which `broadcast`,
+/// `send_to`, `message(…).send()` and the HTTP publish routes refuse with
+/// [`Error::ReservedEventName`](crate::Error::ReservedEventName):
+/// [`CONNECTION_EVENT`], [`RESET_EVENT`] and
+/// [`CLOSE_EVENT`](crate::streaming::CLOSE_EVENT). The manager's own close
+/// event, when its [`StreamConfig`](crate::streaming::StreamConfig) names
+/// another one, is refused too. Send one on purpose with
+/// [`Message::allow_reserved_type`].
+pub const RESERVED_EVENTS: [EventName; 3] =
+    [CONNECTION_EVENT, RESET_EVENT, crate::streaming::CLOSE_EVENT];
+
 /// Why a reconnecting page gets the reset event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::{Topic, TopicSelector};
-use crate::auth::{AuthError, Authorizer, Subject, subject_of};
+use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
 use crate::broadcast::{BroadcastManager, Subscription};
 use crate::routes::{
     DEFAULT_MAX_BODY, error, json_body, last_event_id, publish_error, query_pairs, sent,
@@ -64,10 +64,24 @@ where
 ///
 /// Bad input gets a JSON error and changes nothing: 400 for bad selectors or
 /// malformed JSON, 413, 415, 422 for the wrong shape (both or neither of
-/// `html` and `data`, invalid topics, unknown fields). With an
-/// [`Authorizer`], publishing needs credentials whose `publish` selectors
-/// match every topic (401 without, 403 otherwise); without one, anyone who
-/// reaches the route may publish, and private messages reach nobody.
+/// `html` and `data`, invalid topics, unknown fields, a reserved type).
+///
+/// Publishing is closed until the application opens it: by default
+/// ([`Access::Granted`]) it needs credentials from the [`Authorizer`] whose
+/// `publish` selectors match every topic (401 without, 403 otherwise), and
+/// without an authorizer every publish gets 401.
+/// `.publish(Access::Anyone)` lets anyone who reaches the route publish.
+/// Without an authorizer private messages reach nobody.
+///
+/// ```
+/// use axum::Router;
+/// use htmx_sse::{auth::Access, broadcast::BroadcastManager, topics::TopicRoutes};
+///
+/// // A decision: on this server anyone may publish public topic messages.
+/// let app: Router = TopicRoutes::new(BroadcastManager::new())
+///     .publish(Access::Anyone)
+///     .install(Router::new());
+/// ```
 #[derive(Clone)]
 #[must_use]
 pub struct TopicRoutes {
@@ -76,6 +90,7 @@ pub struct TopicRoutes {
     max_body: usize,
     max_topics: usize,
     authorizer: Option<Arc<dyn Authorizer>>,
+    publish: Access,
 }
 
 impl fmt::Debug for TopicRoutes {
@@ -85,12 +100,14 @@ impl fmt::Debug for TopicRoutes {
             .field("max_body", &self.max_body)
             .field("max_topics", &self.max_topics)
             .field("authorizer", &self.authorizer.is_some())
+            .field("publish", &self.publish)
             .finish_non_exhaustive()
     }
 }
 
 impl TopicRoutes {
-    /// A hub for `manager` at `/hub`.
+    /// A hub for `manager` at `/hub`, publishing closed
+    /// ([`Access::Granted`] with no authorizer).
     pub fn new(manager: BroadcastManager) -> Self {
         TopicRoutes {
             manager,
@@ -98,7 +115,15 @@ impl TopicRoutes {
             max_body: DEFAULT_MAX_BODY,
             max_topics: DEFAULT_MAX_TOPICS,
             authorizer: None,
+            publish: Access::Granted,
         }
+    }
+
+    /// Who may publish (default [`Access::Granted`]: credentials whose
+    /// `publish` selectors match every topic of the message).
+    pub fn publish(mut self, access: Access) -> Self {
+        self.publish = access;
+        self
     }
 
     /// The path of the hub.
@@ -226,7 +251,7 @@ async fn publish(hub: &TopicRoutes, req: Request) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if hub.authorizer.is_some() && subject.is_none() {
+    if hub.publish == Access::Granted && subject.is_none() {
         return AuthError::Missing.into_response();
     }
     let body: PublishBody = match json_body(Request::from_parts(parts, body), hub.max_body).await {
@@ -236,11 +261,17 @@ async fn publish(hub: &TopicRoutes, req: Request) -> Response {
     if body.topics.is_empty() {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "topics must not be empty");
     }
-    if let Some(subject) = &subject
-        && !subject.can_publish(&body.topics)
-    {
-        return AuthError::Forbidden("may not publish to every one of these topics".into())
-            .into_response();
+    let granted = hub.publish.check(subject.as_ref(), |s| {
+        if s.can_publish(&body.topics) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(
+                "may not publish to every one of these topics".into(),
+            ))
+        }
+    });
+    if let Err(e) = granted {
+        return e.into_response();
     }
     let data = match (body.html, body.data) {
         (Some(html), None) => serde_json::Value::String(html),

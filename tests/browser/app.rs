@@ -5,7 +5,7 @@
 //! the registry (see `tests/browser/README.md`).
 //!
 //! A server process here is a router built around one `BroadcastManager`
-//! (mounted with `setup_broadcast_routes` under `/sse`) and one `Notifier`
+//! (mounted with `BroadcastRoutes` opened to anyone (`common::open_routes`) under `/sse`) and one `Notifier`
 //! (`/notifications/{channel}`), both made fresh by [`Process::start`]. A
 //! thin test layer (`/lab/*`) outlives the processes: it records every
 //! stream request, ends open streams without the close event on demand (as
@@ -26,7 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::broadcast::BroadcastManager;
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::scripts::{self, ResetOptions, SseElement};
 use htmx_sse::notify::{Level, NotificationStream, Notifier};
@@ -228,8 +228,12 @@ fn app(ctx: Proc) -> Router {
         .route("/note", post(note))
         .merge(lab_routes())
         .with_state(ctx.clone());
-    let router = ctx.notifier.routes(router);
-    setup_broadcast_routes(router, ctx.manager.clone(), "/sse")
+    let router = ctx
+        .notifier
+        .routes()
+        .listen(htmx_sse::auth::Access::Anyone)
+        .install(router);
+    crate::common::open_routes(router, ctx.manager.clone(), "/sse")
         .layer(middleware::from_fn_with_state(ctx, lab_layer))
 }
 

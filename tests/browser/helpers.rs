@@ -1,7 +1,7 @@
 //! The browser-side helpers of `htmx_sse::connections::scripts` in a real
 //! browser: `tests/browser/helpers.mjs` drives pages built with
 //! `SseElement` and the helper scripts against a `BroadcastManager` mounted
-//! with `setup_broadcast_routes` (see `tests/browser/README.md`).
+//! with `BroadcastRoutes` opened to anyone (`common::open_routes`) (see `tests/browser/README.md`).
 //!
 //! Between the manager's routes and the browser sits a thin test layer
 //! (`lab`): it records every stream request, can answer the next ones with
@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use htmx_sse::broadcast::{BroadcastManager, setup_broadcast_routes};
+use htmx_sse::broadcast::BroadcastManager;
 use htmx_sse::connections::scripts::{
     self, AttributeName, ReconnectOptions, SharedOptions, SseElement,
 };
@@ -116,7 +116,7 @@ fn app(lab: Shared) -> Router {
         .route("/lab/cut", post(cut))
         .route("/lab/refuse", post(refuse))
         .with_state(lab.clone());
-    setup_broadcast_routes(router, lab.manager.clone(), "/sse")
+    crate::common::open_routes(router, lab.manager.clone(), "/sse")
         .layer(middleware::from_fn_with_state(lab, lab_layer))
 }
 

@@ -10,6 +10,18 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// The broadcast routes of `manager` under `prefix`, with publishing and
+/// reading opened to anyone: these tests publish over HTTP from 127.0.0.1
+/// on purpose (the closed defaults have their own tests in
+/// `tests/hostile.rs`).
+pub fn open_routes(router: Router, manager: htmx_sse::BroadcastManager, prefix: &str) -> Router {
+    htmx_sse::routes::BroadcastRoutes::new(manager)
+        .prefix(prefix)
+        .publish(htmx_sse::auth::Access::Anyone)
+        .read(htmx_sse::auth::Access::Anyone)
+        .install(router)
+}
+
 /// Serves `app` on a free port of 127.0.0.1; returns its base URL.
 pub async fn serve(app: Router) -> (String, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

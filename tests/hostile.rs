@@ -1,0 +1,912 @@
+//! Hostile requests over real HTTP on 127.0.0.1, one row each: what a
+//! stranger, a publisher with too few rights, or a broken client can send
+//! to the routes as the README installs them. Every row states the status
+//! it must get, and after every row the test checks that nothing was
+//! published (the manager's last id did not move), nothing was listed in
+//! the history, and the page listening all along received nothing.
+//!
+//! The rows cover SECURITY.md's promises for the routes: publish and read
+//! routes closed until opened, grants checked per type, reserved event
+//! names, CR/LF/NUL in names, bad shapes, sizes and encodings, bad ids and
+//! selectors. The stream-side rows (bad `Last-Event-ID`, slow and vanishing
+//! clients) are the tests after the table.
+#![cfg(all(feature = "testing", feature = "askama"))]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use htmx_sse::auth::{Access, AuthError, AuthFuture, Authorizer, Subject, bearer};
+use htmx_sse::broadcast::{BroadcastManager, MessageId, setup_broadcast_routes};
+use htmx_sse::connections::UserId;
+use htmx_sse::notify::Notifier;
+use htmx_sse::routes::BroadcastRoutes;
+use htmx_sse::testing::TestClient;
+use htmx_sse::topics::{TopicRoutes, TopicSelector};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Bearer tokens as a stand-in for real credentials: `reader` is a valid
+/// user without rights, `notes` may publish the type `note`, and may hear
+/// the notification channel `user/notes`.
+struct Tokens;
+
+impl Authorizer for Tokens {
+    fn authorize<'a>(&'a self, parts: &'a axum::http::request::Parts) -> AuthFuture<'a> {
+        Box::pin(async move {
+            let token = match bearer(parts)? {
+                Some(t) => t,
+                None => match htmx_sse::auth::cookie(parts, "token") {
+                    Some(t) => t,
+                    None => return Ok(None),
+                },
+            };
+            let user = |name: &str| Subject::user(UserId::new(name).unwrap());
+            match token {
+                "reader" => Ok(Some(user("reader"))),
+                "notes" => Ok(Some(
+                    user("notes")
+                        .with_publish(vec![TopicSelector::new("note").unwrap()])
+                        .with_subscribe(vec![TopicSelector::new("user/notes").unwrap()]),
+                )),
+                _ => Err(AuthError::Invalid("unknown token".into())),
+            }
+        })
+    }
+}
+
+/// One server of each kind, sharing nothing.
+struct Servers {
+    /// As the README installs it: `setup_broadcast_routes`, `TopicRoutes`
+    /// and `Notifier::routes()` with their defaults.
+    closed: Server,
+    /// The same routes behind [`Tokens`].
+    authed: Server,
+    /// Opened to anyone on purpose: the rows check input, not rights.
+    open: Server,
+}
+
+struct Server {
+    base: String,
+    manager: BroadcastManager,
+    notifier: Notifier,
+    /// A page listening on the broadcast stream the whole time.
+    page: TestClient,
+    /// Its connection id, for `send/{id}` rows.
+    page_id: String,
+    /// A page listening to the topic `x`.
+    topic_page: TestClient,
+}
+
+impl Server {
+    async fn start(configure: impl FnOnce(BroadcastManager, Notifier) -> Router) -> Server {
+        let manager = BroadcastManager::new();
+        let notifier = Notifier::new();
+        let app = configure(manager.clone(), notifier.clone());
+        let (base, _) = common::serve(app).await;
+        let (page, id) = common::open_connection(&format!("{base}/sse"), None).await;
+        let mut topic_page = TestClient::get(format!("{base}/hub?topic=x"))
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(
+            topic_page.next_event_within(WAIT).await.unwrap().event,
+            "connection"
+        );
+        Server {
+            base,
+            manager,
+            notifier,
+            page,
+            page_id: id.as_str().to_owned(),
+            topic_page,
+        }
+    }
+
+    /// Nothing was published and both pages received nothing: a marker
+    /// published now is the next thing each page reads.
+    async fn assert_untouched(&mut self, row: &str, before: MessageId) {
+        assert_eq!(
+            self.manager.last_id(),
+            before,
+            "{row}: something was published"
+        );
+        assert!(
+            self.manager.history(None).is_empty(),
+            "{row}: history changed"
+        );
+        let marker = format!("marker after {row}");
+        self.manager
+            .message("message", marker.as_str())
+            .topics([htmx_sse::topics::Topic::new("x").unwrap()])
+            .send()
+            .await
+            .unwrap();
+        let got = self.topic_page.next_event_within(WAIT).await.unwrap();
+        assert_eq!(
+            got.data, marker,
+            "{row}: the topic page received something else first"
+        );
+        self.manager
+            .send_to(&self.page_id.parse().unwrap(), "m", marker.as_str(), None)
+            .await
+            .unwrap();
+        let got = self.page.next_event_within(WAIT).await.unwrap();
+        assert_eq!(
+            got.data, marker,
+            "{row}: the page received something else first"
+        );
+    }
+}
+
+async fn servers() -> Servers {
+    let closed = Server::start(|m, n| {
+        let app = setup_broadcast_routes(Router::new(), m.clone(), "/sse");
+        let app = TopicRoutes::new(m).install(app);
+        n.routes().install(app)
+    })
+    .await;
+    let authed = Server::start(|m, n| {
+        let app = BroadcastRoutes::new(m.clone())
+            .authorizer(Tokens)
+            .install(Router::new());
+        let app = TopicRoutes::new(m).authorizer(Tokens).install(app);
+        n.routes().authorizer(Tokens).install(app)
+    })
+    .await;
+    let open = Server::start(|m, n| {
+        let app = BroadcastRoutes::new(m.clone())
+            .publish(Access::Anyone)
+            .read(Access::Anyone)
+            .install(Router::new());
+        let app = TopicRoutes::new(m).publish(Access::Anyone).install(app);
+        n.routes().listen(Access::Anyone).install(app)
+    })
+    .await;
+    Servers {
+        closed,
+        authed,
+        open,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    Closed,
+    Authed,
+    Open,
+}
+
+enum Body {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+    /// Streamed without a length.
+    Chunked(Vec<u8>),
+}
+
+struct Row {
+    name: &'static str,
+    on: Which,
+    method: &'static str,
+    /// `{id}` is replaced by the listening page's connection id.
+    path: String,
+    token: Option<&'static str>,
+    body: Body,
+    status: u16,
+}
+
+fn row(name: &'static str, on: Which, method: &'static str, path: &str) -> Row {
+    Row {
+        name,
+        on,
+        method,
+        path: path.to_owned(),
+        token: None,
+        body: Body::None,
+        status: 0,
+    }
+}
+
+impl Row {
+    fn json(mut self, v: Value) -> Self {
+        self.body = Body::Json(v);
+        self
+    }
+    fn raw(mut self, content_type: &'static str, bytes: impl Into<Vec<u8>>) -> Self {
+        self.body = Body::Raw(content_type, bytes.into());
+        self
+    }
+    fn chunked(mut self, bytes: Vec<u8>) -> Self {
+        self.body = Body::Chunked(bytes);
+        self
+    }
+    fn token(mut self, t: &'static str) -> Self {
+        self.token = Some(t);
+        self
+    }
+    fn expect(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+fn rows() -> Vec<Row> {
+    use Which::{Authed, Closed, Open};
+    let html = json!({"type": "chat", "data": "<img src=x onerror=alert(1)>"});
+    let nested = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let mut too_big = br#"{"type":"chat","data":""#.to_vec();
+    too_big.extend(std::iter::repeat_n(b'x', 70 * 1024));
+    too_big.extend(br#""}"#);
+    vec![
+        // Closed until opened: the README's routes as installed.
+        row(
+            "anonymous broadcast of HTML",
+            Closed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .json(html.clone())
+        .expect(401),
+        row(
+            "anonymous close event to every page",
+            Closed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .json(json!({"type": "close", "data": ""}))
+        .expect(401),
+        row("anonymous send to a page", Closed, "POST", "/sse/send/{id}")
+            .json(json!({"type": "chat", "data": "hi"}))
+            .expect(401),
+        row("anonymous status", Closed, "GET", "/sse/status").expect(401),
+        row("anonymous history", Closed, "GET", "/sse/history").expect(401),
+        row("anonymous topic publish", Closed, "POST", "/hub")
+            .json(json!({"topics": ["x"], "html": "<b>x</b>"}))
+            .expect(401),
+        row(
+            "anonymous notification listener",
+            Closed,
+            "GET",
+            "/notifications/ops",
+        )
+        .expect(401),
+        row(
+            "a token where no authorizer is set",
+            Closed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .token("notes")
+        .json(html.clone())
+        .expect(401),
+        row(
+            "a refused body is not read first",
+            Closed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .raw("application/json", "{not json")
+        .expect(401),
+        // Rights checked per request.
+        row("forged token, broadcast", Authed, "POST", "/sse/broadcast")
+            .token("forged")
+            .json(html.clone())
+            .expect(401),
+        row("forged token, stream", Authed, "GET", "/sse")
+            .token("forged")
+            .expect(401),
+        row("forged token, status", Authed, "GET", "/sse/status")
+            .token("forged")
+            .expect(401),
+        row(
+            "valid user without publish rights",
+            Authed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .token("reader")
+        .json(json!({"type": "note", "data": "x"}))
+        .expect(403),
+        row(
+            "publisher of `note` sending `chat`",
+            Authed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .token("notes")
+        .json(html)
+        .expect(403),
+        row(
+            "publisher of `note` sending `close`",
+            Authed,
+            "POST",
+            "/sse/broadcast",
+        )
+        .token("notes")
+        .json(json!({"type": "close", "data": ""}))
+        .expect(403),
+        row(
+            "user without rights sends to a page",
+            Authed,
+            "POST",
+            "/sse/send/{id}",
+        )
+        .token("reader")
+        .json(json!({"type": "note", "data": "x"}))
+        .expect(403),
+        row(
+            "anonymous status behind an authorizer",
+            Authed,
+            "GET",
+            "/sse/status",
+        )
+        .expect(401),
+        row("topic publish outside the grant", Authed, "POST", "/hub")
+            .token("notes")
+            .json(json!({"topics": ["x"], "html": "x"}))
+            .expect(403),
+        row(
+            "anonymous listener of a channel",
+            Authed,
+            "GET",
+            "/notifications/user%2Fnotes",
+        )
+        .expect(401),
+        row(
+            "listener of another user's channel",
+            Authed,
+            "GET",
+            "/notifications/user%2Fother",
+        )
+        .token("reader")
+        .expect(403),
+        row(
+            "private topic stream without credentials",
+            Authed,
+            "GET",
+            "/hub?topic=x&private=1",
+        )
+        .expect(401),
+        // Reserved names, CR/LF/NUL: refused for every publisher.
+        row("published `close`", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "close", "data": ""}))
+            .expect(422),
+        row("published `connection`", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "connection", "data": "<input name=connection_id value=evil>"}))
+            .expect(422),
+        row("published `reset`", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "reset", "data": {"reason": "restarted"}}))
+            .expect(422),
+        row("`close` sent to one page", Open, "POST", "/sse/send/{id}")
+            .json(json!({"type": "close", "data": ""}))
+            .expect(422),
+        row("`close` as a topic message type", Open, "POST", "/hub")
+            .json(json!({"topics": ["x"], "type": "close", "html": ""}))
+            .expect(422),
+        row("topic `close` used as the type", Open, "POST", "/hub")
+            .json(json!({"topics": ["close"], "topic_as_type": true, "html": ""}))
+            .expect(422),
+        row("LF in the type", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "a\ndata: forged", "data": "x"}))
+            .expect(422),
+        row("CR in the type", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "a\rb", "data": "x"}))
+            .expect(422),
+        row("NUL in the type", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "a\u{0}b", "data": "x"}))
+            .expect(422),
+        row("NUL in a topic message type", Open, "POST", "/hub")
+            .json(json!({"topics": ["x"], "type": "a\u{0}b", "html": ""}))
+            .expect(422),
+        row(
+            "CRLF in a type sent to one page",
+            Open,
+            "POST",
+            "/sse/send/{id}",
+        )
+        .json(json!({"type": "a\r\nid: 1", "data": "x"}))
+        .expect(422),
+        row("empty type", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "", "data": "x"}))
+            .expect(422),
+        // Shapes, sizes, encodings.
+        row("unknown field", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "chat", "data": "x", "admin": true}))
+            .expect(422),
+        row("missing data", Open, "POST", "/sse/broadcast")
+            .json(json!({"type": "chat"}))
+            .expect(422),
+        row(
+            "type of the wrong JSON type",
+            Open,
+            "POST",
+            "/sse/broadcast",
+        )
+        .json(json!({"type": 7, "data": "x"}))
+        .expect(422),
+        row(
+            "bad connection id in exclude",
+            Open,
+            "POST",
+            "/sse/broadcast",
+        )
+        .json(json!({"type": "chat", "data": "x", "exclude": ["a b"]}))
+        .expect(422),
+        row("malformed JSON", Open, "POST", "/sse/broadcast")
+            .raw("application/json", "{\"type\": \"chat\",")
+            .expect(400),
+        row("invalid UTF-8", Open, "POST", "/sse/broadcast")
+            .raw(
+                "application/json",
+                b"{\"type\":\"chat\",\"data\":\"\xff\xfe\"}".to_vec(),
+            )
+            .expect(400),
+        row("JSON nested 5,000 deep", Open, "POST", "/sse/broadcast")
+            .raw(
+                "application/json",
+                format!("{{\"type\":\"chat\",\"data\":{nested}}}"),
+            )
+            .expect(400),
+        row(
+            "text/plain body (a cross-site form)",
+            Open,
+            "POST",
+            "/sse/broadcast",
+        )
+        .raw("text/plain", r#"{"type":"chat","data":"x"}"#)
+        .expect(415),
+        row("form-encoded body", Open, "POST", "/sse/broadcast")
+            .raw("application/x-www-form-urlencoded", "type=chat&data=x")
+            .expect(415),
+        row(
+            "body over the limit, with its length",
+            Open,
+            "POST",
+            "/sse/broadcast",
+        )
+        .raw("application/json", too_big.clone())
+        .expect(413),
+        row(
+            "body over the limit, chunked",
+            Open,
+            "POST",
+            "/sse/broadcast",
+        )
+        .chunked(too_big)
+        .expect(413),
+        row(
+            "send to an unknown page",
+            Open,
+            "POST",
+            "/sse/send/nobody_here",
+        )
+        .json(json!({"type": "chat", "data": "x"}))
+        .expect(404),
+        row("send to a malformed id", Open, "POST", "/sse/send/a%20b")
+            .json(json!({"type": "chat", "data": "x"}))
+            .expect(400),
+        row(
+            "send to an id of 65 bytes",
+            Open,
+            "POST",
+            &format!("/sse/send/{}", "a".repeat(65)),
+        )
+        .json(json!({"type": "chat", "data": "x"}))
+        .expect(400),
+        row(
+            "history limit not a number",
+            Open,
+            "GET",
+            "/sse/history?limit=abc",
+        )
+        .expect(400),
+        row(
+            "history limit negative",
+            Open,
+            "GET",
+            "/sse/history?limit=-1",
+        )
+        .expect(400),
+        row("topic publish without topics", Open, "POST", "/hub")
+            .json(json!({"topics": [], "html": "x"}))
+            .expect(422),
+        row("topic publish with html and data", Open, "POST", "/hub")
+            .json(json!({"topics": ["x"], "html": "x", "data": 1}))
+            .expect(422),
+        row("topic with white space", Open, "POST", "/hub")
+            .json(json!({"topics": ["a b"], "html": "x"}))
+            .expect(422),
+        row("topic stream without a topic", Open, "GET", "/hub").expect(400),
+        row("topic selector with LF", Open, "GET", "/hub?topic=a%0Ab").expect(400),
+        row(
+            "33 topics on one stream",
+            Open,
+            "GET",
+            &format!(
+                "/hub?{}",
+                (0..33)
+                    .map(|i| format!("topic=t{i}"))
+                    .collect::<Vec<_>>()
+                    .join("&")
+            ),
+        )
+        .expect(400),
+        row(
+            "notification channel with white space",
+            Open,
+            "GET",
+            "/notifications/a%20b",
+        )
+        .expect(400),
+    ]
+}
+
+async fn send(http: &reqwest::Client, server: &Server, row: &Row) -> (u16, String, String) {
+    let url = format!(
+        "{}{}",
+        server.base,
+        row.path.replace("{id}", &server.page_id)
+    );
+    let mut req = match row.method {
+        "GET" => http.get(&url),
+        _ => http.post(&url),
+    };
+    if let Some(t) = row.token {
+        req = req.bearer_auth(t);
+    }
+    req = match &row.body {
+        Body::None => req,
+        Body::Json(v) => req.json(v),
+        Body::Raw(ct, bytes) => req.header("content-type", *ct).body(bytes.clone()),
+        Body::Chunked(bytes) => {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                bytes.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+            req.header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    chunks,
+                )))
+        }
+    };
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    if ct.starts_with("text/event-stream") {
+        return (status, ct, String::new());
+    }
+    (status, ct, res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn hostile_requests_get_their_status_and_change_nothing() {
+    let mut s = servers().await;
+    let http = reqwest::Client::new();
+    let rows = rows();
+    assert!(rows.len() >= 40, "{} rows", rows.len());
+    let mut report = Vec::new();
+    for row in &rows {
+        let server = match row.on {
+            Which::Closed => &mut s.closed,
+            Which::Authed => &mut s.authed,
+            Which::Open => &mut s.open,
+        };
+        let before = server.manager.last_id();
+        let (status, ct, body) = send(&http, server, row).await;
+        assert_eq!(status, row.status, "{}: {body}", row.name);
+        assert!(
+            ct.starts_with("application/json"),
+            "{}: content type {ct:?}",
+            row.name
+        );
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            error["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{}: {body}",
+            row.name
+        );
+        server.assert_untouched(row.name, before).await;
+        report.push(format!(
+            "{:>3} {:?} {} {}",
+            status, row.on, row.method, row.name
+        ));
+    }
+    // The table, for the closing note (`cargo test --test hostile -- --nocapture`).
+    println!("{}", report.join("\n"));
+    // The notifiers reached nobody: no listener got through.
+    for server in [&s.closed, &s.authed] {
+        assert_eq!(server.notifier.client_count(None), 0);
+    }
+}
+
+#[tokio::test]
+async fn granted_requests_still_work_and_read_only_what_they_may() {
+    let s = servers().await;
+    let http = reqwest::Client::new();
+    let a = &s.authed;
+    // The publisher of `note` publishes a note.
+    let res = http
+        .post(format!("{}/sse/broadcast", a.base))
+        .bearer_auth("notes")
+        .json(&json!({"type": "note", "data": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Messages for one user, one page or a topic are never listed.
+    let reader = UserId::new("reader").unwrap();
+    a.manager
+        .send_to_user(&reader, "dm", "for reader", None)
+        .await
+        .unwrap();
+    a.manager
+        .send_to(&a.page_id.parse().unwrap(), "dm", "for the page", None)
+        .await
+        .unwrap();
+    a.manager
+        .message("message", "topic only")
+        .topics([htmx_sse::topics::Topic::new("x").unwrap()])
+        .send()
+        .await
+        .unwrap();
+    for token in ["reader", "notes"] {
+        let history: Value = http
+            .get(format!("{}/sse/history", a.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let data: Vec<&str> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap())
+            .collect();
+        assert_eq!(data, ["hello"], "{token}");
+    }
+    let status = http
+        .get(format!("{}/sse/status", a.base))
+        .bearer_auth("reader")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    // The channel's own user may listen to it.
+    let mut c = TestClient::get(format!("{}/notifications/user%2Fnotes", a.base))
+        .header("authorization", "Bearer notes")
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(c.next_event_within(WAIT).await.unwrap().event, "connection");
+    assert_eq!(
+        a.notifier
+            .send("user/notes", "yours", htmx_sse::notify::Level::Info)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        c.next_event_within(WAIT)
+            .await
+            .unwrap()
+            .data
+            .contains("yours")
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_filter_keeps_what_it_withholds_out_of_the_history() {
+    let manager = BroadcastManager::builder()
+        .recipient_filter(
+            |msg, to| match msg.metadata.as_ref().and_then(|m| m["only"].as_str()) {
+                Some(only) => to.user.is_some_and(|u| u.as_str() == only),
+                None => true,
+            },
+        )
+        .build();
+    let app = BroadcastRoutes::new(manager.clone())
+        .authorizer(Tokens)
+        .install(Router::new());
+    let (base, _) = common::serve(app).await;
+    manager
+        .broadcast("n", "only notes", Some(json!({"only": "notes"})), &[])
+        .await
+        .unwrap();
+    manager.broadcast("n", "everyone", None, &[]).await.unwrap();
+    let http = reqwest::Client::new();
+    let listed = |token: &'static str| {
+        let req = http
+            .get(format!("{base}/sse/history"))
+            .bearer_auth(token)
+            .send();
+        async move {
+            let v: Value = req.await.unwrap().json().await.unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["data"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("reader").await, ["everyone"]);
+    assert_eq!(listed("notes").await, ["only notes", "everyone"]);
+    assert_eq!(
+        manager.history(None).len(),
+        1,
+        "anonymous readers see what anyone gets"
+    );
+}
+
+#[tokio::test]
+async fn the_manager_refuses_reserved_and_nul_types_from_every_entry_point() {
+    use htmx_sse::Error;
+    let manager = BroadcastManager::builder()
+        .stream(
+            htmx_sse::streaming::StreamConfig::new().close_message(
+                htmx_sse::Event::builder()
+                    .event("bye")
+                    .data("")
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .build();
+    let (mut page, id) = {
+        let (base, _) =
+            common::serve(BroadcastRoutes::new(manager.clone()).install(Router::new())).await;
+        common::open_connection(&format!("{base}/sse"), None).await
+    };
+    let user = UserId::new("u").unwrap();
+    for name in ["close", "connection", "reset", "bye"] {
+        let reserved = |r: Result<_, Error>| {
+            assert!(
+                matches!(r, Err(Error::ReservedEventName { .. })),
+                "{name}: {r:?}"
+            );
+        };
+        reserved(manager.broadcast(name, "x", None, &[]).await);
+        reserved(manager.send_to(&id, name, "x", None).await);
+        reserved(manager.send_to_user(&user, name, "x", None).await);
+        reserved(
+            manager
+                .message(name, "x")
+                .topics([htmx_sse::topics::Topic::new("t").unwrap()])
+                .send()
+                .await,
+        );
+        reserved(
+            manager
+                .message("fine", "x")
+                .topics([htmx_sse::topics::Topic::new(name).unwrap()])
+                .topic_as_type(true)
+                .send()
+                .await,
+        );
+    }
+    for bad in ["a\0b", "a\nb", "a\rb"] {
+        let r = manager.broadcast(bad, "x", None, &[]).await;
+        assert!(
+            matches!(r, Err(Error::InvalidField { .. })),
+            "{bad:?}: {r:?}"
+        );
+    }
+    assert_eq!(manager.last_id().seq(), 0, "nothing was published");
+    // The dedicated method sends it, and the page takes it as the close.
+    manager
+        .message("bye", "retired")
+        .allow_reserved_type()
+        .send()
+        .await
+        .unwrap();
+    let ev = page.next_event_within(WAIT).await.unwrap();
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("bye", "retired"));
+}
+
+#[tokio::test]
+async fn bad_last_event_ids_get_a_fresh_id_and_the_reset_event() {
+    let manager = BroadcastManager::new();
+    let (base, _) = common::serve(setup_broadcast_routes(
+        Router::new(),
+        manager.clone(),
+        "/sse",
+    ))
+    .await;
+    manager.broadcast("n", "before", None, &[]).await.unwrap();
+    let epoch = manager.last_id().epoch();
+    for bad in [
+        "garbage".to_owned(),
+        "\u{fffd}".to_owned(),
+        format!("{epoch}-18446744073709551615.x"),
+        format!("{epoch}-99.x"),
+        "00000000-1.x".to_owned(),
+        format!("{epoch}-1.{}", "a".repeat(65)),
+    ] {
+        let mut c = TestClient::get(format!("{base}/sse"))
+            .last_event_id(&bad)
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(
+            c.next_event_within(WAIT).await.unwrap().event,
+            "connection",
+            "{bad}"
+        );
+        let reset = c.next_event_within(WAIT).await.unwrap();
+        assert_eq!(reset.event, "reset", "{bad}");
+        let reason: Value = serde_json::from_str(&reset.data).unwrap();
+        assert!(
+            ["unrecognized", "restarted"].contains(&reason["reason"].as_str().unwrap()),
+            "{bad}: {reason}"
+        );
+    }
+    // A header that is not text at all.
+    let mut sock = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    sock.write_all(b"GET /sse HTTP/1.1\r\nhost: x\r\nlast-event-id: \xff\xfe\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("event: reset") {
+        let n = tokio::time::timeout(WAIT, sock.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("unrecognized"));
+}
+
+#[tokio::test]
+async fn slow_and_vanishing_clients_do_not_hold_up_the_others() {
+    let manager = BroadcastManager::new();
+    let (base, _) = common::serve(setup_broadcast_routes(
+        Router::new(),
+        manager.clone(),
+        "/sse",
+    ))
+    .await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Slowloris: 50 connections that send half a request line and stop.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /sse HTTP/1.1\r\nho").await.unwrap();
+        slow.push(s);
+    }
+    // A storm of 200 streams opened and dropped without reading.
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /sse HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        drop(s);
+    }
+    // A real page still connects and gets what is published at once.
+    let (mut page, _) = common::open_connection(&format!("{base}/sse"), None).await;
+    manager.broadcast("n", "through", None, &[]).await.unwrap();
+    assert_eq!(page.next_event_within(WAIT).await.unwrap().data, "through");
+    // The dropped streams leave the registry: only the page stays.
+    let t0 = std::time::Instant::now();
+    while manager.connection_count() != 1 {
+        assert!(
+            t0.elapsed() < WAIT,
+            "{} connections left",
+            manager.connection_count()
+        );
+        manager.broadcast("n", "tick", None, &[]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(slow);
+}
