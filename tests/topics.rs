@@ -188,7 +188,7 @@ async fn class_and_instance_topics() {
 
 #[tokio::test]
 async fn private_messages_reach_only_authorized_subscribers() {
-    let h = hub(Some(JwtAuthorizer::hs256(SECRET))).await;
+    let h = hub(Some(JwtAuthorizer::hs256(SECRET).unwrap())).await;
     let alice = hs_token(&claims("alice", &["lists/alice/**"], &[]));
     let bob = hs_token(&claims("bob", &["lists/bob/**"], &[]));
     let publisher = hs_token(&claims("svc", &[], &["lists/**"]));
@@ -314,7 +314,7 @@ async fn bad_tokens_are_refused_and_good_ones_accepted() {
     );
     assert_eq!(rs.verify(&rs_token).unwrap().publish.len(), 1);
 
-    let hs = JwtAuthorizer::hs256(SECRET);
+    let hs = JwtAuthorizer::hs256(SECRET).unwrap();
     let expired = hs_token(&json!({"sub": "a", "exp": now() - 3600}));
     let no_exp = hs_token(&json!({"sub": "a"}));
     let forged = encode(
