@@ -6,6 +6,12 @@
 //! The decryption here is written independently of the crate's encryption,
 //! from RFC 8291 and RFC 8188, with the same RustCrypto primitives; it is
 //! itself checked against the RFC 8291 worked example first.
+//!
+//! The test push service is `http://127.0.0.1:PORT`, which the default
+//! `EndpointPolicy` refuses: the harness opens it with
+//! `allow_insecure_endpoints_for_testing`, and the endpoint tests below show
+//! what the default refuses, over the same real HTTP. All traffic stays on
+//! 127.0.0.1.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,6 +24,7 @@ use aes_gcm::aead::{Aead, KeyInit};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,8 +32,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hkdf::Hkdf;
 use htmx_sse::webpush::{
-    Dispatcher, Error, MAX_PAYLOAD_LEN, Payload, PushMessage, Subscription, Topic, Urgency,
-    VapidKey, VapidSubject,
+    Dispatcher, EndpointPolicy, Error, MAX_PAYLOAD_LEN, Payload, PushMessage, Subscription, Topic,
+    Urgency, VapidKey, VapidSubject,
 };
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -37,6 +44,11 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 const SUBJECT: &str = "mailto:ops@example.com";
+
+/// What a test push service on 127.0.0.1 over `http:` needs.
+fn testing() -> EndpointPolicy {
+    EndpointPolicy::new().allow_insecure_endpoints_for_testing()
+}
 
 // ---------------------------------------------------------------------------
 // The receiving side: RFC 8291 decryption, as a browser does it.
@@ -180,13 +192,21 @@ impl Subscriber {
         }
     }
 
+    /// The subscription, for a test push service (`testing()` policy).
     fn subscription(&self, endpoint: &str) -> Subscription {
-        Subscription::new(
-            endpoint,
-            B64.encode(self.secret.public_key().to_sec1_point(false).as_bytes()),
-            B64.encode(self.auth),
-        )
-        .unwrap()
+        self.try_subscription(endpoint, &testing()).unwrap()
+    }
+
+    fn try_subscription(
+        &self,
+        endpoint: &str,
+        policy: &EndpointPolicy,
+    ) -> Result<Subscription, Error> {
+        Subscription::new_with_policy(endpoint, self.p256dh(), B64.encode(self.auth), policy)
+    }
+
+    fn p256dh(&self) -> String {
+        B64.encode(self.secret.public_key().to_sec1_point(false).as_bytes())
     }
 }
 
@@ -341,7 +361,8 @@ impl Harness {
             key,
             VapidSubject::new(SUBJECT).unwrap(),
             Duration::from_secs(60),
-        );
+        )
+        .endpoint_policy(testing());
         Self {
             svc,
             base,
@@ -351,8 +372,19 @@ impl Harness {
 
     /// A new subscriber at `/push/{id}`, answered with `script` in turn.
     fn subscribe(&self, id: usize, script: &[(StatusCode, &'static str)]) -> Subscription {
+        self.subscribe_via(&self.base, id, script)
+    }
+
+    /// As `subscribe`, with the endpoint's origin written as `base` (another
+    /// name for this service).
+    fn subscribe_via(
+        &self,
+        base: &str,
+        id: usize,
+        script: &[(StatusCode, &'static str)],
+    ) -> Subscription {
         let subscriber = Subscriber::new();
-        let sub = subscriber.subscription(&format!("{}/push/{id}", self.base));
+        let sub = subscriber.subscription(&format!("{base}/push/{id}"));
         self.svc
             .subscribers
             .lock()
@@ -365,6 +397,43 @@ impl Harness {
             .insert(id, script.iter().copied().collect());
         sub
     }
+}
+
+/// Serves `app` on 127.0.0.1 and returns its address.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A service that answers every `POST /push/{id}` with `status` and counts
+/// the requests.
+async fn counting_service(status: StatusCode) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/push/{id}",
+        post(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { status }
+        }),
+    );
+    (serve(app).await, hits)
+}
+
+/// A client for the tests' own requests, blind to any proxy settings.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn dispatcher(policy: EndpointPolicy) -> Dispatcher {
+    Dispatcher::new(
+        VapidKey::generate().unwrap(),
+        VapidSubject::new(SUBJECT).unwrap(),
+        Duration::from_secs(60),
+    )
+    .endpoint_policy(policy)
 }
 
 // ---------------------------------------------------------------------------
@@ -450,7 +519,7 @@ async fn send_is_verified_and_decrypted_and_gets_201_404_410_500_in_turn() {
     assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
     assert_eq!(
         e.to_string(),
-        "push service answered 500 Internal Server Error: boom"
+        "push service answered 500 Internal Server Error"
     );
 
     h.svc.assert_no_problems();
@@ -753,7 +822,7 @@ fn bad_subscriptions_give_clear_errors() {
         (
             json("ftp://push.example.net/a", &good_key, auth),
             "endpoint",
-            "expected an https: (or http:) URL, got scheme \"ftp\"",
+            "expected an https: URL, got scheme \"ftp\"",
         ),
         (json("not a url", &good_key, auth), "endpoint", "not a URL"),
         (
@@ -949,4 +1018,426 @@ fn zero_concurrency_is_a_programmer_error() {
         Duration::from_secs(1),
     )
     .concurrency(0);
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints: Web Push is no request forger.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_default_policy_refuses_http_ip_literals_and_local_names() {
+    let subscriber = Subscriber::new();
+    let json = |endpoint: &str| {
+        format!(
+            r#"{{"endpoint":"{endpoint}","expirationTime":null,"keys":{{"p256dh":"{}","auth":"{}"}}}}"#,
+            subscriber.p256dh(),
+            B64.encode(subscriber.auth)
+        )
+    };
+    let ip = |shown: &str| {
+        format!("the host {shown} is an IP address; push services are reached by name")
+    };
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "http://push.example.net/a",
+            "expected https:, got http: (only EndpointPolicy::allow_insecure_endpoints_for_testing allows it)".to_owned(),
+        ),
+        ("https://127.0.0.1/a", ip("127.0.0.1")),
+        ("https://127.0.0.1./a", ip("127.0.0.1")),
+        // The forms the URL standard reads as 127.0.0.1.
+        ("https://2130706433/a", ip("127.0.0.1")),
+        ("https://0x7f000001/a", ip("127.0.0.1")),
+        ("https://0x7f.1/a", ip("127.0.0.1")),
+        ("https://0177.0.0.1/a", ip("127.0.0.1")),
+        ("https://127.1/a", ip("127.0.0.1")),
+        ("https://10.0.0.5/a", ip("10.0.0.5")),
+        ("https://169.254.169.254/latest/meta-data", ip("169.254.169.254")),
+        ("https://8.8.8.8/a", ip("8.8.8.8")),
+        ("https://[::1]/a", ip("::1")),
+        ("https://[::ffff:127.0.0.1]/a", ip("::ffff:127.0.0.1")),
+        ("https://[fe80::1]/a", ip("fe80::1")),
+        ("https://localhost/a", r#"the host "localhost" names this machine"#.to_owned()),
+        ("https://LocalHost.:8443/a", r#"the host "localhost" names this machine"#.to_owned()),
+        ("https://api.localhost/a", r#"the host "api.localhost" names this machine"#.to_owned()),
+        (
+            "https://intranet/a",
+            r#"the host "intranet" is a single-label name; push services have a dotted domain name"#.to_owned(),
+        ),
+        (
+            "https://user:secret@push.example.net/a",
+            "the URL carries a user name or password".to_owned(),
+        ),
+    ];
+    for (endpoint, reason) in &cases {
+        let text = json(endpoint);
+        for e in [
+            Subscription::from_json(&text).unwrap_err(),
+            subscriber
+                .try_subscription(endpoint, &EndpointPolicy::new())
+                .unwrap_err(),
+            subscriber
+                .try_subscription(endpoint, &EndpointPolicy::default())
+                .unwrap_err(),
+        ] {
+            match &e {
+                Error::EndpointRefused { reason: r } => assert_eq!(r, reason, "{endpoint}"),
+                other => panic!("{endpoint}: expected EndpointRefused, got {other:?}"),
+            }
+            assert_eq!(e.to_string(), format!("push endpoint refused: {reason}"));
+        }
+        let serde_err = serde_json::from_str::<Subscription>(&text).unwrap_err();
+        assert!(
+            serde_err.to_string().contains(reason.as_str()),
+            "{serde_err}"
+        );
+        // The explicit opening for tests accepts all but the credentials.
+        let opened = subscriber.try_subscription(endpoint, &testing());
+        assert_eq!(
+            opened.is_ok(),
+            !endpoint.contains('@'),
+            "{endpoint}: {opened:?}"
+        );
+    }
+    // What browsers hand out passes.
+    for endpoint in [
+        "https://fcm.googleapis.com/fcm/send/dH3x:APA91bE",
+        "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABk",
+        "https://web.push.apple.com/QGm1x",
+        "https://wns2-par02p.notify.windows.com/w/?token=BQYAAA",
+    ] {
+        Subscription::from_json(&json(endpoint)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_default_dispatcher_sends_nothing_to_a_test_service() {
+    let h = Harness::start().await;
+    let sub = h.subscribe(0, &[]);
+    let strict = dispatcher(EndpointPolicy::new());
+
+    let e = strict.send(&sub, "hello").await.unwrap_err();
+    assert!(matches!(e, Error::EndpointRefused { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with("push endpoint refused: expected https:, got http:"),
+        "{e}"
+    );
+    let report = strict.send_many([&sub], "hello").await.unwrap();
+    assert_eq!(report.delivered, 0);
+    assert!(
+        matches!(report.failed[..], [(_, Error::EndpointRefused { .. })]),
+        "{report:?}"
+    );
+    assert_eq!(h.svc.hits(), 0, "nothing reached the service");
+
+    // The same subscription through the opened dispatcher is delivered: the
+    // service was there all along.
+    h.dispatcher.send(&sub, "hello").await.unwrap();
+    assert_eq!(h.svc.hits(), 1);
+    h.svc.assert_no_problems();
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_loopback_is_refused_when_connecting() {
+    let h = Harness::start().await;
+    let port = h.base.rsplit(':').next().unwrap().to_owned();
+    // The same service by name: `localhost` is 127.0.0.1 in /etc/hosts. The
+    // testing policy lets the name through; the dispatcher's resolver does
+    // not let the address through.
+    let by_name = h.subscribe_via(&format!("http://localhost:{port}"), 0, &[]);
+    let by_ip = h.subscribe(1, &[]);
+
+    let e = h.dispatcher.send(&by_name, "hello").await.unwrap_err();
+    assert!(matches!(e, Error::EndpointRefused { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        r#"push endpoint refused: the host "localhost" resolves to no public address"#
+    );
+    assert_eq!(e.status(), None);
+    let report = h
+        .dispatcher
+        .send_many([&by_name, &by_ip], "hello")
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 1);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].0, by_name.endpoint());
+    assert!(matches!(report.failed[0].1, Error::EndpointRefused { .. }));
+
+    // So is a client of one's own built from `client_builder`.
+    let own = h
+        .dispatcher
+        .clone()
+        .with_client(Dispatcher::client_builder().build().unwrap());
+    let e = own.send(&by_name, "hello").await.unwrap_err();
+    assert!(matches!(e, Error::EndpointRefused { .. }), "{e:?}");
+
+    let ids: Vec<usize> = h.svc.received().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [1], "only the IP-literal endpoint was reached");
+    assert_eq!(h.svc.hits(), 1);
+    h.svc.assert_no_problems();
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (target, target_hits) = counting_service(StatusCode::CREATED).await;
+    let push = dispatcher(testing());
+    let mut subs = Vec::new();
+    for status in [
+        StatusCode::TEMPORARY_REDIRECT,
+        StatusCode::PERMANENT_REDIRECT,
+    ] {
+        let location = format!("http://{target}/push/0");
+        let redirector = Router::new().route(
+            "/push/{id}",
+            post(move || async move { (status, [(LOCATION, location)]) }),
+        );
+        let from = serve(redirector).await;
+        let sub = Subscriber::new().subscription(&format!("http://{from}/push/0"));
+
+        let e = push.send(&sub, "hello").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Redirected { status: s } if s == status),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("push service answered {status}: redirects are not followed")
+        );
+        assert_eq!(e.status(), Some(status));
+        subs.push(sub);
+    }
+    let report = push.send_many(&subs, "hello").await.unwrap();
+    assert_eq!(report.delivered, 0);
+    assert!(
+        report
+            .failed
+            .iter()
+            .all(|(_, e)| matches!(e, Error::Redirected { .. }))
+    );
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect target was not reached"
+    );
+
+    // A client from `client_builder` does not follow either.
+    let own = push
+        .clone()
+        .with_client(Dispatcher::client_builder().build().unwrap());
+    let e = own.send(&subs[0], "hello").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Redirected {
+                status: StatusCode::TEMPORARY_REDIRECT
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(target_hits.load(Ordering::SeqCst), 0);
+
+    // A client of one's own that follows redirects reaches the target (what
+    // the `with_client` docs warn about), but its answer is no delivery.
+    let following = push.clone().with_client(client());
+    let e = following.send(&subs[0], "hello").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Redirected {
+                status: StatusCode::CREATED
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("redirected away from the endpoint"),
+        "{e}"
+    );
+    assert_eq!(target_hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_allow_list_applies_when_subscribing_and_before_sending() {
+    let subscriber = Subscriber::new();
+    let policy = EndpointPolicy::new().allow_hosts([
+        "fcm.googleapis.com",
+        "*.push.services.mozilla.com",
+        "*.notify.windows.com",
+    ]);
+    for endpoint in [
+        "https://fcm.googleapis.com/fcm/send/x",
+        "https://FCM.GoogleAPIs.com./fcm/send/x",
+        "https://updates.push.services.mozilla.com/wpush/v2/x",
+        "https://wns2-par02p.notify.windows.com/w/?token=x",
+    ] {
+        subscriber.try_subscription(endpoint, &policy).unwrap();
+    }
+    for (endpoint, host) in [
+        ("https://push.example.net/x", "push.example.net"),
+        (
+            "https://fcm.googleapis.com.evil.example/x",
+            "fcm.googleapis.com.evil.example",
+        ),
+        ("https://evilfcm.googleapis.com/x", "evilfcm.googleapis.com"),
+        (
+            "https://push.services.mozilla.com/x",
+            "push.services.mozilla.com",
+        ),
+        ("https://notify.windows.com/x", "notify.windows.com"),
+    ] {
+        let e = subscriber.try_subscription(endpoint, &policy).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("push endpoint refused: the host {host:?} is not an allowed push service")
+        );
+    }
+    // The list does not undo the other checks.
+    let e = subscriber
+        .try_subscription("http://fcm.googleapis.com/x", &policy)
+        .unwrap_err();
+    assert!(e.to_string().contains("expected https:"), "{e}");
+
+    // Before sending, over HTTP.
+    let h = Harness::start().await;
+    let sub = h.subscribe(0, &[]);
+    for refusing in [
+        testing().allow_hosts(["push.example.net"]),
+        testing().allow_hosts(Vec::<String>::new()),
+        testing().allow_hosts(["127.0.0.2", "localhost", "[::1]"]),
+    ] {
+        let e = dispatcher(refusing.clone())
+            .send(&sub, "hello")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"push endpoint refused: the host "127.0.0.1" is not an allowed push service"#,
+            "{refusing:?}"
+        );
+    }
+    assert_eq!(h.svc.hits(), 0);
+    h.dispatcher
+        .clone()
+        .endpoint_policy(testing().allow_hosts(["push.example.net", "127.0.0.1"]))
+        .send(&sub, "hello")
+        .await
+        .unwrap();
+    assert_eq!(h.svc.hits(), 1);
+    h.svc.assert_no_problems();
+}
+
+#[tokio::test]
+async fn a_rejecting_services_body_is_kept_bounded_and_never_displayed() {
+    let h = Harness::start().await;
+    let reflected = "<script>alert(document.cookie)</script> internal: 10.0.0.5";
+    let long: &'static str = Box::leak(format!("{}TAIL", "x".repeat(10_000)).into_boxed_str());
+    let sub = h.subscribe(
+        0,
+        &[
+            (StatusCode::BAD_REQUEST, reflected),
+            (StatusCode::TOO_MANY_REQUESTS, long),
+            (StatusCode::BAD_REQUEST, reflected),
+        ],
+    );
+
+    let e = h.dispatcher.send(&sub, "one").await.unwrap_err();
+    assert_eq!(e.to_string(), "push service answered 400 Bad Request");
+    assert!(
+        matches!(&e, Error::Rejected { body, .. } if body == reflected),
+        "{e:?}"
+    );
+
+    let e = h.dispatcher.send(&sub, "two").await.unwrap_err();
+    assert_eq!(e.to_string(), "push service answered 429 Too Many Requests");
+    let Error::Rejected { body, .. } = &e else {
+        panic!("expected Rejected, got {e:?}")
+    };
+    assert_eq!(body.len(), 4096);
+    assert!(long.starts_with(body.as_str()));
+
+    let report = h.dispatcher.send_many([&sub], "three").await.unwrap();
+    let shown = report.failed[0].1.to_string();
+    assert_eq!(shown, "push service answered 400 Bad Request");
+    h.svc.assert_no_problems();
+}
+
+/// The `webpush` example, compiled in: its routes, served on 127.0.0.1.
+#[allow(dead_code)]
+#[path = "../examples/webpush.rs"]
+mod example;
+
+#[tokio::test]
+async fn the_example_never_echoes_endpoint_errors_to_the_browser() {
+    let h = Harness::start().await;
+    let reflected = "<script>alert(document.cookie)</script>";
+    let sub = h.subscribe(0, &[(StatusCode::BAD_REQUEST, reflected)]);
+    let addr = serve(example::router(h.dispatcher.clone(), testing())).await;
+    let client = client();
+
+    // A subscription the policy refuses: a generic answer.
+    let refused = Subscriber::new()
+        .subscription("https://x.example/a")
+        .to_json()
+        .replace("https://x.example/a", "https://user:secret@x.example/a");
+    let response = client
+        .post(format!("http://{addr}/subscribe"))
+        .body(refused)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({ "error": "not a push subscription this server accepts" })
+    );
+
+    let response = client
+        .post(format!("http://{addr}/subscribe"))
+        .body(sub.to_json())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let notify = || {
+        client
+            .post(format!("http://{addr}/notify"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("title=Hello&body=from+the+test")
+            .send()
+    };
+    // The push service answers 400 with a script: the page gets counts only.
+    let response = notify().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let text = response.text().await.unwrap();
+    for leak in [
+        "script",
+        "127.0.0.1",
+        "push service answered",
+        "/push/0",
+        "400",
+    ] {
+        assert!(!text.contains(leak), "{leak:?} reached the browser: {text}");
+    }
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        serde_json::json!({
+            "error": "some push messages could not be sent; see the server log",
+            "delivered": 0,
+            "gone": 0,
+            "failed": 1,
+        })
+    );
+    assert_eq!(h.svc.hits(), 1, "the push did reach the service");
+
+    // Next time the service accepts it.
+    let response = notify().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({ "delivered": 1, "gone": 0, "failed": 0 })
+    );
+    assert_eq!(h.svc.hits(), 2);
+    h.svc.assert_no_problems();
 }

@@ -11,6 +11,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 
 use super::encrypt;
+use super::endpoint::{EndpointPolicy, NoPublicAddress, PublicAddressesOnly, SystemResolver};
 use super::error::Error;
 use super::message::PushMessage;
 use super::subscription::Subscription;
@@ -59,13 +60,26 @@ const MAX_ERROR_BODY: usize = 4096;
 /// # Ok(()) }
 /// ```
 ///
+/// # Endpoints
+///
+/// Each request goes to a URL the subscriber chose. Before it, the endpoint
+/// is checked against the dispatcher's [`EndpointPolicy`] (the default one
+/// unless [`endpoint_policy`](Self::endpoint_policy) set another: `https:`,
+/// a host name, optionally an allow-list); a refused one is
+/// [`Error::EndpointRefused`] and nothing is sent. The dispatcher's own HTTP
+/// client ([`client_builder`](Self::client_builder)) then connects only to
+/// public addresses (its DNS resolver drops the others, and refuses a name
+/// left with none), follows no redirect ([`Error::Redirected`]) and uses no
+/// proxy.
+///
 /// # TLS
 ///
 /// Real push services (`fcm.googleapis.com`, `updates.push.services.mozilla.com`,
 /// `web.push.apple.com`) are `https:`. The `webpush` feature builds `reqwest`
 /// without TLS; turn on `webpush-rustls`, or give
-/// [`with_client`](Self::with_client) a client built with a TLS feature of
-/// your own `reqwest` dependency.
+/// [`with_client`](Self::with_client) a client built from
+/// [`client_builder`](Self::client_builder) with a TLS feature of your own
+/// `reqwest` dependency.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
     client: reqwest::Client,
@@ -74,6 +88,7 @@ pub struct Dispatcher {
     ttl: Duration,
     timeout: Duration,
     concurrency: usize,
+    policy: EndpointPolicy,
 }
 
 impl Dispatcher {
@@ -82,11 +97,15 @@ impl Dispatcher {
     /// the browser is offline. A message's own TTL
     /// ([`PushMessage::ttl`]) wins over it.
     ///
+    /// It checks endpoints against the default [`EndpointPolicy`], and sends
+    /// with a client from [`client_builder`](Self::client_builder).
+    ///
     /// # Panics
     ///
     /// As [`reqwest::Client::new`], if the TLS backend cannot be initialised.
-    /// Build the client yourself and pass it to
-    /// [`with_client`](Self::with_client) to handle that as an error.
+    /// Build the client yourself from [`client_builder`](Self::client_builder)
+    /// and pass it to [`with_client`](Self::with_client) to handle that as an
+    /// error.
     ///
     /// ```
     /// use std::time::Duration;
@@ -101,29 +120,104 @@ impl Dispatcher {
     /// ```
     #[must_use]
     pub fn new(key: VapidKey, subject: VapidSubject, ttl: Duration) -> Self {
+        let client = Self::client_builder().build().unwrap_or_else(|e| {
+            panic!("htmx_sse::webpush::Dispatcher::new: the HTTP client cannot be built: {e}")
+        });
         Self {
-            client: reqwest::Client::new(),
+            client,
             key: Arc::new(key),
             subject,
             ttl,
             timeout: DEFAULT_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
+            policy: EndpointPolicy::new(),
         }
     }
 
-    /// Uses this HTTP client (for TLS settings, a proxy, a connection pool
-    /// shared with the rest of the application).
+    /// A `reqwest` client builder set up the way the dispatcher's own client
+    /// is: its DNS resolver passes on only public addresses (and refuses a
+    /// name that has none), it follows no redirect
+    /// (`redirect::Policy::none()`), and it uses no proxy, not even one from
+    /// the environment (`HTTPS_PROXY`): through a proxy the address check
+    /// would see only the proxy's address.
+    ///
+    /// Add what you need (TLS roots, a user agent, connection pool settings),
+    /// build it, and pass it to [`with_client`](Self::with_client). Calling
+    /// its `dns_resolver`, `resolve`, `redirect` or `proxy` undoes the
+    /// matching protection.
     ///
     /// ```
     /// # use std::time::Duration;
     /// # use htmx_sse::webpush::{Dispatcher, VapidKey, VapidSubject};
     /// # let dispatcher = Dispatcher::new(VapidKey::generate()?, VapidSubject::new("mailto:a@b.example")?, Duration::from_secs(60));
-    /// let dispatcher = dispatcher.with_client(reqwest::Client::new());
+    /// let client = Dispatcher::client_builder()
+    ///     .user_agent("my-app/1.0")
+    ///     .pool_max_idle_per_host(4)
+    ///     .build()?;
+    /// let dispatcher = dispatcher.with_client(client);
+    /// # Ok::<(), htmx_sse::webpush::Error>(())
+    /// ```
+    pub fn client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .dns_resolver(PublicAddressesOnly::new(SystemResolver))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+    }
+
+    /// Uses this HTTP client instead of the dispatcher's own.
+    ///
+    /// The dispatcher cannot look inside a `reqwest::Client`, so what its
+    /// own client guarantees (see [`client_builder`](Self::client_builder))
+    /// becomes yours: build the client from
+    /// [`client_builder`](Self::client_builder), or at least with
+    /// `redirect(Policy::none())`, no proxy that would reach internal hosts,
+    /// and a DNS resolver that refuses internal addresses. Otherwise an
+    /// endpoint whose name resolves to `10.0.0.5` or `169.254.169.254` is
+    /// reached.
+    ///
+    /// Whatever the client, the dispatcher still checks each endpoint against
+    /// its [`EndpointPolicy`] before the request, and never counts a `3xx`
+    /// answer, or an answer from another URL than the endpoint (a redirect
+    /// the client followed), as delivered: both are [`Error::Redirected`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use htmx_sse::webpush::{Dispatcher, VapidKey, VapidSubject};
+    /// # let dispatcher = Dispatcher::new(VapidKey::generate()?, VapidSubject::new("mailto:a@b.example")?, Duration::from_secs(60));
+    /// let client = Dispatcher::client_builder().timeout(Duration::from_secs(20)).build()?;
+    /// let dispatcher = dispatcher.with_client(client);
     /// # Ok::<(), htmx_sse::webpush::Error>(())
     /// ```
     #[must_use]
     pub fn with_client(mut self, client: reqwest::Client) -> Self {
         self.client = client;
+        self
+    }
+
+    /// Checks endpoints against `policy` before each request (the default
+    /// [`EndpointPolicy`] unless set): an allow-list of push services, or the
+    /// opening for a test push service. Parse subscriptions with the same
+    /// policy ([`Subscription::from_json_with_policy`]) so that a refused
+    /// endpoint is refused when it is posted, not only when it is used.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use htmx_sse::webpush::{Dispatcher, VapidKey, VapidSubject};
+    /// use htmx_sse::webpush::EndpointPolicy;
+    ///
+    /// # let dispatcher = Dispatcher::new(VapidKey::generate()?, VapidSubject::new("mailto:a@b.example")?, Duration::from_secs(60));
+    /// let policy = EndpointPolicy::new().allow_hosts([
+    ///     "fcm.googleapis.com",
+    ///     "updates.push.services.mozilla.com",
+    ///     "web.push.apple.com",
+    ///     "*.notify.windows.com",
+    /// ]);
+    /// let dispatcher = dispatcher.endpoint_policy(policy);
+    /// # Ok::<(), htmx_sse::webpush::Error>(())
+    /// ```
+    #[must_use]
+    pub fn endpoint_policy(mut self, policy: EndpointPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -187,7 +281,11 @@ impl Dispatcher {
     ///
     /// - [`Error::PayloadTooLarge`] before anything is sent, if the message is
     ///   longer than [`MAX_PAYLOAD_LEN`](super::MAX_PAYLOAD_LEN).
+    /// - [`Error::EndpointRefused`] before anything is sent, if the
+    ///   dispatcher's [`EndpointPolicy`] refuses the endpoint, or if its host
+    ///   name resolves to no public address.
     /// - [`Error::Gone`] on `404`/`410`: delete the subscription.
+    /// - [`Error::Redirected`] on a `3xx`: redirects are not followed.
     /// - [`Error::Rejected`] on any other non-2xx status, with the body.
     /// - [`Error::Request`] if no response arrived (connection, TLS, timeout).
     /// - [`Error::Random`] if the OS random number generator failed.
@@ -312,6 +410,7 @@ impl Dispatcher {
         message: &PushMessage,
         authorization: &str,
     ) -> Result<(), Error> {
+        self.policy.check(subscription.url())?;
         let body = encrypt::encrypt(
             &message.body,
             subscription.ua_public(),
@@ -333,8 +432,13 @@ impl Dispatcher {
         if let Some(topic) = &message.topic {
             request = request.header("topic", topic.as_str());
         }
-        let mut response = request.send().await?;
+        let mut response = request.send().await.map_err(refused_or_request)?;
         let status = response.status();
+        // Only the dispatcher's own client is known not to follow redirects;
+        // with any other, an answer from elsewhere is no delivery.
+        if status.is_redirection() || response.url() != subscription.url() {
+            return Err(Error::Redirected { status });
+        }
         if status.is_success() {
             return Ok(());
         }
@@ -356,6 +460,19 @@ impl Dispatcher {
     }
 }
 
+/// [`Error::EndpointRefused`] if the address filter refused the connection
+/// (it is deep in the error's sources), the request error otherwise.
+fn refused_or_request(e: reqwest::Error) -> Error {
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<NoPublicAddress>() {
+            return Error::endpoint_refused(refused.to_string());
+        }
+        source = cause.source();
+    }
+    Error::Request(e)
+}
+
 /// What [`Dispatcher::send_many`] did with each subscription. Every
 /// subscription is in exactly one of `delivered`, `gone` and `failed`, in
 /// the order they were given.
@@ -374,7 +491,9 @@ pub struct SendReport {
     /// subscriptions.
     pub gone: Vec<String>,
     /// The endpoints that failed otherwise, with the error: another status
-    /// (with the body), or no answer at all. Worth retrying later.
+    /// (with the body), no answer at all (worth retrying later), or an
+    /// endpoint refused before any request ([`Error::EndpointRefused`], which
+    /// will not change: delete those too).
     pub failed: Vec<(String, Error)>,
 }
 

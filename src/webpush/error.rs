@@ -13,11 +13,15 @@ use axum::http::StatusCode;
 /// - [`Error::PayloadTooLarge`]: the message does not fit in one push message
 ///   ([`MAX_PAYLOAD_LEN`](super::MAX_PAYLOAD_LEN) bytes). Nothing was sent:
 ///   send less (an id to fetch, say).
-/// - [`Error::Rejected`]: any other status, with the body the push service
-///   sent back (it usually says why, e.g. a bad VAPID signature or `429`).
+/// - [`Error::Rejected`]: any other status. The body the push service sent
+///   back (it usually says why, e.g. a bad VAPID signature) is in the
+///   variant's `body` field, not in the `Display` message: see there.
 ///
-/// The others are bad input caught before anything is sent (keys, subjects,
-/// subscriptions, topics) and transport failures. The enum is
+/// [`Error::EndpointRefused`] and [`Error::Redirected`] are the endpoint
+/// checks at work (see [`EndpointPolicy`](super::EndpointPolicy)): a
+/// subscription whose endpoint is not a push service the server will post
+/// to. The others are bad input caught before anything is sent (keys,
+/// subjects, subscriptions, topics) and transport failures. The enum is
 /// `#[non_exhaustive]`: match the variants you act on and keep a wildcard arm.
 ///
 /// ```
@@ -51,6 +55,31 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The endpoint is refused by the [`EndpointPolicy`](super::EndpointPolicy):
+    /// `http:`, an IP-literal host, `localhost` or a single-label name, a
+    /// user name or password in the URL, a host outside the allow-list; or,
+    /// when the dispatcher's own HTTP client connected, a host name that
+    /// resolves to no public address (loopback, private, link-local, …).
+    /// Nothing was sent to it.
+    ///
+    /// ```
+    /// use htmx_sse::webpush::{Error, Subscription};
+    ///
+    /// let e = Subscription::new(
+    ///     "https://169.254.169.254/latest/meta-data",
+    ///     "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+    ///     "BTBZMqHH6r4Tts7J_aSIgg",
+    /// ).unwrap_err();
+    /// assert!(matches!(e, Error::EndpointRefused { .. }));
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "push endpoint refused: the host 169.254.169.254 is an IP address; push services are reached by name",
+    /// );
+    /// ```
+    EndpointRefused {
+        /// Why (the host in it is cut to 80 bytes).
+        reason: String,
+    },
     /// A `Topic` is not 1 to 32 characters of the URL-safe base64 alphabet.
     InvalidTopic {
         /// The topic as given (cut to 80 bytes).
@@ -72,12 +101,53 @@ pub enum Error {
         status: StatusCode,
     },
     /// The push service refused the message with a status other than
-    /// `404`/`410`.
+    /// `404`/`410` (and not a redirect).
+    ///
+    /// The `Display` message has the status only. The push service is
+    /// whatever host the subscription named, so its body is text chosen by
+    /// whoever posted the subscription: an error message shown to a user or
+    /// returned in a response must not carry it. Read `body` deliberately,
+    /// to log it, say.
+    ///
+    /// ```
+    /// use axum::http::StatusCode;
+    /// use htmx_sse::webpush::Error;
+    ///
+    /// let e = Error::Rejected {
+    ///     status: StatusCode::BAD_REQUEST,
+    ///     body: "<script>alert(1)</script>".into(),
+    /// };
+    /// assert_eq!(e.to_string(), "push service answered 400 Bad Request");
+    /// ```
     Rejected {
         /// The status it answered with.
         status: StatusCode,
-        /// The start of the response body (at most 4 KiB, lossy UTF-8).
+        /// The start of the response body: its first 4 KiB at most, as
+        /// lossy UTF-8. Not in the `Display` message.
         body: String,
+    },
+    /// The push service answered with a redirect (`3xx`), which is never
+    /// followed: a push service does not redirect, and following one would
+    /// let an endpoint send the server's request anywhere. Nothing was
+    /// delivered.
+    ///
+    /// With a client of your own
+    /// ([`Dispatcher::with_client`](super::Dispatcher::with_client)) that
+    /// followed the redirect anyway, the answer came from another URL than
+    /// the endpoint: it is not counted as delivered, and `status` is the
+    /// status of that other answer.
+    ///
+    /// ```
+    /// use axum::http::StatusCode;
+    /// use htmx_sse::webpush::Error;
+    ///
+    /// let e = Error::Redirected { status: StatusCode::TEMPORARY_REDIRECT };
+    /// assert_eq!(e.to_string(), "push service answered 307 Temporary Redirect: redirects are not followed");
+    /// ```
+    Redirected {
+        /// The `3xx` status, or with a client that followed the redirect,
+        /// the status of the answer from elsewhere.
+        status: StatusCode,
     },
     /// The request failed before a response arrived (connection, timeout, TLS).
     Request(reqwest::Error),
@@ -115,7 +185,9 @@ impl Error {
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Error::Gone { status } | Error::Rejected { status, .. } => Some(*status),
+            Error::Gone { status }
+            | Error::Rejected { status, .. }
+            | Error::Redirected { status } => Some(*status),
             _ => None,
         }
     }
@@ -123,6 +195,12 @@ impl Error {
     pub(crate) fn subscription(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidSubscription {
             field,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn endpoint_refused(reason: impl Into<String>) -> Self {
+        Error::EndpointRefused {
             reason: reason.into(),
         }
     }
@@ -163,12 +241,18 @@ impl fmt::Display for Error {
                 "payload too large for one push message: {size} bytes, at most {max}"
             ),
             Error::Gone { status } => write!(f, "push subscription is gone ({status}): delete it"),
-            Error::Rejected { status, body } if body.is_empty() => {
-                write!(f, "push service answered {status}")
-            }
-            Error::Rejected { status, body } => {
-                write!(f, "push service answered {status}: {body}")
-            }
+            Error::EndpointRefused { reason } => write!(f, "push endpoint refused: {reason}"),
+            // Never the body: see the variant's docs.
+            Error::Rejected { status, .. } => write!(f, "push service answered {status}"),
+            Error::Redirected { status } if status.is_redirection() => write!(
+                f,
+                "push service answered {status}: redirects are not followed"
+            ),
+            Error::Redirected { status } => write!(
+                f,
+                "push request was redirected away from the endpoint by the HTTP client \
+                 (then answered {status}): build it with redirect::Policy::none()"
+            ),
             Error::Request(_) => f.write_str("push request failed"),
             Error::Json(_) => f.write_str("push message could not be serialised to JSON"),
             Error::Random(_) => {
@@ -228,8 +312,41 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "push service answered 500 Internal Server Error: boom"
+            "push service answered 500 Internal Server Error"
         );
+        let e = Error::Redirected {
+            status: StatusCode::PERMANENT_REDIRECT,
+        };
+        assert_eq!(
+            e.to_string(),
+            "push service answered 308 Permanent Redirect: redirects are not followed"
+        );
+        assert_eq!(e.status(), Some(StatusCode::PERMANENT_REDIRECT));
+        let e = Error::Redirected {
+            status: StatusCode::CREATED,
+        };
+        assert_eq!(
+            e.to_string(),
+            "push request was redirected away from the endpoint by the HTTP client \
+             (then answered 201 Created): build it with redirect::Policy::none()"
+        );
+        let e = Error::endpoint_refused("the host \"localhost\" names this machine");
+        assert_eq!(
+            e.to_string(),
+            "push endpoint refused: the host \"localhost\" names this machine"
+        );
+    }
+
+    #[test]
+    fn rejected_display_never_carries_the_body() {
+        let body = "<script>alert(document.cookie)</script> internal: 10.0.0.5";
+        let e = Error::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            body: body.into(),
+        };
+        let shown = e.to_string();
+        assert_eq!(shown, "push service answered 400 Bad Request");
+        assert!(!shown.contains("script") && !shown.contains("10.0.0.5"));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   Every request carries a JWT signed with ES256 for the push service's
 //!   origin, valid for 12 hours.
 //! - [`Subscription`]: the JSON of `PushSubscription.toJSON()`, checked once.
+//! - [`EndpointPolicy`]: which push endpoints the server posts to (see
+//!   [Endpoints](#endpoints)).
 //! - [`Payload`] (title, body, icon, data) or any bytes, in a
 //!   [`PushMessage`] with its `TTL`, [`Urgency`] and [`Topic`].
 //! - [`Dispatcher`]: [`send`](Dispatcher::send) one,
@@ -81,6 +83,45 @@
 //! [`Dispatcher::send_many`]. Delete those subscriptions; keep the ones in
 //! [`SendReport::failed`] (a `429`, a `5xx` or a timeout is worth retrying).
 //!
+//! # Endpoints
+//!
+//! A subscription's endpoint is a URL chosen by whoever posts to your
+//! subscribe route, and the server `POST`s to it with its VAPID signature.
+//! So that this cannot be used to make your server send requests into its
+//! own network (server-side request forgery):
+//!
+//! - **The URL is checked** when the subscription is made and again before
+//!   each request, against an [`EndpointPolicy`]. By default: `https:` only;
+//!   a host name, never an IP literal (in any form the URL standard reads as
+//!   one: `https://2130706433/` is `127.0.0.1`); no `localhost`,
+//!   `*.localhost` or single-label name; no user name or password. A refused
+//!   endpoint is [`Error::EndpointRefused`], and nothing is sent.
+//! - **An allow-list** ([`EndpointPolicy::allow_hosts`], exact names and
+//!   `*.suffix`) limits endpoints to the push services you expect. Give the
+//!   same policy to [`Subscription::from_json_with_policy`] in the subscribe
+//!   route and to [`Dispatcher::endpoint_policy`].
+//! - **Addresses are checked when connecting.** The dispatcher's HTTP
+//!   client resolves names through a filter that drops every address that is
+//!   not public unicast: loopback, private (RFC 1918, `fc00::/7`),
+//!   link-local (`169.254/16`, `fe80::/10`), CGNAT (`100.64/10`),
+//!   unspecified, multicast, broadcast, reserved and documentation ranges,
+//!   and the IPv4-mapped and NAT64 forms of these. A name left with no
+//!   address is [`Error::EndpointRefused`]. The filter is reqwest's DNS
+//!   resolver, so the addresses checked are the ones connected to: a name
+//!   that resolves differently a moment later (DNS rebinding) gains nothing.
+//! - **Redirects are not followed** ([`Error::Redirected`]), and no proxy is
+//!   used (through a proxy the filter would see only the proxy).
+//! - **A push service's answer is not repeated.** The body of a refusal is
+//!   text chosen by the endpoint's owner: it is kept (4 KiB at most) in
+//!   [`Error::Rejected`]'s `body` field, never in its `Display` message. Log
+//!   errors; do not send them to browsers.
+//!
+//! A test push service on `http://127.0.0.1:PORT` needs the explicit
+//! [`EndpointPolicy::allow_insecure_endpoints_for_testing`], for the
+//! subscriptions and for the dispatcher. A client of your own
+//! ([`Dispatcher::with_client`]) must do what the dispatcher's own does:
+//! start from [`Dispatcher::client_builder`].
+//!
 //! # Payload size
 //!
 //! A push message holds at most [`MAX_PAYLOAD_LEN`] (3993) bytes: push
@@ -92,13 +133,15 @@
 //! # TLS
 //!
 //! Push services are `https:`. The `webpush` feature builds `reqwest`
-//! without TLS (enough for tests against `http://127.0.0.1`); the
-//! `webpush-rustls` feature adds rustls, or pass your own client with
-//! [`Dispatcher::with_client`].
+//! without TLS (enough for tests against `http://127.0.0.1`, with
+//! [`EndpointPolicy::allow_insecure_endpoints_for_testing`]); the
+//! `webpush-rustls` feature adds rustls, or pass your own client, built from
+//! [`Dispatcher::client_builder`], with [`Dispatcher::with_client`].
 
 mod b64;
 mod dispatcher;
 mod encrypt;
+mod endpoint;
 mod error;
 mod message;
 mod subscription;
@@ -106,6 +149,7 @@ mod vapid;
 
 pub use dispatcher::{DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Dispatcher, SendReport};
 pub use encrypt::MAX_PAYLOAD_LEN;
+pub use endpoint::EndpointPolicy;
 pub use error::Error;
 pub use message::{Payload, PushMessage, Topic, Urgency};
 pub use subscription::Subscription;
@@ -123,6 +167,7 @@ mod tests {
         assert::<PushMessage>();
         assert::<VapidKey>();
         assert::<SendReport>();
+        assert::<EndpointPolicy>();
         assert::<Error>();
     }
 }

@@ -7,6 +7,7 @@ use p256::PublicKey;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::b64;
+use super::endpoint::EndpointPolicy;
 use super::error::{Error, cut};
 
 /// A browser's push subscription: where to send (`endpoint`) and the keys to
@@ -23,10 +24,11 @@ use super::error::{Error, cut};
 ///
 /// The fields are checked once, when the value is made (by
 /// [`Subscription::from_json`], [`Subscription::new`] or serde): the endpoint
-/// is an `http:` or `https:` URL, `p256dh` is base64url of a 65-byte
-/// uncompressed point on P-256, and `auth` is base64url of 16 bytes. Sending
-/// cannot then fail on the subscription's shape. The original strings are
-/// kept, so serialising gives back the same text.
+/// is an `https:` URL the default [`EndpointPolicy`] accepts, `p256dh` is
+/// base64url of a 65-byte uncompressed point on P-256, and `auth` is
+/// base64url of 16 bytes. Sending cannot then fail on the subscription's
+/// shape. The original strings are kept, so serialising gives back the same
+/// text.
 ///
 /// ```
 /// use htmx_sse::webpush::Subscription;
@@ -43,14 +45,20 @@ use super::error::{Error, cut};
 ///
 /// # Trust
 ///
-/// The endpoint comes from the browser, and the server will `POST` to it.
-/// `http:` is accepted (for test push services on `127.0.0.1`); browsers only
-/// ever hand out `https:` endpoints of their vendor's push service. If your
-/// server can reach internal services, accept only the push services you
-/// expect (check the host of [`endpoint`](Self::endpoint), e.g.
-/// `fcm.googleapis.com`, `*.push.services.mozilla.com`,
-/// `*.push.apple.com`, `*.notify.windows.com`) before storing a
-/// subscription.
+/// The endpoint comes from the browser, that is from whoever posts to your
+/// subscribe route, and the server will `POST` to it. So it is checked
+/// against an [`EndpointPolicy`]: by default `https:` only, a host name (no
+/// IP literal, no `localhost`, no single-label name), no user name or
+/// password; the dispatcher checks it again before each request, with its
+/// own policy, and its HTTP client refuses names that resolve to internal
+/// addresses. To accept only the push services you expect, parse with
+/// [`Subscription::from_json_with_policy`] and an allow-list
+/// ([`EndpointPolicy::allow_hosts`]), and give the dispatcher the same
+/// policy ([`Dispatcher::endpoint_policy`](super::Dispatcher::endpoint_policy)).
+///
+/// A test push service on `http://127.0.0.1` needs
+/// [`EndpointPolicy::allow_insecure_endpoints_for_testing`], given to
+/// [`Subscription::new_with_policy`] and to the dispatcher.
 #[derive(Clone)]
 pub struct Subscription {
     endpoint: String,
@@ -67,10 +75,14 @@ impl Subscription {
     /// Makes a subscription from its three strings (as stored in three
     /// columns, say), with no expiration time.
     ///
+    /// The endpoint is checked against the default [`EndpointPolicy`]; see
+    /// [`new_with_policy`](Self::new_with_policy) for another.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidSubscription`] naming the field (`endpoint`,
-    /// `keys.p256dh` or `keys.auth`) and what is wrong with it.
+    /// `keys.p256dh` or `keys.auth`) and what is wrong with it;
+    /// [`Error::EndpointRefused`] if the policy refuses the endpoint.
     ///
     /// ```
     /// use htmx_sse::webpush::{Error, Subscription};
@@ -89,7 +101,38 @@ impl Subscription {
         p256dh: impl Into<String>,
         auth: impl Into<String>,
     ) -> Result<Self, Error> {
-        Self::from_parts(endpoint.into(), None, p256dh.into(), auth.into())
+        Self::new_with_policy(endpoint, p256dh, auth, &EndpointPolicy::new())
+    }
+
+    /// [`new`](Self::new), checking the endpoint against `policy`: an
+    /// allow-list of push services, or the opening for a test push service.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    ///
+    /// ```
+    /// use htmx_sse::webpush::{EndpointPolicy, Error, Subscription};
+    ///
+    /// let (p256dh, auth) = (
+    ///     "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+    ///     "BTBZMqHH6r4Tts7J_aSIgg",
+    /// );
+    /// let test_service = "http://127.0.0.1:8080/push/1";
+    /// assert!(matches!(Subscription::new(test_service, p256dh, auth), Err(Error::EndpointRefused { .. })));
+    ///
+    /// let testing = EndpointPolicy::new().allow_insecure_endpoints_for_testing();
+    /// let sub = Subscription::new_with_policy(test_service, p256dh, auth, &testing)?;
+    /// assert_eq!(sub.endpoint(), test_service);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn new_with_policy(
+        endpoint: impl Into<String>,
+        p256dh: impl Into<String>,
+        auth: impl Into<String>,
+        policy: &EndpointPolicy,
+    ) -> Result<Self, Error> {
+        Self::from_parts(endpoint.into(), None, p256dh.into(), auth.into(), policy)
     }
 
     /// Sets the expiration time, in milliseconds since the Unix epoch
@@ -109,12 +152,14 @@ impl Subscription {
         self
     }
 
-    /// Parses the JSON of `PushSubscription.toJSON()`.
+    /// Parses the JSON of `PushSubscription.toJSON()`, checking the endpoint
+    /// against the default [`EndpointPolicy`] (as serde does).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidSubscription`] with `field: "json"` if the text is not
-    /// such an object, or naming the malformed field.
+    /// such an object, or naming the malformed field;
+    /// [`Error::EndpointRefused`] if the policy refuses the endpoint.
     ///
     /// ```
     /// use htmx_sse::webpush::{Error, Subscription};
@@ -123,9 +168,37 @@ impl Subscription {
     /// assert!(matches!(e, Err(Error::InvalidSubscription { field: "endpoint", .. })));
     /// ```
     pub fn from_json(json: &str) -> Result<Self, Error> {
+        Self::from_json_with_policy(json, &EndpointPolicy::new())
+    }
+
+    /// [`from_json`](Self::from_json), checking the endpoint against
+    /// `policy`. In a subscribe route, take the body as a `String` and parse
+    /// it with the policy your dispatcher uses:
+    ///
+    /// ```
+    /// use std::sync::LazyLock;
+    /// use axum::http::StatusCode;
+    /// use htmx_sse::webpush::{EndpointPolicy, Subscription};
+    ///
+    /// static PUSH_SERVICES: LazyLock<EndpointPolicy> = LazyLock::new(|| {
+    ///     EndpointPolicy::new().allow_hosts(["fcm.googleapis.com", "updates.push.services.mozilla.com"])
+    /// });
+    ///
+    /// async fn subscribe(body: String) -> StatusCode {
+    ///     match Subscription::from_json_with_policy(&body, &PUSH_SERVICES) {
+    ///         Ok(sub) => { /* store sub.to_json() */ StatusCode::CREATED }
+    ///         Err(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`from_json`](Self::from_json).
+    pub fn from_json_with_policy(json: &str, policy: &EndpointPolicy) -> Result<Self, Error> {
         let raw: RawSubscription =
             serde_json::from_str(json).map_err(|e| Error::subscription("json", e.to_string()))?;
-        Self::try_from(raw)
+        Self::from_raw(raw, policy)
     }
 
     /// The JSON of `PushSubscription.toJSON()`: `endpoint`, `expirationTime`
@@ -223,6 +296,7 @@ impl Subscription {
         expiration_time: Option<u64>,
         p256dh: String,
         auth: String,
+        policy: &EndpointPolicy,
     ) -> Result<Self, Error> {
         let url = reqwest::Url::parse(&endpoint).map_err(|e| {
             Error::subscription("endpoint", format!("not a URL ({e}): {:?}", cut(&endpoint)))
@@ -230,15 +304,13 @@ impl Subscription {
         if !matches!(url.scheme(), "https" | "http") {
             return Err(Error::subscription(
                 "endpoint",
-                format!(
-                    "expected an https: (or http:) URL, got scheme {:?}",
-                    cut(url.scheme())
-                ),
+                format!("expected an https: URL, got scheme {:?}", cut(url.scheme())),
             ));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(Error::subscription("endpoint", "the URL has no host"));
         }
+        policy.check(&url)?;
         let audience = url.origin().ascii_serialization();
 
         let key = b64::decode(&p256dh)
@@ -331,15 +403,14 @@ struct RawKeys {
     auth: String,
 }
 
-impl TryFrom<RawSubscription> for Subscription {
-    type Error = Error;
-
-    fn try_from(raw: RawSubscription) -> Result<Self, Error> {
+impl Subscription {
+    fn from_raw(raw: RawSubscription, policy: &EndpointPolicy) -> Result<Self, Error> {
         Self::from_parts(
             raw.endpoint,
             raw.expiration_time,
             raw.keys.p256dh,
             raw.keys.auth,
+            policy,
         )
     }
 }
@@ -375,7 +446,7 @@ impl Serialize for Subscription {
 impl<'de> Deserialize<'de> for Subscription {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = RawSubscription::deserialize(deserializer)?;
-        Subscription::try_from(raw).map_err(serde::de::Error::custom)
+        Subscription::from_raw(raw, &EndpointPolicy::new()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -391,7 +462,10 @@ mod tests {
     fn audience_is_the_origin() {
         let sub = Subscription::new("https://Push.Example.net:443/a/b?c=d", P256DH, AUTH).unwrap();
         assert_eq!(sub.audience(), "https://push.example.net");
-        let sub = Subscription::new("http://127.0.0.1:8080/push/1", P256DH, AUTH).unwrap();
+        let testing = EndpointPolicy::new().allow_insecure_endpoints_for_testing();
+        let sub =
+            Subscription::new_with_policy("http://127.0.0.1:8080/push/1", P256DH, AUTH, &testing)
+                .unwrap();
         assert_eq!(sub.audience(), "http://127.0.0.1:8080");
     }
 
