@@ -910,3 +910,87 @@ async fn slow_and_vanishing_clients_do_not_hold_up_the_others() {
     }
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_known_connection_id_cannot_be_taken_over() {
+    let manager = BroadcastManager::new();
+    let (base, _) = common::serve(setup_broadcast_routes(
+        Router::new(),
+        manager.clone(),
+        "/sse",
+    ))
+    .await;
+    let (mut victim, victim_id) = common::open_connection(&format!("{base}/sse"), None).await;
+    let epoch = manager.last_id().epoch();
+    let vid = victim_id.as_str();
+    // The victim's id is known (it is in the victim's forms); its proof is
+    // not. Each attempt gets a fresh id and the reset event.
+    for forged in [
+        format!("{epoch}-0.{vid}"),
+        format!("{epoch}-0.{vid}.{}", "0".repeat(24)),
+        format!("{epoch}-0.{vid}.{}", "f".repeat(24)),
+        format!("{epoch}-0.{vid}.not-a-proof"),
+        format!("{epoch}-0.{vid}."),
+    ] {
+        let mut thief = TestClient::get(format!("{base}/sse"))
+            .last_event_id(&forged)
+            .connect()
+            .await
+            .unwrap();
+        let hello = thief.next_event_within(WAIT).await.unwrap();
+        assert_eq!(hello.event, "connection");
+        assert!(!hello.data.contains(vid), "{forged}: got the victim's id");
+        assert!(!hello.last_event_id.contains(vid), "{forged}");
+        let reset = thief.next_event_within(WAIT).await.unwrap();
+        assert_eq!(
+            (reset.event.as_str(), reset.data.as_str()),
+            ("reset", r#"{"reason":"unrecognized"}"#),
+            "{forged}"
+        );
+        // The victim keeps its stream and its messages; the thief gets none.
+        let secret = format!("for the victim only, after {forged}");
+        let sent = manager
+            .send_to(&victim_id, "dm", secret.as_str(), None)
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered, 1);
+        assert_eq!(victim.next_event_within(WAIT).await.unwrap().data, secret);
+        manager.broadcast("n", "marker", None, &[]).await.unwrap();
+        assert_eq!(
+            thief.next_event_within(WAIT).await.unwrap().data,
+            "marker",
+            "{forged}"
+        );
+        assert_eq!(victim.next_event_within(WAIT).await.unwrap().data, "marker");
+    }
+    // The victim itself, with the id it was sent, gets its id back and
+    // what was sent to it while it was away.
+    let last = {
+        manager
+            .broadcast("n", "last seen", None, &[])
+            .await
+            .unwrap();
+        victim.next_event_within(WAIT).await.unwrap().last_event_id
+    };
+    victim.close();
+    let t0 = std::time::Instant::now();
+    while manager.connection_count() > 5 {
+        assert!(t0.elapsed() < WAIT);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut back = TestClient::get(format!("{base}/sse"))
+        .last_event_id(&last)
+        .connect()
+        .await
+        .unwrap();
+    let hello = back.next_event_within(WAIT).await.unwrap();
+    assert!(hello.data.contains(vid), "{hello:?}");
+    manager
+        .send_to(&victim_id, "dm", "welcome back", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.next_event_within(WAIT).await.unwrap().data,
+        "welcome back"
+    );
+}

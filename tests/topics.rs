@@ -578,7 +578,8 @@ async fn a_forged_last_event_id_reveals_nothing_of_another_user() {
     };
     let (mut alice, hello) = connect("alice", None).await;
     let alice_last = hello.last_event_id.clone();
-    let alice_conn = alice_last.rsplit('.').next().unwrap().to_owned();
+    // `EPOCH-SEQ.ID.PROOF`
+    let alice_conn = alice_last.split('.').nth(1).unwrap().to_owned();
     let alice_id = htmx_sse::connections::ConnectionId::new(&alice_conn).unwrap();
     // Mallory presents Alice's Last-Event-ID while Alice is connected.
     let (mallory, hello) = connect("mallory", Some(alice_last.clone())).await;
@@ -616,6 +617,13 @@ async fn a_forged_last_event_id_reveals_nothing_of_another_user() {
         .broadcast("public", "everyone", None, &[])
         .await
         .unwrap();
+    // Alice's id's proof does not hold for Mallory: the reset event, then
+    // only what everyone gets.
+    let ev = mallory.next_event_within(WAIT).await.unwrap();
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("reset", r#"{"reason":"unrecognized"}"#)
+    );
     let ev = mallory.next_event_within(WAIT).await.unwrap();
     assert_eq!(ev.data, "everyone", "mallory received {ev:?} first");
     // A bad cookie is a 401.

@@ -117,6 +117,8 @@ struct Keys {
     stream: String,
     seq: String,
     epoch: String,
+    /// The key of resume proofs (see `broadcast::proof`).
+    resume_key: String,
     /// Hash: connection id → instance id.
     place: String,
     /// Set of instance ids.
@@ -130,6 +132,7 @@ impl Keys {
             stream: format!("{prefix}:stream"),
             seq: format!("{prefix}:seq"),
             epoch: format!("{prefix}:epoch"),
+            resume_key: format!("{prefix}:resume-key"),
             place: format!("{prefix}:where"),
             instances: format!("{prefix}:instances"),
             prefix: prefix.to_owned(),
@@ -234,6 +237,8 @@ pub(crate) struct Start {
     pub(crate) seq: u64,
     /// The stream's most recent messages, oldest first.
     pub(crate) history: Vec<(u64, Prepared)>,
+    /// The resume key every instance on this prefix shares.
+    pub(crate) resume_key: Vec<u8>,
     registry: mpsc::UnboundedReceiver<RegOp>,
 }
 
@@ -275,6 +280,34 @@ async fn epoch<C: redis::aio::ConnectionLike + Send>(
     })
 }
 
+/// The resume key in Redis (64 hex digits), made when there is none, so
+/// that a page resumes with its connection id on any instance.
+async fn resume_key<C: redis::aio::ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<u8>> {
+    let candidate: String = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+        .iter()
+        .map(|u| u.simple().to_string())
+        .collect();
+    let (current,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(&keys.resume_key)
+        .arg(&candidate)
+        .arg("NX")
+        .ignore()
+        .get(&keys.resume_key)
+        .query_async(con)
+        .await?;
+    if current.len() < 32 {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "the resume key is shorter than 32 bytes",
+        )));
+    }
+    Ok(current.into_bytes())
+}
+
 /// Connects, reads the epoch and the recent history.
 pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start, Error> {
     let client = Client::open(config.url.as_str())
@@ -295,6 +328,12 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
         config.timeout,
         "reading the epoch",
         epoch(&mut commands, &keys),
+    )
+    .await?;
+    let resume_key = with_timeout(
+        config.timeout,
+        "reading the resume key",
+        resume_key(&mut commands, &keys),
     )
     .await?;
     let reply: StreamRangeReply = with_timeout(
@@ -343,6 +382,7 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
         epoch,
         seq,
         history: entries,
+        resume_key,
         registry: registry_rx,
     })
 }

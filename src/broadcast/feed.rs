@@ -113,10 +113,14 @@ impl Feed {
         self.uncounted += 1;
         Some(match batch {
             Some(batch) => {
-                batch.push_tagged(&stored.head, id, body);
+                batch.push_tagged(&stored.head, &self.direct.tag, body);
                 Piece::Written(1)
             }
-            None => Piece::Tagged(stored.head.clone(), id.clone(), body.clone()),
+            None => Piece::Tagged(
+                stored.head.clone(),
+                Arc::clone(&self.direct.tag),
+                body.clone(),
+            ),
         })
     }
 

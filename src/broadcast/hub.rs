@@ -789,7 +789,10 @@ mod tests {
                 .unwrap()
                 .to_owned();
             let epoch = start.split('-').next().unwrap().to_owned();
-            assert_eq!(start, format!("{epoch}-0.{id}"));
+            // `ID.PROOF`, the same in every id of the connection.
+            let tag = start.split_once('.').unwrap().1.to_owned();
+            assert!(tag.starts_with(&format!("{id}.")), "{start}");
+            assert_eq!(start, format!("{epoch}-0.{tag}"));
             m.send_to(&id, "b", "2", None).await.unwrap();
             for (name, data) in [("a", "1"), ("c", "3")] {
                 m.broadcast(name, data, None, &[]).await.unwrap();
@@ -801,9 +804,9 @@ mod tests {
             assert_eq!(
                 text,
                 format!(
-                    "id: {epoch}-1.{id}\nevent: b\ndata: 2\n\n\
-                     id: {epoch}-2.{id}\nevent: a\ndata: 1\n\n\
-                     id: {epoch}-3.{id}\nevent: c\ndata: 3\n\n"
+                    "id: {epoch}-1.{tag}\nevent: b\ndata: 2\n\n\
+                     id: {epoch}-2.{tag}\nevent: a\ndata: 1\n\n\
+                     id: {epoch}-3.{tag}\nevent: c\ndata: 3\n\n"
                 )
             );
         }

@@ -16,6 +16,7 @@ use super::feed::{Feed, FeedBody, Intro};
 use super::hub::{self, Hub};
 use super::listeners::{Conn, Listeners};
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
+use super::proof::{MIN_KEY_BYTES, ResumeKey};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
 use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Listing, RegistryStats, UserId};
 use crate::error::Error;
@@ -157,6 +158,8 @@ impl Stored {
 pub(crate) struct Direct {
     /// The connection as the registry lists it (its id among others).
     pub(crate) entry: Entry,
+    /// `ID.PROOF`, written after `EPOCH-SEQ.` in every id it is sent.
+    pub(crate) tag: Arc<str>,
     pub(crate) sub: Subscription,
     queue: Mutex<VecDeque<Arc<Stored>>>,
     /// How many messages wait in `queue`: changed under its lock, read
@@ -178,9 +181,10 @@ pub(crate) struct Direct {
 }
 
 impl Direct {
-    fn new(sub: Subscription, entry: Entry, tick: u32) -> Self {
+    fn new(sub: Subscription, entry: Entry, tag: Arc<str>, tick: u32) -> Self {
         Direct {
             entry,
+            tag,
             sub,
             sent: AtomicU32::new(tick),
             waiting: AtomicU64::new(hub::OFF),
@@ -303,6 +307,8 @@ pub(crate) struct Inner {
     kind: String,
     render: Option<Arc<Render>>,
     shutdown: Shutdown,
+    /// Makes and checks the proofs in connection ids: see `proof`.
+    resume_key: ResumeKey,
 }
 
 /// Aborts a task when dropped.
@@ -580,6 +586,7 @@ pub struct BroadcastBuilder {
     kind: String,
     render: Option<Arc<Render>>,
     filter: Option<Arc<Filter>>,
+    resume_key: Option<ResumeKey>,
 }
 
 impl fmt::Debug for BroadcastBuilder {
@@ -591,6 +598,7 @@ impl fmt::Debug for BroadcastBuilder {
             .field("kind", &self.kind)
             .field("render", &self.render.is_some())
             .field("filter", &self.filter.is_some())
+            .field("resume_key", &self.resume_key.is_some())
             .finish()
     }
 }
@@ -604,11 +612,46 @@ impl Default for BroadcastBuilder {
             kind: "broadcast".to_owned(),
             render: None,
             filter: None,
+            resume_key: None,
         }
     }
 }
 
 impl BroadcastBuilder {
+    /// The key that proves a reconnecting page's connection id was issued
+    /// to it (default: a random key per process; with the Redis backend, a
+    /// random key kept in Redis and shared by every instance).
+    ///
+    /// Every id a page is sent reads `EPOCH-SEQ.ID.PROOF`; `PROOF` is an
+    /// HMAC-SHA256 under this key over the connection id and its user. A
+    /// page that reconnects gets its connection id back (and the messages
+    /// sent to it meanwhile) only when the proof holds for the user it
+    /// presents now; otherwise it gets a fresh id and the
+    /// [reset event](super::RESET_EVENT). Set the same key on every
+    /// instance behind a load balancer that shares no Redis, or to keep
+    /// ids across restarts. Keep it secret, like a session key.
+    ///
+    /// ```
+    /// use htmx_sse::broadcast::BroadcastManager;
+    ///
+    /// let key = std::env::var("RESUME_KEY").unwrap_or_else(|_| "x".repeat(32));
+    /// let manager = BroadcastManager::builder().resume_key(key.as_bytes()).build();
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `key` is shorter than 32 bytes: a configuration error.
+    #[track_caller]
+    pub fn resume_key(mut self, key: &[u8]) -> Self {
+        assert!(
+            key.len() >= MIN_KEY_BYTES,
+            "resume key must be at least {MIN_KEY_BYTES} bytes, got {}",
+            key.len()
+        );
+        self.resume_key = Some(ResumeKey::new(key));
+        self
+    }
+
     /// How many recent messages are kept for [`BroadcastManager::history`]
     /// and for clients that reconnect (default 1024). A client that missed
     /// more than this gets the reset event instead.
@@ -726,7 +769,8 @@ impl BroadcastBuilder {
     /// Never for data; see [`queue_capacity`](Self::queue_capacity).
     #[must_use]
     pub fn build(self) -> BroadcastManager {
-        self.build_with(Backend::Memory, Epoch::random(), 0)
+        let key = self.resume_key.clone().unwrap_or_else(ResumeKey::random);
+        self.build_with(Backend::Memory, Epoch::random(), 0, key)
     }
 
     /// A manager on the Redis backend: many server processes sharing one
@@ -757,10 +801,15 @@ impl BroadcastBuilder {
         let mut start = crate::backend::redis::connect(config, self.history).await?;
         let history = std::mem::take(&mut start.history);
         let first = history.first().map_or(start.seq, |(s, _)| s - 1);
+        let key = self
+            .resume_key
+            .clone()
+            .unwrap_or_else(|| ResumeKey::new(&start.resume_key));
         let manager = self.build_with(
             Backend::Redis(Arc::clone(&start.shared)),
             start.epoch,
             first,
+            key,
         );
         {
             let inner = &manager.inner;
@@ -775,7 +824,13 @@ impl BroadcastBuilder {
         Ok(manager)
     }
 
-    fn build_with(self, backend: Backend, epoch: Epoch, seq: u64) -> BroadcastManager {
+    fn build_with(
+        self,
+        backend: Backend,
+        epoch: Epoch,
+        seq: u64,
+        resume_key: ResumeKey,
+    ) -> BroadcastManager {
         // One signal for everything: the stream config's, if it has one.
         let shutdown = self.stream.shutdown.clone().unwrap_or_default();
         BroadcastManager {
@@ -799,6 +854,7 @@ impl BroadcastBuilder {
                 kind: self.kind,
                 render: self.render,
                 shutdown,
+                resume_key,
             }),
         }
     }
@@ -829,10 +885,11 @@ impl BroadcastManager {
     /// (topics, its user's messages, private topics), resuming from
     /// `last_event_id` like [`connect`](Self::connect).
     ///
-    /// A `Last-Event-ID` names a connection id; the id is reused only when
-    /// no connection of another user holds it, and messages sent to one
-    /// connection are replayed only to the same user, so a forged
-    /// `Last-Event-ID` reveals nothing of another user's.
+    /// A `Last-Event-ID` names a connection id and carries the proof that
+    /// it was issued to this client; the id (and what was sent to it) is
+    /// taken back only when the proof holds for `subscription`'s user, so a
+    /// forged or borrowed `Last-Event-ID` reveals nothing of another
+    /// page's: it gets a fresh id and the reset event.
     pub fn subscribe(
         &self,
         subscription: Subscription,
@@ -860,20 +917,18 @@ impl BroadcastManager {
             .filter(|s| !s.is_empty())
             .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
         inner.start_timer();
+        // A connection id is taken back only with the proof that it was
+        // issued to this client (same user): else a fresh id and the reset.
+        let proven = matches!(&resume, Some(Ok(lei)) if lei.proof.as_deref().is_some_and(|p| {
+            inner.resume_key.verify(&lei.connection, sub.user.as_ref(), p)
+        }));
         let mut core = inner.core.lock();
         let id = match (id, &resume) {
             (Some(id), _) => id,
-            // Never take over another user's live connection id.
-            (None, Some(Ok(lei)))
-                if core
-                    .connections
-                    .get(&lei.connection)
-                    .is_none_or(|c| c.direct.sub.user == sub.user) =>
-            {
-                lei.connection.clone()
-            }
+            (None, Some(Ok(lei))) if proven => lei.connection.clone(),
             (None, _) => ConnectionId::random(),
         };
+        let tag = inner.resume_key.tag(&id, sub.user.as_ref());
         let oldest = core.history.front().map_or(core.seq + 1, |s| s.seq);
         let epoch = core.epoch;
         let (start, reset, replay) = match resume {
@@ -882,6 +937,8 @@ impl BroadcastManager {
             Some(Ok(lei)) if lei.epoch != epoch => {
                 (core.seq, Some(ResetReason::Restarted), Vec::new())
             }
+            // Not proven to be this client's: nothing of that id's.
+            Some(Ok(_)) if !proven => (core.seq, Some(ResetReason::Unrecognized), Vec::new()),
             // Another instance numbered it and this one has not read it
             // yet: start after it (what comes up to it is skipped).
             Some(Ok(lei)) if lei.seq > core.seq && self.is_distributed() => {
@@ -908,7 +965,7 @@ impl BroadcastManager {
         let entry = inner
             .registry
             .entry(Some(id.clone()), &inner.kind, metadata);
-        let direct = Arc::new(Direct::new(sub, entry, inner.hub.tick()));
+        let direct = Arc::new(Direct::new(sub, entry, Arc::clone(&tag), inner.hub.tick()));
         let sub = &direct.sub;
         if let Some(user) = &sub.user {
             core.users.entry(user.clone()).or_default().push(id.clone());
@@ -939,8 +996,8 @@ impl BroadcastManager {
 
         let registration = inner.registry.list(Arc::clone(&direct) as Arc<dyn Listing>);
         let intro = Intro {
-            connection: connection_event(epoch, &id, start),
-            reset: reset.map(|r| reset_event(epoch, &id, seq_now, r)),
+            connection: connection_event(epoch, &id, &tag, start),
+            reset: reset.map(|r| reset_event(epoch, &tag, seq_now, r)),
             replay: replay.into(),
             after: start,
             ready,
@@ -1433,12 +1490,12 @@ impl BroadcastManager {
     }
 }
 
-fn connection_event(epoch: Epoch, id: &ConnectionId, seq: u64) -> Event {
-    // The id is ASCII letters, digits, '-' and '_': safe in the attribute
-    // and in the field.
+fn connection_event(epoch: Epoch, id: &ConnectionId, tag: &str, seq: u64) -> Event {
+    // The id is ASCII letters, digits, '-' and '_', the tag that and '.'
+    // and hex: safe in the attribute and in the field.
     Event::builder()
         .event(CONNECTION_EVENT)
-        .id(format!("{epoch}-{seq}.{id}"))
+        .id(format!("{epoch}-{seq}.{tag}"))
         .data(format!(
             "<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">"
         ))
@@ -1446,10 +1503,10 @@ fn connection_event(epoch: Epoch, id: &ConnectionId, seq: u64) -> Event {
         .unwrap_or_else(|_| Event::message(""))
 }
 
-fn reset_event(epoch: Epoch, id: &ConnectionId, seq: u64, reason: ResetReason) -> Event {
+fn reset_event(epoch: Epoch, tag: &str, seq: u64, reason: ResetReason) -> Event {
     Event::builder()
         .event(RESET_EVENT)
-        .id(format!("{epoch}-{seq}.{id}"))
+        .id(format!("{epoch}-{seq}.{tag}"))
         .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
         .build()
         .unwrap_or_else(|_| Event::message(""))

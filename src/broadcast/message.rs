@@ -94,16 +94,23 @@ pub(crate) struct LastEventId {
     pub(crate) epoch: Epoch,
     pub(crate) seq: u64,
     pub(crate) connection: ConnectionId,
+    /// The resume proof (see `proof`), when the id carried one.
+    pub(crate) proof: Option<Box<str>>,
 }
 
 impl LastEventId {
-    /// Reads `EPOCH-SEQ.CONNECTION`. Anything else (another server's ids, a
-    /// forged or truncated value) is `None`.
+    /// Reads `EPOCH-SEQ.CONNECTION.PROOF` (or `EPOCH-SEQ.CONNECTION`, whose
+    /// connection id can then not be taken back). Anything else (another
+    /// server's ids, a forged or truncated value) is `None`.
     pub(crate) fn parse(s: &str) -> Option<Self> {
-        if s.len() > 128 {
+        if s.len() > 160 {
             return None;
         }
-        let (message, connection) = s.split_once('.')?;
+        let (message, tag) = s.split_once('.')?;
+        let (connection, proof) = match tag.split_once('.') {
+            Some((c, p)) => (c, Some(p)),
+            None => (tag, None),
+        };
         let (epoch, seq) = message.split_once('-')?;
         if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -112,6 +119,7 @@ impl LastEventId {
             epoch: Epoch::parse(epoch)?,
             seq: seq.parse().ok()?,
             connection: ConnectionId::new(connection).ok()?,
+            proof: proof.map(Box::from),
         })
     }
 }

@@ -32,7 +32,7 @@
 //!    both htmx flavours, so regions that fetch their state can use
 //!    `hx-trigger="load, htmx-sse:reset from:document"` (in htmx 2 alone,
 //!    `hx-trigger="sse:reset"` inside the `sse-connect` element also works).
-//! 3. Messages: `event: TYPE`, `id: EPOCH-SEQ.ID`, `data: …`. A message of
+//! 3. Messages: `event: TYPE`, `id: EPOCH-SEQ.ID.PROOF`, `data: …`. A message of
 //!    type `message` goes out without an `event:` line: the same to an
 //!    `EventSource`, and the only kind of event htmx 4 swaps.
 //! 4. Heartbeat comments while idle; the close event when the server ends
@@ -40,22 +40,30 @@
 //!
 //! # Resume
 //!
-//! Every frame's id is `EPOCH-SEQ.ID`: the manager's epoch (random per
-//! process), the message's place in the sequence, and the receiving
-//! connection's id. When the browser reconnects it sends that back as
-//! `Last-Event-ID`, and the manager:
+//! Every frame's id is `EPOCH-SEQ.ID.PROOF`: the manager's epoch (random
+//! per process, or shared through Redis), the message's place in the
+//! sequence, the receiving connection's id, and the proof that this server
+//! issued that id to this client (an HMAC over the id and the connection's
+//! user under the manager's
+//! [resume key](BroadcastBuilder::resume_key)). When the browser
+//! reconnects it sends that back as `Last-Event-ID`, and the manager:
 //!
 //! - gives the connection the same id again, so exclusions and `send_to`
-//!   made while it was away still apply to it;
+//!   made while it was away still apply to it, when the proof holds for
+//!   the user the request now presents (a connection id alone, which the
+//!   page's forms carry, is not enough);
 //! - sends, in order, every kept message after `SEQ` that was for it
 //!   (not excluded, or sent to it alone): nothing missed, nothing twice;
 //! - sends the `reset` event instead when that is impossible:
 //!   `"history-gap"` (the history no longer reaches back that far),
 //!   `"restarted"` (the id is from another process: a restart), or
-//!   `"unrecognized"` (not an id this crate made).
+//!   `"unrecognized"` (not an id this crate made, or its proof does not
+//!   hold for this client): with a fresh connection id.
 //!
-//! Connection ids are random (128 bits) and only the page that holds one
-//! learns it; treat them as that page's secret.
+//! Connection ids are issued by the server (random, 122 bits) and never
+//! chosen by a client; the proof keeps a page's id its own even where the
+//! id itself is seen (a form, a log). Keep whole event ids (with their
+//! proof) out of URLs that access logs keep.
 //!
 //! # Lagging
 //!
@@ -105,6 +113,7 @@ mod hub;
 mod listeners;
 pub(crate) mod manager;
 mod message;
+mod proof;
 mod subscription;
 
 use std::fmt;

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -21,7 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::StreamConfig;
-use crate::connections::ConnectionId;
 use crate::event::Event;
 
 /// Why a stream ended. See the module docs, section *Closing*.
@@ -243,9 +243,10 @@ pub(crate) enum Piece {
     /// A frame in one buffer.
     One(Bytes),
     /// A frame in three parts: a shared id head (`id: EPOCH-SEQ`), the
-    /// receiving connection's id (written as `.ID` and the end of the line),
-    /// and a shared body: nothing per receiver but the id it already holds.
-    Tagged(Bytes, ConnectionId, Bytes),
+    /// receiving connection's tag (`ID.PROOF`, written after a `.` and
+    /// ending the line), and a shared body: nothing per receiver but the
+    /// tag it already holds.
+    Tagged(Bytes, Arc<str>, Bytes),
     /// Frames (this many) the source wrote into the batch it was handed
     /// (see [`drain`]): nothing to copy, nothing shared to count.
     Written(u32),
@@ -401,9 +402,9 @@ impl Batch {
     }
 
     /// Adds a frame made of a shared id head, the receiving connection's
-    /// id and a shared body (see [`Piece::Tagged`]), copying each part once.
-    pub(crate) fn push_tagged(&mut self, head: &[u8], id: &ConnectionId, body: &[u8]) {
-        let id = id.as_str().as_bytes();
+    /// tag and a shared body (see [`Piece::Tagged`]), copying each part once.
+    pub(crate) fn push_tagged(&mut self, head: &[u8], tag: &str, body: &[u8]) {
+        let id = tag.as_bytes();
         self.reserve(head.len() + id.len() + 2 + body.len());
         self.buf.extend_from_slice(head);
         self.buf.put_u8(b'.');
@@ -611,7 +612,7 @@ fn log_piece(stream: &dyn fmt::Display, piece: &Piece) {
         Piece::Tagged(head, id, body) => log_frame(
             stream,
             true,
-            &[&head[..], b".", id.as_str().as_bytes(), b"\n", body].concat(),
+            &[&head[..], b".", id.as_bytes(), b"\n", body].concat(),
         ),
         // Never handed a batch while logging.
         Piece::Written(_) | Piece::End(_) => {}
@@ -1013,7 +1014,7 @@ mod tests {
         let (tx, rx) = mpsc::channel::<Piece>(8);
         tx.send(Piece::Tagged(
             Bytes::from_static(b"id: 1"),
-            ConnectionId::new("c").unwrap(),
+            std::sync::Arc::from("c"),
             Bytes::from_static(b"data: a\n\n"),
         ))
         .await
@@ -1106,14 +1107,14 @@ mod tests {
             one("event: cpu\ndata: 1\n\n"),
             Piece::Tagged(
                 Bytes::from_static(b"id: 2"),
-                ConnectionId::new("c").unwrap(),
+                std::sync::Arc::from("c"),
                 Bytes::from_static(b"event: mem\ndata: 1\n\n"),
             ),
             one("data: log\n\n"),
             one("event: cpu\ndata: 2\n\n"),
             Piece::Tagged(
                 Bytes::from_static(b"id: 5"),
-                ConnectionId::new("c").unwrap(),
+                std::sync::Arc::from("c"),
                 Bytes::from_static(b"event: mem\ndata: 2\n\n"),
             ),
             one(":\n\n"),

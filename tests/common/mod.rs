@@ -81,6 +81,14 @@ pub async fn open_connection(
         ev.data,
         format!("<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">")
     );
-    assert!(ev.last_event_id.ends_with(&format!(".{id}")));
+    // `EPOCH-SEQ.ID.PROOF`: the proof is 24 hex digits.
+    let (_, tag) = ev.last_event_id.split_once('.').unwrap();
+    let (tag_id, proof) = tag.split_once('.').unwrap();
+    assert_eq!(tag_id, id, "{}", ev.last_event_id);
+    assert!(
+        proof.len() == 24 && proof.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        ev.last_event_id
+    );
     (c, htmx_sse::connections::ConnectionId::new(&id).unwrap())
 }

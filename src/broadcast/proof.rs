@@ -1,0 +1,153 @@
+//! Resume proofs: the part of an event id that shows this server issued a
+//! connection id to this client.
+//!
+//! A page's ids read `EPOCH-SEQ.ID.PROOF`, where `PROOF` is an HMAC-SHA256
+//! (cut to 96 bits, as hex) over the connection id and the user the
+//! connection belongs to, under the manager's resume key. A reconnecting
+//! page gets its id back only when the proof holds for the user it now
+//! presents; knowing a page's connection id (it is in that page's forms)
+//! is not enough to take it over.
+
+use std::fmt;
+use std::sync::Arc;
+
+use hmac::{KeyInit, Mac};
+
+use crate::connections::{ConnectionId, UserId};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Bytes of the MAC kept in a proof.
+const PROOF_BYTES: usize = 12;
+
+/// The shortest resume key accepted from the application.
+pub(crate) const MIN_KEY_BYTES: usize = 32;
+
+/// The key resume proofs are made with.
+#[derive(Clone)]
+pub(crate) struct ResumeKey(Arc<[u8]>);
+
+impl fmt::Debug for ResumeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeKey(..)")
+    }
+}
+
+impl ResumeKey {
+    /// A fresh random key (two v4 UUIDs: 244 random bits from the
+    /// operating system's generator).
+    pub(crate) fn random() -> Self {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        ResumeKey(key.into())
+    }
+
+    pub(crate) fn new(key: &[u8]) -> Self {
+        ResumeKey(key.into())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn mac(&self, id: &ConnectionId, user: Option<&UserId>) -> HmacSha256 {
+        // Infallible: HMAC takes keys of any length.
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        mac.update(id.as_str().as_bytes());
+        // 0: anonymous; 1 then the user's id. A user id holds no control
+        // characters, so the input cannot be read two ways.
+        match user {
+            None => mac.update(&[0]),
+            Some(u) => {
+                mac.update(&[1]);
+                mac.update(u.as_str().as_bytes());
+            }
+        }
+        mac
+    }
+
+    /// `ID.PROOF`: what follows `EPOCH-SEQ.` in every id the connection is
+    /// sent.
+    pub(crate) fn tag(&self, id: &ConnectionId, user: Option<&UserId>) -> Arc<str> {
+        let digest = self.mac(id, user).finalize().into_bytes();
+        let mut tag = String::with_capacity(id.as_str().len() + 1 + 2 * PROOF_BYTES);
+        tag.push_str(id.as_str());
+        tag.push('.');
+        for b in &digest[..PROOF_BYTES] {
+            tag.push(char::from(HEX[usize::from(b >> 4)]));
+            tag.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        tag.into()
+    }
+
+    /// Whether `proof` (hex, as [`tag`](Self::tag) writes it) was made for
+    /// this connection and user; compared in constant time.
+    pub(crate) fn verify(&self, id: &ConnectionId, user: Option<&UserId>, proof: &str) -> bool {
+        let Some(bytes) = from_hex::<PROOF_BYTES>(proof) else {
+            return false;
+        };
+        self.mac(id, user).verify_truncated_left(&bytes).is_ok()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_holds_for_its_id_and_user_only() {
+        let key = ResumeKey::random();
+        let id = ConnectionId::new("abc").unwrap();
+        let ann = UserId::new("ann").unwrap();
+        let tag = key.tag(&id, Some(&ann));
+        let (tag_id, proof) = tag.split_once('.').unwrap();
+        assert_eq!(tag_id, "abc");
+        assert_eq!(proof.len(), 24);
+        assert!(key.verify(&id, Some(&ann), proof));
+        // Another user, anonymous, another id, another key: refused.
+        assert!(!key.verify(&id, Some(&UserId::new("bob").unwrap()), proof));
+        assert!(!key.verify(&id, None, proof));
+        assert!(!key.verify(&ConnectionId::new("abd").unwrap(), Some(&ann), proof));
+        assert!(!ResumeKey::random().verify(&id, Some(&ann), proof));
+        // Malformed proofs.
+        for bad in [
+            "",
+            "00",
+            &proof[..23],
+            &proof.to_uppercase(),
+            &format!("{proof}0"),
+        ] {
+            if bad != proof {
+                assert!(!key.verify(&id, Some(&ann), bad), "{bad:?}");
+            }
+        }
+        // One flipped digit.
+        let mut flipped = proof.as_bytes().to_vec();
+        flipped[5] = if flipped[5] == b'0' { b'1' } else { b'0' };
+        assert!(!key.verify(&id, Some(&ann), std::str::from_utf8(&flipped).unwrap()));
+        // The same key makes the same proof (instances sharing a key).
+        assert_eq!(ResumeKey::new(key.as_bytes()).tag(&id, Some(&ann)), tag);
+    }
+}
