@@ -242,10 +242,22 @@ impl EventBuilder {
         self
     }
 
-    /// Sets the data to `value` serialised as JSON (one line).
+    /// Sets the data to `value` serialised as JSON (one line), HTML-safe:
+    /// `<`, `>`, `&`, U+2028 and U+2029 are written as `\u` escapes, the
+    /// same value to any JSON parser and never markup if the data is
+    /// swapped into a page.
+    ///
+    /// ```
+    /// use htmx_sse::Event;
+    ///
+    /// let ev = Event::builder().json_data(&serde_json::json!({"s": "<b>"})).build()?;
+    /// let text = std::str::from_utf8(ev.as_bytes()).unwrap();
+    /// assert_eq!(text, "data: {\"s\":\"\\u003cb\\u003e\"}\n\n");
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
     pub fn json_data<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Self {
         match serde_json::to_string(value) {
-            Ok(s) => self.data = Some(Cow::Owned(s)),
+            Ok(s) => self.data = Some(Cow::Owned(html_safe_json(&s))),
             Err(e) => self.fail(Error::Json(e)),
         }
         self
@@ -308,6 +320,25 @@ impl EventBuilder {
             bytes: buf.freeze(),
         })
     }
+}
+
+/// JSON with `<`, `>`, `&`, U+2028 and U+2029 written as `\u` escapes:
+/// the same value to every JSON parser, and never markup (a `<script>` in a
+/// string) where htmx would swap it into the page. In JSON text these
+/// characters only occur inside strings, where the escapes mean the same.
+pub(crate) fn html_safe_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn put_field(buf: &mut BytesMut, name: &[u8], value: &str) {

@@ -994,3 +994,23 @@ async fn a_known_connection_id_cannot_be_taken_over() {
         "welcome back"
     );
 }
+
+#[tokio::test]
+async fn json_data_reaches_the_page_without_markup() {
+    let mut s = servers().await;
+    let http = reqwest::Client::new();
+    let data = json!({"s": "<script>alert(1)</script>", "img": "<img src=x onerror=alert(2)>", "amp": "&lt;"});
+    let res = http
+        .post(format!("{}/sse/broadcast", s.open.base))
+        .json(&json!({"type": "chat", "data": data}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ev = s.open.page.next_event_within(WAIT).await.unwrap();
+    for c in ['<', '>', '&'] {
+        assert!(!ev.data.contains(c), "{c:?} on the wire: {}", ev.data);
+    }
+    let back: Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(back, data, "the same JSON value");
+}

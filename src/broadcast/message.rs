@@ -191,12 +191,12 @@ impl BroadcastMessage {
     }
 }
 
-/// The default rendering: a JSON string is sent as its text (HTML stays
-/// HTML), anything else as compact JSON.
+/// The default rendering: a JSON string is sent as its text, anything else
+/// as compact, HTML-safe JSON (`<`, `>`, `&` as `\u` escapes).
 pub(crate) fn default_text(data: &serde_json::Value) -> String {
     match data {
         serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        other => crate::event::html_safe_json(&other.to_string()),
     }
 }
 
@@ -233,5 +233,21 @@ mod tests {
     fn default_text_keeps_html() {
         assert_eq!(default_text(&serde_json::json!("<b>x</b>")), "<b>x</b>");
         assert_eq!(default_text(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn json_data_never_carries_markup() {
+        let value = serde_json::json!({
+            "s": "<script>alert(1)</script> & \u{2028}\u{2029}",
+            "<k>": ["a>b", 1, null]
+        });
+        let text = default_text(&value);
+        for c in ['<', '>', '&', '\u{2028}', '\u{2029}'] {
+            assert!(!text.contains(c), "{c:?} in {text}");
+        }
+        assert!(text.contains(r"\u003cscript\u003e"), "{text}");
+        // The same value to a JSON parser.
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
     }
 }
