@@ -322,7 +322,9 @@ fn crate_topics(total: usize) -> impl FnMut(&tokio::runtime::Runtime, &str) + us
         let topic = topics[next % topics.len()].clone();
         next += 1;
         readers.publish(rt, async {
-            let message = manager.message("message", html).topics([topic]);
+            let message = manager
+                .message("message", htmx_sse::Fragment::trusted(html))
+                .topics([topic]);
             message.send().await.expect("sent");
         });
     }

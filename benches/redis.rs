@@ -101,9 +101,14 @@ async fn run(manager: BroadcastManager, clients: usize, messages: usize, publish
             let (m, payload) = (manager.clone(), payload.clone());
             tokio::spawn(async move {
                 for _ in (p..messages).step_by(publishers) {
-                    m.broadcast("n", payload.as_str(), None, &[])
-                        .await
-                        .expect("publish");
+                    m.broadcast(
+                        "n",
+                        htmx_sse::Fragment::trusted(payload.as_str()),
+                        None,
+                        &[],
+                    )
+                    .await
+                    .expect("publish");
                 }
             })
         })

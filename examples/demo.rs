@@ -383,11 +383,7 @@ async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
             oob = oob.add("log", Swap::AfterBegin, html! { li { (line) } });
         }
         let sent = match oob.build() {
-            Ok(fragment) => {
-                manager
-                    .broadcast("dashboard", fragment.as_str(), None, &[])
-                    .await
-            }
+            Ok(fragment) => manager.broadcast("dashboard", fragment, None, &[]).await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -436,11 +432,16 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
         .and_then(|id| ConnectionId::new(id).ok())
         .into_iter()
         .collect();
-    let item = note_item(text).into_string();
-    if let Err(e) = app.manager.broadcast("note", &item, None, &exclude).await {
+    // maud's `Markup` is HTML whose text is escaped: sent as it is.
+    let item = note_item(text);
+    if let Err(e) = app
+        .manager
+        .broadcast("note", item.clone(), None, &exclude)
+        .await
+    {
         tracing::warn!("broadcast failed: {e}");
     }
-    Html(item).into_response()
+    Html(item.into_string()).into_response()
 }
 
 async fn stats(State(app): State<App>) -> Markup {
@@ -561,7 +562,7 @@ async fn send_toast(
     }
     let result = match form.scope.as_str() {
         "everyone" => match toast(text, level) {
-            Ok(t) => app.manager.broadcast("toast", t.as_str(), None, &[]).await,
+            Ok(t) => app.manager.broadcast("toast", t, None, &[]).await,
             Err(e) => Err(e),
         },
         "user" => {
@@ -572,11 +573,7 @@ async fn send_toast(
                 return (StatusCode::UNPROCESSABLE_ENTITY, "name a user").into_response();
             };
             match toast(&format!("{from} to {to}: {text}"), Level::Info) {
-                Ok(t) => {
-                    app.manager
-                        .send_to_user(&to, "toast", t.as_str(), None)
-                        .await
-                }
+                Ok(t) => app.manager.send_to_user(&to, "toast", t, None).await,
                 Err(e) => Err(e),
             }
         }

@@ -38,10 +38,9 @@ async fn main() -> std::io::Result<()> {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         for n in 0u64.. {
             every.tick().await;
+            // maud escapes what it inserts: its `Markup` goes out as HTML.
             let fragment = html! { "Ticks since start: " strong { (n) } };
-            let _ = ticker
-                .broadcast("tick", fragment.into_string(), None, &[])
-                .await;
+            let _ = ticker.broadcast("tick", fragment, None, &[]).await;
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;

@@ -83,6 +83,11 @@ impl Event {
     /// An unnamed event carrying `data`: what `sse-swap="message"` (htmx 2)
     /// and a plain `hx-sse:connect` element (htmx 4) swap in.
     ///
+    /// The data goes on the wire as it is, unescaped: this is the SSE
+    /// layer, for HTML the program vouches for (a rendered template, a
+    /// [`Fragment`](crate::Fragment)). Text from users belongs in
+    /// `Event::from(text)` (escaped) or a template.
+    ///
     /// This cannot fail: data of any content is split into `data:` lines.
     ///
     /// ```
@@ -139,16 +144,24 @@ impl fmt::Debug for Event {
 }
 
 impl From<String> for Event {
-    /// An unnamed event carrying the text as data, as [`Event::message`].
-    fn from(data: String) -> Event {
-        Event::message(data)
+    /// An unnamed event carrying the text, HTML-escaped (a string is text:
+    /// see [`crate::fragment`]). [`Event::message`] sends data as it is.
+    fn from(text: String) -> Event {
+        Event::message(crate::fragment::escape_html(&text))
     }
 }
 
 impl From<&str> for Event {
-    /// An unnamed event carrying the text as data, as [`Event::message`].
-    fn from(data: &str) -> Event {
-        Event::message(data)
+    /// An unnamed event carrying the text, HTML-escaped (a string is text:
+    /// see [`crate::fragment`]). [`Event::message`] sends data as it is.
+    ///
+    /// ```
+    /// use htmx_sse::Event;
+    ///
+    /// assert_eq!(Event::from("<b>1 & 2</b>").as_bytes(), "data: &lt;b&gt;1 &amp; 2&lt;/b&gt;\n\n");
+    /// ```
+    fn from(text: &str) -> Event {
+        Event::message(crate::fragment::escape_html(text))
     }
 }
 

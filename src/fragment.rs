@@ -1,20 +1,25 @@
 //! HTML fragments: what the server renders and htmx swaps in.
 //!
-//! A [`Fragment`] is HTML the application vouches for: escaping of user data
-//! is the template engine's job, done where the template is written. This
-//! module only moves finished HTML, and [`IntoFragment`] is the one door
-//! through which `&str`, `String`, maud's `Markup` and askama templates come
-//! in.
+//! HTML safety is the type's job, as in maud: a `&str` or `String` is
+//! **text**, and becomes a fragment with `<`, `>`, `&`, `"` and `'`
+//! escaped. HTML comes from a template engine (maud's `Markup`, askama
+//! templates through [`Askama`] or [`Fragment::render`]), which escapes the
+//! values put into it, or from [`Fragment::trusted`], the one explicit,
+//! greppable way to send a string as HTML. [`IntoFragment`] is the door
+//! through which all of them come in.
 //!
 //! ```
 //! use htmx_sse::{Fragment, IntoFragment};
 //!
-//! let plain: Fragment = "<p>static</p>".into_fragment()?;
-//! # #[cfg(feature = "maud")] {
 //! let name = "<script>alert(1)</script>";
+//! assert_eq!(name.into_fragment()?.as_str(), "&lt;script&gt;alert(1)&lt;/script&gt;");
+//! # #[cfg(feature = "maud")] {
 //! let from_maud = maud::html! { p { "Hello " (name) } }.into_fragment()?;
 //! assert_eq!(from_maud.as_str(), "<p>Hello &lt;script&gt;alert(1)&lt;/script&gt;</p>");
 //! # }
+//! // HTML written in the program, vouched for where it is written:
+//! let fixed = Fragment::trusted("<p>static</p>");
+//! assert_eq!(fixed.as_str(), "<p>static</p>");
 //! # Ok::<(), htmx_sse::Error>(())
 //! ```
 
@@ -26,18 +31,40 @@ use crate::event::Event;
 
 /// A piece of HTML ready to send.
 ///
-/// Made from trusted HTML ([`Fragment::new`], `From<String>`), from maud
-/// `Markup`, or by rendering an askama template ([`Fragment::render`]).
-/// Converts into an unnamed [`Event`] with `Event::from`.
+/// Made from text ([`Fragment::text`], `From<&str>`, `From<String>`:
+/// escaped), from maud `Markup`, by rendering an askama template
+/// ([`Fragment::render`]), or from HTML the caller vouches for
+/// ([`Fragment::trusted`]). Converts into an unnamed [`Event`] with
+/// `Event::from`.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Fragment(String);
 
 impl Fragment {
-    /// Wraps HTML as it is. The caller vouches that any user data inside is
-    /// escaped; prefer a template engine for anything built from input.
+    /// Wraps HTML as it is: the caller vouches that it holds no markup from
+    /// untrusted input. Use it for HTML written in the program or produced
+    /// by a trusted renderer; build anything that holds user data with a
+    /// template engine (or [`Fragment::text`]).
+    ///
+    /// ```
+    /// use htmx_sse::Fragment;
+    ///
+    /// assert_eq!(Fragment::trusted("<hr>").as_str(), "<hr>");
+    /// ```
     #[must_use]
-    pub fn new(html: impl Into<String>) -> Self {
+    pub fn trusted(html: impl Into<String>) -> Self {
         Fragment(html.into())
+    }
+
+    /// Text, escaped so that the page shows it as written.
+    ///
+    /// ```
+    /// use htmx_sse::Fragment;
+    ///
+    /// assert_eq!(Fragment::text("a < b & \"c\"").as_str(), "a &lt; b &amp; &quot;c&quot;");
+    /// ```
+    #[must_use]
+    pub fn text(text: &str) -> Self {
+        Fragment(escape_html(text))
     }
 
     /// Renders an askama template into a fragment, pre-sized with the
@@ -86,6 +113,26 @@ impl Fragment {
     }
 }
 
+/// `text` with `&`, `<`, `>`, `"` and `'` as character references: safe
+/// as element content and inside quoted attribute values.
+pub(crate) fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    let mut rest = text;
+    while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            _ => "&#39;",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl fmt::Debug for Fragment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Fragment").field(&self.0).finish()
@@ -105,14 +152,16 @@ impl AsRef<str> for Fragment {
 }
 
 impl From<String> for Fragment {
+    /// Text, escaped: as [`Fragment::text`].
     fn from(s: String) -> Self {
-        Fragment(s)
+        Fragment::text(&s)
     }
 }
 
 impl From<&str> for Fragment {
+    /// Text, escaped: as [`Fragment::text`].
     fn from(s: &str) -> Self {
-        Fragment(s.to_owned())
+        Fragment::text(s)
     }
 }
 
@@ -137,17 +186,18 @@ impl From<Fragment> for Cow<'static, str> {
 
 /// Anything that becomes HTML ready to send.
 ///
-/// Implemented for `&str`, `String`, `Cow<str>`, [`Fragment`], maud's
-/// `Markup` (feature `maud`) and askama templates wrapped in [`Askama`]
-/// (feature `askama`). Strings are taken as trusted HTML; template engines
-/// escape the values put into them.
+/// Implemented for [`Fragment`], maud's `Markup` (feature `maud`), askama
+/// templates wrapped in [`Askama`] (feature `askama`), the OOB builder, and
+/// for `&str`, `String` and `Cow<str>` as **text**: escaped, so that the
+/// page shows them as written. Send a string as HTML only through
+/// [`Fragment::trusted`].
 pub trait IntoFragment {
     /// Renders `self` into a fragment.
     ///
     /// # Errors
     ///
-    /// [`Error::Render`] when a template fails to render; plain strings and
-    /// maud markup never fail.
+    /// [`Error::Render`] when a template fails to render; text and maud
+    /// markup never fail.
     fn into_fragment(self) -> Result<Fragment, Error>;
 }
 
@@ -165,25 +215,25 @@ impl IntoFragment for &Fragment {
 
 impl IntoFragment for &str {
     fn into_fragment(self) -> Result<Fragment, Error> {
-        Ok(Fragment(self.to_owned()))
+        Ok(Fragment::text(self))
     }
 }
 
 impl IntoFragment for String {
     fn into_fragment(self) -> Result<Fragment, Error> {
-        Ok(Fragment(self))
+        Ok(Fragment::text(&self))
     }
 }
 
 impl IntoFragment for &String {
     fn into_fragment(self) -> Result<Fragment, Error> {
-        Ok(Fragment(self.clone()))
+        Ok(Fragment::text(self))
     }
 }
 
 impl IntoFragment for Cow<'_, str> {
     fn into_fragment(self) -> Result<Fragment, Error> {
-        Ok(Fragment(self.into_owned()))
+        Ok(Fragment::text(&self))
     }
 }
 
@@ -252,13 +302,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strings_are_taken_as_html() {
-        assert_eq!("<b>x</b>".into_fragment().unwrap().as_str(), "<b>x</b>");
+    fn strings_are_text() {
+        let hostile = "<img src=x onerror=\"alert('x')\"> & co";
+        let escaped = "&lt;img src=x onerror=&quot;alert(&#39;x&#39;)&quot;&gt; &amp; co";
+        assert_eq!(hostile.into_fragment().unwrap().as_str(), escaped);
         assert_eq!(
-            String::from("<i>").into_fragment().unwrap().into_string(),
-            "<i>"
+            String::from(hostile).into_fragment().unwrap().into_string(),
+            escaped
         );
-        let ev: Event = Fragment::new("<p>a\nb</p>").into();
+        assert_eq!(
+            (&String::from(hostile)).into_fragment().unwrap().as_str(),
+            escaped
+        );
+        assert_eq!(
+            Cow::Borrowed(hostile).into_fragment().unwrap().as_str(),
+            escaped
+        );
+        assert_eq!(Fragment::from(hostile).as_str(), escaped);
+        assert_eq!(Fragment::from(hostile.to_owned()).as_str(), escaped);
+        assert_eq!(escape_html("plain, nothing to do"), "plain, nothing to do");
+        assert_eq!(escape_html(""), "");
+        let ev: Event = Fragment::trusted("<p>a\nb</p>").into();
         assert_eq!(&**ev.as_bytes(), b"data: <p>a\ndata: b</p>\n\n");
     }
 
@@ -273,7 +337,7 @@ mod tests {
         );
         assert!(!f.as_str().contains("<script>"));
         // A fragment embedded in markup is not escaped twice.
-        let inner = Fragment::new("<b>ok</b>");
+        let inner = Fragment::trusted("<b>ok</b>");
         let outer = maud::html! { div { (inner) } };
         assert_eq!(outer.into_string(), "<div><b>ok</b></div>");
     }

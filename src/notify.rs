@@ -146,7 +146,7 @@ struct Toast<'a> {
 /// [`Error::Render`] if the template fails (it has no fallible parts).
 pub fn toast(message: &str, level: Level) -> Result<Fragment, Error> {
     let html = Fragment::render(&Toast { level, message })?;
-    Ok(Fragment::new(html.as_str().trim_end()))
+    Ok(Fragment::trusted(html.as_str().trim_end()))
 }
 
 /// Sends toasts to channels of listening pages.
@@ -209,7 +209,7 @@ impl Notifier {
         let html = toast(message, level)?;
         let sent = self
             .manager
-            .message("message", html.as_str())
+            .message("message", html)
             .metadata(Some(serde_json::json!({ "level": level.as_str() })))
             .topics([topic])
             .send()
@@ -229,7 +229,7 @@ impl Notifier {
         let html = toast(message, level)?;
         let sent = self
             .manager
-            .message("message", html.as_str())
+            .message("message", html)
             .metadata(Some(serde_json::json!({ "level": level.as_str() })))
             .send()
             .await?;

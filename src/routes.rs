@@ -5,7 +5,7 @@
 //! | route | what it does | who may (by default) |
 //! | --- | --- | --- |
 //! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header) | anyone: messages to everyone, plus the user's own with credentials |
-//! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}` | credentials whose `publish` selectors match the type |
+//! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}`; a string `data` is text, sent escaped, unless [`BroadcastRoutes::trust_publisher_html`] | credentials whose `publish` selectors match the type |
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
 //! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
 //! | `GET {prefix}/history?limit=N` | recent messages sent to everyone, as the asker's page would have received them ([`BroadcastManager::history_for`]), as JSON | any valid credentials |
@@ -81,9 +81,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
-use crate::broadcast::{BroadcastManager, Sent, Subscription};
+use crate::broadcast::{BroadcastManager, Data, Sent, Subscription};
 use crate::connections::ConnectionId;
 use crate::error::Error;
+use crate::fragment::Fragment;
 use crate::topics::Topic;
 
 /// The default limit on a publish request body.
@@ -143,6 +144,7 @@ pub struct BroadcastRoutes {
     authorizer: Option<Arc<dyn Authorizer>>,
     publish: Access,
     read: Access,
+    trust_publisher_html: bool,
 }
 
 impl fmt::Debug for BroadcastRoutes {
@@ -153,6 +155,7 @@ impl fmt::Debug for BroadcastRoutes {
             .field("authorizer", &self.authorizer.is_some())
             .field("publish", &self.publish)
             .field("read", &self.read)
+            .field("trust_publisher_html", &self.trust_publisher_html)
             .finish_non_exhaustive()
     }
 }
@@ -168,7 +171,29 @@ impl BroadcastRoutes {
             authorizer: None,
             publish: Access::Granted,
             read: Access::Granted,
+            trust_publisher_html: false,
         }
+    }
+
+    /// Sends a string `data` from the publish routes as HTML, as it is.
+    /// Without it a string is text, sent escaped (other JSON goes out
+    /// HTML-safe either way). Say it only when everyone
+    /// [`publish`](Self::publish) lets in is trusted to write the pages'
+    /// HTML: their markup runs in every page.
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use htmx_sse::{broadcast::BroadcastManager, routes::BroadcastRoutes};
+    ///
+    /// // The publishers are the application's own workers, which render
+    /// // HTML with a template engine before posting it.
+    /// let app: Router = BroadcastRoutes::new(BroadcastManager::new())
+    ///     .trust_publisher_html()
+    ///     .install(Router::new());
+    /// ```
+    pub fn trust_publisher_html(mut self) -> Self {
+        self.trust_publisher_html = true;
+        self
     }
 
     /// Checks every request with `authorizer`: a stream connection carries
@@ -253,6 +278,7 @@ impl BroadcastRoutes {
             authorizer: self.authorizer.clone(),
             publish: self.publish,
             read: self.read,
+            trust_publisher_html: self.trust_publisher_html,
         })
     }
 
@@ -329,9 +355,22 @@ struct Ctx {
     authorizer: Option<Arc<dyn Authorizer>>,
     publish: Access,
     read: Access,
+    trust_publisher_html: bool,
 }
 
 impl Ctx {
+    /// A publish body's `data` as the manager takes it: a string is text,
+    /// or HTML where the application trusts its publishers.
+    fn data(&self, data: serde_json::Value) -> Data {
+        match data {
+            serde_json::Value::String(html) if self.trust_publisher_html => {
+                Data::Html(Fragment::trusted(html))
+            }
+            serde_json::Value::String(text) => Data::Text(text),
+            other => Data::Json(other),
+        }
+    }
+
     async fn subject(&self, parts: &Parts) -> Result<Option<Subject>, Response> {
         subject_of(self.authorizer.as_deref(), parts)
             .await
@@ -538,7 +577,12 @@ async fn publish_all(ctx: &Ctx, req: Request) -> Response {
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     match m
-        .broadcast(body.message_type, body.data, body.metadata, &exclude)
+        .broadcast(
+            body.message_type,
+            ctx.data(body.data),
+            body.metadata,
+            &exclude,
+        )
         .await
     {
         Ok(s) => sent(s),
@@ -560,7 +604,7 @@ async fn publish_one(ctx: &Ctx, id: &str, req: Request) -> Response {
         return r;
     }
     match m
-        .send_to(&id, body.message_type, body.data, body.metadata)
+        .send_to(&id, body.message_type, ctx.data(body.data), body.metadata)
         .await
     {
         Ok(s) => sent(s),

@@ -114,7 +114,7 @@ macro_rules! suite {
                 let s = Server::start(super::$backend(BroadcastManager::builder()).await).await;
                 let (mut a, a_id) = s.open("/sse", None).await;
                 let (mut b, _) = s.open("/sse", None).await;
-                let sent = s.m().broadcast("note", "<p>hi</p>", None, &[a_id]).await.unwrap();
+                let sent = s.m().broadcast("note", htmx_sse::Fragment::trusted("<p>hi</p>"), None, &[a_id]).await.unwrap();
                 assert_eq!(sent.delivered, 1);
                 let ev = next(&mut b).await;
                 assert_eq!((ev.event.as_str(), ev.data.as_str()), ("note", "<p>hi</p>"));
@@ -161,7 +161,7 @@ macro_rules! suite {
                 let (mut other, _) = s.open("/topic/lists", None).await;
                 let sent = s
                     .m()
-                    .message("message", "<li>milk</li>")
+                    .message("message", htmx_sse::Fragment::trusted("<li>milk</li>"))
                     .topics([Topic::new("todos/7").unwrap()])
                     .send()
                     .await

@@ -119,6 +119,8 @@ impl Server {
             "{row}: history changed"
         );
         let marker = format!("marker after {row}");
+        // Text goes out escaped (the row names hold quotes).
+        let on_wire = htmx_sse::Fragment::text(&marker).into_string();
         self.manager
             .message("message", marker.as_str())
             .topics([htmx_sse::topics::Topic::new("x").unwrap()])
@@ -127,7 +129,7 @@ impl Server {
             .unwrap();
         let got = self.topic_page.next_event_within(WAIT).await.unwrap();
         assert_eq!(
-            got.data, marker,
+            got.data, on_wire,
             "{row}: the topic page received something else first"
         );
         self.manager
@@ -136,7 +138,7 @@ impl Server {
             .unwrap();
         let got = self.page.next_event_within(WAIT).await.unwrap();
         assert_eq!(
-            got.data, marker,
+            got.data, on_wire,
             "{row}: the page received something else first"
         );
     }
@@ -520,6 +522,14 @@ fn rows() -> Vec<Row> {
         row("topic with white space", Open, "POST", "/hub")
             .json(json!({"topics": ["a b"], "html": "x"}))
             .expect(422),
+        row(
+            "topic publish of raw HTML where publishers are not trusted with it",
+            Open,
+            "POST",
+            "/hub",
+        )
+        .json(json!({"topics": ["x"], "html": "<img src=x onerror=alert(1)>"}))
+        .expect(422),
         row("topic stream without a topic", Open, "GET", "/hub").expect(400),
         row("topic selector with LF", Open, "GET", "/hub?topic=a%0Ab").expect(400),
         row(
@@ -1013,4 +1023,138 @@ async fn json_data_reaches_the_page_without_markup() {
     }
     let back: Value = serde_json::from_str(&ev.data).unwrap();
     assert_eq!(back, data, "the same JSON value");
+}
+
+const XSS: &str = r#"<img src=x onerror="alert(1)"><script>alert(2)</script>"#;
+const XSS_TEXT: &str =
+    "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&lt;script&gt;alert(2)&lt;/script&gt;";
+
+#[tokio::test]
+async fn strings_are_text_from_every_entry_point() {
+    use htmx_sse::topics::Topic;
+    // A user on the stream, so that `send_to_user` reaches it.
+    let manager = BroadcastManager::new();
+    let notifier = Notifier::with_manager(manager.clone());
+    let app = BroadcastRoutes::new(manager.clone())
+        .authorizer(Tokens)
+        .publish(Access::Anyone)
+        .install(Router::new());
+    let app = TopicRoutes::new(manager.clone())
+        .publish(Access::Anyone)
+        .install(app);
+    let (base, _) = common::serve(app).await;
+    let mut page = TestClient::get(format!("{base}/sse"))
+        .header("authorization", "Bearer reader")
+        .connect()
+        .await
+        .unwrap();
+    let hello = page.next_event_within(WAIT).await.unwrap();
+    let id: htmx_sse::connections::ConnectionId = hello
+        .last_event_id
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut topic_page = TestClient::get(format!("{base}/hub?topic=x"))
+        .connect()
+        .await
+        .unwrap();
+    topic_page.next_event_within(WAIT).await.unwrap();
+    let reader = UserId::new("reader").unwrap();
+    let http = reqwest::Client::new();
+
+    manager.broadcast("m", XSS, None, &[]).await.unwrap();
+    manager
+        .broadcast("m", XSS.to_owned(), None, &[])
+        .await
+        .unwrap();
+    manager.send_to(&id, "m", XSS, None).await.unwrap();
+    manager.send_to_user(&reader, "m", XSS, None).await.unwrap();
+    manager
+        .message("m", XSS)
+        .to_user(reader.clone())
+        .send()
+        .await
+        .unwrap();
+    // `Event::from` a string: text as well.
+    assert_eq!(
+        htmx_sse::Event::from(XSS).as_bytes(),
+        format!("data: {XSS_TEXT}\n\n").as_bytes()
+    );
+    for (path, body) in [
+        (
+            "/sse/broadcast".to_owned(),
+            json!({"type": "m", "data": XSS}),
+        ),
+        (format!("/sse/send/{id}"), json!({"type": "m", "data": XSS})),
+    ] {
+        let res = http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // broadcast ×2, send_to, send_to_user, message().to_user, and the two
+    // HTTP routes.
+    for n in 0..7 {
+        let ev = page.next_event_within(WAIT).await.unwrap();
+        assert_eq!(ev.data, XSS_TEXT, "message {n}");
+    }
+    for (i, ev) in [
+        manager
+            .message("t", XSS)
+            .topics([Topic::new("x").unwrap()])
+            .send()
+            .await
+            .map(|_| ()),
+        http.post(format!("{base}/hub"))
+            .json(&json!({"topics": ["x"], "data": XSS}))
+            .send()
+            .await
+            .map(|r| assert_eq!(r.status(), 200))
+            .map_err(|e| htmx_sse::Error::Backend(e.to_string())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ev.unwrap();
+        let got = topic_page.next_event_within(WAIT).await.unwrap();
+        assert_eq!(got.data, XSS_TEXT, "topic message {i}");
+    }
+    // The Notifier's toast shows the message as text.
+    let mut toasts = TestClient::get(format!("{base}/hub?topic=ops"))
+        .connect()
+        .await
+        .unwrap();
+    toasts.next_event_within(WAIT).await.unwrap();
+    assert_eq!(
+        notifier
+            .send("ops", XSS, htmx_sse::notify::Level::Error)
+            .await
+            .unwrap(),
+        1
+    );
+    let toast = toasts.next_event_within(WAIT).await.unwrap();
+    assert!(
+        !toast.data.contains("<img") && !toast.data.contains("<script"),
+        "{}",
+        toast.data
+    );
+    assert!(
+        toast.data.contains("&#60;img") || toast.data.contains("&lt;img"),
+        "{}",
+        toast.data
+    );
+    // And HTML goes out as HTML only through a type that says so.
+    manager
+        .broadcast("m", htmx_sse::Fragment::trusted("<b>bold</b>"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        page.next_event_within(WAIT).await.unwrap().data,
+        "<b>bold</b>"
+    );
 }

@@ -69,7 +69,9 @@ struct Hub {
 }
 
 async fn hub(auth: JwtAuthorizer) -> Hub {
-    let routes = TopicRoutes::new(BroadcastManager::new()).authorizer(auth);
+    let routes = TopicRoutes::new(BroadcastManager::new())
+        .authorizer(auth)
+        .trust_publisher_html();
     let (base, _) = common::serve(routes.install(Router::new())).await;
     Hub {
         base,

@@ -330,6 +330,7 @@ async fn toasts_and_topic_hub_publishes_cross_instances() {
     let hub = |m: BroadcastManager| {
         htmx_sse::topics::TopicRoutes::new(m)
             .publish(htmx_sse::auth::Access::Anyone)
+            .trust_publisher_html()
             .install(Router::new())
     };
     let hub_a = BroadcastManager::builder()

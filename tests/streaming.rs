@@ -31,7 +31,7 @@ async fn frames_arrive_one_by_one_as_produced() {
                 let mut acks = ack_rx.lock().await.take().unwrap();
                 SseStream::spawn(1, move |tx| async move {
                     for n in 0..5 {
-                        let html = Fragment::new(format!("<li>{n}</li>"));
+                        let html = Fragment::trusted(format!("<li>{n}</li>"));
                         tx.send(Event::from(html)).await.unwrap();
                         if acks.recv().await.is_none() {
                             return;

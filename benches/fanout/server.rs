@@ -130,7 +130,9 @@ pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
             tokio::spawn(control(ctl, move |msg| {
                 let manager = manager.clone();
                 async move {
-                    let _ = manager.broadcast("bench", msg, None, &[]).await;
+                    let _ = manager
+                        .broadcast("bench", htmx_sse::Fragment::trusted(msg), None, &[])
+                        .await;
                 }
             }));
             ready();

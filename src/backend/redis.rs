@@ -589,6 +589,7 @@ fn encode(p: &Prepared, epoch: Epoch, origin: &str, nonce: u64) -> Vec<(String, 
         "target": target,
         "type": p.message_type.as_str(),
         "data": p.data,
+        "html": p.html,
         "ts": p.timestamp.to_rfc3339(),
         "meta": p.metadata,
     });
@@ -699,6 +700,7 @@ fn decode(entry: &StreamId) -> Result<Decoded, String> {
             .and_then(|s| EventName::new(s.to_owned()).ok())
             .ok_or("bad type")?,
         data: meta["data"].clone(),
+        html: meta["html"].as_bool().unwrap_or(false),
         metadata: (!meta["meta"].is_null()).then(|| meta["meta"].clone()),
         timestamp: meta["ts"]
             .as_str()
@@ -977,6 +979,7 @@ mod tests {
             },
             message_type: EventName::new("chat".to_owned()).unwrap(),
             data: json!({"text": "hi"}),
+            html: true,
             metadata: Some(json!({"by": "ann"})),
             timestamp: Utc::now(),
         };
@@ -989,6 +992,7 @@ mod tests {
         assert_eq!(d.prepared.body, body);
         assert_eq!(d.prepared.topic_bodies, prepared.topic_bodies);
         assert_eq!(d.prepared.data, prepared.data);
+        assert!(d.prepared.html, "the html flag crosses Redis");
         assert_eq!(d.prepared.metadata, prepared.metadata);
         assert_eq!(d.prepared.message_type.as_str(), "chat");
         assert!(matches!(
@@ -1008,6 +1012,7 @@ mod tests {
             },
             message_type: EventName::new("message".to_owned()).unwrap(),
             data: json!("x"),
+            html: false,
             metadata: None,
             timestamp: Utc::now(),
         };

@@ -12,6 +12,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use super::Subscription;
+use super::data::{Data, IntoData};
 use super::feed::{Feed, FeedBody, Intro};
 use super::hub::{self, Hub};
 use super::listeners::{Conn, Listeners};
@@ -85,6 +86,8 @@ pub(crate) struct Prepared {
     pub(crate) target: Target,
     pub(crate) message_type: EventName,
     pub(crate) data: serde_json::Value,
+    /// Whether `data` is HTML sent as it is (else text or JSON).
+    pub(crate) html: bool,
     pub(crate) metadata: Option<serde_json::Value>,
     pub(crate) timestamp: DateTime<Utc>,
 }
@@ -428,6 +431,7 @@ impl Inner {
                 id,
                 message_type: p.message_type,
                 data: p.data,
+                html: p.html,
                 timestamp: p.timestamp,
                 metadata: p.metadata,
             },
@@ -708,10 +712,11 @@ impl BroadcastBuilder {
         self
     }
 
-    /// How a message becomes the text of its frame, usually HTML from
-    /// askama or maud. Called once per message, whatever the number of
-    /// connections. The default sends a JSON string as its text and any
-    /// other JSON value as compact JSON.
+    /// How a message's text or JSON data becomes its frame, usually HTML
+    /// from askama or maud (which escape what they insert). Called once per
+    /// message, whatever the number of connections; data published as HTML
+    /// ([`Data::Html`]) goes out as it is, without it. The default escapes
+    /// text and writes JSON HTML-safe (see [`Data`]).
     ///
     /// ```
     /// use htmx_sse::{broadcast::BroadcastManager, Fragment};
@@ -1033,10 +1038,12 @@ impl BroadcastManager {
     /// Sends a message to every connection except those in `exclude`;
     /// returns its id and how many connections it was queued for.
     ///
-    /// `message_type` becomes the SSE event name; `data` is any
-    /// `Serialize` value, rendered by the manager's renderer (by default a
-    /// string is sent as its text, HTML included). For topics, users and
-    /// the other options, see [`message`](Self::message).
+    /// `message_type` becomes the SSE event name. `data`'s type decides how
+    /// it is sent ([`IntoData`]): a string is text, escaped so that the page
+    /// shows it as written; a [`Fragment`], maud `Markup` or askama template
+    /// is HTML, sent as it is; `axum::Json(value)` and other JSON go out
+    /// HTML-safe (or through the manager's renderer). For topics, users
+    /// and the other options, see [`message`](Self::message).
     ///
     /// # Errors
     ///
@@ -1056,7 +1063,7 @@ impl BroadcastManager {
     where
         T: TryInto<EventName>,
         T::Error: Into<Error>,
-        D: serde::Serialize,
+        D: IntoData,
     {
         self.message(message_type, data)
             .metadata(metadata)
@@ -1081,7 +1088,7 @@ impl BroadcastManager {
     where
         T: TryInto<EventName>,
         T::Error: Into<Error>,
-        D: serde::Serialize,
+        D: IntoData,
     {
         self.message(message_type, data)
             .metadata(metadata)
@@ -1107,7 +1114,7 @@ impl BroadcastManager {
     where
         T: TryInto<EventName>,
         T::Error: Into<Error>,
-        D: serde::Serialize,
+        D: IntoData,
     {
         self.message(message_type, data)
             .metadata(metadata)
@@ -1137,7 +1144,7 @@ impl BroadcastManager {
     where
         T: TryInto<EventName>,
         T::Error: Into<Error>,
-        D: serde::Serialize,
+        D: IntoData,
     {
         let mut error = None;
         let message_type = match message_type.try_into() {
@@ -1147,11 +1154,11 @@ impl BroadcastManager {
                 None
             }
         };
-        let data = match serde_json::to_value(data) {
+        let data = match data.into_data() {
             Ok(d) => d,
             Err(e) => {
-                error.get_or_insert(Error::Json(e));
-                serde_json::Value::Null
+                error.get_or_insert(e);
+                Data::Json(serde_json::Value::Null)
             }
         };
         Message {
@@ -1197,17 +1204,28 @@ impl BroadcastManager {
                 }
             }
         }
-        let (data, metadata) = (m.data, m.metadata);
+        let metadata = m.metadata;
         let timestamp = Utc::now();
-        let text = match &inner.render {
-            Some(render) => render(&Outgoing {
+        // HTML goes out as it is; text and JSON through the renderer, or
+        // escaped (see `Data`).
+        let (text, data, html) = match m.data {
+            Data::Html(f) => {
+                let html = f.into_string();
+                (html.clone(), serde_json::Value::String(html), true)
+            }
+            Data::Text(t) => (String::new(), serde_json::Value::String(t), false),
+            Data::Json(v) => (String::new(), v, false),
+        };
+        let text = match (&inner.render, html) {
+            (_, true) => text,
+            (Some(render), false) => render(&Outgoing {
                 message_type: &message_type,
                 data: &data,
                 metadata: metadata.as_ref(),
                 timestamp,
             })?
             .into_string(),
-            None => default_text(&data),
+            (None, false) => default_text(&data),
         };
         let exclude: Box<[ConnectionId]> = m.exclude.into();
         // Encoded once (once per topic with the topic as type); only the id
@@ -1251,6 +1269,7 @@ impl BroadcastManager {
             target,
             message_type,
             data,
+            html,
             metadata,
             timestamp,
         })
@@ -1536,7 +1555,7 @@ enum Dest {
 pub struct Message<'a> {
     manager: &'a BroadcastManager,
     message_type: Option<EventName>,
-    data: serde_json::Value,
+    data: Data,
     metadata: Option<serde_json::Value>,
     exclude: Vec<ConnectionId>,
     dest: Dest,

@@ -127,9 +127,9 @@ impl LastEventId {
 /// One published message: its id, type, JSON data, time and metadata.
 ///
 /// The type is the SSE event name (match it with `sse-swap="TYPE"` in
-/// htmx 2); the data is JSON, turned into the frame's text by the manager's
-/// renderer (by default: a JSON string as its text, HTML included, anything
-/// else as compact JSON).
+/// htmx 2); the data is JSON: text and HTML as a JSON string (see
+/// [`html`](Self::html)), anything else as published. See
+/// [`Data`](super::Data) for how each goes on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct BroadcastMessage {
@@ -140,6 +140,11 @@ pub struct BroadcastMessage {
     pub message_type: EventName,
     /// Its data.
     pub data: serde_json::Value,
+    /// Whether `data` is HTML, sent as it is (published as a
+    /// [`Fragment`](crate::Fragment), maud `Markup` or a template); else
+    /// text (sent escaped) or JSON.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub html: bool,
     /// When it was published (UTC).
     pub timestamp: DateTime<Utc>,
     /// What the publisher attached, if anything.
@@ -175,27 +180,32 @@ impl BroadcastMessage {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), htmx_sse::Error> {
     /// let manager = BroadcastManager::new();
-    /// manager.broadcast("note", "<p>hi</p>", None, &[]).await?;
-    /// let msg = &manager.history(None)[0];
-    /// let frame = String::from_utf8(msg.to_event().as_bytes().to_vec()).unwrap();
-    /// assert_eq!(frame, format!("event: note\nid: {}\ndata: <p>hi</p>\n\n", msg.id));
+    /// manager.broadcast("note", "<p>hi</p>", None, &[]).await?; // text
+    /// manager.broadcast("note", htmx_sse::Fragment::trusted("<p>hi</p>"), None, &[]).await?;
+    /// let history = manager.history(None);
+    /// let frame = |i: usize| String::from_utf8(history[i].to_event().as_bytes().to_vec()).unwrap();
+    /// assert_eq!(frame(0), format!("event: note\nid: {}\ndata: &lt;p&gt;hi&lt;/p&gt;\n\n", history[0].id));
+    /// assert_eq!(frame(1), format!("event: note\nid: {}\ndata: <p>hi</p>\n\n", history[1].id));
     /// # Ok(()) }
     /// ```
     #[must_use]
     pub fn to_event(&self) -> Event {
         super::manager::named(&self.message_type)
             .id(self.id.to_string())
-            .data(default_text(&self.data))
+            .data(match (&self.data, self.html) {
+                (serde_json::Value::String(html), true) => html.clone(),
+                (data, _) => default_text(data),
+            })
             .build()
             .unwrap_or_else(|_| Event::message(""))
     }
 }
 
-/// The default rendering: a JSON string is sent as its text, anything else
-/// as compact, HTML-safe JSON (`<`, `>`, `&` as `\u` escapes).
+/// The default rendering: a JSON string is text, sent HTML-escaped;
+/// anything else compact, HTML-safe JSON (`<`, `>`, `&` as `\u` escapes).
 pub(crate) fn default_text(data: &serde_json::Value) -> String {
     match data {
-        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::String(s) => crate::fragment::escape_html(s),
         other => crate::event::html_safe_json(&other.to_string()),
     }
 }
@@ -230,8 +240,11 @@ mod tests {
     }
 
     #[test]
-    fn default_text_keeps_html() {
-        assert_eq!(default_text(&serde_json::json!("<b>x</b>")), "<b>x</b>");
+    fn default_text_escapes_text() {
+        assert_eq!(
+            default_text(&serde_json::json!("<b>x</b>")),
+            "&lt;b&gt;x&lt;/b&gt;"
+        );
         assert_eq!(default_text(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
     }
 

@@ -108,6 +108,7 @@
 //! `tokio::sync::broadcast` (BENCHMARKS.md has the measurement; most of the
 //! difference is the `connection` event, written at connect).
 
+mod data;
 mod feed;
 mod hub;
 mod listeners;
@@ -120,6 +121,7 @@ use std::fmt;
 
 use axum::response::{IntoResponse, Response};
 
+pub use data::{Data, IntoData};
 pub use manager::{BroadcastBuilder, BroadcastManager, Message, Outgoing, Recipient, Sent};
 pub use message::{BroadcastMessage, Epoch, MessageId};
 pub use subscription::Subscription;

@@ -281,7 +281,7 @@ impl std::error::Error for InvalidAttributeName {}
 ///     .id("feed")
 ///     .hx_target("#log")
 ///     .hx_swap(Swap::BeforeEnd)
-///     .children(r#"<ul id="log"></ul>"#)
+///     .children(htmx_sse::Fragment::trusted(r#"<ul id="log"></ul>"#))
 ///     .render()?;
 /// assert_eq!(
 ///     el.as_str(),
@@ -540,7 +540,7 @@ impl SseElement {
     /// use htmx_sse::connections::scripts::SseElement;
     ///
     /// let el = SseElement::new("/sse", Flavor::Htmx2)
-    ///     .children(r#"<ul id="log" sse-swap="chat" hx-swap="beforeend"></ul>"#)
+    ///     .children(htmx_sse::Fragment::trusted(r#"<ul id="log" sse-swap="chat" hx-swap="beforeend"></ul>"#))
     ///     .render()?;
     /// assert!(el.as_str().ends_with(r#"<ul id="log" sse-swap="chat" hx-swap="beforeend"></ul></div>"#));
     /// # Ok::<(), htmx_sse::Error>(())
@@ -1319,7 +1319,7 @@ mod tests {
             .hx_target("closest section")
             .hx_swap(Swap::BeforeEnd)
             .attr(AttributeName::from_static("data-x"), HOSTILE)
-            .children("<ul></ul>")
+            .children(Fragment::trusted("<ul></ul>"))
             .render()
             .unwrap();
         assert_eq!(

@@ -10,7 +10,7 @@
 //!
 //! let fragment = OobStreamBuilder::new()
 //!     .add("count", Swap::InnerHtml, "42")
-//!     .add("log", Swap::BeforeEnd, "<li>tick</li>")
+//!     .add("log", Swap::BeforeEnd, htmx_sse::Fragment::trusted("<li>tick</li>"))
 //!     .build()?;
 //! assert_eq!(
 //!     fragment.as_str(),
@@ -58,9 +58,9 @@
 //!
 //! let fragment = OobStreamBuilder::new()
 //!     // Replace one row.
-//!     .add_unwrapped("row-7", Swap::OuterHtml, r#"<tr id="row-7"><td>seven</td></tr>"#)
+//!     .add_unwrapped("row-7", Swap::OuterHtml, htmx_sse::Fragment::trusted(r#"<tr id="row-7"><td>seven</td></tr>"#))
 //!     // Append a row: htmx swaps in the <tbody>'s children.
-//!     .add_unwrapped("rows", Swap::BeforeEnd, "<tbody><tr><td>new</td></tr></tbody>")
+//!     .add_unwrapped("rows", Swap::BeforeEnd, htmx_sse::Fragment::trusted("<tbody><tr><td>new</td></tr></tbody>"))
 //!     .build()?;
 //! assert_eq!(
 //!     fragment.as_str(),
@@ -390,7 +390,7 @@ impl OobStreamBuilder {
     /// use htmx_sse::streaming::oob::{OobFlavor, OobStreamBuilder, Swap};
     ///
     /// let fragment = OobStreamBuilder::new()
-    ///     .add("log", Swap::BeforeEnd, "<li>x</li>")
+    ///     .add("log", Swap::BeforeEnd, htmx_sse::Fragment::trusted("<li>x</li>"))
     ///     .flavor(OobFlavor::Partial)
     ///     .build()?;
     /// assert_eq!(
@@ -416,7 +416,7 @@ impl OobStreamBuilder {
     /// use htmx_sse::streaming::oob::{OobStreamBuilder, Swap};
     ///
     /// let fragment = OobStreamBuilder::new()
-    ///     .add("count", Swap::InnerHtml, "<b>3</b>")
+    ///     .add("count", Swap::InnerHtml, htmx_sse::Fragment::trusted("<b>3</b>"))
     ///     .build()?;
     /// assert_eq!(fragment.as_str(), r#"<div id="count" hx-swap-oob="innerHTML"><b>3</b></div>"#);
     /// # Ok::<(), htmx_sse::Error>(())
@@ -445,7 +445,7 @@ impl OobStreamBuilder {
     /// use htmx_sse::streaming::oob::{OobStreamBuilder, Swap};
     ///
     /// let fragment = OobStreamBuilder::new()
-    ///     .add_unwrapped("cart", Swap::InnerHtml, r#"<span class="n">3</span>"#)
+    ///     .add_unwrapped("cart", Swap::InnerHtml, htmx_sse::Fragment::trusted(r#"<span class="n">3</span>"#))
     ///     .build()?;
     /// assert_eq!(
     ///     fragment.as_str(),
@@ -471,7 +471,9 @@ impl OobStreamBuilder {
     /// ```
     /// use htmx_sse::streaming::oob::{OobStreamBuilder, Swap};
     ///
-    /// let rows = [("r1", "<tr id=\"r1\"><td>1</td></tr>")];
+    /// use htmx_sse::Fragment;
+    ///
+    /// let rows = [("r1", Fragment::trusted("<tr id=\"r1\"><td>1</td></tr>"))];
     /// let mut builder = OobStreamBuilder::new();
     /// for (id, html) in rows {
     ///     builder = builder.add_element(id, Swap::OuterHtml, html, false);
@@ -573,7 +575,7 @@ impl OobStreamBuilder {
         for part in &self.parts {
             part.render_into(self.flavor, &mut out);
         }
-        Ok(Fragment::new(out))
+        Ok(Fragment::trusted(out))
     }
 
     /// Builds the fragment ([`build`](Self::build)) into an unnamed SSE
@@ -1054,16 +1056,17 @@ mod tests {
     }
 
     fn one(flavor: OobFlavor, swap: Swap, content: &str, wrap: bool) -> String {
-        build(
-            OobStreamBuilder::new()
-                .flavor(flavor)
-                .add_element("t", swap, content, wrap),
-        )
+        build(OobStreamBuilder::new().flavor(flavor).add_element(
+            "t",
+            swap,
+            Fragment::trusted(content),
+            wrap,
+        ))
     }
 
     fn not_an_element(content: &str) -> &'static str {
         match OobStreamBuilder::new()
-            .add_unwrapped("t", Swap::OuterHtml, content)
+            .add_unwrapped("t", Swap::OuterHtml, Fragment::trusted(content))
             .build()
         {
             Err(Error::NotAnElement { reason }) => reason,
@@ -1334,7 +1337,7 @@ mod tests {
         for (id, why) in cases {
             for wrap in [true, false] {
                 match OobStreamBuilder::new()
-                    .add_element(id, Swap::InnerHtml, "<p>x</p>", wrap)
+                    .add_element(id, Swap::InnerHtml, Fragment::trusted("<p>x</p>"), wrap)
                     .build()
                 {
                     Err(Error::InvalidTarget { id: got, reason }) => {
@@ -1405,7 +1408,7 @@ mod tests {
                 .add_unwrapped(
                     "t",
                     Swap::InnerHtml,
-                    r#"<p title="hx-swap-oob" hx-swap-oobx>x</p>"#
+                    Fragment::trusted(r#"<p title="hx-swap-oob" hx-swap-oobx>x</p>"#)
                 )
                 .build()
                 .is_ok()
@@ -1480,7 +1483,7 @@ mod tests {
         let make = || {
             OobStreamBuilder::with_capacity(3)
                 .add("a", Swap::InnerHtml, "1")
-                .add_unwrapped("b", Swap::OuterHtml, "<li id=b>2</li>")
+                .add_unwrapped("b", Swap::OuterHtml, Fragment::trusted("<li id=b>2</li>"))
                 .add("c", Swap::Delete, "")
         };
         let builder = make();
@@ -1509,7 +1512,8 @@ mod tests {
         for flavor in [OobFlavor::SwapOob, OobFlavor::Partial] {
             for swap in Swap::ALL {
                 for wrap in [true, false] {
-                    let part = Part::new("row-1", swap, "<p>x</p>", wrap).unwrap();
+                    let part =
+                        Part::new("row-1", swap, Fragment::trusted("<p>x</p>"), wrap).unwrap();
                     let mut out = String::new();
                     part.render_into(flavor, &mut out);
                     assert!(out.len() <= part.size_hint(), "{out}");
@@ -1535,7 +1539,7 @@ mod tests {
     #[test]
     fn build_event_is_unnamed_and_multiline_safe() {
         let ev = OobStreamBuilder::new()
-            .add("log", Swap::BeforeEnd, "<li>a\nb</li>")
+            .add("log", Swap::BeforeEnd, Fragment::trusted("<li>a\nb</li>"))
             .build_event()
             .unwrap();
         assert_eq!(

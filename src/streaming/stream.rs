@@ -904,8 +904,10 @@ mod tests {
 
     #[tokio::test]
     async fn source_end_sends_close_and_shutdown_does_not() {
-        let s = SseStream::new(tokio_stream::iter(vec!["<p>1</p>"]))
-            .config(StreamConfig::new().initial_message(None));
+        let s = SseStream::new(tokio_stream::iter(vec![crate::Fragment::trusted(
+            "<p>1</p>",
+        )]))
+        .config(StreamConfig::new().initial_message(None));
         let mut f = frames(s);
         // The last item and the close message were ready together: one chunk.
         assert_eq!(
@@ -926,7 +928,7 @@ mod tests {
     #[tokio::test]
     async fn stop_handle_and_transform() {
         let s = SseStream::new(tokio_stream::iter(0..3).chain(tokio_stream::pending()))
-            .transform(|n: i32| format!("<i>{n}</i>"))
+            .transform(|n: i32| crate::Fragment::trusted(format!("<i>{n}</i>")))
             .config(
                 StreamConfig::new()
                     .initial_message(None)
@@ -1065,8 +1067,10 @@ mod tests {
 
     #[tokio::test]
     async fn stop_is_seen_while_the_source_is_always_ready() {
-        let s = SseStream::new(tokio_stream::iter(std::iter::repeat("<b>x</b>")))
-            .config(StreamConfig::new().initial_message(None));
+        let s = SseStream::new(tokio_stream::iter(std::iter::repeat(Event::message(
+            "<b>x</b>",
+        ))))
+        .config(StreamConfig::new().initial_message(None));
         let stop = s.stop_handle();
         let mut f = frames(s);
         assert!(
@@ -1133,7 +1137,10 @@ mod tests {
     #[tokio::test]
     async fn shutdown_is_seen_while_the_source_is_always_ready() {
         let shutdown = Shutdown::new();
-        let s = SseStream::new(tokio_stream::iter(std::iter::repeat("<b>x</b>"))).config(
+        let s = SseStream::new(tokio_stream::iter(std::iter::repeat(Event::message(
+            "<b>x</b>",
+        ))))
+        .config(
             StreamConfig::new()
                 .initial_message(None)
                 .shutdown(&shutdown),

@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 use super::{Topic, TopicSelector};
 use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
-use crate::broadcast::{BroadcastManager, Subscription};
+use crate::broadcast::{BroadcastManager, Data, Subscription};
+use crate::fragment::Fragment;
 use crate::routes::{
     DEFAULT_MAX_BODY, error, json_body, last_event_id, publish_error, query_pairs, sent,
 };
@@ -57,7 +58,10 @@ where
 ///   credentials (401 without): the stream then also receives private
 ///   messages on the topics the credentials allow.
 /// - `POST {prefix}` with `Content-Type: application/json` publishes
-///   `{"topics": [...], "html": "…"}` or `{"topics": [...], "data": …}`,
+///   `{"topics": [...], "data": …}` (a string is text, sent escaped; other
+///   JSON goes out HTML-safe) or, with
+///   [`trust_publisher_html`](Self::trust_publisher_html),
+///   `{"topics": [...], "html": "…"}` (HTML sent as it is),
 ///   with optional `"private": true`, `"type": "…"` (the event name;
 ///   `message`, the default, is sent unnamed) and `"topic_as_type": true`.
 ///   It answers `{"id": "…", "delivered": n}`.
@@ -91,6 +95,7 @@ pub struct TopicRoutes {
     max_topics: usize,
     authorizer: Option<Arc<dyn Authorizer>>,
     publish: Access,
+    trust_publisher_html: bool,
 }
 
 impl fmt::Debug for TopicRoutes {
@@ -101,6 +106,7 @@ impl fmt::Debug for TopicRoutes {
             .field("max_topics", &self.max_topics)
             .field("authorizer", &self.authorizer.is_some())
             .field("publish", &self.publish)
+            .field("trust_publisher_html", &self.trust_publisher_html)
             .finish_non_exhaustive()
     }
 }
@@ -116,7 +122,29 @@ impl TopicRoutes {
             max_topics: DEFAULT_MAX_TOPICS,
             authorizer: None,
             publish: Access::Granted,
+            trust_publisher_html: false,
         }
+    }
+
+    /// Lets publishers send HTML in the `"html"` field, to go out as it
+    /// is. Without it such a publish gets 422, and `"data"` carries text
+    /// (escaped) or JSON. Say it only when everyone [`publish`](Self::publish)
+    /// lets in is trusted to write the pages' HTML: their markup runs in
+    /// every subscriber's page.
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use htmx_sse::{broadcast::BroadcastManager, topics::TopicRoutes};
+    ///
+    /// // Publishers are the application's own services, holding tokens
+    /// // the authorizer checks; they render HTML themselves.
+    /// let app: Router = TopicRoutes::new(BroadcastManager::new())
+    ///     .trust_publisher_html()
+    ///     .install(Router::new());
+    /// ```
+    pub fn trust_publisher_html(mut self) -> Self {
+        self.trust_publisher_html = true;
+        self
     }
 
     /// Who may publish (default [`Access::Granted`]: credentials whose
@@ -274,8 +302,15 @@ async fn publish(hub: &TopicRoutes, req: Request) -> Response {
         return e.into_response();
     }
     let data = match (body.html, body.data) {
-        (Some(html), None) => serde_json::Value::String(html),
-        (None, Some(data)) => data,
+        (Some(_), None) if !hub.trust_publisher_html => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "\"html\" is not accepted here: send text in \"data\" (it is escaped), \
+                 or let trusted publishers send HTML with TopicRoutes::trust_publisher_html()",
+            );
+        }
+        (Some(html), None) => Data::Html(Fragment::trusted(html)),
+        (None, Some(data)) => Data::json(&data).unwrap_or(Data::Json(data)),
         _ => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,

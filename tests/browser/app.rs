@@ -291,7 +291,7 @@ struct PublishQuery {
 async fn publish(State(ctx): State<Proc>, Query(q): Query<PublishQuery>) -> Response {
     let mut delivered = Vec::new();
     for n in q.from..=q.to {
-        let item = html! { li { (n) } }.into_string();
+        let item = html! { li { (n) } };
         match ctx.manager.broadcast("num", item, None, &[]).await {
             Ok(sent) => delivered.push(sent.delivered),
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -333,9 +333,7 @@ async fn add_item(
     by: String,
 ) -> Result<htmx_sse::broadcast::Sent, htmx_sse::Error> {
     lab.db.lock().push(text.to_owned());
-    let sent = manager
-        .broadcast("item", item(text).into_string(), None, &[])
-        .await?;
+    let sent = manager.broadcast("item", item(text), None, &[]).await?;
     lab.added.lock().push(Added {
         text: text.to_owned(),
         id: sent.id.to_string(),
@@ -416,8 +414,12 @@ async fn note(State(ctx): State<Proc>, Form(form): Form<NoteForm>) -> Response {
         .as_deref()
         .and_then(|id| ConnectionId::new(id).ok());
     let exclude: Vec<ConnectionId> = from.iter().cloned().collect();
-    let li = item(&form.text).into_string();
-    let sent = match ctx.manager.broadcast("note", &li, None, &exclude).await {
+    let li = item(&form.text);
+    let sent = match ctx
+        .manager
+        .broadcast("note", li.clone(), None, &exclude)
+        .await
+    {
         Ok(sent) => sent,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
@@ -426,7 +428,7 @@ async fn note(State(ctx): State<Proc>, Form(form): Form<NoteForm>) -> Response {
         "from": from.as_ref().map(ConnectionId::as_str),
         "delivered": sent.delivered,
     }));
-    Html(li).into_response()
+    Html(li.into_string()).into_response()
 }
 
 // ---------------------------------------------------------------------------
@@ -476,7 +478,7 @@ async fn page(State(ctx): State<Proc>) -> Response {
                 }
             };
             let el = feed(f, "note", "#notes")
-                .children(form.into_string())
+                .children(form)
                 .render()
                 .expect("a valid element");
             html! {

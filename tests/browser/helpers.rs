@@ -202,7 +202,7 @@ fn feed(f: Flavour) -> SseElement {
         .swap_event("chat")
         .hx_target("#log")
         .hx_swap(Swap::BeforeEnd)
-        .children(r#"<ul id="log"></ul>"#)
+        .children(htmx_sse::Fragment::trusted(r#"<ul id="log"></ul>"#))
 }
 
 async fn page(State(lab): State<Shared>) -> Response {
@@ -220,7 +220,7 @@ async fn page(State(lab): State<Shared>) -> Response {
             if f == Flavour::Htmx4 {
                 // The default (pauseOnBackground) already ends the stream of
                 // a hidden page; turned off, the helper must do it.
-                head.push(htmx_sse::Fragment::new(
+                head.push(htmx_sse::Fragment::trusted(
                     "<script>htmx.config.sse = {pauseOnBackground: false};</script>",
                 ));
             }

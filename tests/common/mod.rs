@@ -11,14 +11,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// The broadcast routes of `manager` under `prefix`, with publishing and
-/// reading opened to anyone: these tests publish over HTTP from 127.0.0.1
-/// on purpose (the closed defaults have their own tests in
-/// `tests/hostile.rs`).
+/// reading opened to anyone, and string data taken as HTML: these tests
+/// publish HTML over HTTP from 127.0.0.1 on purpose (the closed, escaping
+/// defaults have their own tests in `tests/hostile.rs`).
 pub fn open_routes(router: Router, manager: htmx_sse::BroadcastManager, prefix: &str) -> Router {
     htmx_sse::routes::BroadcastRoutes::new(manager)
         .prefix(prefix)
         .publish(htmx_sse::auth::Access::Anyone)
         .read(htmx_sse::auth::Access::Anyone)
+        .trust_publisher_html()
         .install(router)
 }
 
