@@ -4,7 +4,7 @@
 //!
 //! | route | what it does | who may (by default) |
 //! | --- | --- | --- |
-//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header) | anyone: messages to everyone, plus the user's own with credentials |
+//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header, or from the `htmx-sse-resume` cookie the reconnect runtime sets for exactly this path and query) | anyone: messages to everyone, plus the user's own with credentials |
 //! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}`; a string `data` is text, sent escaped, unless [`BroadcastRoutes::trust_publisher_html`] | credentials whose `publish` selectors match the type |
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
 //! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
@@ -406,7 +406,10 @@ impl Ctx {
 }
 
 /// The `Last-Event-ID` of a stream request: the header, else the
-/// `lastEventId` query parameter (for clients that cannot send headers).
+/// `lastEventId` query parameter (for clients that cannot send headers and
+/// opted in to ids in URLs), else the `htmx-sse-resume` cookie the
+/// crate's reconnect runtime sets for exactly this path and query (so that
+/// the id stays out of URLs that logs keep).
 pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
     match parts.headers.get("last-event-id") {
         // A header that is not text cannot be one of ours: resume says so.
@@ -414,8 +417,40 @@ pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
         None => query_pairs(parts)
             .into_iter()
             .find(|(k, _)| k == "lastEventId")
-            .map(|(_, v)| v),
+            .map(|(_, v)| v)
+            .or_else(|| resume_cookie(parts)),
     }
+}
+
+/// The name of the cookie the reconnect runtime carries a last event id in.
+pub(crate) const RESUME_COOKIE: &str = "htmx-sse-resume";
+
+/// The id in the `htmx-sse-resume` cookie (`ENC(path and query)|ENC(id)`),
+/// when it was set for this request's path and query.
+fn resume_cookie(parts: &Parts) -> Option<String> {
+    let value = crate::auth::cookie(parts, RESUME_COOKIE)?;
+    let (for_url, id) = value.split_once('|')?;
+    let here = parts.uri.path_and_query()?.as_str();
+    (percent_decode(for_url)? == here).then(|| percent_decode(id))?
+}
+
+/// `%XX` sequences decoded; `None` for a bad escape or bytes that are not
+/// UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986): safe
@@ -656,4 +691,62 @@ async fn history(ctx: &Ctx, req: Request) -> Response {
     };
     let user = subject.as_ref().and_then(|s| s.user.as_ref());
     Json(ctx.manager.history_for(limit, user)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut req = axum::http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_resume_cookie_counts_for_its_own_path_and_query_only() {
+        let cookie = "a=1; htmx-sse-resume=%2Fhub%3Ftopic%3Dx|e1-5.abc.0f; b=2";
+        let id = |uri: &str, extra: &[(&str, &str)]| {
+            let mut h = vec![("cookie", cookie)];
+            h.extend_from_slice(extra);
+            last_event_id(&parts(uri, &h))
+        };
+        assert_eq!(id("/hub?topic=x", &[]).as_deref(), Some("e1-5.abc.0f"));
+        // Another stream of the same page, another path: not its id.
+        assert_eq!(id("/hub?topic=y", &[]), None);
+        assert_eq!(id("/hub", &[]), None);
+        assert_eq!(id("/sse", &[]), None);
+        // The header and the query parameter come first.
+        assert_eq!(
+            id("/hub?topic=x", &[("last-event-id", "h")]).as_deref(),
+            Some("h")
+        );
+        assert_eq!(
+            last_event_id(&parts("/hub?topic=x&lastEventId=q", &[("cookie", cookie)])).as_deref(),
+            Some("q")
+        );
+        // Malformed values are no id at all.
+        for bad in [
+            "htmx-sse-resume=%2Fsse",
+            "htmx-sse-resume=%2Fsse|%zz",
+            "htmx-sse-resume=%2|x",
+            "htmx-sse-resume=%2Fsse|%ff%fe",
+        ] {
+            assert_eq!(
+                last_event_id(&parts("/sse", &[("cookie", bad)])),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            last_event_id(&parts(
+                "/sse",
+                &[("cookie", "htmx-sse-resume=%2Fsse|e1-5.x%2Ey")]
+            ))
+            .as_deref(),
+            Some("e1-5.x.y")
+        );
+    }
 }

@@ -652,6 +652,7 @@ pub struct ReconnectOptions {
     max_retries: Option<u32>,
     jitter: f64,
     status_element: Option<String>,
+    resume_in_url: bool,
     debug: bool,
 }
 
@@ -663,6 +664,7 @@ impl Default for ReconnectOptions {
             max_retries: Some(10),
             jitter: 0.2,
             status_element: None,
+            resume_in_url: false,
             debug: false,
         }
     }
@@ -762,6 +764,25 @@ impl ReconnectOptions {
         self
     }
 
+    /// Carries the last event id of a new source in its URL
+    /// (`?lastEventId=…`) instead of a short-lived cookie (htmx 2; htmx 4
+    /// sends the `Last-Event-ID` header itself). Off by default: access logs
+    /// and proxies keep URLs, and a whole event id lets whoever holds it
+    /// resume that page's connection as its user. Turn it on only where
+    /// the stream is served under a path the page cannot set cookies for,
+    /// and keep `lastEventId` out of the logs. (A stream on another origin
+    /// always gets the id in its URL: the page cannot set that origin's
+    /// cookies.)
+    ///
+    /// ```
+    /// # use htmx_sse::connections::scripts::ReconnectOptions;
+    /// let _ = ReconnectOptions::new().resume_in_url(true);
+    /// ```
+    pub fn resume_in_url(mut self, on: bool) -> Self {
+        self.resume_in_url = on;
+        self
+    }
+
     /// Logs what the runtime does with `console.debug`.
     ///
     /// ```
@@ -782,6 +803,7 @@ struct ReconnectConfig {
     max_retries: Option<u32>,
     jitter: f64,
     status_element: Option<String>,
+    resume_in_url: bool,
     debug: bool,
 }
 
@@ -798,9 +820,11 @@ struct ReconnectTemplate {
 /// the script replaces it and hands the extension a stand-in that owns the
 /// real `EventSource`. When that source fails, the stand-in closes it
 /// (stopping the browser's own fixed 3 s retries), waits
-/// `base_delay · 2^(n-1)` (capped, with jitter) and opens a new one whose
-/// URL carries `lastEventId=<the last id seen>`, which
-/// [`setup_broadcast_routes`](crate::setup_broadcast_routes) reads as
+/// `base_delay · 2^(n-1)` (capped, with jitter) and opens a new one that
+/// carries the last id seen in a cookie, `htmx-sse-resume`, scoped to the
+/// stream's path, lasting 30 s and deleted once the source opens (or, with
+/// [`ReconnectOptions::resume_in_url`], in its URL as `lastEventId=`),
+/// which [`setup_broadcast_routes`](crate::setup_broadcast_routes) reads as
 /// `Last-Event-ID`: nothing missed, nothing twice, even after an error
 /// status, where the extension on its own would open a fresh source with
 /// no id at all. While retrying, the stand-in reports errors as
@@ -845,6 +869,7 @@ pub fn reconnect_script(options: ReconnectOptions) -> Fragment {
             max_retries: options.max_retries,
             jitter: options.jitter,
             status_element: options.status_element,
+            resume_in_url: options.resume_in_url,
             debug: options.debug,
         },
     })
@@ -1307,6 +1332,14 @@ mod tests {
             f.as_str()
                 .contains(r#"window.htmxSse.share({"channel":"a\u0027b\u0026c\u003cd\u003ee\"f"#)
         );
+    }
+
+    #[test]
+    fn the_last_event_id_goes_in_the_url_only_when_asked() {
+        let default = reconnect_script(ReconnectOptions::new()).into_string();
+        assert!(default.contains(r#""resumeInUrl":false"#), "{default}");
+        let opted = reconnect_script(ReconnectOptions::new().resume_in_url(true)).into_string();
+        assert!(opted.contains(r#""resumeInUrl":true"#), "{opted}");
     }
 
     #[test]

@@ -21,7 +21,7 @@
   const settings = {
     // Until reconnect_script() says otherwise: retry forever, as
     // htmx-ext-sse does, with a capped exponential backoff.
-    reconnect: { baseDelay: 1000, maxDelay: 30000, maxRetries: null, jitter: 0.2, statusElement: null },
+    reconnect: { baseDelay: 1000, maxDelay: 30000, maxRetries: null, jitter: 0.2, statusElement: null, resumeInUrl: false },
     reconnectConfigured: false,
     debug: false,
     cleanup: false,
@@ -83,10 +83,27 @@
     if (document.dispatchEvent(ev) && settings.reload) location.reload();
   }
 
-  function withLastEventId(url, id) {
+  // A new source resumes from the last event id. Access logs keep URLs,
+  // so by default the id (whose proof lets its holder resume this page's
+  // connection) travels in a short-lived cookie scoped to the stream's
+  // path, which the server takes only for this exact path and query; in
+  // the URL (`lastEventId=`) only when the page opted in, or when the
+  // stream is on another origin, where the page cannot set its cookies.
+  const RESUME_COOKIE = 'htmx-sse-resume';
+  function resumeUrl(url, id) {
     const u = new URL(url, location.href);
-    u.searchParams.set('lastEventId', id);
+    if (settings.reconnect.resumeInUrl || u.origin !== location.origin) {
+      u.searchParams.set('lastEventId', id);
+      return u.href;
+    }
+    document.cookie = RESUME_COOKIE + '=' + encodeURIComponent(u.pathname + u.search) + '|'
+      + encodeURIComponent(id) + '; path=' + u.pathname + '; max-age=30; samesite=strict';
     return u.href;
+  }
+  function forgetResume(url) {
+    const u = new URL(url, location.href);
+    if (u.origin !== location.origin) return;
+    document.cookie = RESUME_COOKIE + '=; path=' + u.pathname + '; max-age=0; samesite=strict';
   }
 
   // --- What htmx-ext-sse gets from htmx.createEventSource --------------------
@@ -258,7 +275,7 @@
       clearTimeout(this.timer);
       this.timer = 0;
       if (this.closed || this.suspended || this.role === 'follower') return;
-      const url = this.lastEventId ? withLastEventId(this.url, this.lastEventId) : this.url;
+      const url = this.lastEventId ? resumeUrl(this.url, this.lastEventId) : this.url;
       let es;
       try {
         es = factory(url);
@@ -271,16 +288,18 @@
       this.es = es;
       es.onopen = () => {
         if (es !== this.es) return;
+        forgetResume(this.url);
         this.setState('open', 0);
         for (const p of this.proxies) p._open();
       };
       es.onerror = () => {
         if (es !== this.es) return;
         // Closed here so that the browser does not reconnect by itself: the
-        // next source carries the last event id in its URL, and the delay
+        // next source carries the last event id (see resumeUrl), and the delay
         // and the retry limit are this runtime's.
         es.close();
         this.es = null;
+        forgetResume(this.url);
         this.retry();
       };
       for (const t of this.types) es.addEventListener(t, this.onEvent);

@@ -173,6 +173,8 @@ struct StreamRequest {
     uri: String,
     /// The `Last-Event-ID` header, if any.
     header: Option<String>,
+    /// The `htmx-sse-resume` cookie (`ENC(path and query)|ENC(id)`), if any.
+    cookie: Option<String>,
     /// The server process that answered it (1, then 2 after a restart).
     generation: usize,
 }
@@ -251,10 +253,11 @@ async fn lab_layer(State(ctx): State<Proc>, req: Request, next: Next) -> Respons
     if req.method() != Method::GET || path != "/sse" {
         return next.run(req).await;
     }
-    let (uri, header) = stream_request(&req);
+    let seen = stream_request(&req);
     ctx.lab.requests.lock().push(StreamRequest {
-        uri,
-        header,
+        uri: seen.uri,
+        header: seen.header,
+        cookie: seen.cookie,
         generation: ctx.generation,
     });
     cuttable(&ctx.lab.cut, req, next).await
@@ -724,12 +727,15 @@ fn assert_restarted_once(lab: &Lab) {
 }
 
 /// The stream request after the restart, which resumed the page: with the
-/// runtime (brought by `reset_script`) through the URL in htmx 2, by
-/// hx-sse with the header in htmx 4.
+/// runtime (brought by `reset_script`) through its cookie in htmx 2 (never
+/// in the URL), by hx-sse with the header in htmx 4.
 fn resumed(lab: &Lab, f: Flavour) -> StreamRequest {
     let back = lab.requests.lock()[1].clone();
     match f {
-        Flavour::Htmx2 => assert!(back.uri.contains("lastEventId="), "{back:?}"),
+        Flavour::Htmx2 => assert!(
+            back.cookie.is_some() && !back.uri.contains("lastEventId"),
+            "{back:?}"
+        ),
         Flavour::Htmx4 => assert!(back.header.is_some(), "{back:?}"),
     }
     back
@@ -751,9 +757,10 @@ async fn redis_restart(f: Flavour) {
     let back = resumed(&lab, f);
     let resumed = match f {
         Flavour::Htmx2 => back
-            .uri
-            .split_once("lastEventId=")
-            .map(|(_, rest)| rest.split('&').next().unwrap_or(rest)),
+            .cookie
+            .as_deref()
+            .and_then(|c| c.split_once('|'))
+            .map(|(_, id)| id),
         Flavour::Htmx4 => back.header.as_deref(),
     };
     let added = lab.added.lock().clone();

@@ -91,6 +91,8 @@ struct StreamRequest {
     uri: String,
     /// The `Last-Event-ID` header, if any.
     header: Option<String>,
+    /// The `htmx-sse-resume` cookie (`ENC(path and query)|ENC(id)`), if any.
+    cookie: Option<String>,
     /// What the stream was answered with.
     status: u16,
 }
@@ -132,15 +134,16 @@ async fn lab_layer(State(lab): State<Shared>, req: Request, next: Next) -> Respo
             next.run(req).await
         }
         "/sse" => {
-            let (uri, header) = stream_request(&req);
+            let seen = stream_request(&req);
             let refused = lab
                 .refuse
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             let status = if refused { 500 } else { 200 };
             lab.requests.lock().push(StreamRequest {
-                uri,
-                header,
+                uri: seen.uri,
+                header: seen.header,
+                cookie: seen.cookie,
                 status,
             });
             if refused {
@@ -312,10 +315,12 @@ async fn reconnect(f: Flavour) {
     assert_eq!(statuses(&lab), [200, 500, 500, 200]);
     let resumed = lab.requests.lock()[3].clone();
     match f {
-        // The runtime carries the id in the URL (EventSource cannot set
-        // the header on a new source).
+        // The runtime carries the id in its cookie (EventSource cannot set
+        // the header on a new source), never in the URL.
         Flavour::Htmx2 => assert!(
-            resumed.header.is_none() && resumed.uri.contains("lastEventId="),
+            resumed.header.is_none()
+                && resumed.cookie.is_some()
+                && !resumed.uri.contains("lastEventId"),
             "{resumed:?}"
         ),
         // hx-sse sends the header itself.
@@ -331,13 +336,16 @@ async fn retry_limit(f: Flavour) {
 }
 
 /// Away and back through the back/forward cache: two streams, the second
-/// resumed (the runtime in htmx 2 through the URL, hx-sse by the header).
+/// resumed (the runtime in htmx 2 through its cookie, hx-sse by the header).
 async fn unload(f: Flavour) {
     let lab = run(Scenario::Unload, f).await;
     assert_eq!(statuses(&lab), [200, 200]);
     let back = lab.requests.lock()[1].clone();
     match f {
-        Flavour::Htmx2 => assert!(back.uri.contains("lastEventId="), "{back:?}"),
+        Flavour::Htmx2 => assert!(
+            back.cookie.is_some() && !back.uri.contains("lastEventId"),
+            "{back:?}"
+        ),
         Flavour::Htmx4 => assert!(back.header.is_some(), "{back:?}"),
     }
 }

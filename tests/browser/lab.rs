@@ -20,14 +20,33 @@ pub(super) fn flavor(f: Flavour) -> Flavor {
     }
 }
 
-/// A stream request's path and query, and its `Last-Event-ID` header, if
-/// any.
-pub(super) fn stream_request(req: &Request) -> (String, Option<String>) {
+/// A stream request as the server saw it: its path and query, its
+/// `Last-Event-ID` header, and the `htmx-sse-resume` cookie the runtime
+/// carries a last event id in, if any.
+pub(super) struct Seen {
+    pub(super) uri: String,
+    pub(super) header: Option<String>,
+    pub(super) cookie: Option<String>,
+}
+
+pub(super) fn stream_request(req: &Request) -> Seen {
     let header = req
         .headers()
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
-    (req.uri().to_string(), header)
+    let cookie = req
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("htmx-sse-resume="))
+        .map(str::to_owned);
+    Seen {
+        uri: req.uri().to_string(),
+        header,
+        cookie,
+    }
 }
 
 /// Serves a stream request whose body ends (a clean end of the chunked
