@@ -858,7 +858,7 @@ struct ReconnectTemplate {
 /// );
 /// assert!(script.as_str().ends_with(
 ///     "window.htmxSse.reconnect({\"baseDelay\":500,\"maxDelay\":30000,\"maxRetries\":3,\
-///      \"jitter\":0.2,\"statusElement\":\"status\",\"debug\":false});\n</script>"
+///      \"jitter\":0.2,\"statusElement\":\"status\",\"resumeInUrl\":false,\"debug\":false});\n</script>"
 /// ));
 /// ```
 pub fn reconnect_script(options: ReconnectOptions) -> Fragment {
@@ -1260,7 +1260,7 @@ mod tests {
         );
         let want = format!(
             "\n{RUNTIME}window.htmxSse.reconnect({{\"baseDelay\":200,\"maxDelay\":2000,\
-             \"maxRetries\":3,\"jitter\":0.0,\"statusElement\":{HOSTILE_JSON},\"debug\":true}});\n"
+             \"maxRetries\":3,\"jitter\":0.0,\"statusElement\":{HOSTILE_JSON},\"resumeInUrl\":false,\"debug\":true}});\n"
         );
         assert_eq!(script_body(&f), want);
     }
@@ -1275,7 +1275,7 @@ mod tests {
         );
         assert!(f.as_str().ends_with(
             "window.htmxSse.reconnect({\"baseDelay\":1000,\"maxDelay\":2147483647,\
-             \"maxRetries\":null,\"jitter\":0.0,\"statusElement\":null,\"debug\":false});\n</script>"
+             \"maxRetries\":null,\"jitter\":0.0,\"statusElement\":null,\"resumeInUrl\":false,\"debug\":false});\n</script>"
         ));
         assert_eq!(ReconnectOptions::new().jitter(7.0).jitter, 1.0);
         assert_eq!(ReconnectOptions::new().jitter(-1.0).jitter, 0.0);
