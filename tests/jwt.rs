@@ -9,8 +9,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -281,61 +279,6 @@ async fn nbf_and_exp_are_checked_with_the_leeway() {
         .await;
 }
 
-/// Keys made for this run with the openssl command line tool.
-struct Keys {
-    dir: PathBuf,
-}
-
-impl Keys {
-    fn make() -> Keys {
-        let dir = std::env::temp_dir().join(format!("htmx-sse-jwt-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl not found: apt-get install -y openssl");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ec.pem",
-        ]);
-        run(&["ec", "-in", "ec.pem", "-pubout", "-out", "ec.pub"]);
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "rsa.pem",
-        ]);
-        run(&["rsa", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub"]);
-        Keys { dir }
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.dir.join(name)).unwrap()
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn base64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
@@ -360,7 +303,7 @@ fn unsigned(alg: &str) -> String {
 
 #[tokio::test]
 async fn alg_none_and_algorithm_confusion_are_refused() {
-    let keys = Keys::make();
+    let keys = common::keys::Keys::make("jwt");
     let rsa_pub = keys.read("rsa.pub");
     let ec_pub = keys.read("ec.pub");
     let rs = JwtAuthorizer::rs256_pem(&rsa_pub).unwrap();

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use axum::Router;
@@ -243,66 +241,9 @@ async fn private_messages_reach_only_authorized_subscribers() {
     }
 }
 
-/// Keys made for this run with the openssl command line tool.
-struct Keys {
-    dir: PathBuf,
-}
-
-impl Keys {
-    fn make() -> Keys {
-        let dir = std::env::temp_dir().join(format!("htmx-sse-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl not found: apt-get install -y openssl");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ec.pem",
-        ]);
-        run(&[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "ec.pem", "-out", "ec8.pem",
-        ]);
-        run(&["ec", "-in", "ec.pem", "-pubout", "-out", "ec.pub"]);
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "rsa.pem",
-        ]);
-        run(&["rsa", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub"]);
-        Keys { dir }
-    }
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.dir.join(name)).unwrap()
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn bad_tokens_are_refused_and_good_ones_accepted() {
-    let keys = Keys::make();
+    let keys = common::keys::Keys::make("topics");
     let es = JwtAuthorizer::es256_pem(&keys.read("ec.pub")).unwrap();
     let rs = JwtAuthorizer::rs256_pem(&keys.read("rsa.pub")).unwrap();
     let es_key = EncodingKey::from_ec_pem(&keys.read("ec8.pem")).unwrap();

@@ -256,21 +256,31 @@ async fn with_timeout<T>(
     }
 }
 
+/// The value of `key`, set to `candidate` first when it has none (one
+/// round trip; of several instances starting together, the first wins).
+async fn set_once<C: redis::aio::ConnectionLike + Send>(
+    con: &mut C,
+    key: &str,
+    candidate: &str,
+) -> redis::RedisResult<String> {
+    let (current,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(key)
+        .arg(candidate)
+        .arg("NX")
+        .ignore()
+        .get(key)
+        .query_async(con)
+        .await?;
+    Ok(current)
+}
+
 /// The epoch in Redis, made (as a fresh random one) when there is none.
 async fn epoch<C: redis::aio::ConnectionLike + Send>(
     con: &mut C,
     keys: &Keys,
 ) -> redis::RedisResult<Epoch> {
-    let candidate = Epoch::random().to_string();
-    let (current,): (String,) = redis::pipe()
-        .cmd("SET")
-        .arg(&keys.epoch)
-        .arg(&candidate)
-        .arg("NX")
-        .ignore()
-        .get(&keys.epoch)
-        .query_async(con)
-        .await?;
+    let current = set_once(con, &keys.epoch, &Epoch::random().to_string()).await?;
     Epoch::parse(&current).ok_or_else(|| {
         redis::RedisError::from((
             redis::ErrorKind::Parse,
@@ -290,15 +300,7 @@ async fn resume_key<C: redis::aio::ConnectionLike + Send>(
         .iter()
         .map(|u| u.simple().to_string())
         .collect();
-    let (current,): (String,) = redis::pipe()
-        .cmd("SET")
-        .arg(&keys.resume_key)
-        .arg(&candidate)
-        .arg("NX")
-        .ignore()
-        .get(&keys.resume_key)
-        .query_async(con)
-        .await?;
+    let current = set_once(con, &keys.resume_key, &candidate).await?;
     if current.len() < 32 {
         return Err(redis::RedisError::from((
             redis::ErrorKind::Parse,
