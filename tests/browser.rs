@@ -14,9 +14,12 @@
 //! the same way in `tests/browser/helpers.rs`, against a `BroadcastManager`,
 //! by `tests/browser/helpers.mjs`; application scenarios (toasts, tabs kept
 //! in sync, a cut while publishing, a server restart, a closed tab) in
-//! `tests/browser/app.rs`, by `tests/browser/app.mjs`. The three drivers
-//! share `tests/browser/harness.mjs`; the three servers share the page
-//! shell, the static routes and [`drive`] from here.
+//! `tests/browser/app.rs`, by `tests/browser/app.mjs`; a string with
+//! `<img onerror>` and `<script>` published through every public entry
+//! point, shown as text and never run, in `tests/browser/xss.rs`, by
+//! `tests/browser/xss.mjs`. The four drivers share
+//! `tests/browser/harness.mjs`; the four servers share the page shell, the
+//! static routes and [`drive`] from here.
 //!
 //! A run prints the screenshot folder once. A test passes only when its
 //! driver exits 0 and the screenshots it reports (`screenshot: <path>`)
@@ -64,6 +67,9 @@ mod helpers;
 #[cfg(feature = "askama")]
 #[path = "browser/lab.rs"]
 mod lab;
+#[cfg(feature = "askama")]
+#[path = "browser/xss.rs"]
+mod xss;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

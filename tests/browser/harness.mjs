@@ -1,5 +1,6 @@
 // What the browser drivers share: driver.mjs (tests/browser.rs), helpers.mjs
-// (tests/browser/helpers.rs) and app.mjs (tests/browser/app.rs) are each
+// (tests/browser/helpers.rs), app.mjs (tests/browser/app.rs) and xss.mjs
+// (tests/browser/xss.rs) are each
 //
 //   node tests/browser/<driver>.mjs <scenario> <flavour> <base-url> <screenshot-dir>
 //
