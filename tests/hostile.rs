@@ -1158,3 +1158,228 @@ async fn strings_are_text_from_every_entry_point() {
         "<b>bold</b>"
     );
 }
+
+/// Tokens an attacker can make or replay, against publish routes that
+/// trust a `JwtAuthorizer` with an audience and an issuer: each is a 401
+/// with a JSON error, and nothing is published or delivered.
+#[cfg(feature = "jwt")]
+#[tokio::test]
+async fn forged_expired_and_misaddressed_tokens_publish_nothing() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    const SECRET: &[u8] = b"a test secret of 32 bytes or more";
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let claims = |extra: Value| {
+        let mut c = json!({
+            "sub": "svc", "exp": now + 600, "aud": "htmx-sse-test", "iss": "https://auth.test",
+            "mercure": {"publish": ["note"]}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let token = |extra: Value, secret: &[u8]| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims(extra),
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    let b64 = |v: &Value| {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let bytes = v.to_string().into_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            }
+        }
+        out
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(json!({})))
+    );
+
+    let manager = BroadcastManager::new();
+    let auth = htmx_sse::auth::JwtAuthorizer::hs256(SECRET)
+        .unwrap()
+        .audience(["htmx-sse-test"])
+        .issuer(["https://auth.test"]);
+    let (base, _) = common::serve(
+        BroadcastRoutes::new(manager.clone())
+            .authorizer(auth)
+            .install(Router::new()),
+    )
+    .await;
+    let (mut page, _) = common::open_connection(&format!("{base}/sse"), None).await;
+    let http = reqwest::Client::new();
+    let rows: Vec<(&str, String, u16)> = vec![
+        (
+            "signed with another secret",
+            token(json!({}), b"another secret, also 32 bytes long"),
+            401,
+        ),
+        (
+            "expired an hour ago",
+            token(json!({"exp": now - 3600}), SECRET),
+            401,
+        ),
+        (
+            "not valid for an hour yet",
+            token(json!({"nbf": now + 3600}), SECRET),
+            401,
+        ),
+        (
+            "for another audience",
+            token(json!({"aud": "another-app"}), SECRET),
+            401,
+        ),
+        (
+            "without an audience",
+            token(json!({"aud": null}), SECRET),
+            401,
+        ),
+        (
+            "from another issuer",
+            token(json!({"iss": "https://evil.test"}), SECRET),
+            401,
+        ),
+        (
+            "without an issuer",
+            token(json!({"iss": null}), SECRET),
+            401,
+        ),
+        ("alg none", unsigned, 401),
+        ("not a token", "not.a.token".to_owned(), 401),
+        (
+            "valid, but only for the type note",
+            token(json!({}), SECRET),
+            403,
+        ),
+    ];
+    for (name, token, status) in &rows {
+        let res = http
+            .post(format!("{base}/sse/broadcast"))
+            .bearer_auth(token)
+            .json(&json!({"type": "chat", "data": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), *status, "{name}");
+        let err: Value = res.json().await.unwrap();
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(manager.last_id().seq(), 0, "nothing was published");
+    // The control: the valid token publishes its type, and that is the
+    // first thing the page reads.
+    let res = http
+        .post(format!("{base}/sse/broadcast"))
+        .bearer_auth(token(json!({}), SECRET))
+        .json(&json!({"type": "note", "data": "the first"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        page.next_event_within(WAIT).await.unwrap().data,
+        "the first"
+    );
+}
+
+#[cfg(feature = "webpush")]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/webpush.rs"]
+mod webpush_example;
+
+/// Subscriptions whose endpoint points into the server's own network,
+/// posted to the `webpush` example's `/subscribe`: each is a 422 with a
+/// generic error, nothing is stored, and a push service listening on
+/// 127.0.0.1 is never contacted.
+#[cfg(feature = "webpush")]
+#[tokio::test]
+async fn push_subscriptions_cannot_point_into_the_server_network() {
+    use htmx_sse::webpush::{Dispatcher, EndpointPolicy, VapidKey, VapidSubject};
+    let inside = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = inside.local_addr().unwrap().port();
+    let contacted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&contacted);
+    tokio::spawn(async move {
+        while let Ok((_sock, _)) = inside.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let push = Dispatcher::new(
+        VapidKey::generate().unwrap(),
+        VapidSubject::new("mailto:ops@example.com").unwrap(),
+        Duration::from_secs(60),
+    );
+    let (base, _) = common::serve(webpush_example::router(push, EndpointPolicy::new())).await;
+    let http = reqwest::Client::new();
+    for endpoint in [
+        format!("http://127.0.0.1:{port}/push"),
+        format!("https://127.0.0.1:{port}/push"),
+        "https://localhost/push".to_owned(),
+        "https://push.localhost/push".to_owned(),
+        "https://[::1]/push".to_owned(),
+        "https://[::ffff:127.0.0.1]/push".to_owned(),
+        "https://2130706433/push".to_owned(),
+        "https://0x7f.1/push".to_owned(),
+        "https://10.0.0.1/push".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://intranet/push".to_owned(),
+        "https://user:secret@push.example.com/push".to_owned(),
+        "ftp://push.example.com/push".to_owned(),
+    ] {
+        let sub = json!({
+            "endpoint": endpoint,
+            "expirationTime": null,
+            "keys": {
+                "p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+                "auth": "BTBZMqHH6r4Tts7J_aSIgg"
+            }
+        });
+        let res = http
+            .post(format!("{base}/subscribe"))
+            .body(sub.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{endpoint}");
+        let body = res.text().await.unwrap();
+        assert!(
+            !body.contains("127.0.0.1") && !body.contains(&endpoint),
+            "{endpoint}: {body}"
+        );
+    }
+    // Nothing was stored, so a notification goes nowhere.
+    let res = http
+        .post(format!("{base}/notify"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("title=t&body=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(contacted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
