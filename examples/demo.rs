@@ -205,10 +205,12 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    println!("htmx-sse demo on http://{}  (Ctrl-C to stop)", args.addr);
-    let signal = shutdown.after(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
+    println!(
+        "htmx-sse demo on http://{}  (Ctrl-C or SIGTERM to stop)",
+        args.addr
+    );
+    // Ctrl-C, or SIGTERM from a container or systemd: streams end cleanly.
+    let signal = shutdown.clone().after_signal();
     if let Err(e) = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(signal)
         .await
@@ -418,13 +420,6 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
         )
             .into_response();
     }
-    {
-        let mut notes = app.notes.lock();
-        if notes.len() == MAX_NOTES {
-            notes.pop_front();
-        }
-        notes.push_back(text.to_owned());
-    }
     // The tab that posted is excluded: it shows the note from this answer.
     let exclude: Vec<ConnectionId> = form
         .connection_id
@@ -439,7 +434,17 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
         .broadcast("note", item.clone(), None, &exclude)
         .await
     {
+        // Not kept, not shown as added: the other tabs never got it. 503
+        // with a JSON error while Redis is down, as the crate's routes.
         tracing::warn!("broadcast failed: {e}");
+        return e.into_response();
+    }
+    {
+        let mut notes = app.notes.lock();
+        if notes.len() == MAX_NOTES {
+            notes.pop_front();
+        }
+        notes.push_back(text.to_owned());
     }
     Html(item.into_string()).into_response()
 }
@@ -587,7 +592,8 @@ async fn send_toast(
     };
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+        // 503 with a JSON error while Redis is down, as the crate's routes.
+        Err(e) => e.into_response(),
     }
 }
 

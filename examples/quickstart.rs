@@ -44,5 +44,10 @@ async fn main() -> std::io::Result<()> {
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    axum::serve(listener, app(manager).into_make_service()).await
+    // Ctrl-C or SIGTERM ends the streams cleanly (browsers reconnect to the
+    // next server process and resume) and then the server.
+    let stop = manager.shutdown_signal().clone().after_signal();
+    axum::serve(listener, app(manager).into_make_service())
+        .with_graceful_shutdown(stop)
+        .await
 }

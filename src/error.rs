@@ -153,6 +153,57 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// The HTTP status the crate's routes answer this error with: 404 for
+    /// an unknown connection, 500 when a template failed, 503 when the
+    /// shared backend (Redis) cannot be reached (worth retrying), 422 for
+    /// every kind of bad input.
+    ///
+    /// ```
+    /// use axum::http::StatusCode;
+    /// use htmx_sse::Error;
+    ///
+    /// assert_eq!(Error::Backend("down".into()).status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(Error::EmptyEventName.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    /// ```
+    #[must_use]
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Error::UnknownConnection { .. } => StatusCode::NOT_FOUND,
+            Error::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+/// The error as the crate's routes answer it: [`Error::status`] with a JSON
+/// body `{"error": "…"}`, so a handler that publishes can return it (or use
+/// `?`) and answer like the crate's own routes.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use htmx_sse::{BroadcastManager, Error};
+///
+/// async fn publish(manager: BroadcastManager) -> Result<&'static str, Error> {
+///     manager.broadcast("note", "hello", None, &[]).await?;
+///     Ok("sent")
+/// }
+/// # let _ = publish;
+/// let response = Error::Backend("redis down".into()).into_response();
+/// assert_eq!(response.status(), 503);
+/// ```
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        (
+            self.status(),
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

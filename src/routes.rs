@@ -570,12 +570,7 @@ pub(crate) fn sent(s: Sent) -> Response {
 }
 
 pub(crate) fn publish_error(e: &Error) -> Response {
-    match e {
-        Error::UnknownConnection { .. } => error(StatusCode::NOT_FOUND, e.to_string()),
-        Error::Render(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Error::Backend(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        _ => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    }
+    error(e.status(), e.to_string())
 }
 
 /// Authorizes a publish request (credentials first, so that a refused

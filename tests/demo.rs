@@ -1,6 +1,7 @@
 //! The demo, as a newcomer runs it: `examples/demo.rs` started as its own
 //! process, two tabs of headless Chromium kept in sync, then Ctrl-C (SIGINT)
-//! with those streams open must stop it promptly.
+//! with those streams open must stop it promptly; and SIGTERM, as a
+//! container is stopped, must end an open stream cleanly and stop it.
 //!
 //! Needs what the browser tests need (`npm ci`, Debian's `chromium`);
 //! `scripts/test.sh` installs both.
@@ -138,4 +139,149 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = std::fs::remove_dir_all(assets);
+}
+
+/// SIGTERM, as containers and systemd stop a server, with a stream open:
+/// the demo ends the stream cleanly (its chunked body finished, no close
+/// event, so browsers reconnect to the next process) and exits 0 promptly.
+#[test]
+fn sigterm_ends_open_streams_cleanly_and_stops_the_demo() {
+    use std::io::{Read as _, Write as _};
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut demo = Demo(
+        Command::new(demo_binary())
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_listening(port, &mut demo.0);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Wait for the connection event, so the stream is open for sure.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("event: connection") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    // The stream ends with the last chunk of a chunked body, not a cut.
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "the stream did not end within 5 s of SIGTERM ({e}): {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.ends_with("0\r\n\r\n"), "not a clean end: {text:?}");
+    assert!(!text.contains("event: close"), "{text}");
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            assert!(status.success(), "demo exited with {status}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the demo did not stop within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
+
+/// Redis down while the demo runs on it: every publish path the demo offers
+/// (`POST /notes`, `POST /toast`, and the crate's `POST /sse/broadcast`
+/// opened with `--open-publish`) answers 503 with a JSON error, and
+/// nothing is shown as sent.
+#[cfg(feature = "redis")]
+#[test]
+fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
+    use std::io::{Read as _, Write as _};
+    let mut redis = redis_server::RedisServer::start(false);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut demo = Demo(
+        Command::new(demo_binary())
+            .args(["--addr", &format!("127.0.0.1:{port}"), "--open-publish"])
+            .env("REDIS_URL", redis.url())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_listening(port, &mut demo.0);
+    let post = |path: &str, content_type: &str, body: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    };
+    let form = "application/x-www-form-urlencoded";
+    let paths = [
+        ("/notes", form, "text=hello"),
+        ("/toast", form, "scope=everyone&text=hello&level=info"),
+        (
+            "/sse/broadcast",
+            "application/json",
+            r#"{"type":"note","data":"hello"}"#,
+        ),
+    ];
+    // Up: each path publishes.
+    for (path, ct, body) in paths {
+        let (status, text) = post(path, ct, body);
+        assert!(
+            (200..300).contains(&status),
+            "{path} with Redis up: {status} {text}"
+        );
+    }
+    redis.stop();
+    for (path, ct, body) in paths {
+        let (status, text) = post(path, ct, body);
+        assert_eq!(status, 503, "{path} with Redis down: {text}");
+        assert!(
+            text.contains(r#""error":"#),
+            "{path}: not a JSON error: {text}"
+        );
+    }
 }

@@ -57,7 +57,62 @@ impl Shutdown {
         self.trigger();
     }
 
+    /// Waits for the signals a server is stopped with, then triggers:
+    /// SIGINT (Ctrl-C) or SIGTERM (what containers, systemd and Kubernetes
+    /// send) on Unix, Ctrl-C elsewhere. Pass the result to
+    /// `with_graceful_shutdown`: streams end cleanly (their chunked body
+    /// finished, no close event, so browsers reconnect to the next server
+    /// process and resume) and the server returns.
+    ///
+    /// ```no_run
+    /// use htmx_sse::streaming::Shutdown;
+    ///
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// let shutdown = Shutdown::new();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app.into_make_service())
+    ///     .with_graceful_shutdown(shutdown.after_signal())
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// When the SIGTERM handler cannot be installed (it always can on
+    /// Linux), a warning is logged and Ctrl-C alone is waited for.
+    pub async fn after_signal(self) {
+        stop_signal().await;
+        tracing::info!("stop signal received: ending streams");
+        self.trigger();
+    }
+
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.token
     }
+}
+
+/// SIGINT or SIGTERM (Unix), Ctrl-C elsewhere.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
 }
