@@ -288,6 +288,52 @@ async fn redis_losing_its_data_means_a_new_epoch_and_a_reset() {
     assert_eq!(next(&mut page).await.data, "2");
 }
 
+/// The sequence that lost messages silently (issue 15, item 1): 20
+/// published, a page open at seq 20, Redis restarted without its data, 30
+/// more published on the new epoch (numbered 1 to 30 again). The open page
+/// must not skip the new epoch's first 20: its stream ends, and coming back
+/// with its last id it gets `reset` (`restarted`), then what follows.
+#[tokio::test]
+async fn a_new_epoch_reaches_open_streams_as_a_reset_never_a_silent_skip() {
+    let mut redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    for n in 1..=20 {
+        a.manager.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    let (mut page, _) = a.open(None).await;
+    let old = a.manager.last_id();
+    assert_eq!(old.seq(), 20);
+
+    redis.restart(); // without persistence: everything is gone
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut published = 0;
+    while published < 30 {
+        assert!(Instant::now() < deadline, "published {published} of 30");
+        // Refused (503) until this instance has read the new epoch.
+        if a.manager.broadcast("n", 100 + published, None, &[]).await.is_ok() {
+            published += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_ne!(a.manager.last_id().epoch(), old.epoch());
+    // Before the fix the page went on receiving 121..=129 (it skipped the
+    // new epoch's seq 1 to 20): now its stream ends first, having received
+    // nothing of the new epoch.
+    let got = page.collect_until_closed(WAIT).await.unwrap();
+    assert!(got.is_empty(), "received without a reset: {got:?}");
+    let last = page.last_event_id().to_owned();
+    assert!(last.starts_with(&old.epoch().to_string()), "{last}");
+    let (mut page, _) = a.open(Some(&last)).await;
+    let ev = next(&mut page).await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("reset", r#"{"reason":"restarted"}"#)
+    );
+    a.manager.broadcast("n", "after", None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "after");
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_is_a_clear_error_at_start() {
     let redis = RedisServer::start(false);

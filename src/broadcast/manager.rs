@@ -515,7 +515,11 @@ impl Inner {
     }
 
     /// Moves to `epoch` (Redis lost its data): the history of the old one
-    /// goes. Returns whether it changed.
+    /// goes, and every open connection ends (without the close message) so
+    /// that its page comes back with its old-epoch id and gets the reset
+    /// event: the new epoch numbers from 1 again, and a connection left
+    /// open would skip the new messages numbered below where it stood.
+    /// Returns whether it changed.
     #[cfg(feature = "redis")]
     pub(crate) fn start_epoch(&self, epoch: Epoch) -> bool {
         let mut core = self.core.lock();
@@ -525,6 +529,10 @@ impl Inner {
         core.epoch = epoch;
         core.seq = 0;
         core.history.clear();
+        for conn in core.connections.iter() {
+            conn.direct.flag(Direct::LAGGED);
+            conn.direct.waker.wake();
+        }
         true
     }
 
