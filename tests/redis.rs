@@ -310,7 +310,11 @@ async fn a_new_epoch_reaches_open_streams_as_a_reset_never_a_silent_skip() {
     while published < 30 {
         assert!(Instant::now() < deadline, "published {published} of 30");
         // Refused (503) until this instance has read the new epoch.
-        if a.manager.broadcast("n", 100 + published, None, &[]).await.is_ok() {
+        if a.manager
+            .broadcast("n", 100 + published, None, &[])
+            .await
+            .is_ok()
+        {
             published += 1;
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -331,6 +335,41 @@ async fn a_new_epoch_reaches_open_streams_as_a_reset_never_a_silent_skip() {
         ("reset", r#"{"reason":"restarted"}"#)
     );
     a.manager.broadcast("n", "after", None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "after");
+}
+
+/// A `Last-Event-ID` far ahead of the shared sequence (issue 15, item 2),
+/// with a valid proof for its connection id (the proof does not cover the
+/// sequence): the reset event (`unrecognized`) and a fresh start, as in
+/// memory, not a stream that waits silently forever.
+#[tokio::test]
+async fn an_id_far_ahead_of_the_shared_sequence_gets_the_reset_event() {
+    let redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    a.manager.broadcast("n", 1, None, &[]).await.unwrap();
+    let (page, _) = a.open(None).await;
+    let real = page.last_event_id().to_owned();
+    page.close();
+    let (message, tag) = real.split_once('.').unwrap();
+    let epoch = message.split('-').next().unwrap();
+    for ahead in ["1000000", "18446744073709551615"] {
+        let forged = format!("{epoch}-{ahead}.{tag}");
+        let (mut page, _) = a.open(Some(&forged)).await;
+        let ev = next(&mut page).await;
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("reset", r#"{"reason":"unrecognized"}"#),
+            "{forged}"
+        );
+        a.manager.broadcast("n", ahead, None, &[]).await.unwrap();
+        assert_eq!(next(&mut page).await.data, ahead, "{forged}");
+    }
+    // A little ahead (another instance numbered it first) still resumes.
+    let near = format!("{epoch}-{}.{tag}", a.manager.last_id().seq() + 1);
+    let (mut page, _) = a.open(Some(&near)).await;
+    a.manager.broadcast("n", "next", None, &[]).await.unwrap();
+    a.manager.broadcast("n", "after", None, &[]).await.unwrap();
+    // `next` took the id the page said it had: it is skipped, `after` comes.
     assert_eq!(next(&mut page).await.data, "after");
 }
 

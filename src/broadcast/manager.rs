@@ -953,8 +953,15 @@ impl BroadcastManager {
             // Not proven to be this client's: nothing of that id's.
             Some(Ok(_)) if !proven => (core.seq, Some(ResetReason::Unrecognized), Vec::new()),
             // Another instance numbered it and this one has not read it
-            // yet: start after it (what comes up to it is skipped).
-            Some(Ok(lei)) if lei.seq > core.seq && self.is_distributed() => {
+            // yet: start after it (what comes up to it is skipped). Only a
+            // little ahead: further than a history's worth (or a queue's,
+            // for tiny histories), no instance behind by that little gave
+            // it out, and a stream waiting for it would wait silently.
+            Some(Ok(lei))
+                if lei.seq > core.seq
+                    && self.is_distributed()
+                    && lei.seq - core.seq <= ahead_limit(inner) =>
+            {
                 (lei.seq, None, Vec::new())
             }
             Some(Ok(lei)) if lei.seq > core.seq => {
@@ -1515,6 +1522,12 @@ impl BroadcastManager {
     pub fn shutdown_signal(&self) -> &Shutdown {
         &self.inner.shutdown
     }
+}
+
+/// How far ahead of this instance's sequence a resumed id may be (another
+/// instance numbered it, this one has not read it yet).
+fn ahead_limit(inner: &Inner) -> u64 {
+    u64::try_from(inner.history_limit.max(inner.queue_capacity)).unwrap_or(u64::MAX)
 }
 
 fn connection_event(epoch: Epoch, id: &ConnectionId, tag: &str, seq: u64) -> Event {
