@@ -373,6 +373,65 @@ async fn an_id_far_ahead_of_the_shared_sequence_gets_the_reset_event() {
     assert_eq!(next(&mut page).await.data, "after");
 }
 
+/// A hole in the history (issue 15, item 3): an entry in the shared stream
+/// that cannot be read (written by something else, or damaged). A page
+/// whose resume crosses it gets the reset event (`history-gap`), not a
+/// replay over the hole as if nothing were missing; a page that starts
+/// after it resumes exactly. So does an instance started afterwards, whose
+/// history was loaded with the hole in it.
+#[tokio::test]
+async fn a_resume_across_a_hole_in_the_history_gets_the_reset_event() {
+    use redis::AsyncCommands as _;
+    let redis = RedisServer::start(false);
+    let a = instance(&redis, Duration::from_secs(15)).await;
+    a.manager.broadcast("n", 1, None, &[]).await.unwrap();
+    a.manager.broadcast("n", 2, None, &[]).await.unwrap();
+    let (page, _) = a.open(None).await;
+    let before_hole = page.last_event_id().to_owned();
+    page.close();
+    // Message 3: numbered, but not one this crate can read.
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let seq: u64 = con.incr("htmx-sse:seq", 1).await.unwrap();
+    assert_eq!(seq, 3);
+    let _: String = redis::cmd("XADD")
+        .arg("htmx-sse:stream")
+        .arg("0-3")
+        .arg("garbage")
+        .arg("1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    a.manager.broadcast("n", 4, None, &[]).await.unwrap();
+    let after_hole = {
+        let (mut page, _) = a.open(None).await;
+        a.manager.broadcast("n", 5, None, &[]).await.unwrap();
+        let ev = next(&mut page).await;
+        assert_eq!(ev.data, "5");
+        ev.last_event_id
+    };
+    a.manager.broadcast("n", 6, None, &[]).await.unwrap();
+    let b = instance(&redis, Duration::from_secs(15)).await;
+    for inst in [&a, &b] {
+        let (mut page, _) = inst.open(Some(&before_hole)).await;
+        let ev = next(&mut page).await;
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("reset", r#"{"reason":"history-gap"}"#),
+            "a resume from 2 crosses the hole at 3"
+        );
+        let (mut page, _) = inst.open(Some(&after_hole)).await;
+        assert_eq!(
+            next(&mut page).await.data,
+            "6",
+            "a resume from 5 misses nothing"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_is_a_clear_error_at_start() {
     let redis = RedisServer::start(false);

@@ -270,9 +270,21 @@ pub(crate) struct Core {
     users: HashMap<UserId, Vec<ConnectionId>>,
     /// The connections that listen to topics, by topic.
     listeners: Listeners,
+    /// Messages numbered up to this one may be missing from the history
+    /// (a gap was seen: entries trimmed before they were read, or that
+    /// could not be read): a page resuming from before it gets the reset
+    /// event (`history-gap`) instead of a replay over the hole. 0: none.
+    missing_to: u64,
 }
 
 impl Core {
+    /// Notes a hole before `seq`, the next message to go into the history.
+    fn note_gap(&mut self, seq: u64) {
+        if seq > self.seq + 1 {
+            self.missing_to = self.missing_to.max(seq - 1);
+        }
+    }
+
     fn forget_user(&mut self, user: &UserId, id: &ConnectionId) {
         if let Some(ids) = self.users.get_mut(user) {
             ids.retain(|i| i != id);
@@ -503,9 +515,10 @@ impl Inner {
         }
         if seq != core.seq + 1 {
             // Messages were lost on the way (trimmed before this process
-            // read them): every connection resumes, and gets the reset
-            // event when the history cannot cover the gap.
+            // read them, or unreadable): every connection resumes, and gets
+            // the reset event when its resume crosses the hole.
             tracing::warn!(from = core.seq, to = seq, "gap in the message stream");
+            core.note_gap(seq);
             for conn in core.connections.iter() {
                 conn.direct.flag(Direct::LAGGED);
                 conn.direct.waker.wake();
@@ -528,6 +541,7 @@ impl Inner {
         }
         core.epoch = epoch;
         core.seq = 0;
+        core.missing_to = 0;
         core.history.clear();
         for conn in core.connections.iter() {
             conn.direct.flag(Direct::LAGGED);
@@ -828,8 +842,11 @@ impl BroadcastBuilder {
             let inner = &manager.inner;
             let mut core = inner.core.lock();
             for (seq, p) in history {
+                // Entries that could not be read leave holes: noted.
+                core.note_gap(seq);
                 inner.deliver(&mut core, seq, p);
             }
+            core.note_gap(start.seq + 1);
             core.seq = start.seq;
         }
         let seq = start.seq;
@@ -855,6 +872,7 @@ impl BroadcastBuilder {
                     connections: HashSet::new(),
                     users: HashMap::new(),
                     listeners: Listeners::default(),
+                    missing_to: 0,
                 }),
                 backend,
                 registry: ConnectionRegistry::new(),
@@ -966,6 +984,10 @@ impl BroadcastManager {
             }
             Some(Ok(lei)) if lei.seq > core.seq => {
                 (core.seq, Some(ResetReason::Unrecognized), Vec::new())
+            }
+            // The resume crosses a hole in the history.
+            Some(Ok(lei)) if lei.seq < core.missing_to => {
+                (core.seq, Some(ResetReason::HistoryGap), Vec::new())
             }
             Some(Ok(lei)) if lei.seq + 1 < oldest => {
                 (core.seq, Some(ResetReason::HistoryGap), Vec::new())
