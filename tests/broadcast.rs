@@ -415,6 +415,59 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A client that stops reading stops counting as active (issue 15, item
+/// 6): once its socket takes nothing more, it misses two heartbeats and is
+/// closed as lagging, its registry state `Error`, long before TCP gives up
+/// on it; the reading client stays active and gets everything.
+#[tokio::test]
+async fn a_client_that_stops_reading_stops_counting_as_active() {
+    let manager = BroadcastManager::builder()
+        .queue_capacity(4096)
+        .history(4096)
+        .stream(StreamConfig::new().heartbeat(Duration::from_millis(100)))
+        .build();
+    let s = Server::start(manager).await;
+    let (mut fast, fast_id) = s.client().await;
+    let (_stalled, stalled_id) = stalled_client(&s.base).await;
+    s.wait_for_connections(2).await;
+    assert_eq!(s.manager.stats().active, 2);
+    // More than the kernel buffers and hyper's buffer hold for the stalled
+    // client; the fast one reads along.
+    let payload = "x".repeat(32 * 1024);
+    for n in 0..300 {
+        s.manager
+            .broadcast("bulk", format!("{n}:{payload}"), None, &[])
+            .await
+            .unwrap();
+        let ev = next(&mut fast).await;
+        assert!(ev.data.starts_with(&format!("{n}:")), "{n}");
+    }
+    let state = |id: &ConnectionId| s.manager.registry().get(id).map(|c| c.state);
+    let t0 = Instant::now();
+    while s.manager.stats().active != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the stalled client still counts as active: {:?}",
+            s.manager.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        state(&stalled_id),
+        Some(htmx_sse::connections::ConnectionState::Error)
+    );
+    assert_eq!(
+        state(&fast_id),
+        Some(htmx_sse::connections::ConnectionState::Connected)
+    );
+    // The reading client goes on, heartbeats and all.
+    s.manager
+        .broadcast("bulk", "after", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut fast).await.data, "after");
+}
+
 #[tokio::test]
 async fn a_stalled_client_is_closed_while_the_others_keep_up() {
     use tokio::io::AsyncReadExt as _;

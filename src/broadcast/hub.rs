@@ -16,6 +16,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use super::manager::{Direct, Filter, Inner, Stored};
+use crate::connections::ConnectionState;
 use crate::event::Event;
 use crate::streaming::{Shutdown, StreamConfig};
 
@@ -23,6 +24,10 @@ use crate::streaming::{Shutdown, StreamConfig};
 /// quarter of the interval, the quiet before a heartbeat is between ¾ of the
 /// interval and the interval, and an idle connection gets one per interval.
 pub(crate) const BEATS: u32 = 4;
+
+/// Ticks without a frame written (three heartbeat intervals, two missed
+/// heartbeats) after which a connection counts as stalled.
+const STALLED: u32 = 3 * BEATS;
 
 /// The shortest tick, however short the heartbeat interval.
 const MIN_TICK: Duration = Duration::from_millis(1);
@@ -227,7 +232,18 @@ impl Hub {
                     let Some(inner) = manager.upgrade() else { return };
                     // Collected under the manager's lock, woken after it.
                     inner.each_connection(|direct| {
-                        if tick.wrapping_sub(direct.sent.load(Ordering::Relaxed)) >= BEATS {
+                        let quiet = tick.wrapping_sub(direct.sent.load(Ordering::Relaxed));
+                        if quiet >= STALLED && direct.flags() & Direct::LAGGED == 0 {
+                            // Woken for a heartbeat every interval and still
+                            // nothing written: its socket takes nothing (the
+                            // client stopped reading). Closed as lagging (it
+                            // resumes from the history if it reads again),
+                            // and not counted active from now on.
+                            tracing::debug!(connection = %direct.entry.id(), "stalled: closing");
+                            direct.flag(Direct::LAGGED);
+                            direct.entry.set_state(ConnectionState::Error);
+                        }
+                        if quiet >= BEATS {
                             due.push(Arc::clone(direct));
                         }
                     });

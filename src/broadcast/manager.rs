@@ -19,7 +19,9 @@ use super::listeners::{Conn, Listeners};
 use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
 use super::proof::{MIN_KEY_BYTES, ResumeKey};
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
-use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Listing, RegistryStats, UserId};
+use crate::connections::{
+    ConnectionId, ConnectionRegistry, ConnectionState, Entry, Listing, RegistryStats, UserId,
+};
 use crate::error::Error;
 use crate::event::{Event, EventName};
 use crate::fragment::Fragment;
@@ -203,8 +205,10 @@ impl Direct {
     fn push(&self, stored: &Arc<Stored>, capacity: usize) {
         let mut queue = self.queue.lock();
         if queue.len() >= capacity {
-            // Too far behind: close it; it resumes from history.
+            // Too far behind: close it; it resumes from history. No longer
+            // counted active, even before its task runs again.
             self.flag(Direct::LAGGED);
+            self.entry.set_state(ConnectionState::Error);
         } else {
             queue.push_back(Arc::clone(stored));
             self.queued.store(

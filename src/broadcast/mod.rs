@@ -78,6 +78,13 @@
 //! history, so a slow client costs itself a reconnect and costs the others
 //! nothing. Keep the history at least as long as the queue.
 //!
+//! A client that stops reading altogether is noticed by the heartbeat: a
+//! connection that has written nothing for three heartbeat intervals
+//! (woken for a heartbeat in each) is closed the same way, and from then on
+//! neither it nor a connection closed for lag counts as active in the
+//! registry's stats (`GET {prefix}/status`), even while its socket has not
+//! drained. Without heartbeats, only lag notices it.
+//!
 //! # Closing
 //!
 //! A connection is unregistered when its response body is dropped: when the

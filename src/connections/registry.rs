@@ -184,6 +184,11 @@ impl Entry {
     fn state(&self) -> ConnectionState {
         ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
     }
+
+    /// Moves it to `state` (for the manager, which holds entries directly).
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        self.state.store(state.to_u8(), Ordering::Relaxed);
+    }
 }
 
 /// An entry as the registry lists it: found by its id, which it holds, so
