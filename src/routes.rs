@@ -744,4 +744,57 @@ mod tests {
             Some("e1-5.x.y")
         );
     }
+
+    proptest::proptest! {
+        /// The resume cookie of any content, on any path: an id or none,
+        /// never a panic; what the runtime writes (encodeURIComponent)
+        /// reads back for its own path only.
+        #[test]
+        fn resume_cookies_from_anywhere(
+            raw in "[!#-+--:<-\\[\\]-~]{0,200}",
+            id in "\\PC{0,80}",
+            query in "[a-z0-9=&]{0,20}",
+        ) {
+            let cookie = format!("htmx-sse-resume={raw}");
+            let _ = last_event_id(&parts("/sse", &[("cookie", &cookie)]));
+            let uri = if query.is_empty() { "/sse".to_owned() } else { format!("/sse?{query}") };
+            let encode = |s: &str| -> String {
+                s.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                            char::from(b).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect()
+            };
+            let cookie = format!("htmx-sse-resume={}|{}", encode(&uri), encode(&id));
+            let found = last_event_id(&parts(&uri, &[("cookie", &cookie)]));
+            proptest::prop_assert_eq!(found.as_deref(), Some(id.as_str()));
+            proptest::prop_assert_eq!(last_event_id(&parts("/other", &[("cookie", &cookie)])), None);
+        }
+
+        /// Publish bodies of any bytes: parsed, or refused with 400, 413,
+        /// 415 or 422; never a panic.
+        #[test]
+        fn publish_bodies_from_anywhere(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            json_like in "\\{\"type\": ?\"[a-z\\n\\x00]{0,8}\", ?\"data\": ?[\\[\\]{}0-9a-z\",:]{0,40}\\}",
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for bytes in [body, json_like.into_bytes()] {
+                let req = Request::builder()
+                    .uri("/sse/broadcast")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(bytes))
+                    .unwrap();
+                let out = runtime.block_on(json_body::<PublishAll>(req, 256));
+                if let Err(res) = out {
+                    let status = res.status().as_u16();
+                    proptest::prop_assert!([400, 413, 415, 422].contains(&status), "{}", status);
+                }
+            }
+        }
+    }
 }

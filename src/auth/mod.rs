@@ -307,4 +307,22 @@ mod tests {
         let res = AuthError::Invalid("x".into()).into_response();
         assert_eq!(res.headers()["www-authenticate"], "Bearer");
     }
+
+    proptest::proptest! {
+        /// Cookie and Authorization headers of any printable content are
+        /// read or refused, never a panic; a cookie put among others is
+        /// found.
+        #[test]
+        fn cookies_and_bearer_from_anywhere(
+            header in "[ -~]{0,300}",
+            value in "[A-Za-z0-9._~-]{0,60}",
+        ) {
+            let p = parts(&[("cookie", &header), ("authorization", &header)]);
+            let _ = cookie(&p, "token");
+            let _ = bearer(&p);
+            let mixed = format!("a=1; token={value}; b=2");
+            let p = parts(&[("cookie", &mixed)]);
+            proptest::prop_assert_eq!(cookie(&p, "token"), Some(value.as_str()));
+        }
+    }
 }

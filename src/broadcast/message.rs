@@ -263,4 +263,31 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, value);
     }
+
+    proptest::proptest! {
+        /// Anything a browser can send as `Last-Event-ID` is read or
+        /// refused, never a panic; what the crate writes reads back.
+        #[test]
+        fn last_event_ids_from_anywhere(any in "\\PC{0,200}") {
+            let _ = LastEventId::parse(&any);
+        }
+
+        #[test]
+        fn last_event_ids_round_trip(
+            epoch: u32,
+            seq: u64,
+            id in "[A-Za-z0-9_-]{1,64}",
+            proof in proptest::option::of("[0-9a-f]{24}"),
+        ) {
+            let text = match &proof {
+                Some(p) => format!("{}-{seq}.{id}.{p}", Epoch(epoch)),
+                None => format!("{}-{seq}.{id}", Epoch(epoch)),
+            };
+            let lei = LastEventId::parse(&text).expect("an id the crate writes");
+            proptest::prop_assert_eq!(lei.epoch, Epoch(epoch));
+            proptest::prop_assert_eq!(lei.seq, seq);
+            proptest::prop_assert_eq!(lei.connection.as_str(), id.as_str());
+            proptest::prop_assert_eq!(lei.proof.as_deref(), proof.as_deref());
+        }
+    }
 }

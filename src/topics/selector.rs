@@ -422,4 +422,19 @@ mod tests {
         assert!(Topic::new("a/{id}").is_err());
         assert!(Topic::new("*").is_err());
     }
+
+    proptest::proptest! {
+        /// Any text is a topic or selector, or a clear refusal; never a
+        /// panic. A valid topic keeps its text, and its exact selector and
+        /// `**` match it.
+        #[test]
+        fn topics_and_selectors_from_anywhere(any in "\\PC{0,600}") {
+            let _ = TopicSelector::new(&any);
+            if let Ok(t) = Topic::new(&any) {
+                proptest::prop_assert_eq!(t.as_str(), any.as_str());
+                proptest::prop_assert!(TopicSelector::exact(&t).matches(&t));
+                proptest::prop_assert!(TopicSelector::new("**").unwrap().matches(&t));
+            }
+        }
+    }
 }
