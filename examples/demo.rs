@@ -155,7 +155,11 @@ async fn main() {
     };
 
     let shutdown = Shutdown::new();
-    let config = StreamConfig::new().shutdown(&shutdown);
+    // On shutdown each page is told to come back after a delay of its own
+    // within 5 s, so that a restart is not a reconnect storm.
+    let config = StreamConfig::new()
+        .shutdown(&shutdown)
+        .retry_on_shutdown(Duration::from_secs(5));
     // The broadcast manager shares the shutdown signal through its config.
     let builder = BroadcastManager::builder().stream(config.clone());
     let manager = match std::env::var("REDIS_URL") {

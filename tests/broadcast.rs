@@ -679,6 +679,46 @@ async fn manager_shutdown_ends_streams_without_close() {
     assert!(evs.is_empty(), "{evs:?}");
 }
 
+/// A deploy without a reconnect storm (issue 15, item 8, first part):
+/// with `retry_on_shutdown(2 s)`, each of 200 pages is told, as its stream
+/// ends on shutdown, to wait a delay of its own in 0..=2000 ms; the delays
+/// cover the window (every 200 ms tenth of it holds some). Without the
+/// option, nothing is added.
+#[tokio::test]
+async fn shutdown_spreads_the_reconnects_over_the_retry_window() {
+    const PAGES: usize = 200;
+    let manager = BroadcastManager::builder()
+        .stream(StreamConfig::new().retry_on_shutdown(Duration::from_secs(2)))
+        .build();
+    let s = Server::start(manager).await;
+    let mut pages = Vec::new();
+    for _ in 0..PAGES {
+        pages.push(s.client().await.0);
+    }
+    s.manager.shutdown();
+    let mut tenths = [0usize; 10];
+    for mut page in pages {
+        let evs = page.collect_until_closed(WAIT).await.unwrap();
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].event, "htmx-sse-retry");
+        assert_eq!(evs[0].data, "");
+        let delay = page.retry().expect("a retry: field");
+        assert!(delay <= 2000, "{delay}");
+        tenths[usize::try_from(delay / 200).unwrap().min(9)] += 1;
+    }
+    assert!(
+        tenths.iter().all(|&n| n > 0),
+        "reconnects bunched: {tenths:?}"
+    );
+    println!("reconnect delays by 200 ms: {tenths:?}");
+    // The name is the crate's: no publisher may send it.
+    let other = BroadcastManager::new();
+    assert!(matches!(
+        other.broadcast("htmx-sse-retry", "x", None, &[]).await,
+        Err(htmx_sse::Error::ReservedEventName { .. })
+    ));
+}
+
 /// Broadcasts and messages to one connection, published from another
 /// thread while the connection is being written: its ids never go
 /// backwards (the feed merges two queues).

@@ -389,3 +389,51 @@ async fn without_the_shutdown_signal_graceful_shutdown_waits_for_streams() {
     sse.close();
     tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
 }
+
+/// An `SseStream` ended by a shutdown tells its page when to come back
+/// when `retry_on_shutdown` is set, and adds nothing otherwise.
+#[tokio::test]
+async fn an_sse_stream_ended_by_shutdown_carries_the_retry_delay() {
+    use htmx_sse::streaming::{Shutdown, SseStream, StreamConfig};
+    for window in [Some(Duration::from_millis(700)), None] {
+        let shutdown = Shutdown::new();
+        let mut config = StreamConfig::new()
+            .shutdown(&shutdown)
+            .initial_message(None);
+        if let Some(w) = window {
+            config = config.retry_on_shutdown(w);
+        }
+        let app = axum::Router::new().route(
+            "/s",
+            axum::routing::get(move || {
+                let config = config.clone();
+                async move {
+                    SseStream::new(futures_util::stream::pending::<htmx_sse::Event>())
+                        .config(config)
+                }
+            }),
+        );
+        let (base, _) = common::serve(app).await;
+        let mut c = htmx_sse::testing::TestClient::get(format!("{base}/s"))
+            .connect()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.trigger();
+        let evs = c
+            .collect_until_closed(Duration::from_secs(5))
+            .await
+            .unwrap();
+        match window {
+            Some(_) => {
+                assert_eq!(evs.len(), 1, "{evs:?}");
+                assert_eq!(evs[0].event, "htmx-sse-retry");
+                assert!(c.retry().is_some_and(|d| d <= 700), "{:?}", c.retry());
+            }
+            None => {
+                assert!(evs.is_empty(), "{evs:?}");
+                assert_eq!(c.retry(), None);
+            }
+        }
+    }
+}

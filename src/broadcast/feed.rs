@@ -475,6 +475,13 @@ impl Stream for FeedBody {
                 }
                 batch.push(ev.clone().into_bytes());
             }
+            if let Some(window) = hub.shutdown_retry.filter(|_| reason == EndReason::Shutdown) {
+                let frame = crate::streaming::shutdown_retry_frame(window);
+                if let Some(id) = &label {
+                    log_frame(id, true, &frame);
+                }
+                batch.push(frame);
+            }
             tracing::debug!(connection = %feed.registration.id(), ?reason, "sse stream ended");
             // Leaves the manager now, not when the body is dropped.
             this.feed = None;

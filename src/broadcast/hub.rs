@@ -37,6 +37,8 @@ pub(crate) struct Hub {
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) close: Option<Event>,
+    /// See `StreamConfig::retry_on_shutdown`.
+    pub(crate) shutdown_retry: Option<Duration>,
     pub(crate) debug: bool,
     pub(crate) coalesce: bool,
     pub(crate) filter: Option<Arc<Filter>>,
@@ -62,6 +64,7 @@ impl Hub {
             heartbeat: config.heartbeat,
             timeout: config.timeout,
             close: config.close.clone(),
+            shutdown_retry: config.shutdown_retry,
             debug: config.debug,
             coalesce: config.coalesce,
             filter,

@@ -149,13 +149,18 @@ pub const RESET_EVENT: EventName = EventName::from_static("reset");
 /// The message types the crate gives a meaning to, which `broadcast`,
 /// `send_to`, `message(…).send()` and the HTTP publish routes refuse with
 /// [`Error::ReservedEventName`](crate::Error::ReservedEventName):
-/// [`CONNECTION_EVENT`], [`RESET_EVENT`] and
-/// [`CLOSE_EVENT`](crate::streaming::CLOSE_EVENT). The manager's own close
+/// [`CONNECTION_EVENT`], [`RESET_EVENT`],
+/// [`CLOSE_EVENT`](crate::streaming::CLOSE_EVENT) and
+/// [`RETRY_EVENT`](crate::streaming::RETRY_EVENT). The manager's own close
 /// event, when its [`StreamConfig`](crate::streaming::StreamConfig) names
 /// another one, is refused too. Send one on purpose with
 /// [`Message::allow_reserved_type`].
-pub const RESERVED_EVENTS: [EventName; 3] =
-    [CONNECTION_EVENT, RESET_EVENT, crate::streaming::CLOSE_EVENT];
+pub const RESERVED_EVENTS: [EventName; 4] = [
+    CONNECTION_EVENT,
+    RESET_EVENT,
+    crate::streaming::CLOSE_EVENT,
+    crate::streaming::RETRY_EVENT,
+];
 
 /// Why a reconnecting page gets the reset event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,6 +10,32 @@ use super::Shutdown;
 /// (htmx 2) or `hx-sse:close="close"` (htmx 4).
 pub const CLOSE_EVENT: EventName = EventName::from_static("close");
 
+/// The name of the last event of a stream ended by a shutdown, when
+/// [`StreamConfig::retry_on_shutdown`] is set: it carries the `retry:`
+/// delay and empty data (htmx 4 reads `retry:` only from an event with
+/// data; no page listens to this name, so nothing is swapped).
+pub const RETRY_EVENT: EventName = EventName::from_static("htmx-sse-retry");
+
+/// The frame that tells a page to wait a delay drawn in `0..=window`
+/// before reconnecting.
+pub(crate) fn shutdown_retry_frame(window: Duration) -> bytes::Bytes {
+    let span = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let draw = u64::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    let delay = if span == u64::MAX {
+        draw
+    } else {
+        draw % (span + 1)
+    };
+    bytes::Bytes::from(format!(
+        "event: {}\nretry: {delay}\ndata:\n\n",
+        RETRY_EVENT.as_str()
+    ))
+}
+
 /// How an [`SseStream`](super::SseStream) behaves: heartbeat, timeout,
 /// initial and close messages, shutdown, logging.
 ///
@@ -34,6 +60,7 @@ pub struct StreamConfig {
     pub(crate) initial: Option<Event>,
     pub(crate) close: Option<Event>,
     pub(crate) shutdown: Option<Shutdown>,
+    pub(crate) shutdown_retry: Option<Duration>,
     pub(crate) debug: bool,
     pub(crate) coalesce: bool,
 }
@@ -48,6 +75,7 @@ impl Default for StreamConfig {
                 b"event: close\ndata: connection closed\n\n",
             )),
             shutdown: None,
+            shutdown_retry: None,
             debug: false,
             coalesce: false,
         }
@@ -104,6 +132,29 @@ impl StreamConfig {
     /// the next server process) when `shutdown` is triggered.
     pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
         self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// On shutdown, tells each stream when to come back before it ends: a
+    /// last event, [`RETRY_EVENT`](crate::streaming::RETRY_EVENT), whose
+    /// `retry:` field is a delay drawn for each stream between 0 and
+    /// `window`, so that the pages of a server that is being replaced
+    /// reconnect spread over the window instead of all at once. Browsers'
+    /// `EventSource` (htmx 2) and hx-sse (htmx 4) both wait that long before
+    /// reconnecting (the crate's own reconnect runtime keeps its backoff).
+    /// Off by default.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use htmx_sse::streaming::{Shutdown, StreamConfig};
+    ///
+    /// let shutdown = Shutdown::new();
+    /// let config = StreamConfig::new()
+    ///     .shutdown(&shutdown)
+    ///     .retry_on_shutdown(Duration::from_secs(10));
+    /// ```
+    pub fn retry_on_shutdown(mut self, window: Duration) -> Self {
+        self.shutdown_retry = Some(window);
         self
     }
 

@@ -76,7 +76,8 @@ pub mod oob;
 mod shutdown;
 mod stream;
 
-pub use config::{CLOSE_EVENT, StreamConfig};
+pub(crate) use config::shutdown_retry_frame;
+pub use config::{CLOSE_EVENT, RETRY_EVENT, StreamConfig};
 pub use oob::{OobFlavor, OobStreamBuilder, Swap};
 pub use shutdown::Shutdown;
 pub(crate) use stream::{Batch, Piece, drain, expired, log_frame, sse_response};

@@ -548,6 +548,7 @@ pin_project! {
         registered: Option<Waker>,
         initial: Option<Event>,
         close: Option<Event>,
+        shutdown_retry: Option<Duration>,
         debug: bool,
         coalesce: bool,
         // The size of the last chunk of several frames.
@@ -592,6 +593,7 @@ impl<S> Frames<S> {
             registered: None,
             initial: config.initial,
             close: config.close,
+            shutdown_retry: config.shutdown_retry,
             debug: config.debug,
             coalesce: config.coalesce,
             size_hint: 0,
@@ -786,6 +788,15 @@ where
                 this.life.frames += 1;
                 log_frame(&this.life.id, *this.debug, ev.as_bytes());
                 batch.push(ev.into_bytes());
+            }
+            if let Some(window) = this
+                .shutdown_retry
+                .filter(|_| reason == EndReason::Shutdown)
+            {
+                let frame = super::config::shutdown_retry_frame(window);
+                this.life.frames += 1;
+                log_frame(&this.life.id, *this.debug, &frame);
+                batch.push(frame);
             }
             return Poll::Ready(batch.finish().map(Ok));
         }
