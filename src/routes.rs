@@ -4,7 +4,7 @@
 //!
 //! | route | what it does | who may (by default) |
 //! | --- | --- | --- |
-//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header, or from the `htmx-sse-resume` cookie the reconnect runtime sets for exactly this path and query) | anyone: messages to everyone, plus the user's own with credentials |
+//! | `GET {prefix}` | the event stream (resumes from `Last-Event-ID`, or from a `lastEventId` query parameter for clients that cannot send the header, or from the `htmx-sse-resume-…` cookie the reconnect runtime sets for this path and query) | anyone: messages to everyone, plus the user's own with credentials |
 //! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}`; a string `data` is text, sent escaped, unless [`BroadcastRoutes::trust_publisher_html`] | credentials whose `publish` selectors match the type |
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
 //! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
@@ -422,16 +422,35 @@ pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
     }
 }
 
-/// The name of the cookie the reconnect runtime carries a last event id in.
+/// The name (or, with a `-HASH` suffix per stream, the prefix) of the
+/// cookies the reconnect runtime carries a last event id in.
 pub(crate) const RESUME_COOKIE: &str = "htmx-sse-resume";
 
-/// The id in the `htmx-sse-resume` cookie (`ENC(path and query)|ENC(id)`),
-/// when it was set for this request's path and query.
+/// The id in an `htmx-sse-resume…` cookie (`ENC(path and query)|ENC(id)`)
+/// set for this request's path and query. The path the page used may carry
+/// a prefix that a reverse proxy strips (`/app/sse` arriving as `/sse`):
+/// the cookie's path and query need only end with the request's.
 fn resume_cookie(parts: &Parts) -> Option<String> {
-    let value = crate::auth::cookie(parts, RESUME_COOKIE)?;
-    let (for_url, id) = value.split_once('|')?;
     let here = parts.uri.path_and_query()?.as_str();
-    (percent_decode(for_url)? == here).then(|| percent_decode(id))?
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| {
+            name.strip_prefix(RESUME_COOKIE)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+        })
+        .find_map(|(_, value)| {
+            let (for_url, id) = value.split_once('|')?;
+            let for_url = percent_decode(for_url)?;
+            let same = for_url == here
+                || (for_url.ends_with(here)
+                    && for_url[..for_url.len() - here.len()].starts_with('/'));
+            if same { percent_decode(id) } else { None }
+        })
 }
 
 /// `%XX` sequences decoded; `None` for a bad escape or bytes that are not
@@ -721,6 +740,23 @@ mod tests {
         assert_eq!(
             last_event_id(&parts("/hub?topic=x&lastEventId=q", &[("cookie", cookie)])).as_deref(),
             Some("q")
+        );
+        // Behind a proxy that strips a prefix; two streams' cookies side by
+        // side, each found for its own stream only.
+        let two = "htmx-sse-resume-a=%2Fapp%2Fhub%3Ftopic%3Dx|id-x; htmx-sse-resume-b=%2Fapp%2Fhub%3Ftopic%3Dy|id-y";
+        let with = |uri: &str| last_event_id(&parts(uri, &[("cookie", two)]));
+        assert_eq!(with("/hub?topic=x").as_deref(), Some("id-x"));
+        assert_eq!(with("/app/hub?topic=y").as_deref(), Some("id-y"));
+        assert_eq!(with("/hub?topic=z"), None);
+        // A suffix that is not a whole path is no match.
+        assert_eq!(with("/ub?topic=x"), None);
+        // Another cookie with a name that merely starts the same.
+        assert_eq!(
+            last_event_id(&parts(
+                "/sse",
+                &[("cookie", "htmx-sse-resumex=%2Fsse|nope")]
+            )),
+            None
         );
         // Malformed values are no id at all.
         for bad in [

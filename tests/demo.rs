@@ -59,6 +59,51 @@ impl Drop for Demo {
     }
 }
 
+impl Demo {
+    /// Starts the demo on a free port of 127.0.0.1 with `args` and `env`,
+    /// and returns it once it listens, with its port.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> (Demo, u16) {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut demo = Demo(
+            Command::new(demo_binary())
+                .args(["--addr", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        wait_until_listening(port, &mut demo.0);
+        (demo, port)
+    }
+
+    /// Sends `signal` (`INT`, `TERM`) and requires exit 0 within 5 s.
+    fn stop_with(&mut self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "demo exited with {status}");
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the demo did not stop within 5 s of SIG{signal} with a stream open"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn wait_until_listening(port: u16, child: &mut Child) {
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -83,22 +128,8 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
         "chromium missing: apt-get update && apt-get install -y chromium (or scripts/test.sh)"
     );
     let assets = assets();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut demo = Demo(
-        Command::new(demo_binary())
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--assets"])
-            .arg(&assets)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_listening(port, &mut demo.0);
+    let assets_arg = assets.to_string_lossy().into_owned();
+    let (mut demo, port) = Demo::start(&["--assets", &assets_arg], &[("RUST_LOG", "warn")]);
 
     let shots = root().join("target").join("browser-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -121,23 +152,7 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(&mut stream, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let sent = Command::new("kill")
-        .args(["-INT", &demo.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = demo.0.try_wait().unwrap() {
-            assert!(status.success(), "demo exited with {status}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the demo did not stop within 5 s of Ctrl-C with a stream open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    demo.stop_with("INT");
     let _ = std::fs::remove_dir_all(assets);
 }
 
@@ -147,21 +162,7 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
 #[test]
 fn sigterm_ends_open_streams_cleanly_and_stops_the_demo() {
     use std::io::{Read as _, Write as _};
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut demo = Demo(
-        Command::new(demo_binary())
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_listening(port, &mut demo.0);
+    let (mut demo, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -177,11 +178,9 @@ fn sigterm_ends_open_streams_cleanly_and_stops_the_demo() {
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
-    let sent = Command::new("kill")
-        .args(["-TERM", &demo.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    let killer = std::thread::spawn(move || {
+        demo.stop_with("TERM");
+    });
     // The stream ends with the last chunk of a chunked body, not a cut.
     loop {
         match stream.read(&mut buf) {
@@ -196,18 +195,9 @@ fn sigterm_ends_open_streams_cleanly_and_stops_the_demo() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.ends_with("0\r\n\r\n"), "not a clean end: {text:?}");
     assert!(!text.contains("event: close"), "{text}");
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = demo.0.try_wait().unwrap() {
-            assert!(status.success(), "demo exited with {status}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the demo did not stop within 5 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The demo spreads reconnects over 5 s: the last event says when.
+    assert!(text.contains("event: htmx-sse-retry\nretry: "), "{text}");
+    killer.join().unwrap();
 }
 
 #[cfg(feature = "redis")]
@@ -223,22 +213,11 @@ mod redis_server;
 fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
     use std::io::{Read as _, Write as _};
     let mut redis = redis_server::RedisServer::start(false);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut demo = Demo(
-        Command::new(demo_binary())
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--open-publish"])
-            .env("REDIS_URL", redis.url())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    let url = redis.url();
+    let (_demo, port) = Demo::start(
+        &["--open-publish"],
+        &[("REDIS_URL", url.as_str()), ("RUST_LOG", "error")],
     );
-    wait_until_listening(port, &mut demo.0);
     let post = |path: &str, content_type: &str, body: &str| -> (u16, String) {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -1196,21 +1196,7 @@ async fn forged_expired_and_misaddressed_tokens_publish_nothing() {
         )
         .unwrap()
     };
-    let b64 = |v: &Value| {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let bytes = v.to_string().into_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
-            }
-        }
-        out
-    };
+    let b64 = |v: &Value| common::keys::base64url(v.to_string().as_bytes());
     let unsigned = format!(
         "{}.{}.",
         b64(&json!({"alg": "none", "typ": "JWT"})),
@@ -1382,4 +1368,93 @@ async fn push_subscriptions_cannot_point_into_the_server_network() {
     assert_eq!(res.status(), 409);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(contacted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The admin routes taken apart and put behind the application's own
+/// layer: the layer decides (401 without its key), the stream route stays
+/// open, and nothing gets through the layer's refusal.
+#[tokio::test]
+async fn the_admin_router_behind_the_applications_own_layer() {
+    use axum::http::StatusCode;
+    use axum::middleware::{self, Next};
+    async fn admins_only(
+        req: axum::extract::Request,
+        next: Next,
+    ) -> Result<axum::response::Response, StatusCode> {
+        if req.headers().get("x-admin-key").is_some_and(|k| k == "k") {
+            Ok(next.run(req).await)
+        } else {
+            Err(StatusCode::UNAUTHORIZED)
+        }
+    }
+    let manager = BroadcastManager::new();
+    let routes = BroadcastRoutes::new(manager.clone())
+        .publish(Access::Anyone)
+        .read(Access::Anyone);
+    let app = Router::new().merge(routes.stream_router()).merge(
+        routes
+            .admin_router()
+            .route_layer(middleware::from_fn(admins_only)),
+    );
+    let (base, _) = common::serve(app).await;
+    let (mut page, _) = common::open_connection(&format!("{base}/sse"), None).await;
+    let http = reqwest::Client::new();
+    let publish = |key: Option<&'static str>| {
+        let mut req = http
+            .post(format!("{base}/sse/broadcast"))
+            .json(&json!({"type": "note", "data": "from an admin"}));
+        if let Some(k) = key {
+            req = req.header("x-admin-key", k);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(publish(None).await, 401);
+    assert_eq!(publish(Some("wrong")).await, 401);
+    assert_eq!(manager.last_id().seq(), 0);
+    assert_eq!(publish(Some("k")).await, 200);
+    assert_eq!(
+        page.next_event_within(WAIT).await.unwrap().data,
+        "from an admin"
+    );
+    let status = http.get(format!("{base}/sse/status")).send().await.unwrap();
+    assert_eq!(status.status(), 401);
+}
+
+/// A configured resume key: a page of one manager comes back to another
+/// with the same key (another process after a restart, instances behind a
+/// load balancer) and keeps its connection id; with another key it gets a
+/// fresh one. Either way a new process is a new epoch: the reset event.
+#[tokio::test]
+async fn a_configured_resume_key_is_shared_by_processes_that_set_it() {
+    let key = b"a resume key of 32 bytes or more!!";
+    let serve = |k: &'static [u8]| async move {
+        let m = BroadcastManager::builder().resume_key(k).build();
+        common::serve(setup_broadcast_routes(Router::new(), m, "/sse"))
+            .await
+            .0
+    };
+    let first = serve(key).await;
+    let (page, id) = common::open_connection(&format!("{first}/sse"), None).await;
+    let last = page.last_event_id().to_owned();
+    for (k, keeps) in [
+        (&key[..], true),
+        (&b"another key, also of 32 bytes!!!!"[..], false),
+    ] {
+        let other = serve(k).await;
+        let mut back = TestClient::get(format!("{other}/sse"))
+            .last_event_id(&last)
+            .connect()
+            .await
+            .unwrap();
+        let hello = back.next_event_within(WAIT).await.unwrap();
+        assert_eq!(hello.data.contains(id.as_str()), keeps, "{hello:?}");
+        let reset = back.next_event_within(WAIT).await.unwrap();
+        assert_eq!(reset.event, "reset");
+    }
+}
+
+#[test]
+#[should_panic(expected = "resume key must be at least 32 bytes")]
+fn a_short_resume_key_is_a_configuration_error() {
+    let _ = BroadcastManager::builder().resume_key(b"too short");
 }

@@ -279,25 +279,12 @@ async fn nbf_and_exp_are_checked_with_the_leeway() {
         .await;
 }
 
-fn base64url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..=chunk.len() {
-            out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
 /// An unsigned token: `alg` as given, an empty signature.
 fn unsigned(alg: &str) -> String {
     format!(
         "{}.{}.",
-        base64url(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes()),
-        base64url(claims(&json!({})).to_string().as_bytes())
+        common::keys::base64url(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes()),
+        common::keys::base64url(claims(&json!({})).to_string().as_bytes())
     )
 }
 
@@ -354,7 +341,7 @@ async fn alg_none_and_algorithm_confusion_are_refused() {
                 {
                     let mut parts: Vec<String> =
                         rs_confused.split('.').map(str::to_owned).collect();
-                    parts[0] = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+                    parts[0] = common::keys::base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
                     parts.join(".")
                 },
                 Some("InvalidSignature"),

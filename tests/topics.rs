@@ -269,13 +269,15 @@ async fn bad_tokens_are_refused_and_good_ones_accepted() {
     let valid = hs_token(&good);
     let tampered = {
         let parts: Vec<&str> = valid.split('.').collect();
-        let evil = base64url(&serde_json::to_vec(&claims("mallory", &["*"], &["*"])).unwrap());
+        let evil = common::keys::base64url(
+            &serde_json::to_vec(&claims("mallory", &["*"], &["*"])).unwrap(),
+        );
         format!("{}.{}.{}", parts[0], evil, parts[2])
     };
     let alg_none = format!(
         "{}.{}.",
-        base64url(br#"{"alg":"none","typ":"JWT"}"#),
-        base64url(&serde_json::to_vec(&good).unwrap())
+        common::keys::base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        common::keys::base64url(&serde_json::to_vec(&good).unwrap())
     );
     let bad_selector = hs_token(&claims("a", &["x/{"], &[]));
     for (name, token, auth) in [
@@ -334,19 +336,6 @@ async fn bad_tokens_are_refused_and_good_ones_accepted() {
         1,
         "refused publishes changed nothing"
     );
-}
-
-fn base64url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n =
-            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..=chunk.len() {
-            out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
 }
 
 #[tokio::test]

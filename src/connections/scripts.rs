@@ -821,7 +821,8 @@ struct ReconnectTemplate {
 /// real `EventSource`. When that source fails, the stand-in closes it
 /// (stopping the browser's own fixed 3 s retries), waits
 /// `base_delay · 2^(n-1)` (capped, with jitter) and opens a new one that
-/// carries the last id seen in a cookie, `htmx-sse-resume`, scoped to the
+/// carries the last id seen in a cookie, `htmx-sse-resume-HASH` (one per
+/// stream), scoped to the
 /// stream's path, lasting 30 s and deleted once the source opens (or, with
 /// [`ReconnectOptions::resume_in_url`], in its URL as `lastEventId=`),
 /// which [`setup_broadcast_routes`](crate::setup_broadcast_routes) reads as

@@ -86,25 +86,38 @@
   // A new source resumes from the last event id. Access logs keep URLs,
   // so by default the id (whose proof lets its holder resume this page's
   // connection) travels in a short-lived cookie scoped to the stream's
-  // path, which the server takes only for this exact path and query; in
-  // the URL (`lastEventId=`) only when the page opted in, or when the
-  // stream is on another origin, where the page cannot set its cookies.
+  // path, one per stream (named after a hash of its path and query, so
+  // that two streams reconnecting together do not overwrite each other's),
+  // which the server takes only for that path and query. In the URL
+  // (`lastEventId=`) only when the page opted in, when the stream is on
+  // another origin (the page cannot set its cookies), or when the browser
+  // takes no cookies: never without the id, which would lose messages.
   const RESUME_COOKIE = 'htmx-sse-resume';
+  function resumeCookie(u) {
+    let h = 5381;
+    for (const c of u.pathname + u.search) h = ((h * 33) ^ c.charCodeAt(0)) >>> 0;
+    return RESUME_COOKIE + '-' + h.toString(36);
+  }
   function resumeUrl(url, id) {
     const u = new URL(url, location.href);
-    if (settings.reconnect.resumeInUrl || u.origin !== location.origin) {
-      u.searchParams.set('lastEventId', id);
-      return u.href;
+    if (!settings.reconnect.resumeInUrl && u.origin === location.origin) {
+      const name = resumeCookie(u);
+      const value = encodeURIComponent(u.pathname + u.search) + '|' + encodeURIComponent(id);
+      document.cookie = name + '=' + value + '; path=' + u.pathname + '; max-age=30; samesite=strict';
+      // (A cookie scoped to the stream's path cannot be read back from the
+      // page's; whether the browser takes cookies at all can be asked.)
+      if (navigator.cookieEnabled) return u.href;
+      log('cookies refused: the last event id goes in the URL');
     }
-    document.cookie = RESUME_COOKIE + '=' + encodeURIComponent(u.pathname + u.search) + '|'
-      + encodeURIComponent(id) + '; path=' + u.pathname + '; max-age=30; samesite=strict';
+    u.searchParams.set('lastEventId', id);
     return u.href;
   }
   function forgetResume(url) {
     const u = new URL(url, location.href);
     if (u.origin !== location.origin) return;
-    document.cookie = RESUME_COOKIE + '=; path=' + u.pathname + '; max-age=0; samesite=strict';
+    document.cookie = resumeCookie(u) + '=; path=' + u.pathname + '; max-age=0; samesite=strict';
   }
+
 
   // --- What htmx-ext-sse gets from htmx.createEventSource --------------------
   //

@@ -21,7 +21,7 @@ pub(super) fn flavor(f: Flavour) -> Flavor {
 }
 
 /// A stream request as the server saw it: its path and query, its
-/// `Last-Event-ID` header, and the `htmx-sse-resume` cookie the runtime
+/// `Last-Event-ID` header, and the `htmx-sse-resume-…` cookie the runtime
 /// carries a last event id in, if any.
 pub(super) struct Seen {
     pub(super) uri: String,
@@ -40,8 +40,9 @@ pub(super) fn stream_request(req: &Request) -> Seen {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("htmx-sse-resume="))
-        .map(str::to_owned);
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| name.starts_with("htmx-sse-resume"))
+        .map(|(_, value)| value.to_owned());
     Seen {
         uri: req.uri().to_string(),
         header,
