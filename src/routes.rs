@@ -432,13 +432,7 @@ pub(crate) const RESUME_COOKIE: &str = "htmx-sse-resume";
 /// the cookie's path and query need only end with the request's.
 fn resume_cookie(parts: &Parts) -> Option<String> {
     let here = parts.uri.path_and_query()?.as_str();
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+    crate::auth::cookies(parts)
         .filter(|(name, _)| {
             name.strip_prefix(RESUME_COOKIE)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))

@@ -223,6 +223,13 @@ pub trait Authorizer: Send + Sync + 'static {
 /// The value of cookie `name` in the request, if any.
 #[must_use]
 pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    cookies(parts)
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers, in order.
+pub(crate) fn cookies(parts: &Parts) -> impl Iterator<Item = (&str, &str)> {
     parts
         .headers
         .get_all(header::COOKIE)
@@ -230,8 +237,6 @@ pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
 }
 
 /// The bearer token of the `Authorization` header: `Ok(None)` without the
