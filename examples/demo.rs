@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use axum::Form;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -183,6 +183,9 @@ async fn main() {
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/toast", post(send_toast))
+        // The forms take the same body limit as the crate's publish routes
+        // (64 KiB by default): a larger body gets 413 before it is read.
+        .layer(DefaultBodyLimit::max(manager.limits().body))
         .with_state(state);
     // GET /sse is the shared stream. It knows the signed-in demo user from
     // the cookie, so `send_to_user` reaches every tab of that user and

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::limits::Limit;
+
 /// Which part of an SSE frame a value was meant for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -108,6 +110,17 @@ pub enum Error {
     /// The shared backend (Redis) could not be reached or refused the
     /// command; nothing was published. Worth retrying later.
     Backend(String),
+    /// A request reached one of the [`Limits`](crate::limits::Limits):
+    /// nothing was opened or published.
+    LimitExceeded {
+        /// Which limit.
+        limit: crate::limits::Limit,
+        /// Its value.
+        max: usize,
+        /// When it is worth trying again (for the connection limits: the
+        /// `Retry-After` of the answer).
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -149,6 +162,9 @@ impl fmt::Display for Error {
                 "event name {name:?} is reserved: the crate sends it itself"
             ),
             Error::Backend(reason) => write!(f, "backend unavailable: {reason}"),
+            Error::LimitExceeded { limit, max, .. } => {
+                write!(f, "limit reached: at most {max} {limit}")
+            }
         }
     }
 }
@@ -156,8 +172,11 @@ impl fmt::Display for Error {
 impl Error {
     /// The HTTP status the crate's routes answer this error with: 404 for
     /// an unknown connection, 500 when a template failed, 503 when the
-    /// shared backend (Redis) cannot be reached (worth retrying), 422 for
-    /// every kind of bad input.
+    /// shared backend (Redis) cannot be reached or the server has as many
+    /// connections as it takes (worth retrying), 429 when the user has as
+    /// many connections as one user may, 413 for a body over the limit,
+    /// 400 for more topics than one stream may ask for, 422 for every other
+    /// kind of bad input.
     ///
     /// ```
     /// use axum::http::StatusCode;
@@ -173,7 +192,37 @@ impl Error {
             Error::UnknownConnection { .. } => StatusCode::NOT_FOUND,
             Error::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::LimitExceeded { limit, .. } => match limit {
+                Limit::Connections => StatusCode::SERVICE_UNAVAILABLE,
+                Limit::ConnectionsPerUser => StatusCode::TOO_MANY_REQUESTS,
+                Limit::Body => StatusCode::PAYLOAD_TOO_LARGE,
+                Limit::TopicsPerConnection => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
             _ => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// When trying again is worth it, if the error says: the `Retry-After`
+    /// of the answer for [`Error::LimitExceeded`] on connections.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use htmx_sse::{Error, limits::Limit};
+    ///
+    /// let full = Error::LimitExceeded {
+    ///     limit: Limit::Connections,
+    ///     max: 20_000,
+    ///     retry_after: Some(Duration::from_secs(5)),
+    /// };
+    /// assert_eq!(full.retry_after(), Some(Duration::from_secs(5)));
+    /// assert_eq!(full.status(), 503);
+    /// ```
+    #[must_use]
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::LimitExceeded { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -196,11 +245,20 @@ impl Error {
 /// ```
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
-        (
+        let mut response = (
             self.status(),
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let Some(after) = self.retry_after() {
+            // Whole seconds, rounded up, at least one.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        response
     }
 }
 

@@ -66,6 +66,7 @@ mod error;
 pub mod event;
 mod flavor;
 pub mod fragment;
+pub mod limits;
 #[cfg(feature = "askama")]
 pub mod notify;
 pub mod routes;

@@ -8,7 +8,7 @@
 //! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}`; a string `data` is text, sent escaped, unless [`BroadcastRoutes::trust_publisher_html`] | credentials whose `publish` selectors match the type |
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
 //! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
-//! | `GET {prefix}/history?limit=N` | recent messages sent to everyone, as the asker's page would have received them ([`BroadcastManager::history_for`]), as JSON | any valid credentials |
+//! | `GET {prefix}/history?limit=N` | recent messages sent to everyone, as the asker's page would have received them ([`BroadcastManager::history_for`]), as JSON: the newest that fit in [`Limits::history_response_bytes`](crate::limits::Limits::history_response_bytes) (1 MiB by default), with `X-History-Truncated: true` when older ones were left out | any valid credentials |
 //!
 //! # Closed until the application opens them
 //!
@@ -58,9 +58,16 @@
 //! body over the limit (64 KiB by default), 415 when the body is not
 //! `Content-Type: application/json` (which also makes browsers ask before a
 //! cross-site POST), 422 for JSON of the wrong shape (unknown fields, wrong
-//! types, CR, LF or NUL in a type, a reserved type, bad connection ids),
+//! types, CR, LF or NUL in a type, a reserved type, bad connection ids,
+//! more excluded ids than [`Limits::exclude`](crate::limits::Limits::exclude)),
 //! 404 for an unknown connection, 503 when the shared backend (Redis)
 //! cannot be reached.
+//!
+//! The stream answers 503 with `Retry-After` when the server has
+//! [`Limits::connections`](crate::limits::Limits::connections) open, and
+//! 429 with `Retry-After` when the user has
+//! [`Limits::connections_per_user`](crate::limits::Limits::connections_per_user):
+//! see [`crate::limits`].
 
 // Handlers answer early with a finished `Response`; boxing it buys nothing.
 #![allow(clippy::result_large_err)]
@@ -86,9 +93,6 @@ use crate::connections::ConnectionId;
 use crate::error::Error;
 use crate::fragment::Fragment;
 use crate::topics::Topic;
-
-/// The default limit on a publish request body.
-pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
 /// Mounts `manager` on `router` under `prefix` (for example `"/sse"`) with
 /// the default options: the stream open to every page, the publish and
@@ -161,13 +165,15 @@ impl fmt::Debug for BroadcastRoutes {
 }
 
 impl BroadcastRoutes {
-    /// Routes for `manager` under `/sse`, bodies up to 64 KiB, publish and
-    /// read routes closed ([`Access::Granted`] with no authorizer).
+    /// Routes for `manager` under `/sse`, bodies up to the manager's
+    /// [`Limits::body`](crate::limits::Limits::body) (64 KiB by default),
+    /// publish and read routes closed ([`Access::Granted`] with no
+    /// authorizer).
     pub fn new(manager: BroadcastManager) -> Self {
         BroadcastRoutes {
-            manager,
             prefix: "/sse".to_owned(),
-            max_body: DEFAULT_MAX_BODY,
+            max_body: manager.limits().body,
+            manager,
             authorizer: None,
             publish: Access::Granted,
             read: Access::Granted,
@@ -265,7 +271,10 @@ impl BroadcastRoutes {
         self
     }
 
-    /// The largest publish request body accepted, in bytes.
+    /// The largest publish request body accepted, in bytes, for these
+    /// routes (default: the manager's
+    /// [`Limits::body`](crate::limits::Limits::body), 64 KiB unless set).
+    /// A larger body gets 413 before it is read in full.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -610,6 +619,15 @@ async fn publish_all(ctx: &Ctx, req: Request) -> Response {
     if let Err(r) = ctx.may_publish(subject.as_ref(), &body.message_type) {
         return r;
     }
+    let max_exclude = m.limits().exclude;
+    if body.exclude.len() > max_exclude {
+        let e = Error::LimitExceeded {
+            limit: crate::limits::Limit::Exclude,
+            max: max_exclude,
+            retry_after: None,
+        };
+        return publish_error(&e);
+    }
     let exclude = match body
         .exclude
         .iter()
@@ -698,7 +716,49 @@ async fn history(ctx: &Ctx, req: Request) -> Response {
         }
     };
     let user = subject.as_ref().and_then(|s| s.user.as_ref());
-    Json(ctx.manager.history_for(limit, user)).into_response()
+    let listed = ctx.manager.history_for(limit, user);
+    history_answer(&listed, ctx.manager.limits().history_response_bytes)
+}
+
+/// `messages` as a JSON array of at most `max` bytes: the newest that fit,
+/// oldest first, with `X-History-Truncated: true` when some were left out.
+fn history_answer(messages: &[crate::broadcast::BroadcastMessage], max: usize) -> Response {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    // `[` and `]`, and a comma between two.
+    let mut size = 2;
+    for m in messages.iter().rev() {
+        let Ok(json) = serde_json::to_vec(m) else {
+            continue;
+        };
+        let more = json.len() + usize::from(!kept.is_empty());
+        if size + more > max {
+            break;
+        }
+        size += more;
+        kept.push(json);
+    }
+    let truncated = kept.len() < messages.len();
+    let mut body = Vec::with_capacity(size);
+    body.push(b'[');
+    for (i, json) in kept.iter().rev().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
+    }
+    body.push(b']');
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response();
+    if truncated {
+        response.headers_mut().insert(
+            "x-history-truncated",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

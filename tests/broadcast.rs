@@ -474,6 +474,8 @@ async fn a_stalled_client_is_closed_while_the_others_keep_up() {
     let manager = BroadcastManager::builder()
         .queue_capacity(256)
         .history(4096)
+        // 600 messages of 32 KiB: all kept, so that the resume is exact.
+        .limits(htmx_sse::limits::Limits::new().history_bytes(32 * 1024 * 1024))
         .stream(StreamConfig::new().no_heartbeat())
         .build();
     let s = Server::start(manager).await;

@@ -200,6 +200,43 @@ fn sigterm_ends_open_streams_cleanly_and_stops_the_demo() {
     killer.join().unwrap();
 }
 
+/// `POST path` to the demo on `port`: the status and the body.
+fn post(port: u16, path: &str, content_type: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    // The server may answer before reading a body it refuses.
+    let _ = s.read_to_string(&mut out);
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The demo's own forms (`POST /notes`, `POST /toast`) take the manager's
+/// body limit: a 100 KiB form is refused with 413, not read into memory.
+#[test]
+fn the_demo_forms_refuse_oversized_bodies() {
+    let (_demo, port) = Demo::start(&[], &[("RUST_LOG", "error")]);
+    let form = "application/x-www-form-urlencoded";
+    let huge = format!("text={}", "a".repeat(100 * 1024));
+    for path in ["/notes", "/toast"] {
+        let (status, text) = post(port, path, form, &huge);
+        assert_eq!(status, 413, "{path}: {text}");
+    }
+    let (status, text) = post(port, "/notes", form, "text=fits");
+    assert_eq!(status, 200, "{text}");
+}
+
 #[cfg(feature = "redis")]
 #[path = "common/redis.rs"]
 mod redis_server;
@@ -211,31 +248,12 @@ mod redis_server;
 #[cfg(feature = "redis")]
 #[test]
 fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
-    use std::io::{Read as _, Write as _};
     let mut redis = redis_server::RedisServer::start(false);
     let url = redis.url();
     let (_demo, port) = Demo::start(
         &["--open-publish"],
         &[("REDIS_URL", url.as_str()), ("RUST_LOG", "error")],
     );
-    let post = |path: &str, content_type: &str, body: &str| -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let status = out[9..12].parse().unwrap();
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    };
     let form = "application/x-www-form-urlencoded";
     let paths = [
         ("/notes", form, "text=hello"),
@@ -248,7 +266,7 @@ fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
     ];
     // Up: each path publishes.
     for (path, ct, body) in paths {
-        let (status, text) = post(path, ct, body);
+        let (status, text) = post(port, path, ct, body);
         assert!(
             (200..300).contains(&status),
             "{path} with Redis up: {status} {text}"
@@ -256,7 +274,7 @@ fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
     }
     redis.stop();
     for (path, ct, body) in paths {
-        let (status, text) = post(path, ct, body);
+        let (status, text) = post(port, path, ct, body);
         assert_eq!(status, 503, "{path} with Redis down: {text}");
         assert!(
             text.contains(r#""error":"#),

@@ -468,7 +468,7 @@ mod tests {
     }
 
     fn open(manager: &BroadcastManager) -> (crate::connections::ConnectionId, Body) {
-        let c = manager.connect(None, serde_json::Value::Null);
+        let c = manager.connect(None, serde_json::Value::Null).unwrap();
         let id = c.id().clone();
         (id, c.into_response().into_body().into_data_stream())
     }
@@ -696,7 +696,7 @@ mod tests {
             .build();
         let (id, mut plain) = open(&m);
         let sub = Subscription::new().topics(vec![TopicSelector::new("t").unwrap()]);
-        let c = m.subscribe(sub, None, serde_json::Value::Null);
+        let c = m.subscribe(sub, None, serde_json::Value::Null).unwrap();
         let mut listener = c.into_response().into_body().into_data_stream();
         next(&mut plain).await;
         next(&mut listener).await;

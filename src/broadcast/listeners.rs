@@ -159,7 +159,7 @@ mod tests {
                 .map(|s| TopicSelector::new(s).unwrap())
                 .collect(),
         );
-        let c = m.subscribe(sub, resume, serde_json::Value::Null);
+        let c = m.subscribe(sub, resume, serde_json::Value::Null).unwrap();
         c.into_response().into_body().into_data_stream()
     }
 
@@ -179,7 +179,7 @@ mod tests {
         let exact = on(&m, &["a", "b/c"], None);
         let patterned = on(&m, &["a", "b/*"], None);
         let (_, plain) = {
-            let c = m.connect(None, serde_json::Value::Null);
+            let c = m.connect(None, serde_json::Value::Null).unwrap();
             (c.id().clone(), c)
         };
         assert_eq!(counts(), (1, 1));

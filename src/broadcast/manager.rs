@@ -25,6 +25,7 @@ use crate::connections::{
 use crate::error::Error;
 use crate::event::{Event, EventName};
 use crate::fragment::Fragment;
+use crate::limits::{Limit, Limits};
 use crate::streaming::{Shutdown, StreamConfig};
 use crate::topics::{Topic, TopicSelector};
 
@@ -126,6 +127,16 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    /// What it counts for in [`Limits::history_bytes`]: its encoded frames.
+    fn weight(&self) -> usize {
+        self.head.len()
+            + self.body.len()
+            + self
+                .topic_bodies
+                .as_deref()
+                .map_or(0, |b| b.iter().map(Bytes::len).sum())
+    }
+
     /// The body to send to this connection, or `None` when the message is
     /// not for it.
     pub(crate) fn body_for(&self, id: &ConnectionId, sub: &Subscription) -> Option<&Bytes> {
@@ -270,6 +281,8 @@ pub(crate) struct Core {
     epoch: Epoch,
     seq: u64,
     history: VecDeque<Arc<Stored>>,
+    /// The bytes of the frames in `history` (see [`Stored::weight`]).
+    history_bytes: usize,
     connections: HashSet<Conn>,
     users: HashMap<UserId, Vec<ConnectionId>>,
     /// The connections that listen to topics, by topic.
@@ -318,6 +331,7 @@ pub(crate) struct Inner {
     registry: ConnectionRegistry,
     pub(crate) history_limit: usize,
     pub(crate) queue_capacity: usize,
+    pub(crate) limits: Limits,
     /// Shared with every connection.
     pub(crate) hub: Arc<Hub>,
     /// The hub's timer task, started by the first connection (a manager
@@ -453,8 +467,21 @@ impl Inner {
             },
         });
         if self.history_limit > 0 {
-            if core.history.len() == self.history_limit {
-                core.history.pop_front();
+            if core.history.len() == self.history_limit
+                && let Some(old) = core.history.pop_front()
+            {
+                core.history_bytes -= old.weight();
+            }
+            // Bounded by size too; the newest message always stays.
+            core.history_bytes += stored.weight();
+            while core.history_bytes > self.limits.history_bytes && !core.history.is_empty() {
+                if let Some(old) = core.history.pop_front() {
+                    core.history_bytes -= old.weight();
+                }
+            }
+            if core.history_bytes > self.limits.history_bytes {
+                // Alone larger than the limit: kept, as nothing older is.
+                tracing::debug!(bytes = stored.weight(), "message larger than history_bytes");
             }
             core.history.push_back(Arc::clone(&stored));
         }
@@ -547,6 +574,7 @@ impl Inner {
         core.seq = 0;
         core.missing_to = 0;
         core.history.clear();
+        core.history_bytes = 0;
         for conn in core.connections.iter() {
             conn.direct.flag(Direct::LAGGED);
             conn.direct.waker.wake();
@@ -617,6 +645,7 @@ pub struct BroadcastBuilder {
     render: Option<Arc<Render>>,
     filter: Option<Arc<Filter>>,
     resume_key: Option<ResumeKey>,
+    limits: Limits,
 }
 
 impl fmt::Debug for BroadcastBuilder {
@@ -629,6 +658,7 @@ impl fmt::Debug for BroadcastBuilder {
             .field("render", &self.render.is_some())
             .field("filter", &self.filter.is_some())
             .field("resume_key", &self.resume_key.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -643,6 +673,7 @@ impl Default for BroadcastBuilder {
             render: None,
             filter: None,
             resume_key: None,
+            limits: Limits::new(),
         }
     }
 }
@@ -682,8 +713,26 @@ impl BroadcastBuilder {
         self
     }
 
+    /// The [`Limits`] of the manager and of the routes built on it:
+    /// connections in all and per user, topics, exclusions, history bytes,
+    /// body sizes. Without it, [`Limits::new`]'s defaults.
+    ///
+    /// ```
+    /// use htmx_sse::{broadcast::BroadcastManager, limits::Limits};
+    ///
+    /// let manager = BroadcastManager::builder()
+    ///     .limits(Limits::new().connections_per_user(4))
+    ///     .build();
+    /// # assert_eq!(manager.limits().connections_per_user, 4);
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// How many recent messages are kept for [`BroadcastManager::history`]
-    /// and for clients that reconnect (default 1024). A client that missed
+    /// and for clients that reconnect (default 1024; their bytes are
+    /// bounded too, by [`Limits::history_bytes`]). A client that missed
     /// more than this gets the reset event instead.
     pub fn history(mut self, messages: usize) -> Self {
         self.history = messages;
@@ -873,6 +922,7 @@ impl BroadcastBuilder {
                     epoch,
                     seq,
                     history: VecDeque::with_capacity(self.history.min(4096)),
+                    history_bytes: 0,
                     connections: HashSet::new(),
                     users: HashMap::new(),
                     listeners: Listeners::default(),
@@ -882,6 +932,7 @@ impl BroadcastBuilder {
                 registry: ConnectionRegistry::new(),
                 history_limit: self.history,
                 queue_capacity: self.queue_capacity,
+                limits: self.limits,
                 // No initial message: the `connection` event opens every
                 // stream.
                 hub: Arc::new(Hub::new(&self.stream, self.filter, self.queue_capacity)),
@@ -911,8 +962,30 @@ impl BroadcastManager {
     /// Opens a connection for a client, resuming from `last_event_id` (the
     /// `Last-Event-ID` header) when given: see *Resume* in the module docs.
     /// Turn the result into the response (`Connection` is
-    /// `IntoResponse`); it unregisters itself when the client goes away.
-    pub fn connect(&self, last_event_id: Option<&str>, metadata: serde_json::Value) -> Connection {
+    /// `IntoResponse`, and so is the error); it unregisters itself when the
+    /// client goes away.
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use htmx_sse::BroadcastManager;
+    ///
+    /// async fn events(manager: BroadcastManager) -> impl IntoResponse {
+    ///     // 503 with Retry-After when the server is full.
+    ///     manager.connect(None, serde_json::Value::Null)
+    /// }
+    /// # let _ = events;
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] when the process has
+    /// [`Limits::connections`] open already (a page resuming its own
+    /// connection replaces it and is not refused).
+    pub fn connect(
+        &self,
+        last_event_id: Option<&str>,
+        metadata: serde_json::Value,
+    ) -> Result<Connection, Error> {
         self.open(None, Subscription::new(), last_event_id, metadata)
     }
 
@@ -925,19 +998,83 @@ impl BroadcastManager {
     /// taken back only when the proof holds for `subscription`'s user, so a
     /// forged or borrowed `Last-Event-ID` reveals nothing of another
     /// page's: it gets a fresh id and the reset event.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitExceeded`] when the process has
+    /// [`Limits::connections`] open already, when the subscription's user
+    /// has [`Limits::connections_per_user`] (a page resuming its own
+    /// connection replaces it and is not refused), or when it asks for more
+    /// than [`Limits::topics_per_connection`] topics.
     pub fn subscribe(
         &self,
         subscription: Subscription,
         last_event_id: Option<&str>,
         metadata: serde_json::Value,
-    ) -> Connection {
+    ) -> Result<Connection, Error> {
         self.open(None, subscription, last_event_id, metadata)
     }
 
     /// Opens a connection under a chosen id (or a random one), without
     /// resume. Registering an id that is connected replaces that connection.
-    pub fn register(&self, id: Option<ConnectionId>, metadata: serde_json::Value) -> Connection {
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn register(
+        &self,
+        id: Option<ConnectionId>,
+        metadata: serde_json::Value,
+    ) -> Result<Connection, Error> {
         self.open(id, Subscription::new(), None, metadata)
+    }
+
+    /// The limits the manager and the routes built on it keep (see
+    /// [`BroadcastBuilder::limits`]).
+    ///
+    /// ```
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// assert_eq!(manager.limits().connections_per_user, 32);
+    /// ```
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Refuses a connection over the limits before anything changes:
+    /// `replacing` is the user of the connection with the same id, when
+    /// one is open (it leaves as this one comes).
+    fn admit(
+        &self,
+        core: &Core,
+        sub: &Subscription,
+        replacing: Option<Option<&UserId>>,
+    ) -> Result<(), Error> {
+        let limits = &self.inner.limits;
+        if replacing.is_none() && core.connections.len() >= limits.connections {
+            tracing::warn!(
+                max = limits.connections,
+                "connection refused: Limits::connections reached"
+            );
+            return Err(Error::LimitExceeded {
+                limit: Limit::Connections,
+                max: limits.connections,
+                retry_after: Some(limits.retry_after),
+            });
+        }
+        if let Some(user) = &sub.user {
+            let open = core.users.get(user).map_or(0, Vec::len);
+            let replaced = usize::from(replacing == Some(Some(user)));
+            if open - replaced.min(open) >= limits.connections_per_user {
+                tracing::debug!(%user, max = limits.connections_per_user, "connection refused: Limits::connections_per_user reached");
+                return Err(Error::LimitExceeded {
+                    limit: Limit::ConnectionsPerUser,
+                    max: limits.connections_per_user,
+                    retry_after: Some(limits.retry_after),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn open(
@@ -946,8 +1083,15 @@ impl BroadcastManager {
         sub: Subscription,
         last_event_id: Option<&str>,
         metadata: serde_json::Value,
-    ) -> Connection {
+    ) -> Result<Connection, Error> {
         let inner = &self.inner;
+        if sub.topics.as_deref().map_or(0, <[_]>::len) > inner.limits.topics_per_connection {
+            return Err(Error::LimitExceeded {
+                limit: Limit::TopicsPerConnection,
+                max: inner.limits.topics_per_connection,
+                retry_after: None,
+            });
+        }
         let resume = last_event_id
             .filter(|s| !s.is_empty())
             .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
@@ -963,6 +1107,11 @@ impl BroadcastManager {
             (None, Some(Ok(lei))) if proven => lei.connection.clone(),
             (None, _) => ConnectionId::random(),
         };
+        let replacing = core
+            .connections
+            .get(&id)
+            .map(|c| c.direct.sub.user.as_ref());
+        self.admit(&core, &sub, replacing)?;
         let tag = inner.resume_key.tag(&id, sub.user.as_ref());
         let oldest = core.history.front().map_or(core.seq + 1, |s| s.seq);
         let epoch = core.epoch;
@@ -1058,10 +1207,10 @@ impl BroadcastManager {
             intro,
             registration,
         );
-        Connection {
+        Ok(Connection {
             id,
             body: FeedBody::new(Arc::clone(&inner.hub), feed),
-        }
+        })
     }
 
     /// Whether messages travel through a backend shared with other server
@@ -1233,6 +1382,23 @@ impl BroadcastManager {
         let inner = &*self.inner;
         if let Some(e) = m.error {
             return Err(e);
+        }
+        let limits = &inner.limits;
+        if m.exclude.len() > limits.exclude {
+            return Err(Error::LimitExceeded {
+                limit: Limit::Exclude,
+                max: limits.exclude,
+                retry_after: None,
+            });
+        }
+        if let Dest::Topics(topics) = &m.dest
+            && topics.len() > limits.topics_per_publish
+        {
+            return Err(Error::LimitExceeded {
+                limit: Limit::TopicsPerPublish,
+                max: limits.topics_per_publish,
+                retry_after: None,
+            });
         }
         let message_type = m.message_type.unwrap_or(CONNECTION_EVENT);
         if !m.allow_reserved {

@@ -239,7 +239,7 @@ mod tests {
         // Before the first poll: the close message alone (the manager sends
         // no initial comment, and the stop comes before the `connection`
         // event).
-        let c = manager.connect(None, serde_json::Value::Null);
+        let c = manager.connect(None, serde_json::Value::Null).unwrap();
         assert!(manager.unregister(c.id()));
         let body = axum::body::to_bytes(c.into_response().into_body(), usize::MAX)
             .await
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(manager.connection_count(), 0);
 
         // While waiting: the stream wakes and ends with the close message.
-        let c = manager.connect(None, serde_json::Value::Null);
+        let c = manager.connect(None, serde_json::Value::Null).unwrap();
         let id = c.id().clone();
         let mut body = c.into_response().into_body().into_data_stream();
         let first = body.next().await.unwrap().unwrap();

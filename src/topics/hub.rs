@@ -18,12 +18,7 @@ use super::{Topic, TopicSelector};
 use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
 use crate::broadcast::{BroadcastManager, Data, Subscription};
 use crate::fragment::Fragment;
-use crate::routes::{
-    DEFAULT_MAX_BODY, error, json_body, last_event_id, publish_error, query_pairs, sent,
-};
-
-/// The most topics one connection may subscribe to by default.
-pub const DEFAULT_MAX_TOPICS: usize = 32;
+use crate::routes::{error, json_body, last_event_id, publish_error, query_pairs, sent};
 
 /// Mounts a topic hub for `manager` under `prefix` with the default
 /// options; see [`TopicRoutes`].
@@ -53,7 +48,9 @@ where
 /// A hub in the spirit of Mercure's:
 ///
 /// - `GET {prefix}?topic=SELECTOR&topic=…` opens one stream subscribed to
-///   every selector given (at least one, at most 32 by default), resuming
+///   every selector given (at least one, at most the manager's
+///   [`Limits::topics_per_connection`](crate::limits::Limits::topics_per_connection),
+///   32 by default), resuming
 ///   from `Last-Event-ID` (or `lastEventId`). Add `private=1` to require
 ///   credentials (401 without): the stream then also receives private
 ///   messages on the topics the credentials allow.
@@ -66,9 +63,13 @@ where
 ///   `message`, the default, is sent unnamed) and `"topic_as_type": true`.
 ///   It answers `{"id": "…", "delivered": n}`.
 ///
-/// Bad input gets a JSON error and changes nothing: 400 for bad selectors or
-/// malformed JSON, 413, 415, 422 for the wrong shape (both or neither of
-/// `html` and `data`, invalid topics, unknown fields, a reserved type).
+/// Bad input gets a JSON error and changes nothing: 400 for bad selectors
+/// (or too many) or malformed JSON, 413, 415, 422 for the wrong shape (both
+/// or neither of `html` and `data`, invalid topics, more topics than
+/// [`Limits::topics_per_publish`](crate::limits::Limits::topics_per_publish),
+/// unknown fields, a reserved type). A stream beyond the manager's
+/// connection limits gets 503 or 429 with `Retry-After` (see
+/// [`crate::limits`]).
 ///
 /// Publishing is closed until the application opens it: by default
 /// ([`Access::Granted`]) it needs credentials from the [`Authorizer`] whose
@@ -116,10 +117,10 @@ impl TopicRoutes {
     /// ([`Access::Granted`] with no authorizer).
     pub fn new(manager: BroadcastManager) -> Self {
         TopicRoutes {
-            manager,
             prefix: "/hub".to_owned(),
-            max_body: DEFAULT_MAX_BODY,
-            max_topics: DEFAULT_MAX_TOPICS,
+            max_body: manager.limits().body,
+            max_topics: manager.limits().topics_per_connection,
+            manager,
             authorizer: None,
             publish: Access::Granted,
             trust_publisher_html: false,
@@ -169,13 +170,17 @@ impl TopicRoutes {
         self
     }
 
-    /// The largest publish body accepted, in bytes (default 64 KiB).
+    /// The largest publish body accepted, in bytes (default: the manager's
+    /// [`Limits::body`](crate::limits::Limits::body), 64 KiB unless set).
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
     }
 
-    /// The most topics one connection may subscribe to (default 32).
+    /// The most topics one connection of this hub may subscribe to
+    /// (default, and at most: the manager's
+    /// [`Limits::topics_per_connection`](crate::limits::Limits::topics_per_connection),
+    /// 32 unless set).
     pub fn max_topics(mut self, n: usize) -> Self {
         self.max_topics = n;
         self
@@ -239,10 +244,11 @@ async fn subscribe(hub: &TopicRoutes, req: Request) -> Response {
         );
     }
     if selectors.len() > hub.max_topics {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("at most {} topics per connection", hub.max_topics),
-        );
+        return publish_error(&crate::Error::LimitExceeded {
+            limit: crate::limits::Limit::TopicsPerConnection,
+            max: hub.max_topics,
+            retry_after: None,
+        });
     }
     let mut sub = Subscription::new().topics(selectors);
     if let Some(subject) = subject {
@@ -288,6 +294,15 @@ async fn publish(hub: &TopicRoutes, req: Request) -> Response {
     };
     if body.topics.is_empty() {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "topics must not be empty");
+    }
+    let max_topics = hub.manager.limits().topics_per_publish;
+    if body.topics.len() > max_topics {
+        // Before the grant check, whose work grows with the topics.
+        return publish_error(&crate::Error::LimitExceeded {
+            limit: crate::limits::Limit::TopicsPerPublish,
+            max: max_topics,
+            retry_after: None,
+        });
     }
     let granted = hub.publish.check(subject.as_ref(), |s| {
         if s.can_publish(&body.topics) {

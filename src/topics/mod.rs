@@ -28,7 +28,7 @@ mod selector;
 #[cfg(feature = "askama")]
 mod stream;
 
-pub use hub::{DEFAULT_MAX_TOPICS, TopicRoutes, setup_topic_routes};
+pub use hub::{TopicRoutes, setup_topic_routes};
 pub use model::ModelTopic;
 pub(crate) use selector::any_match;
 pub use selector::{InvalidTopic, MAX_TOPIC_LEN, Topic, TopicSelector};
