@@ -417,12 +417,12 @@ impl NotificationRoutes {
         if let Some(user) = subject.and_then(|s| s.user) {
             sub = sub.user(user);
         }
-        let last = crate::routes::last_event_id(parts);
+        let last = crate::broadcast::LastEventId::from_parts(parts);
         self.notifier
             .manager
             .subscribe(
                 sub,
-                last.as_deref(),
+                last.as_ref().map(crate::broadcast::LastEventId::as_str),
                 serde_json::json!({ "channel": channel }),
             )
             .into_response()

@@ -88,7 +88,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
-use crate::broadcast::{BroadcastManager, Data, Sent, Subscription};
+use crate::broadcast::{BroadcastManager, Data, LastEventId, Sent, Subscription};
 use crate::connections::ConnectionId;
 use crate::error::Error;
 use crate::fragment::Fragment;
@@ -414,67 +414,6 @@ impl Ctx {
     }
 }
 
-/// The `Last-Event-ID` of a stream request: the header, else the
-/// `lastEventId` query parameter (for clients that cannot send headers and
-/// opted in to ids in URLs), else the `htmx-sse-resume` cookie the
-/// crate's reconnect runtime sets for exactly this path and query (so that
-/// the id stays out of URLs that logs keep).
-pub(crate) fn last_event_id(parts: &Parts) -> Option<String> {
-    match parts.headers.get("last-event-id") {
-        // A header that is not text cannot be one of ours: resume says so.
-        Some(v) => Some(v.to_str().unwrap_or("\u{fffd}").to_owned()),
-        None => query_pairs(parts)
-            .into_iter()
-            .find(|(k, _)| k == "lastEventId")
-            .map(|(_, v)| v)
-            .or_else(|| resume_cookie(parts)),
-    }
-}
-
-/// The name (or, with a `-HASH` suffix per stream, the prefix) of the
-/// cookies the reconnect runtime carries a last event id in.
-pub(crate) const RESUME_COOKIE: &str = "htmx-sse-resume";
-
-/// The id in an `htmx-sse-resume…` cookie (`ENC(path and query)|ENC(id)`)
-/// set for this request's path and query. The path the page used may carry
-/// a prefix that a reverse proxy strips (`/app/sse` arriving as `/sse`):
-/// the cookie's path and query need only end with the request's.
-fn resume_cookie(parts: &Parts) -> Option<String> {
-    let here = parts.uri.path_and_query()?.as_str();
-    crate::auth::cookies(parts)
-        .filter(|(name, _)| {
-            name.strip_prefix(RESUME_COOKIE)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-        })
-        .find_map(|(_, value)| {
-            let (for_url, id) = value.split_once('|')?;
-            let for_url = percent_decode(for_url)?;
-            let same = for_url == here
-                || (for_url.ends_with(here)
-                    && for_url[..for_url.len() - here.len()].starts_with('/'));
-            if same { percent_decode(id) } else { None }
-        })
-}
-
-/// `%XX` sequences decoded; `None` for a bad escape or bytes that are not
-/// UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Percent-encodes everything but unreserved characters (RFC 3986): safe
 /// in a path segment and in a query component.
 #[cfg(feature = "askama")]
@@ -513,9 +452,13 @@ async fn stream(ctx: &Ctx, req: Request) -> Response {
     if let Some(user) = subject.and_then(|s| s.user) {
         sub = sub.user(user);
     }
-    let last = last_event_id(&parts);
+    let last = LastEventId::from_parts(&parts);
     ctx.manager
-        .subscribe(sub, last.as_deref(), serde_json::Value::Null)
+        .subscribe(
+            sub,
+            last.as_ref().map(LastEventId::as_str),
+            serde_json::Value::Null,
+        )
         .into_response()
 }
 
@@ -765,106 +708,7 @@ fn history_answer(messages: &[crate::broadcast::BroadcastMessage], max: usize) -
 mod tests {
     use super::*;
 
-    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut req = axum::http::Request::builder().uri(uri);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn the_resume_cookie_counts_for_its_own_path_and_query_only() {
-        let cookie = "a=1; htmx-sse-resume=%2Fhub%3Ftopic%3Dx|e1-5.abc.0f; b=2";
-        let id = |uri: &str, extra: &[(&str, &str)]| {
-            let mut h = vec![("cookie", cookie)];
-            h.extend_from_slice(extra);
-            last_event_id(&parts(uri, &h))
-        };
-        assert_eq!(id("/hub?topic=x", &[]).as_deref(), Some("e1-5.abc.0f"));
-        // Another stream of the same page, another path: not its id.
-        assert_eq!(id("/hub?topic=y", &[]), None);
-        assert_eq!(id("/hub", &[]), None);
-        assert_eq!(id("/sse", &[]), None);
-        // The header and the query parameter come first.
-        assert_eq!(
-            id("/hub?topic=x", &[("last-event-id", "h")]).as_deref(),
-            Some("h")
-        );
-        assert_eq!(
-            last_event_id(&parts("/hub?topic=x&lastEventId=q", &[("cookie", cookie)])).as_deref(),
-            Some("q")
-        );
-        // Behind a proxy that strips a prefix; two streams' cookies side by
-        // side, each found for its own stream only.
-        let two = "htmx-sse-resume-a=%2Fapp%2Fhub%3Ftopic%3Dx|id-x; htmx-sse-resume-b=%2Fapp%2Fhub%3Ftopic%3Dy|id-y";
-        let with = |uri: &str| last_event_id(&parts(uri, &[("cookie", two)]));
-        assert_eq!(with("/hub?topic=x").as_deref(), Some("id-x"));
-        assert_eq!(with("/app/hub?topic=y").as_deref(), Some("id-y"));
-        assert_eq!(with("/hub?topic=z"), None);
-        // A suffix that is not a whole path is no match.
-        assert_eq!(with("/ub?topic=x"), None);
-        // Another cookie with a name that merely starts the same.
-        assert_eq!(
-            last_event_id(&parts(
-                "/sse",
-                &[("cookie", "htmx-sse-resumex=%2Fsse|nope")]
-            )),
-            None
-        );
-        // Malformed values are no id at all.
-        for bad in [
-            "htmx-sse-resume=%2Fsse",
-            "htmx-sse-resume=%2Fsse|%zz",
-            "htmx-sse-resume=%2|x",
-            "htmx-sse-resume=%2Fsse|%ff%fe",
-        ] {
-            assert_eq!(
-                last_event_id(&parts("/sse", &[("cookie", bad)])),
-                None,
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            last_event_id(&parts(
-                "/sse",
-                &[("cookie", "htmx-sse-resume=%2Fsse|e1-5.x%2Ey")]
-            ))
-            .as_deref(),
-            Some("e1-5.x.y")
-        );
-    }
-
     proptest::proptest! {
-        /// The resume cookie of any content, on any path: an id or none,
-        /// never a panic; what the runtime writes (encodeURIComponent)
-        /// reads back for its own path only.
-        #[test]
-        fn resume_cookies_from_anywhere(
-            raw in "[!#-+--:<-\\[\\]-~]{0,200}",
-            id in "\\PC{0,80}",
-            query in "[a-z0-9=&]{0,20}",
-        ) {
-            let cookie = format!("htmx-sse-resume={raw}");
-            let _ = last_event_id(&parts("/sse", &[("cookie", &cookie)]));
-            let uri = if query.is_empty() { "/sse".to_owned() } else { format!("/sse?{query}") };
-            let encode = |s: &str| -> String {
-                s.bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-                            char::from(b).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect()
-            };
-            let cookie = format!("htmx-sse-resume={}|{}", encode(&uri), encode(&id));
-            let found = last_event_id(&parts(&uri, &[("cookie", &cookie)]));
-            proptest::prop_assert_eq!(found.as_deref(), Some(id.as_str()));
-            proptest::prop_assert_eq!(last_event_id(&parts("/other", &[("cookie", &cookie)])), None);
-        }
-
         /// Publish bodies of any bytes: parsed, or refused with 400, 413,
         /// 415 or 422; never a panic.
         #[test]

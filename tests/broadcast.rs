@@ -816,3 +816,74 @@ async fn every_connection_gets_every_broadcast_across_threads() {
         assert_eq!(r.await.unwrap(), sent);
     }
 }
+
+/// An application's own stream handler, with the `LastEventId` extractor
+/// and `State`: a page that comes back resumes exactly, whether the id
+/// comes as the header or as the `lastEventId` query parameter; a request
+/// without one gets a fresh connection; the typed parts read back.
+#[tokio::test]
+async fn an_own_handler_with_the_last_event_id_extractor_resumes_exactly() {
+    use axum::{extract::State, response::IntoResponse, routing::get};
+    use htmx_sse::broadcast::{LastEventId, Subscription};
+
+    async fn events(
+        State(manager): State<BroadcastManager>,
+        last: Option<LastEventId>,
+    ) -> impl IntoResponse {
+        let last = last.as_ref().map(LastEventId::as_str);
+        manager.subscribe(Subscription::new(), last, Value::Null)
+    }
+    async fn seen(last: LastEventId) -> String {
+        format!(
+            "{:?} {:?}",
+            last.message().map(|m| m.seq()),
+            last.connection().map(ConnectionId::as_str)
+        )
+    }
+
+    let manager = BroadcastManager::new();
+    let app = Router::new()
+        .route("/events", get(events))
+        .route("/seen", get(seen))
+        .with_state(manager.clone());
+    let (base, _task) = common::serve(app).await;
+    let url = format!("{base}/events");
+    let (mut page, id) = common::open_connection(&url, None).await;
+    manager.broadcast("n", "one", None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "one");
+    let last = page.last_event_id().to_owned();
+    drop(page);
+    for n in ["two", "three"] {
+        manager.broadcast("n", n, None, &[]).await.unwrap();
+    }
+
+    // By header.
+    let (mut again, same) = common::open_connection(&url, Some(&last)).await;
+    assert_eq!(same, id);
+    assert_eq!(next(&mut again).await.data, "two");
+    assert_eq!(next(&mut again).await.data, "three");
+    drop(again);
+
+    // By query parameter: the same replay.
+    let query = format!("{url}?lastEventId={}", last.replace('.', "%2E"));
+    let (mut by_query, same) = common::open_connection(&query, None).await;
+    assert_eq!(same, id);
+    assert_eq!(next(&mut by_query).await.data, "two");
+
+    // The typed parts; without a resume point the plain extractor refuses.
+    let http = reqwest::Client::new();
+    let typed = http
+        .get(format!("{base}/seen"))
+        .header("last-event-id", &last)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(typed, format!("Some(1) Some({:?})", id.as_str()));
+    let refused = http.get(format!("{base}/seen")).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Last-Event-ID"));
+}

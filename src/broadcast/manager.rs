@@ -16,8 +16,9 @@ use super::data::{Data, IntoData};
 use super::feed::{Feed, FeedBody, Intro};
 use super::hub::{self, Hub};
 use super::listeners::{Conn, Listeners};
-use super::message::{BroadcastMessage, Epoch, LastEventId, MessageId, default_text};
+use super::message::{BroadcastMessage, Epoch, MessageId, default_text};
 use super::proof::{MIN_KEY_BYTES, ResumeKey};
+use super::resume::ResumePoint;
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
 use crate::connections::{
     ConnectionId, ConnectionRegistry, ConnectionState, Entry, Listing, RegistryStats, UserId,
@@ -1094,7 +1095,7 @@ impl BroadcastManager {
         }
         let resume = last_event_id
             .filter(|s| !s.is_empty())
-            .map(|s| LastEventId::parse(s).ok_or(ResetReason::Unrecognized));
+            .map(|s| ResumePoint::parse(s).ok_or(ResetReason::Unrecognized));
         inner.start_timer();
         // A connection id is taken back only with the proof that it was
         // issued to this client (same user): else a fresh id and the reset.

@@ -6,7 +6,6 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::connections::ConnectionId;
 use crate::event::{Event, EventName};
 
 /// Identifies the server process that numbered a message: random per
@@ -85,42 +84,6 @@ impl fmt::Display for MessageId {
 impl Serialize for MessageId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
-    }
-}
-
-/// What a `Last-Event-ID` said, once read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LastEventId {
-    pub(crate) epoch: Epoch,
-    pub(crate) seq: u64,
-    pub(crate) connection: ConnectionId,
-    /// The resume proof (see `proof`), when the id carried one.
-    pub(crate) proof: Option<Box<str>>,
-}
-
-impl LastEventId {
-    /// Reads `EPOCH-SEQ.CONNECTION.PROOF` (or `EPOCH-SEQ.CONNECTION`, whose
-    /// connection id can then not be taken back). Anything else (another
-    /// server's ids, a forged or truncated value) is `None`.
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        if s.len() > 160 {
-            return None;
-        }
-        let (message, tag) = s.split_once('.')?;
-        let (connection, proof) = match tag.split_once('.') {
-            Some((c, p)) => (c, Some(p)),
-            None => (tag, None),
-        };
-        let (epoch, seq) = message.split_once('-')?;
-        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some(LastEventId {
-            epoch: Epoch::parse(epoch)?,
-            seq: seq.parse().ok()?,
-            connection: ConnectionId::new(connection).ok()?,
-            proof: proof.map(Box::from),
-        })
     }
 }
 
@@ -215,31 +178,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_event_id_round_trip_and_refusals() {
-        let ok = LastEventId::parse("0a0b0c0d-42.tab_1").unwrap();
-        assert_eq!(ok.epoch, Epoch(0x0a0b0c0d));
-        assert_eq!(ok.seq, 42);
-        assert_eq!(ok.connection.as_str(), "tab_1");
-        for bad in [
-            "",
-            "42",
-            "0a0b0c0d-42",
-            "0a0b0c0d-.x",
-            "0a0b0c0-42.x",
-            "0a0b0c0g-42.x",
-            "0a0b0c0d--4.x",
-            "0a0b0c0d-4x.x",
-            "0a0b0c0d-4.",
-            "0a0b0c0d-4.a b",
-            "0a0b0c0d-99999999999999999999999.x",
-        ] {
-            assert_eq!(LastEventId::parse(bad), None, "{bad:?}");
-        }
-        let long = format!("0a0b0c0d-1.{}", "x".repeat(200));
-        assert_eq!(LastEventId::parse(&long), None);
-    }
-
-    #[test]
     fn default_text_escapes_text() {
         assert_eq!(
             default_text(&serde_json::json!("<b>x</b>")),
@@ -262,32 +200,5 @@ mod tests {
         // The same value to a JSON parser.
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, value);
-    }
-
-    proptest::proptest! {
-        /// Anything a browser can send as `Last-Event-ID` is read or
-        /// refused, never a panic; what the crate writes reads back.
-        #[test]
-        fn last_event_ids_from_anywhere(any in "\\PC{0,200}") {
-            let _ = LastEventId::parse(&any);
-        }
-
-        #[test]
-        fn last_event_ids_round_trip(
-            epoch: u32,
-            seq: u64,
-            id in "[A-Za-z0-9_-]{1,64}",
-            proof in proptest::option::of("[0-9a-f]{24}"),
-        ) {
-            let text = match &proof {
-                Some(p) => format!("{}-{seq}.{id}.{p}", Epoch(epoch)),
-                None => format!("{}-{seq}.{id}", Epoch(epoch)),
-            };
-            let lei = LastEventId::parse(&text).expect("an id the crate writes");
-            proptest::prop_assert_eq!(lei.epoch, Epoch(epoch));
-            proptest::prop_assert_eq!(lei.seq, seq);
-            proptest::prop_assert_eq!(lei.connection.as_str(), id.as_str());
-            proptest::prop_assert_eq!(lei.proof.as_deref(), proof.as_deref());
-        }
     }
 }

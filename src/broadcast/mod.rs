@@ -122,6 +122,7 @@ mod listeners;
 pub(crate) mod manager;
 mod message;
 mod proof;
+mod resume;
 mod subscription;
 
 use std::fmt;
@@ -131,6 +132,7 @@ use axum::response::{IntoResponse, Response};
 pub use data::{Data, IntoData};
 pub use manager::{BroadcastBuilder, BroadcastManager, Message, Outgoing, Recipient, Sent};
 pub use message::{BroadcastMessage, Epoch, MessageId};
+pub use resume::LastEventId;
 pub use subscription::Subscription;
 
 pub use crate::routes::{BroadcastRoutes, setup_broadcast_routes};

@@ -16,9 +16,9 @@ use serde::Deserialize;
 
 use super::{Topic, TopicSelector};
 use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
-use crate::broadcast::{BroadcastManager, Data, Subscription};
+use crate::broadcast::{BroadcastManager, Data, LastEventId, Subscription};
 use crate::fragment::Fragment;
-use crate::routes::{error, json_body, last_event_id, publish_error, query_pairs, sent};
+use crate::routes::{error, json_body, publish_error, query_pairs, sent};
 
 /// Mounts a topic hub for `manager` under `prefix` with the default
 /// options; see [`TopicRoutes`].
@@ -257,9 +257,13 @@ async fn subscribe(hub: &TopicRoutes, req: Request) -> Response {
             sub = sub.user(user);
         }
     }
-    let last = last_event_id(&parts);
+    let last = LastEventId::from_parts(&parts);
     hub.manager
-        .subscribe(sub, last.as_deref(), serde_json::Value::Null)
+        .subscribe(
+            sub,
+            last.as_ref().map(LastEventId::as_str),
+            serde_json::Value::Null,
+        )
         .into_response()
 }
 
