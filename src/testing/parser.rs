@@ -44,6 +44,9 @@ pub struct Parser {
     after_cr: bool,
     data: String,
     event: String,
+    /// The last event ID buffer: set by `id:` fields.
+    id_buffer: String,
+    /// The last event ID string: the buffer as of the last blank line.
     last_event_id: String,
     retry: Option<u64>,
 }
@@ -61,7 +64,10 @@ impl Parser {
         self.retry
     }
 
-    /// The last event id the stream set.
+    /// The last event id as a browser would send it back on reconnection
+    /// (`Last-Event-ID`): the spec's last event ID string, taken from the
+    /// `id:` fields at each blank line, so an `id:` in a block not yet ended
+    /// does not count.
     #[must_use]
     pub fn last_event_id(&self) -> &str {
         &self.last_event_id
@@ -144,15 +150,20 @@ impl Parser {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
-            "id" if !value.contains('\0') => value.clone_into(&mut self.last_event_id),
+            "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                self.retry = value.parse().ok();
+                // Digits beyond u64 are ignored, as Chromium does (the spec
+                // would take the huge integer; no browser waits that long).
+                if let Ok(ms) = value.parse() {
+                    self.retry = Some(ms);
+                }
             }
             _ => {}
         }
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseItem>) {
+        self.last_event_id.clone_from(&self.id_buffer);
         if self.data.is_empty() {
             self.event.clear();
             return;
@@ -238,6 +249,112 @@ mod tests {
         assert!(p.feed(b"\xBB").is_empty());
         let evs = events(p.feed(b"\xBFdata: z\n\n"));
         assert_eq!(evs[0].data, "z");
+    }
+
+    // The tests below cite the steps of the WHATWG HTML spec, 9.2.6
+    // "Interpreting an event stream" and "dispatch the event".
+
+    #[test]
+    fn last_event_id_is_taken_at_the_blank_line() {
+        // Dispatch step 1: "Set the last event ID string of the event source
+        // to the value of the last event ID buffer", at every blank line,
+        // even when step 2 then dispatches nothing; an `id:` field alone only
+        // sets the buffer.
+        let mut p = Parser::new();
+        events(p.feed(b"id: 1\ndata: a\n\nid: 2\n"));
+        assert_eq!(p.last_event_id(), "1");
+        assert!(events(p.feed(b"\n")).is_empty());
+        assert_eq!(p.last_event_id(), "2");
+        // "If the field value does not contain U+0000 NULL, then set the last
+        // event ID buffer to the field value. Otherwise, ignore the field."
+        p.feed(b"id: 3\0\n\n");
+        assert_eq!(p.last_event_id(), "2");
+        // An empty value resets it.
+        p.feed(b"id:\n\n");
+        assert_eq!(p.last_event_id(), "");
+    }
+
+    #[test]
+    fn retry_is_only_ascii_digits() {
+        // "If the field value consists of only ASCII digits, then interpret
+        // the field value as an integer in base ten, and set the event
+        // stream's reconnection time to that integer. Otherwise, ignore the
+        // field."
+        let mut p = Parser::new();
+        p.feed(b"retry: 1500\n\n");
+        for ignored in [
+            &b"retry: -1\n\n"[..],
+            b"retry: 1 \n\n",
+            b"retry:  1\n\n",
+            b"retry: \xD9\xA1\n\n", // ARABIC-INDIC DIGIT ONE is no ASCII digit
+            b"retry:\n\n",
+            b"retry\n\n",
+            // Beyond u64: ignored, as Chromium does, not a reset.
+            b"retry: 99999999999999999999999\n\n",
+        ] {
+            p.feed(ignored);
+            assert_eq!(p.retry(), Some(1500), "{ignored:?}");
+        }
+        p.feed(b"retry: 007\n\n");
+        assert_eq!(p.retry(), Some(7));
+    }
+
+    #[test]
+    fn every_line_ending_ends_a_line() {
+        // "a U+000D CARRIAGE RETURN U+000A LINE FEED (CRLF) character pair,
+        // a single U+000A LINE FEED (LF) character not preceded by a U+000D
+        // CARRIAGE RETURN (CR) character, and a single U+000D CARRIAGE
+        // RETURN (CR) character not followed by a U+000A LINE FEED (LF)
+        // character being the ways in which a line can end."
+        let mut p = Parser::new();
+        let evs = events(p.feed(b"data: a\rdata: b\r\ndata: c\ndata: d\r\r\ndata\n\r"));
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].data, "a\nb\nc\nd");
+        // CR CRLF: a line end, then a blank line (not CR LF LF).
+        assert_eq!(evs[1].data, "");
+    }
+
+    #[test]
+    fn fields_split_at_the_first_colon_and_are_case_sensitive() {
+        // "Collect the characters on the line before the first U+003A COLON
+        // character (:), and let field be that string. Collect the
+        // characters on the line after the first U+003A COLON character (:),
+        // and let value be that string. If value starts with a U+0020 SPACE
+        // character, remove it from value."
+        let mut p = Parser::new();
+        let evs = events(p.feed(b"event:a: b\nData: no\nDATA: no\ndata:x: y\n\n"));
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0].event.as_str(), evs[0].data.as_str()),
+            ("a: b", "x: y")
+        );
+        // "Otherwise, ignore the field": an unknown field name.
+        let evs = events(p.feed(b"foo: 1\ndata: z\n\n"));
+        assert_eq!(evs[0].data, "z");
+    }
+
+    #[test]
+    fn the_end_of_the_stream_discards_a_pending_event() {
+        // "Once the end of the file is reached, any pending data must be
+        // discarded. (If the file ends in the middle of an event, before the
+        // final empty line, the incomplete event is not dispatched.)"
+        let mut p = Parser::new();
+        assert!(p.feed(b"data: a\n").is_empty());
+        assert!(p.feed(b"data: b\n\ndata: c").len() == 1);
+    }
+
+    #[test]
+    fn only_one_leading_bom_is_stripped() {
+        // The stream is decoded with "UTF-8 decode", which strips one leading
+        // BOM: a second one is part of the first line, whose field name is
+        // then "\u{FEFF}data", an unknown field.
+        let mut p = Parser::new();
+        let evs = events(p.feed(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n"));
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].data, "b");
+        // A BOM later on is just a character.
+        let evs = events(p.feed(b"data: \xEF\xBB\xBFc\n\n"));
+        assert_eq!(evs[0].data, "\u{FEFF}c");
     }
 
     #[test]
