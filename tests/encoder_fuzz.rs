@@ -857,6 +857,8 @@ async fn check_broadcast(
             }
         },
     };
+    // Under the limits (one connection): opening never fails here.
+    let connection = connection.expect("one connection is within the limits");
     let connection_id = connection.id().clone();
     if let Open::Register(id) = &open
         && ConnectionId::new(id).is_ok()
