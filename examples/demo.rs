@@ -392,7 +392,7 @@ async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
             oob = oob.add("log", Swap::AfterBegin, html! { li { (line) } });
         }
         let sent = match oob.build() {
-            Ok(fragment) => manager.broadcast("dashboard", fragment, None, &[]).await,
+            Ok(fragment) => manager.message("dashboard", fragment).send().await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -438,7 +438,9 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
     let item = note_item(text);
     if let Err(e) = app
         .manager
-        .broadcast("note", item.clone(), None, &exclude)
+        .message("note", item.clone())
+        .exclude(&exclude)
+        .send()
         .await
     {
         // Not kept, not shown as added: the other tabs never got it. 503
@@ -574,7 +576,7 @@ async fn send_toast(
     }
     let result = match form.scope.as_str() {
         "everyone" => match toast(text, level) {
-            Ok(t) => app.manager.broadcast("toast", t, None, &[]).await,
+            Ok(t) => app.manager.message("toast", t).send().await,
             Err(e) => Err(e),
         },
         "user" => {
@@ -585,7 +587,7 @@ async fn send_toast(
                 return (StatusCode::UNPROCESSABLE_ENTITY, "name a user").into_response();
             };
             match toast(&format!("{from} to {to}: {text}"), Level::Info) {
-                Ok(t) => app.manager.send_to_user(&to, "toast", t, None).await,
+                Ok(t) => app.manager.message("toast", t).to_user(to).send().await,
                 Err(e) => Err(e),
             }
         }

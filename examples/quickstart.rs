@@ -40,7 +40,7 @@ async fn main() -> std::io::Result<()> {
             every.tick().await;
             // maud escapes what it inserts: its `Markup` goes out as HTML.
             let fragment = html! { "Ticks since start: " strong { (n) } };
-            let _ = ticker.broadcast("tick", fragment, None, &[]).await;
+            let _ = ticker.message("tick", fragment).send().await;
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;

@@ -236,7 +236,7 @@ impl Error {
 /// use htmx_sse::{BroadcastManager, Error};
 ///
 /// async fn publish(manager: BroadcastManager) -> Result<&'static str, Error> {
-///     manager.broadcast("note", "hello", None, &[]).await?;
+///     manager.message("note", "hello").send().await?;
 ///     Ok("sent")
 /// }
 /// # let _ = publish;

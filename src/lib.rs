@@ -78,6 +78,34 @@ pub mod topics;
 pub mod webpush;
 
 pub use broadcast::{BroadcastManager, setup_broadcast_routes};
+
+/// The broadcast routes of `manager` under `/sse` as a [`Router`](axum::Router)
+/// to [`merge`](axum::Router::merge) into an application, or to
+/// [`nest`](axum::Router::nest) under a path of its own: the stream
+/// (`GET /sse`, open to every page) and the publish and read routes
+/// (`POST /sse/broadcast`, `POST /sse/send/{id}`, `GET /sse/status`,
+/// `GET /sse/history`), which answer 401 until the application opens them.
+/// The same as [`setup_broadcast_routes`]`(router, manager, "/sse")`; for
+/// another prefix, an authorizer or access rules, use
+/// [`routes::BroadcastRoutes`] and its [`router`](routes::BroadcastRoutes::router).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use htmx_sse::BroadcastManager;
+///
+/// let manager = BroadcastManager::new();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "the page" }))
+///     .merge(htmx_sse::routes(manager.clone()));
+/// // Or under a path of the application's: GET /live/sse.
+/// let nested: Router = Router::new().nest("/live", htmx_sse::routes(manager));
+/// ```
+pub fn routes<S>(manager: BroadcastManager) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes::BroadcastRoutes::new(manager).router()
+}
 pub use error::{Error, Field};
 pub use event::Event;
 pub use flavor::Flavor;

@@ -378,15 +378,10 @@ impl NotificationRoutes {
         S: Clone + Send + Sync + 'static,
     {
         let path = self.path.clone();
-        let routes = Arc::new(self);
-        router.route(
-            &path,
-            get(
-                move |axum::extract::Path(channel): axum::extract::Path<String>, req: Request| {
-                    let routes = Arc::clone(&routes);
-                    async move { routes.listen_to(&channel, &req.into_parts().0).await }
-                },
-            ),
+        router.merge(
+            Router::new()
+                .route(&path, get(listen))
+                .with_state(Arc::new(self)),
         )
     }
 
@@ -427,6 +422,15 @@ impl NotificationRoutes {
             )
             .into_response()
     }
+}
+
+/// `GET {path}`: a channel's stream, for those who may listen to it.
+async fn listen(
+    axum::extract::State(routes): axum::extract::State<Arc<NotificationRoutes>>,
+    axum::extract::Path(channel): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    routes.listen_to(&channel, &req.into_parts().0).await
 }
 
 #[derive(askama::Template)]

@@ -79,7 +79,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -105,7 +105,7 @@ use crate::topics::Topic;
 ///
 /// let manager = BroadcastManager::new();
 /// let app: Router = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
-/// // Publish from your own handlers with `manager.broadcast(…)`, or open
+/// // Publish from your own handlers with `manager.message(type, data).send()`, or open
 /// // the HTTP publish routes with `BroadcastRoutes`.
 /// ```
 ///
@@ -308,11 +308,9 @@ impl BroadcastRoutes {
         } else {
             self.prefix.as_str()
         };
-        let ctx = self.ctx();
-        Router::new().route(
-            path,
-            get(move |req: Request| async move { stream(&ctx, req).await }),
-        )
+        Router::new()
+            .route(path, get(stream))
+            .with_state(self.ctx())
     }
 
     /// The publish and read routes alone (`POST {prefix}/broadcast`,
@@ -325,26 +323,33 @@ impl BroadcastRoutes {
         S: Clone + Send + Sync + 'static,
     {
         let p = &self.prefix;
-        let ctx = self.ctx();
         Router::new()
-            .route(&format!("{p}/broadcast"), {
-                let ctx = Arc::clone(&ctx);
-                post(move |req: Request| async move { publish_all(&ctx, req).await })
-            })
-            .route(&format!("{p}/send/{{connection_id}}"), {
-                let ctx = Arc::clone(&ctx);
-                post(move |Path(id): Path<String>, req: Request| async move {
-                    publish_one(&ctx, &id, req).await
-                })
-            })
-            .route(&format!("{p}/status"), {
-                let ctx = Arc::clone(&ctx);
-                get(move |req: Request| async move { status(&ctx, req).await })
-            })
-            .route(
-                &format!("{p}/history"),
-                get(move |req: Request| async move { history(&ctx, req).await }),
-            )
+            .route(&format!("{p}/broadcast"), post(publish_all))
+            .route(&format!("{p}/send/{{connection_id}}"), post(publish_one))
+            .route(&format!("{p}/status"), get(status))
+            .route(&format!("{p}/history"), get(history))
+            .with_state(self.ctx())
+    }
+
+    /// The stream and the publish and read routes as one router, to
+    /// `merge` or `nest`.
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use htmx_sse::{auth::Access, broadcast::BroadcastManager, routes::BroadcastRoutes};
+    ///
+    /// let live = BroadcastRoutes::new(BroadcastManager::new())
+    ///     .prefix("/events")
+    ///     // A decision: only 127.0.0.1 reaches this server.
+    ///     .publish(Access::Anyone)
+    ///     .router();
+    /// let app: Router = Router::new().nest("/api", live);
+    /// ```
+    pub fn router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        self.stream_router().merge(self.admin_router())
     }
 
     /// Adds the stream and the publish and read routes to `router`.
@@ -352,9 +357,7 @@ impl BroadcastRoutes {
     where
         S: Clone + Send + Sync + 'static,
     {
-        router
-            .merge(self.stream_router())
-            .merge(self.admin_router())
+        router.merge(self.router())
     }
 }
 
@@ -442,7 +445,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn stream(ctx: &Ctx, req: Request) -> Response {
+async fn stream(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let subject = match ctx.subject(&parts).await {
         Ok(s) => s,
@@ -553,9 +556,9 @@ async fn authorized_body<T: serde::de::DeserializeOwned>(
     Ok((subject, body))
 }
 
-async fn publish_all(ctx: &Ctx, req: Request) -> Response {
+async fn publish_all(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let m = &ctx.manager;
-    let (subject, body): (_, PublishAll) = match authorized_body(ctx, req).await {
+    let (subject, body): (_, PublishAll) = match authorized_body(&ctx, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -594,13 +597,17 @@ async fn publish_all(ctx: &Ctx, req: Request) -> Response {
     }
 }
 
-async fn publish_one(ctx: &Ctx, id: &str, req: Request) -> Response {
+async fn publish_one(
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
     let m = &ctx.manager;
-    let id = match ConnectionId::new(id) {
+    let id = match ConnectionId::new(&id) {
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let (subject, body): (_, PublishOne) = match authorized_body(ctx, req).await {
+    let (subject, body): (_, PublishOne) = match authorized_body(&ctx, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -616,7 +623,7 @@ async fn publish_one(ctx: &Ctx, id: &str, req: Request) -> Response {
     }
 }
 
-async fn status(ctx: &Ctx, req: Request) -> Response {
+async fn status(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     if let Err(r) = ctx.reader(&req.into_parts().0).await {
         return r;
     }
@@ -638,7 +645,7 @@ async fn status(ctx: &Ctx, req: Request) -> Response {
     .into_response()
 }
 
-async fn history(ctx: &Ctx, req: Request) -> Response {
+async fn history(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let parts = req.into_parts().0;
     let subject = match ctx.reader(&parts).await {
         Ok(s) => s,

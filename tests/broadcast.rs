@@ -887,3 +887,32 @@ async fn an_own_handler_with_the_last_event_id_extractor_resumes_exactly() {
     let body: Value = refused.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("Last-Event-ID"));
 }
+
+/// `htmx_sse::routes(manager)` nested under an application's path: the
+/// stream answers there with its `connection` event, a page resumes there
+/// exactly, and publishing stays closed (401) until opened.
+#[tokio::test]
+async fn the_routes_function_nests_under_an_application_path() {
+    let manager = BroadcastManager::new();
+    let app = Router::new().nest("/live", htmx_sse::routes(manager.clone()));
+    let (base, _task) = common::serve(app).await;
+    let url = format!("{base}/live/sse");
+    let (mut page, id) = common::open_connection(&url, None).await;
+    manager.broadcast("n", "one", None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "one");
+    let last = page.last_event_id().to_owned();
+    drop(page);
+    manager.broadcast("n", "two", None, &[]).await.unwrap();
+    let (mut again, same) = common::open_connection(&url, Some(&last)).await;
+    assert_eq!(same, id);
+    assert_eq!(next(&mut again).await.data, "two");
+
+    let res = reqwest::Client::new()
+        .post(format!("{base}/live/sse/broadcast"))
+        .json(&json!({"type": "n", "data": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(manager.history(None).len(), 2, "nothing published");
+}

@@ -220,6 +220,112 @@ pub trait Authorizer: Send + Sync + 'static {
     fn authorize<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a>;
 }
 
+/// An [`Authorizer`] from an axum extractor the application already has
+/// (its session user, say): every request is run through `E` with `state`,
+/// and `to_subject` says what the extracted value may do.
+///
+/// When `E` rejects the request, its rejection's status decides: 401 means
+/// no credentials (the request is anonymous: public messages on the
+/// stream, 401 on routes that need credentials), 403 refuses it with 403,
+/// anything else with 401 (bad credentials). Nothing the extractor's
+/// rejection says reaches the client. `to_subject` may return `None` for
+/// an extracted value that is anonymous after all.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Arc;
+/// use axum::{Router, extract::{FromRequestParts, FromRef}, http::{StatusCode, request::Parts}};
+/// use htmx_sse::auth::{self, Subject};
+/// use htmx_sse::{BroadcastManager, connections::UserId, routes::BroadcastRoutes};
+///
+/// /// The application's own session extractor.
+/// struct SessionUser(String);
+///
+/// #[derive(Clone, Default)]
+/// struct Sessions(Arc<HashMap<String, String>>);
+///
+/// impl<S: Send + Sync> FromRequestParts<S> for SessionUser
+/// where
+///     Sessions: FromRef<S>,
+/// {
+///     type Rejection = StatusCode;
+///
+///     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, StatusCode> {
+///         let sessions = Sessions::from_ref(state);
+///         let id = auth::cookie(parts, "session").ok_or(StatusCode::UNAUTHORIZED)?;
+///         let user = sessions.0.get(id).ok_or(StatusCode::UNAUTHORIZED)?;
+///         Ok(SessionUser(user.clone()))
+///     }
+/// }
+///
+/// let sessions = Sessions::default();
+/// let routes = BroadcastRoutes::new(BroadcastManager::new()).authorizer(auth::from_extractor(
+///     sessions,
+///     |SessionUser(name): SessionUser| UserId::new(&name).ok().map(Subject::user),
+/// ));
+/// let app: Router = routes.router();
+/// ```
+pub fn from_extractor<E, S, F>(state: S, to_subject: F) -> FromExtractor<E, S, F>
+where
+    E: axum::extract::FromRequestParts<S> + 'static,
+    S: Clone + Send + Sync + 'static,
+    F: Fn(E) -> Option<Subject> + Send + Sync + 'static,
+{
+    FromExtractor {
+        state,
+        to_subject,
+        _extractor: std::marker::PhantomData,
+    }
+}
+
+/// An [`Authorizer`] made by [`from_extractor`].
+pub struct FromExtractor<E, S, F> {
+    state: S,
+    to_subject: F,
+    _extractor: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E, S, F> fmt::Debug for FromExtractor<E, S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromExtractor")
+            .field("extractor", &std::any::type_name::<E>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E, S, F> Authorizer for FromExtractor<E, S, F>
+where
+    E: axum::extract::FromRequestParts<S> + 'static,
+    S: Clone + Send + Sync + 'static,
+    F: Fn(E) -> Option<Subject> + Send + Sync + 'static,
+{
+    fn authorize<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a> {
+        Box::pin(async move {
+            // Extractors take the parts mutably: they get a copy.
+            let mut copy = axum::http::Request::new(());
+            *copy.method_mut() = parts.method.clone();
+            *copy.uri_mut() = parts.uri.clone();
+            *copy.version_mut() = parts.version;
+            *copy.headers_mut() = parts.headers.clone();
+            *copy.extensions_mut() = parts.extensions.clone();
+            let (mut copy, ()) = copy.into_parts();
+            match E::from_request_parts(&mut copy, &self.state).await {
+                Ok(value) => Ok((self.to_subject)(value)),
+                Err(rejection) => match rejection.into_response().status() {
+                    StatusCode::UNAUTHORIZED => Ok(None),
+                    StatusCode::FORBIDDEN => Err(AuthError::Forbidden(
+                        "refused by the application's extractor".into(),
+                    )),
+                    status => Err(AuthError::Invalid(format!(
+                        "refused by the application's extractor ({})",
+                        status.as_u16()
+                    ))),
+                },
+            }
+        })
+    }
+}
+
 /// The value of cookie `name` in the request, if any.
 #[must_use]
 pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {

@@ -78,9 +78,9 @@ impl Data {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), htmx_sse::Error> {
 /// let manager = BroadcastManager::new();
-/// manager.broadcast("chat", "<b>shown as text</b>", None, &[]).await?;
-/// manager.broadcast("chat", Fragment::trusted("<hr>"), None, &[]).await?;
-/// manager.broadcast("load", axum::Json([1, 2, 3]), None, &[]).await?;
+/// manager.message("chat", "<b>shown as text</b>").send().await?;
+/// manager.message("chat", Fragment::trusted("<hr>")).send().await?;
+/// manager.message("load", axum::Json([1, 2, 3])).send().await?;
 /// let data: Vec<_> = manager.history(None).into_iter().map(|m| m.data).collect();
 /// assert_eq!(data, [serde_json::json!("<b>shown as text</b>"), "<hr>".into(), serde_json::json!([1, 2, 3])]);
 /// # Ok(()) }

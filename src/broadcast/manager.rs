@@ -607,7 +607,7 @@ impl Inner {
 /// # async fn main() -> Result<(), htmx_sse::Error> {
 ///
 /// let manager = BroadcastManager::builder().history(100).build();
-/// let sent = manager.broadcast("chat", "<li>hi</li>", None, &[]).await?;
+/// let sent = manager.message("chat", "<li>hi</li>").send().await?;
 /// assert_eq!(sent.delivered, 0); // nobody is connected yet
 /// assert_eq!(manager.history(Some(10)).len(), 1);
 /// # Ok(()) }
@@ -805,7 +805,7 @@ impl BroadcastBuilder {
     ///         Ok(Fragment::from(maud::html! { li { (text) } }))
     ///     })
     ///     .build();
-    /// manager.broadcast("chat", serde_json::json!({"text": "<b>hi</b>"}), None, &[]).await?;
+    /// manager.message("chat", serde_json::json!({"text": "<b>hi</b>"})).send().await?;
     /// # Ok(()) }
     /// ```
     pub fn render<F>(mut self, f: F) -> Self
@@ -866,7 +866,7 @@ impl BroadcastBuilder {
     /// let manager = BroadcastManager::builder()
     ///     .build_redis(RedisConfig::new(url))
     ///     .await?;
-    /// manager.broadcast("chat", "<li>hi</li>", None, &[]).await?;
+    /// manager.message("chat", "<li>hi</li>").send().await?;
     /// # Ok(()) }
     /// ```
     ///
@@ -1629,8 +1629,8 @@ impl BroadcastManager {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ///
     /// let manager = BroadcastManager::new();
-    /// manager.broadcast("news", "for everyone", None, &[]).await?;
-    /// manager.send_to_user(&UserId::new("ann")?, "dm", "for ann", None).await?;
+    /// manager.message("news", "for everyone").send().await?;
+    /// manager.message("dm", "for ann").to_user(UserId::new("ann")?).send().await?;
     /// let listed: Vec<_> = manager.history(None).iter().map(|m| m.data.clone()).collect();
     /// assert_eq!(listed, ["for everyone"]);
     /// # Ok(()) }
@@ -1847,7 +1847,7 @@ impl Message<'_> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
     /// let manager = BroadcastManager::new();
-    /// let refused = manager.broadcast("close", "", None, &[]).await;
+    /// let refused = manager.message("close", "").send().await;
     /// assert!(matches!(refused, Err(Error::ReservedEventName { .. })));
     ///
     /// // Every page stops listening: meant, and visible in review.

@@ -123,7 +123,7 @@ impl BroadcastMessage {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), htmx_sse::Error> {
     /// let manager = BroadcastManager::new();
-    /// manager.broadcast("note", "hello", None, &[]).await?;
+    /// manager.message("note", "hello").send().await?;
     /// let json = manager.history(None)[0].to_json();
     /// assert!(json.contains(r#""type":"note","data":"hello""#));
     /// # Ok(()) }
@@ -143,8 +143,8 @@ impl BroadcastMessage {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), htmx_sse::Error> {
     /// let manager = BroadcastManager::new();
-    /// manager.broadcast("note", "<p>hi</p>", None, &[]).await?; // text
-    /// manager.broadcast("note", htmx_sse::Fragment::trusted("<p>hi</p>"), None, &[]).await?;
+    /// manager.message("note", "<p>hi</p>").send().await?; // text
+    /// manager.message("note", htmx_sse::Fragment::trusted("<p>hi</p>")).send().await?;
     /// let history = manager.history(None);
     /// let frame = |i: usize| String::from_utf8(history[i].to_event().as_bytes().to_vec()).unwrap();
     /// assert_eq!(frame(0), format!("event: note\nid: {}\ndata: &lt;p&gt;hi&lt;/p&gt;\n\n", history[0].id));

@@ -13,7 +13,7 @@
 //! let manager = BroadcastManager::new();
 //! let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
 //! // Elsewhere, e.g. in a POST handler:
-//! manager.broadcast("chat", "<li>hello</li>", None, &[]).await.expect("valid type");
+//! manager.message("chat", "<li>hello</li>").send().await.expect("valid type");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app.into_make_service()).await
 //! # }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -198,12 +198,10 @@ impl TopicRoutes {
         S: Clone + Send + Sync + 'static,
     {
         let path = self.prefix.clone();
-        let hub = Arc::new(self);
-        let sub_hub = Arc::clone(&hub);
-        router.route(
-            &path,
-            get(move |req: Request| async move { subscribe(&sub_hub, req).await })
-                .post(move |req: Request| async move { publish(&hub, req).await }),
+        router.merge(
+            Router::new()
+                .route(&path, get(subscribe).post(publish))
+                .with_state(Arc::new(self)),
         )
     }
 
@@ -214,7 +212,7 @@ impl TopicRoutes {
     }
 }
 
-async fn subscribe(hub: &TopicRoutes, req: Request) -> Response {
+async fn subscribe(State(hub): State<Arc<TopicRoutes>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let subject = match hub.subject(&parts).await {
         Ok(s) => s,
@@ -283,7 +281,7 @@ struct PublishBody {
     topic_as_type: bool,
 }
 
-async fn publish(hub: &TopicRoutes, req: Request) -> Response {
+async fn publish(State(hub): State<Arc<TopicRoutes>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let subject = match hub.subject(&parts).await {
         Ok(s) => s,
