@@ -42,7 +42,9 @@
 //! [`Error::Backend`](crate::Error::Backend) (HTTP 503 from the routes) and
 //! nothing is buffered; the backend reconnects with backoff (100 ms up to
 //! 5 s) and delivery resumes from where it stopped reading. If Redis comes
-//! back without its data, the backend starts a new epoch.
+//! back without its data, the backend starts a new epoch, and puts back the
+//! resume key the instances share (so that an instance started afterwards
+//! still resumes the others' pages).
 
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

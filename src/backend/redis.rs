@@ -218,6 +218,9 @@ pub(crate) struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<usize>>>,
     registry: mpsc::UnboundedSender<RegOp>,
     reading: AtomicBool,
+    /// The resume key read from Redis at start, put back when Redis comes
+    /// back without it (see `read_loop`).
+    resume_key: String,
 }
 
 impl fmt::Debug for Shared {
@@ -378,6 +381,7 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
         pending: Mutex::new(HashMap::new()),
         registry,
         reading: AtomicBool::new(false),
+        resume_key: String::from_utf8_lossy(&resume_key).into_owned(),
     });
     Ok(Start {
         shared,
@@ -756,8 +760,24 @@ async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
                 continue;
             }
         };
-        // Redis may have come back without its data: a new epoch, read from
-        // the start of the new stream.
+        // Redis may have come back without its data. It lost the resume key
+        // too: put back the one every running instance holds, before the new
+        // epoch (an instance started from now on reads this key, not a new
+        // one of its own, under which no page of the others could resume).
+        match set_once(&mut con, &shared.keys.resume_key, &shared.resume_key).await {
+            Ok(current) if current != shared.resume_key => tracing::warn!(
+                "the resume key in Redis is not the one this instance started with: \
+                 pages moving to or from it get the reset event (unrecognized)"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "restoring the resume key failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        }
+        // Then a new epoch, read from the start of the new stream.
         match epoch(&mut con, &shared.keys).await {
             Ok(e) => {
                 let Some(inner) = manager.upgrade() else {
