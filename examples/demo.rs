@@ -217,11 +217,11 @@ async fn main() {
         args.addr
     );
     // Ctrl-C, or SIGTERM from a container or systemd: streams end cleanly.
-    let signal = shutdown.clone().after_signal();
-    if let Err(e) = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(signal)
-        .await
-    {
+    // Within 5 s, even with a client that stopped reading (its full socket
+    // would otherwise hold the graceful shutdown forever).
+    let server = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(shutdown.clone().after_signal());
+    if let Err(e) = shutdown.drain_within(server, Duration::from_secs(5)).await {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }

@@ -23,7 +23,6 @@
 //! default 2000), and with Redis `--redis-timeout-ms N` and `--liveness-ms
 //! N`.
 
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -171,18 +170,8 @@ async fn main() {
     // connection of a client that stopped reading never does: hyper cannot
     // flush the end of its stream into a full socket. So the others get
     // `--drain-ms` to end, then the process stops anyway.
-    let drain = async {
-        shutdown.triggered().await;
-        tokio::time::sleep(args.drain).await;
-    };
-    tokio::select! {
-        result = server.into_future() => if let Err(e) = result {
-            eprintln!("server error: {e}");
-            std::process::exit(1);
-        },
-        () = drain => tracing::warn!(
-            "connections still open {:?} after the stop signal: stopping anyway",
-            args.drain
-        ),
+    if let Err(e) = shutdown.drain_within(server, args.drain).await {
+        eprintln!("server error: {e}");
+        std::process::exit(1);
     }
 }

@@ -45,9 +45,10 @@ async fn main() -> std::io::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     // Ctrl-C or SIGTERM ends the streams cleanly (browsers reconnect to the
-    // next server process and resume) and then the server.
-    let stop = manager.shutdown_signal().clone().after_signal();
-    axum::serve(listener, app(manager).into_make_service())
-        .with_graceful_shutdown(stop)
-        .await
+    // next server process and resume) and then the server, within 5 s even
+    // if a client stopped reading.
+    let shutdown = manager.shutdown_signal().clone();
+    let server = axum::serve(listener, app(manager).into_make_service())
+        .with_graceful_shutdown(shutdown.clone().after_signal());
+    shutdown.drain_within(server, Duration::from_secs(5)).await
 }

@@ -297,6 +297,7 @@ pub(crate) struct Core {
 
 impl Core {
     /// Notes a hole before `seq`, the next message to go into the history.
+    #[cfg(feature = "redis")]
     fn note_gap(&mut self, seq: u64) {
         if seq > self.seq + 1 {
             self.missing_to = self.missing_to.max(seq - 1);

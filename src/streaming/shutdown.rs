@@ -1,6 +1,7 @@
 //! `Shutdown`: one signal that ends every stream it was given to.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +83,52 @@ impl Shutdown {
         stop_signal().await;
         tracing::info!("stop signal received: ending streams");
         self.trigger();
+    }
+
+    /// Runs `server` (an `axum::serve(…).with_graceful_shutdown(…)`) and,
+    /// once this signal is triggered, gives its connections `grace` to
+    /// end; then returns anyway, dropping the ones left.
+    ///
+    /// A graceful shutdown waits for every connection, and the connection
+    /// of a client that stopped reading never ends: its socket is full, so
+    /// the end of its stream cannot be written. Without a bound, one such
+    /// client keeps the process alive until it is killed. Streams of this
+    /// crate end at once on the signal, so `grace` is only for the
+    /// application's other requests (a few seconds is plenty).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use htmx_sse::streaming::Shutdown;
+    ///
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// let shutdown = Shutdown::new();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().after_signal());
+    /// shutdown.drain_within(server, Duration::from_secs(5)).await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The server's own error, if it fails before the grace ends.
+    pub async fn drain_within<F>(&self, server: F, grace: Duration) -> std::io::Result<()>
+    where
+        F: IntoFuture<Output = std::io::Result<()>>,
+    {
+        let deadline = async {
+            self.triggered().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server.into_future() => result,
+            () = deadline => {
+                tracing::warn!(
+                    ?grace,
+                    "connections still open after the stop signal and its grace: stopping anyway"
+                );
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn token(&self) -> &CancellationToken {
