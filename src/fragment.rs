@@ -3,7 +3,7 @@
 //! HTML safety is the type's job, as in maud: a `&str` or `String` is
 //! **text**, and becomes a fragment with `<`, `>`, `&`, `"` and `'`
 //! escaped. HTML comes from a template engine (maud's `Markup`, askama
-//! templates through [`Askama`] or [`Fragment::render`]), which escapes the
+//! templates through `Askama` or `Fragment::render`), which escapes the
 //! values put into it, or from [`Fragment::trusted`], the one explicit,
 //! greppable way to send a string as HTML. [`IntoFragment`] is the door
 //! through which all of them come in.
@@ -33,7 +33,7 @@ use crate::event::Event;
 ///
 /// Made from text ([`Fragment::text`], `From<&str>`, `From<String>`:
 /// escaped), from maud `Markup`, by rendering an askama template
-/// ([`Fragment::render`]), or from HTML the caller vouches for
+/// (`Fragment::render`), or from HTML the caller vouches for
 /// ([`Fragment::trusted`]). Converts into an unnamed [`Event`] with
 /// `Event::from`.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
@@ -187,7 +187,7 @@ impl From<Fragment> for Cow<'static, str> {
 /// Anything that becomes HTML ready to send.
 ///
 /// Implemented for [`Fragment`], maud's `Markup` (feature `maud`), askama
-/// templates wrapped in [`Askama`] (feature `askama`), the OOB builder, and
+/// templates wrapped in `Askama` (feature `askama`), the OOB builder, and
 /// for `&str`, `String` and `Cow<str>` as **text**: escaped, so that the
 /// page shows them as written. Send a string as HTML only through
 /// [`Fragment::trusted`].

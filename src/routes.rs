@@ -8,6 +8,7 @@
 //! | `POST {prefix}/broadcast` | `{"type", "data", "metadata"?, "exclude"?: [ids]}` → `{"delivered": n, "id": "…"}`; a string `data` is text, sent escaped, unless [`BroadcastRoutes::trust_publisher_html`] | credentials whose `publish` selectors match the type |
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
 //! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
+//! | `GET {prefix}/htmx-sse.js` | the helper scripts' runtime, cacheable, for `scripts::Helpers::runtime_src` ([`connections::runtime`](crate::connections::runtime)) | anyone |
 //! | `GET {prefix}/history?limit=N` | recent messages sent to everyone, as the asker's page would have received them ([`BroadcastManager::history_for`]), as JSON: the newest that fit in [`Limits::history_response_bytes`](crate::limits::Limits::history_response_bytes) (1 MiB by default), with `X-History-Truncated: true` when older ones were left out | any valid credentials |
 //!
 //! # Closed until the application opens them
@@ -291,7 +292,9 @@ impl BroadcastRoutes {
         })
     }
 
-    /// The stream route alone, `GET {prefix}`, to merge into your router.
+    /// The stream route, `GET {prefix}`, and the helper scripts' runtime,
+    /// `GET {prefix}/htmx-sse.js` (see [`crate::connections::runtime`]),
+    /// to merge into your router.
     ///
     /// ```
     /// use axum::Router;
@@ -310,6 +313,14 @@ impl BroadcastRoutes {
         };
         Router::new()
             .route(path, get(stream))
+            .route(
+                &format!(
+                    "{}{}",
+                    self.prefix,
+                    crate::connections::runtime::RUNTIME_FILE
+                ),
+                get(crate::connections::runtime::serve),
+            )
             .with_state(self.ctx())
     }
 

@@ -916,3 +916,53 @@ async fn the_routes_function_nests_under_an_application_path() {
     assert_eq!(res.status(), 401);
     assert_eq!(manager.history(None).len(), 2, "nothing published");
 }
+
+/// `GET /sse/htmx-sse.js`: the helper scripts' runtime, byte for byte the
+/// file whose hash `Helpers::runtime_src` puts in `integrity`, with an ETag
+/// (304 when the browser has it) and a year's cache for the versioned URL.
+#[tokio::test]
+async fn the_runtime_is_served_once_cacheable_and_matches_its_integrity() {
+    use base64::Engine as _;
+    use htmx_sse::connections::runtime;
+    use sha2::Digest as _;
+
+    let s = Server::start(BroadcastManager::new()).await;
+    let url = format!("{}/sse/htmx-sse.js", s.base);
+    let res = s.http.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(res.headers()["cache-control"], "public, max-age=3600");
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    let body = res.bytes().await.unwrap();
+    assert_eq!(&body[..], runtime::RUNTIME_JS.as_bytes());
+    let digest = sha2::Sha384::digest(&body);
+    let sri = format!(
+        "sha384-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    );
+    assert_eq!(sri, runtime::integrity());
+
+    let again = s
+        .http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let versioned = s
+        .http
+        .get(format!("{url}?v={}", runtime::version()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        versioned.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+}

@@ -1,6 +1,6 @@
 //! Who is asking: the [`Authorizer`] trait turns a request into a
 //! [`Subject`] (user, topics it may read privately, topics it may publish
-//! to) or a 401/403, and [`JwtAuthorizer`] (feature `jwt`) does it with
+//! to) or a 401/403, and `JwtAuthorizer` (feature `jwt`) does it with
 //! Mercure-style tokens.
 //!
 //! Browsers' `EventSource` cannot send headers, so a stream request carries

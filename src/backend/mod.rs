@@ -1,15 +1,15 @@
 //! Where a published message travels before it reaches connections.
 //!
 //! A [`BroadcastManager`](crate::broadcast::BroadcastManager) (and with it
-//! the [`Notifier`](crate::notify::Notifier) and the topic hub) has one of
+//! the `Notifier` and the topic hub) has one of
 //! two backends:
 //!
 //! - **in memory** (the default, nothing to set up): one server process;
 //!   [`BroadcastBuilder::build`](crate::broadcast::BroadcastBuilder::build);
 //! - **Redis** (feature `redis`): many server processes behind a load
 //!   balancer act as one;
-//!   [`BroadcastBuilder::build_redis`](crate::broadcast::BroadcastBuilder::build_redis)
-//!   with a [`RedisConfig`].
+//!   `BroadcastBuilder::build_redis`
+//!   with a `RedisConfig`.
 //!
 //! Both give the same API and the same guarantees (ids in one order,
 //! exclusions, [`send_to`](crate::broadcast::BroadcastManager::send_to),

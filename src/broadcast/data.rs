@@ -68,7 +68,7 @@ impl Data {
 ///   string from a user is shown, never run;
 /// - **HTML**: [`Fragment`] (from a template or [`Fragment::trusted`]),
 ///   maud's `Markup`, askama templates in
-///   [`Askama`](crate::fragment::Askama), the
+///   `Askama`, the
 ///   [`OobStreamBuilder`](crate::streaming::OobStreamBuilder);
 /// - **JSON**: `serde_json::Value`, `axum::Json(value)` for any
 ///   `Serialize` value, numbers and booleans.

@@ -3,6 +3,7 @@
 //! helpers that keep connections healthy.
 
 mod registry;
+pub mod runtime;
 #[cfg(feature = "askama")]
 pub mod scripts;
 

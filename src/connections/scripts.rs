@@ -43,6 +43,13 @@
 //! any combination, in any order, works. The output depends only on the
 //! options: a Content-Security-Policy can allow each script by its hash.
 //!
+//! With more than one of them, use [`Helpers`]: the runtime (about 23 KB)
+//! once, inline or loaded with `<script src integrity>` from the broadcast
+//! routes' `GET {prefix}/htmx-sse.js` (cacheable, see
+//! [`runtime`](super::runtime)), and the helpers' calls in one small
+//! script. Four helpers weigh 94 KB of HTML as single scripts, 24 KB with
+//! `Helpers` inline, and 0.5 KB with the runtime served.
+//!
 //! # Values are data, never code
 //!
 //! Every configurable value (URLs, element ids, channel names) reaches the
@@ -864,16 +871,20 @@ struct ReconnectTemplate {
 /// ```
 pub fn reconnect_script(options: ReconnectOptions) -> Fragment {
     render(&ReconnectTemplate {
-        config: ReconnectConfig {
-            base_delay: millis(options.base_delay),
-            max_delay: millis(options.max_delay),
-            max_retries: options.max_retries,
-            jitter: options.jitter,
-            status_element: options.status_element,
-            resume_in_url: options.resume_in_url,
-            debug: options.debug,
-        },
+        config: reconnect_config(options),
     })
+}
+
+fn reconnect_config(options: ReconnectOptions) -> ReconnectConfig {
+    ReconnectConfig {
+        base_delay: millis(options.base_delay),
+        max_delay: millis(options.max_delay),
+        max_retries: options.max_retries,
+        jitter: options.jitter,
+        status_element: options.status_element,
+        resume_in_url: options.resume_in_url,
+        debug: options.debug,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1212,6 +1223,121 @@ pub fn shared_connection_script(options: SharedOptions) -> Fragment {
     })
 }
 
+// ---------------------------------------------------------------------------
+// Several helpers, one runtime
+
+/// Several helpers for one page with the runtime once: the helpers' calls
+/// in one `<script>`, after the runtime inline (the default) or after a
+/// `<script src=… integrity=…>` that loads it from the broadcast routes'
+/// `GET {prefix}/htmx-sse.js` ([`runtime_src`](Self::runtime_src)), which
+/// the browser fetches once for every page and keeps.
+///
+/// Each helper function ([`reconnect_script`], [`cleanup_on_unload`],
+/// [`reset_script`], [`shared_connection_script`]) carries the whole
+/// runtime (about 23 KB), so that one alone works anywhere; with three of
+/// them a page carries it three times. Put the result in `<head>` after
+/// htmx and its SSE extension, as the single helpers.
+///
+/// ```
+/// use htmx_sse::connections::scripts::{Helpers, ReconnectOptions, ResetOptions};
+///
+/// let head = Helpers::new()
+///     .reconnect(ReconnectOptions::new().status_element("status"))
+///     .cleanup_on_unload()
+///     .reset(ResetOptions::new())
+///     .runtime_src("/sse/htmx-sse.js")
+///     .render();
+/// assert!(head.as_str().starts_with(r#"<script src="/sse/htmx-sse.js?v="#));
+/// assert!(head.as_str().len() < 1024, "the runtime is not inline");
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Helpers {
+    src: Option<String>,
+    calls: String,
+}
+
+impl Helpers {
+    /// No helpers yet, the runtime inline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads the runtime from `url` (the broadcast routes serve it at
+    /// `{prefix}/htmx-sse.js`), with `?v=` the runtime's
+    /// [`version`](crate::connections::runtime::version) (so browsers may
+    /// keep it for a year and fetch it again when it changes) and
+    /// `integrity` its hash (so the browser runs exactly this file, even
+    /// from a CDN). Without it the runtime is inline.
+    pub fn runtime_src(mut self, url: &str) -> Self {
+        self.src = Some(url.to_owned());
+        self
+    }
+
+    fn call(mut self, function: &str, config: Option<&impl Serialize>) -> Self {
+        let args = config.map_or_else(String::new, |c| {
+            let json = serde_json::to_string(c)
+                .unwrap_or_else(|e| unreachable!("helper configs serialise: {e}"));
+            crate::event::html_safe_json(&json)
+        });
+        self.calls
+            .push_str(&format!("window.htmxSse.{function}({args});\n"));
+        self
+    }
+
+    /// What [`reconnect_script`] does.
+    pub fn reconnect(self, options: ReconnectOptions) -> Self {
+        self.call("reconnect", Some(&reconnect_config(options)))
+    }
+
+    /// What [`cleanup_on_unload`] does.
+    pub fn cleanup_on_unload(self) -> Self {
+        self.call("cleanupOnUnload", None::<&()>)
+    }
+
+    /// What [`reset_script`] does.
+    pub fn reset(self, options: ResetOptions) -> Self {
+        self.call(
+            "onReset",
+            Some(&ResetConfig {
+                reload: options.reload,
+                debug: options.debug,
+            }),
+        )
+    }
+
+    /// What [`shared_connection_script`] does.
+    pub fn shared_connection(self, options: SharedOptions) -> Self {
+        self.call(
+            "share",
+            Some(&SharedConfig {
+                channel: options.channel,
+                debug: options.debug,
+            }),
+        )
+    }
+
+    /// The `<script>` elements.
+    #[must_use]
+    pub fn render(self) -> Fragment {
+        use crate::connections::runtime::{RUNTIME_JS, integrity, version};
+        let html = match &self.src {
+            Some(url) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!(
+                    "<script src=\"{}{sep}v={}\" integrity=\"{}\" crossorigin=\"anonymous\"></script>\n<script>\n{}</script>",
+                    crate::fragment::escape_html(url),
+                    version(),
+                    integrity(),
+                    self.calls
+                )
+            }
+            None => format!("<script>\n{RUNTIME_JS}{}</script>", self.calls),
+        };
+        Fragment::trusted(html)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1236,6 +1362,86 @@ mod tests {
         assert!(!lower.contains("<script"), "a script start tag inside");
         assert!(!lower.contains("<!--"), "a comment opener inside");
         body
+    }
+
+    #[test]
+    fn helpers_inline_are_the_single_helpers_and_served_carry_no_runtime() {
+        let reconnect = || ReconnectOptions::new().max_retries(3).status_element("st");
+        let cases = [
+            (
+                Helpers::new().reconnect(reconnect()),
+                reconnect_script(reconnect()),
+            ),
+            (Helpers::new().cleanup_on_unload(), cleanup_on_unload()),
+            (
+                Helpers::new().reset(ResetOptions::new().reload(true)),
+                reset_script(ResetOptions::new().reload(true)),
+            ),
+            (
+                Helpers::new().shared_connection(SharedOptions::new()),
+                shared_connection_script(SharedOptions::new()),
+            ),
+        ];
+        for (helpers, single) in cases {
+            assert_eq!(helpers.render().as_str(), single.as_str());
+        }
+
+        let all = || {
+            Helpers::new()
+                .reconnect(reconnect())
+                .cleanup_on_unload()
+                .reset(ResetOptions::new())
+                .shared_connection(SharedOptions::new())
+        };
+        let inline = all().render();
+        assert_eq!(
+            inline
+                .as_str()
+                .matches("if (window.htmxSse) return;")
+                .count(),
+            1
+        );
+        let served = all().runtime_src("/app/sse/htmx-sse.js").render();
+        let (tag, rest) = served.as_str().split_once('\n').unwrap();
+        assert_eq!(
+            tag,
+            format!(
+                "<script src=\"/app/sse/htmx-sse.js?v={}\" integrity=\"{}\" crossorigin=\"anonymous\"></script>",
+                crate::connections::runtime::version(),
+                crate::connections::runtime::integrity()
+            )
+        );
+        assert!(!rest.contains("htmxSse) return"), "no runtime inline");
+        let singles: usize = [
+            reconnect_script(reconnect()),
+            cleanup_on_unload(),
+            reset_script(ResetOptions::new()),
+            shared_connection_script(SharedOptions::new()),
+        ]
+        .iter()
+        .map(|f| f.as_str().len())
+        .sum();
+        // The page weight of the four helpers, as the closing note reports.
+        println!(
+            "four helpers: {singles} bytes as single scripts, {} with Helpers inline, {} with Helpers served",
+            inline.as_str().len(),
+            served.as_str().len()
+        );
+        assert!(inline.as_str().len() * 3 < singles);
+        assert!(served.as_str().len() < 1024);
+
+        // Hostile values stay data: in the URL attribute and in the calls.
+        let hostile = Helpers::new()
+            .reconnect(ReconnectOptions::new().status_element(HOSTILE))
+            .runtime_src("/x\"><script>alert(1)</script>")
+            .render();
+        let (tag, rest) = hostile.as_str().split_once('\n').unwrap();
+        assert!(
+            tag.starts_with("<script src=\"/x&quot;&gt;&lt;script&gt;"),
+            "{tag}"
+        );
+        script_body(&Fragment::trusted(rest.to_owned()));
+        assert!(rest.contains(HOSTILE_JSON), "{rest}");
     }
 
     #[test]

@@ -51,7 +51,8 @@ enum Scenario {
     /// `MAX_RETRIES` retries, then silence.
     RetryLimit,
     /// Away and back through the back/forward cache: the connection ends on
-    /// `pagehide` and resumes, one connection, nothing lost.
+    /// `pagehide` and resumes, one connection, nothing lost. The helpers
+    /// come from `Helpers` with the runtime served by the routes.
     Unload,
     /// Ten tabs, one stream; the leader tab closes and another takes over.
     Shared,
@@ -227,8 +228,16 @@ async fn page(State(lab): State<Shared>) -> Response {
                     "<script>htmx.config.sse = {pauseOnBackground: false};</script>",
                 ));
             }
-            head.push(scripts::reconnect_script(fast_reconnect()));
-            head.push(scripts::cleanup_on_unload());
+            // Both helpers in one script, the runtime served once from the
+            // broadcast routes with its integrity hash: the browser runs it
+            // only if it is exactly the crate's file.
+            head.push(
+                scripts::Helpers::new()
+                    .reconnect(fast_reconnect())
+                    .cleanup_on_unload()
+                    .runtime_src("/sse/htmx-sse.js")
+                    .render(),
+            );
             body.push(status);
             feed(f)
         }
