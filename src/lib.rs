@@ -10,6 +10,9 @@
 //!
 //! # Quick start
 //!
+//! `Cargo.toml`: `htmx-sse`, `axum = "0.8"`, `maud = "0.27"`,
+//! `tokio = { version = "1", features = ["full"] }`, `tokio-stream = "0.1"`.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use axum::{routing::get, Router};

@@ -23,8 +23,14 @@
 //!
 //! 1. `event: connection` whose data is
 //!    `<input type="hidden" name="connection_id" value="ID">`: swap it into
-//!    a form (`sse-swap="connection"`) and every `hx-post` from that form
-//!    says which connection it came from, so a broadcast can exclude it.
+//!    a form and every `hx-post` from that form says which connection it
+//!    came from, so a broadcast can exclude it. In htmx 2 the slot is
+//!    `<span sse-swap="connection" hx-target="this" hx-swap="innerHTML">`:
+//!    without `hx-target="this"` it inherits the form's `hx-target` and
+//!    the input lands in the form's target, where no request carries it.
+//!    `connections::scripts::connection_id_slot` (feature `askama`) writes
+//!    the slot for htmx 2 and htmx 4, with a complete form and handler in
+//!    its docs.
 //! 2. `event: reset` with `data: {"reason": …}`, only when a reconnecting
 //!    page cannot be caught up (see *Resume*); the page should reload what
 //!    it shows. With `connections::scripts::reset_script` (feature

@@ -632,6 +632,75 @@ impl SseElement {
     }
 }
 
+/// The place in a form where the `connection` event puts the page's
+/// connection id (`<input type="hidden" name="connection_id" …>`), so that
+/// every request the form sends says which connection it came from and a
+/// broadcast can [exclude](crate::broadcast::Message::exclude) it. Put it
+/// inside the form, and the form inside the [`SseElement`] of the same
+/// flavour.
+///
+/// **htmx 2:** `<span sse-swap="connection" hx-target="this"
+/// hx-swap="innerHTML"></span>`. `hx-target="this"` matters: an element
+/// inherits the form's `hx-target` and `hx-swap`, and without it the hidden
+/// input would be swapped into the form's target (the list the form adds
+/// to), where no request carries it.
+///
+/// **htmx 4:** the same with `data-sse-swap`, and the small script that
+/// swaps named events (htmx 4 swaps only unnamed ones by itself).
+///
+/// ```
+/// use htmx_sse::Flavor;
+/// use htmx_sse::connections::scripts::{SseElement, connection_id_slot};
+/// use htmx_sse::streaming::Swap;
+///
+/// for flavor in [Flavor::Htmx2, Flavor::Htmx4] {
+///     let form = format!(
+///         r##"<form hx-post="/notes" hx-target="#notes" hx-swap="beforeend">{}<input name="text"><button>Add</button></form>"##,
+///         connection_id_slot(flavor).as_str(),
+///     );
+///     // Notes from the other tabs: the handler excludes the posting
+///     // tab's connection id, and answers the posting tab itself.
+///     let page = SseElement::new("/sse", flavor)
+///         .swap_event("note")
+///         .hx_target("#notes")
+///         .hx_swap(Swap::BeforeEnd)
+///         .children(htmx_sse::Fragment::trusted(form))
+///         .render()?;
+///     assert!(page.as_str().contains("connection"));
+/// }
+/// # Ok::<(), htmx_sse::Error>(())
+/// ```
+///
+/// The handler reads the field and excludes it:
+///
+/// ```
+/// use axum::{Form, extract::State, response::Html};
+/// use htmx_sse::{BroadcastManager, connections::ConnectionId};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Note { text: String, connection_id: Option<String> }
+///
+/// async fn add_note(State(manager): State<BroadcastManager>, Form(note): Form<Note>) -> Html<String> {
+///     let item = maud::html! { li { (note.text) } };
+///     let posting: Vec<ConnectionId> =
+///         note.connection_id.as_deref().and_then(|id| ConnectionId::new(id).ok()).into_iter().collect();
+///     let _ = manager.message("note", item.clone()).exclude(&posting).send().await;
+///     Html(item.into_string()) // the posting tab shows it from this answer
+/// }
+/// # let _ = add_note;
+/// ```
+#[must_use]
+pub fn connection_id_slot(flavor: Flavor) -> Fragment {
+    const SLOT: &str = r#"hx-target="this" hx-swap="innerHTML"></span>"#;
+    match flavor {
+        Flavor::Htmx2 => Fragment::trusted(format!(r#"<span sse-swap="connection" {SLOT}"#)),
+        Flavor::Htmx4 => Fragment::trusted(format!(
+            "<span data-sse-swap=\"connection\" {SLOT}<script>\n{}</script>",
+            include_str!("../../templates/htmx_sse/htmx4_swap.js")
+        )),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Reconnection
 

@@ -447,15 +447,6 @@ fn feed(f: Flavour, event: &'static str, target: &str) -> SseElement {
         .hx_swap(Swap::BeforeEnd)
 }
 
-/// htmx 4 swaps no named event by itself and fires `connection` as a DOM
-/// event on the element: this puts its hidden input into the form.
-const HTMX4_CONNECTION_ID: &str = "<script>document.addEventListener('connection', (e) => {
-  const slot = document.getElementById('cid');
-  if (slot && e.detail && typeof e.detail.data === 'string') {
-    htmx.swap({ sourceElement: slot, target: slot, swap: 'innerHTML', text: e.detail.data });
-  }
-}, true);</script>";
-
 async fn page(State(ctx): State<Proc>) -> Response {
     let (scenario, f) = (ctx.lab.scenario, ctx.lab.flavour);
     let mut head: Vec<htmx_sse::Fragment> = Vec::new();
@@ -475,7 +466,7 @@ async fn page(State(ctx): State<Proc>) -> Response {
             let form = html! {
                 form #note-form hx-post="/note" hx-target="#notes" hx-swap="beforeend" {
                     // The `connection` event puts this tab's id here.
-                    span #cid sse-swap="connection" hx-target="this" hx-swap="innerHTML" {}
+                    span #cid { (PreEscaped(scripts::connection_id_slot(flavor(f)).as_str())) }
                     input name="text" required autocomplete="off";
                     button { "Add" }
                 }
@@ -486,7 +477,6 @@ async fn page(State(ctx): State<Proc>) -> Response {
                 .expect("a valid element");
             html! {
                 (PreEscaped(el.as_str()))
-                @if f == Flavour::Htmx4 { (PreEscaped(HTMX4_CONNECTION_ID)) }
                 ul #notes {}
             }
         }
