@@ -513,6 +513,14 @@ macro_rules! text_newtype {
                 Self::try_from(value)
             }
         }
+
+        /// Checked as [`new`](Self::new) checks.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(d)?;
+                Self::new(value).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 

@@ -649,7 +649,7 @@ async fn status(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
         "by_kind": stats.by_kind,
         "messages": stats.messages,
         "last_id": m.last_id(),
-        "backend": if m.is_distributed() { "redis" } else { "memory" },
+        "backend": m.backend_name(),
         "backend_connected": m.backend_connected(),
         "cluster_connections": cluster,
     }))

@@ -1,11 +1,15 @@
-//! One test suite, two backends: every test here runs against the
-//! in-memory backend and against the Redis backend on a real
-//! `redis-server` (started by the test on a free loopback port), over real
-//! HTTP on 127.0.0.1.
+//! One test suite, three backends: every test here runs against the
+//! in-memory backend, against the Redis backend on a real `redis-server`
+//! (started by the test on a free loopback port), and against `LogBackend`,
+//! a shared backend written here with nothing but the crate's public
+//! `backend::Backend` trait (an in-process log that several managers share,
+//! as instances share Redis), over real HTTP on 127.0.0.1.
 #![cfg(all(feature = "testing", feature = "redis"))]
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,15 +19,18 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use common::redis::RedisServer;
 use htmx_sse::Error;
-use htmx_sse::backend::RedisConfig;
+use htmx_sse::backend::{
+    Backend as SharedBackend, BoxFuture, Envelope, Epoch, RedisConfig, Sink, Snapshot,
+};
 use htmx_sse::broadcast::{BroadcastBuilder, BroadcastManager, Subscription};
 use htmx_sse::connections::{ConnectionId, UserId};
 use htmx_sse::testing::{ReceivedEvent, TestClient};
 use htmx_sse::topics::{Topic, TopicSelector};
+use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A manager on one of the two backends; keeps its Redis alive.
+/// A manager on one of the three backends; keeps its Redis alive.
 struct Backend {
     manager: BroadcastManager,
     _redis: Option<RedisServer>,
@@ -45,6 +52,122 @@ async fn redis(builder: BroadcastBuilder) -> Backend {
     Backend {
         manager,
         _redis: Some(server),
+    }
+}
+
+async fn log(builder: BroadcastBuilder) -> Backend {
+    Backend {
+        manager: builder
+            .build_on(LogBackend::default())
+            .await
+            .expect("an in-process log opens"),
+        _redis: None,
+    }
+}
+
+/// A shared log in this process: what a backend in an application's own
+/// crate looks like. Clones share the log, as instances share Redis.
+#[derive(Debug, Clone, Default)]
+struct LogBackend(Arc<Log>);
+
+#[derive(Debug)]
+struct Log {
+    epoch: Epoch,
+    entries: Mutex<Vec<(u64, Envelope)>>,
+    appended: Notify,
+    /// Connection → user, for every manager on the log.
+    connections: Mutex<HashMap<ConnectionId, Option<UserId>>>,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            epoch: Epoch::random(),
+            entries: Mutex::default(),
+            appended: Notify::new(),
+            connections: Mutex::default(),
+        }
+    }
+}
+
+impl SharedBackend for LogBackend {
+    fn name(&self) -> &'static str {
+        "in-process log"
+    }
+
+    fn open(&self, history: usize) -> BoxFuture<'_, Result<Snapshot, Error>> {
+        let entries = self.0.entries.lock().unwrap();
+        let last = entries.last().map_or(0, |(seq, _)| *seq);
+        let recent = entries[entries.len().saturating_sub(history)..].to_vec();
+        let snapshot = Snapshot::new(self.0.epoch, last).with_recent(recent);
+        Box::pin(async move { Ok(snapshot) })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        epoch: Epoch,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            if epoch != self.0.epoch {
+                return Err(Error::Backend("another epoch".into()));
+            }
+            let seq = {
+                let mut entries = self.0.entries.lock().unwrap();
+                let seq = entries.len() as u64 + 1;
+                entries.push((seq, envelope.clone()));
+                seq
+            };
+            self.0.appended.notify_waiters();
+            Ok(seq)
+        })
+    }
+
+    fn run(self: Arc<Self>, sink: Sink, mut after: u64) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            while sink.is_open() {
+                let appended = self.0.appended.notified();
+                tokio::pin!(appended);
+                appended.as_mut().enable();
+                let new: Vec<(u64, Envelope)> =
+                    self.0.entries.lock().unwrap()[usize::try_from(after).unwrap()..].to_vec();
+                for (seq, envelope) in new {
+                    after = seq;
+                    if sink.deliver(self.0.epoch, seq, envelope).is_none() {
+                        return;
+                    }
+                }
+                // Woken by the next append, or after a while to see
+                // whether the manager is still there.
+                let _ = tokio::time::timeout(Duration::from_millis(200), appended).await;
+            }
+        })
+    }
+
+    fn connected(&self, id: &ConnectionId, user: Option<&UserId>) -> BoxFuture<'static, ()> {
+        self.0
+            .connections
+            .lock()
+            .unwrap()
+            .insert(id.clone(), user.cloned());
+        Box::pin(async {})
+    }
+
+    fn disconnected(&self, id: &ConnectionId) {
+        self.0.connections.lock().unwrap().remove(id);
+    }
+
+    fn locate<'a>(
+        &'a self,
+        id: &'a ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<Option<UserId>>, Error>> {
+        let found = self.0.connections.lock().unwrap().get(id).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, Error>> {
+        let n = self.0.connections.lock().unwrap().len();
+        Box::pin(async move { Ok(Some(n)) })
     }
 }
 
@@ -248,4 +371,46 @@ macro_rules! suite {
     )*};
 }
 
-suite!(memory, redis);
+suite!(memory, redis, log);
+
+/// Two managers on one `LogBackend`, as two server instances on one Redis:
+/// what is published on one reaches the other's pages, `send_to` finds a
+/// connection of the other, both count every connection, and a page
+/// resumes on the other one with nothing missed.
+#[tokio::test]
+async fn two_managers_on_one_in_process_log_act_as_one() {
+    let shared = LogBackend::default();
+    let start = |backend: LogBackend| async move {
+        Server::start(Backend {
+            manager: BroadcastManager::builder()
+                .resume_key(&[7; 32])
+                .build_on(backend)
+                .await
+                .unwrap(),
+            _redis: None,
+        })
+        .await
+    };
+    let a = start(shared.clone()).await;
+    let b = start(shared).await;
+    assert_eq!(a.m().backend_name(), "in-process log");
+    let (mut on_a, a_id) = a.open("/sse", None).await;
+    let (mut on_b, _) = b.open("/sse", None).await;
+
+    let sent = b.m().broadcast("n", "from b", None, &[]).await.unwrap();
+    assert_eq!(sent.delivered, 1, "b's own page, counted on b");
+    assert_eq!(next(&mut on_a).await.data, "from b");
+    assert_eq!(next(&mut on_b).await.data, "from b");
+
+    let to_a = b.m().send_to(&a_id, "dm", "for a", None).await.unwrap();
+    assert_eq!(to_a.delivered, 0, "queued on a, not on b");
+    assert_eq!(next(&mut on_a).await.data, "for a");
+    assert_eq!(b.m().cluster_connection_count().await.unwrap(), 2);
+
+    let last = on_a.last_event_id().to_owned();
+    on_a.close();
+    a.m().broadcast("n", "while away", None, &[]).await.unwrap();
+    let (mut moved, same) = b.open("/sse", Some(&last)).await;
+    assert_eq!(same, a_id, "the page keeps its id on the other manager");
+    assert_eq!(next(&mut moved).await.data, "while away");
+}

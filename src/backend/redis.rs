@@ -1,9 +1,9 @@
 //! The Redis backend: see the [module docs](super).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +15,7 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broadcast::manager::{Inner, Prepared, Target};
-use crate::broadcast::{Epoch, MessageId};
+use super::{Backend, BoxFuture, Envelope, Epoch, Sink, Snapshot, Target};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
 use crate::event::EventName;
@@ -214,8 +213,6 @@ pub(crate) struct Shared {
     history: usize,
     timeout: Duration,
     liveness: Duration,
-    nonce: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<usize>>>,
     registry: mpsc::UnboundedSender<RegOp>,
     reading: AtomicBool,
     /// The resume key read from Redis at start, put back when Redis comes
@@ -230,19 +227,6 @@ impl fmt::Debug for Shared {
             .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
-}
-
-/// What connecting found in Redis.
-pub(crate) struct Start {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) epoch: Epoch,
-    /// The last number given out.
-    pub(crate) seq: u64,
-    /// The stream's most recent messages, oldest first.
-    pub(crate) history: Vec<(u64, Prepared)>,
-    /// The resume key every instance on this prefix shares.
-    pub(crate) resume_key: Vec<u8>,
-    registry: mpsc::UnboundedReceiver<RegOp>,
 }
 
 async fn with_timeout<T>(
@@ -314,7 +298,10 @@ async fn resume_key<C: redis::aio::ConnectionLike + Send>(
 }
 
 /// Connects, reads the epoch and the recent history.
-pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start, Error> {
+async fn connect(
+    config: &RedisConfig,
+    history: usize,
+) -> Result<(Shared, Snapshot, mpsc::UnboundedReceiver<RegOp>), Error> {
     let client = Client::open(config.url.as_str())
         .map_err(|e| Error::Backend(format!("bad Redis URL: {e}")))?;
     let manager_config = ConnectionManagerConfig::new()
@@ -350,7 +337,7 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
     let mut entries = Vec::with_capacity(reply.ids.len());
     for entry in reply.ids.iter().rev() {
         match decode(entry) {
-            Ok(d) if d.epoch == epoch => entries.push((d.seq, d.prepared)),
+            Ok(d) if d.epoch == epoch => entries.push((d.seq, d.envelope)),
             Ok(_) => {}
             Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry"),
         }
@@ -366,7 +353,7 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
         entries.clear();
     }
     let (registry, registry_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         client,
         keys,
         instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -377,50 +364,152 @@ pub(crate) async fn connect(config: RedisConfig, history: usize) -> Result<Start
         history: history.max(1),
         timeout: config.timeout,
         liveness: config.liveness,
-        nonce: AtomicU64::new(1),
-        pending: Mutex::new(HashMap::new()),
         registry,
         reading: AtomicBool::new(false),
         resume_key: String::from_utf8_lossy(&resume_key).into_owned(),
-    });
-    Ok(Start {
-        shared,
-        epoch,
-        seq,
-        history: entries,
-        resume_key,
-        registry: registry_rx,
-    })
+    };
+    let snapshot = Snapshot::new(epoch, seq)
+        .with_recent(entries)
+        .with_resume_key(resume_key);
+    Ok((shared, snapshot, registry_rx))
 }
 
-impl Start {
-    /// Starts the reader, the registry writer and the liveness renewal;
-    /// each ends once the manager is gone.
-    pub(crate) fn spawn(self, manager: &Arc<Inner>, from_seq: u64) {
-        let weak = Arc::downgrade(manager);
-        tokio::spawn(read_loop(weak.clone(), Arc::clone(&self.shared), from_seq));
-        tokio::spawn(registry_loop(
-            weak.clone(),
-            Arc::clone(&self.shared),
-            self.registry,
-        ));
-        tokio::spawn(liveness_loop(weak, self.shared));
+/// The Redis backend as a [`Backend`]: made by
+/// [`BroadcastBuilder::build_redis`](crate::broadcast::BroadcastBuilder::build_redis),
+/// or given to [`build_on`](crate::broadcast::BroadcastBuilder::build_on).
+///
+/// ```no_run
+/// use htmx_sse::backend::{RedisBackend, RedisConfig};
+/// use htmx_sse::broadcast::BroadcastManager;
+///
+/// # async fn run() -> Result<(), htmx_sse::Error> {
+/// let backend = RedisBackend::new(RedisConfig::new("redis://127.0.0.1:6379/"))?;
+/// let manager = BroadcastManager::builder().build_on(backend).await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisBackend {
+    config: RedisConfig,
+    /// Set by `open`.
+    shared: OnceLock<Arc<Shared>>,
+    registry: Mutex<Option<mpsc::UnboundedReceiver<RegOp>>>,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.shared.get() {
+            Some(shared) => shared.fmt(f),
+            None => f
+                .debug_struct("Redis")
+                .field("config", &self.config)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl RedisBackend {
+    /// A backend for `config`; nothing is connected until a manager opens
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] for a URL that is not a Redis URL.
+    pub fn new(config: RedisConfig) -> Result<Self, Error> {
+        Client::open(config.url.as_str())
+            .map_err(|e| Error::Backend(format!("bad Redis URL: {e}")))?;
+        Ok(RedisBackend {
+            config,
+            shared: OnceLock::new(),
+            registry: Mutex::new(None),
+        })
+    }
+
+    fn shared(&self) -> Result<&Arc<Shared>, Error> {
+        self.shared
+            .get()
+            .ok_or_else(|| Error::Backend("the Redis backend is not open yet".to_owned()))
+    }
+}
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn open(&self, history: usize) -> BoxFuture<'_, Result<Snapshot, Error>> {
+        Box::pin(async move {
+            let (shared, snapshot, registry) = connect(&self.config, history).await?;
+            if self.shared.set(Arc::new(shared)).is_err() {
+                return Err(Error::Backend(
+                    "this Redis backend is open already: give each manager its own".to_owned(),
+                ));
+            }
+            *self.registry.lock() = Some(registry);
+            Ok(snapshot)
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        epoch: Epoch,
+        envelope: &'a Envelope,
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move { self.shared()?.publish(epoch, envelope).await })
+    }
+
+    fn run(self: Arc<Self>, sink: Sink, after: u64) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let (Ok(shared), Some(registry)) = (self.shared(), self.registry.lock().take()) else {
+                tracing::error!("the Redis backend runs only once, after it is opened");
+                return;
+            };
+            let shared = Arc::clone(shared);
+            tokio::join!(
+                read_loop(sink.clone(), Arc::clone(&shared), after),
+                registry_loop(sink.clone(), Arc::clone(&shared), registry),
+                liveness_loop(sink, shared),
+            );
+        })
+    }
+
+    fn connected(&self, id: &ConnectionId, user: Option<&UserId>) -> BoxFuture<'static, ()> {
+        // A manager opens its backend before its first connection.
+        let Ok(shared) = self.shared() else {
+            return Box::pin(async {});
+        };
+        let ready = shared.add(id.clone(), user.cloned());
+        Box::pin(async move {
+            // Recorded, or failed to be (then the sender is dropped): the
+            // liveness task records every connection again.
+            let _ = ready.await;
+        })
+    }
+
+    fn disconnected(&self, id: &ConnectionId) {
+        if let Ok(shared) = self.shared() {
+            shared.remove(id.clone());
+        }
+    }
+
+    fn locate<'a>(
+        &'a self,
+        id: &'a ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<Option<UserId>>, Error>> {
+        Box::pin(async move { self.shared()?.lookup(id).await })
+    }
+
+    fn connection_count(&self) -> BoxFuture<'_, Result<Option<usize>, Error>> {
+        Box::pin(async move { self.shared()?.cluster_count().await.map(Some) })
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared().is_ok_and(|s| s.is_reading())
     }
 }
 
 impl Shared {
-    /// Publishes `prepared` and waits until this instance delivered it;
-    /// returns its id and how many of this instance's connections it was
-    /// queued for.
-    pub(crate) async fn publish(
-        &self,
-        epoch: Epoch,
-        prepared: &Prepared,
-    ) -> Result<(MessageId, usize), Error> {
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(nonce, tx);
-        let fields = encode(prepared, epoch, &self.instance, nonce);
+    /// Appends `envelope` to the stream in `epoch`; returns its number.
+    async fn publish(&self, epoch: Epoch, envelope: &Envelope) -> Result<u64, Error> {
+        let fields = encode(envelope, epoch);
         let mut invocation = self.publish.prepare_invoke();
         invocation
             .key(&self.keys.stream)
@@ -432,35 +521,17 @@ impl Shared {
             invocation.arg(name.as_str()).arg(value.as_ref());
         }
         let mut con = self.commands.clone();
-        let seq: Result<u64, Error> = with_timeout(
+        with_timeout(
             self.timeout,
             "publishing",
             invocation.invoke_async(&mut con),
         )
-        .await;
-        let seq = match seq {
-            Ok(seq) => seq,
-            Err(e) => {
-                self.pending.lock().remove(&nonce);
-                return Err(e);
-            }
-        };
-        let id = MessageId { epoch, seq };
-        // Read-your-writes: this instance's connections have it queued when
-        // publishing returns.
-        let delivered = if let Ok(Ok(n)) = tokio::time::timeout(self.timeout, rx).await {
-            n
-        } else {
-            self.pending.lock().remove(&nonce);
-            tracing::warn!(%id, "published, but this instance has not read it back yet");
-            0
-        };
-        Ok((id, delivered))
+        .await
     }
 
     /// The user of a connection on any instance, or `None` when no live
     /// instance has it.
-    pub(crate) async fn lookup(&self, id: &ConnectionId) -> Result<Option<Option<UserId>>, Error> {
+    async fn lookup(&self, id: &ConnectionId) -> Result<Option<Option<UserId>>, Error> {
         let mut con = self.commands.clone();
         let instance: Option<String> = with_timeout(
             self.timeout,
@@ -488,7 +559,7 @@ impl Shared {
     }
 
     /// Connections on every live instance.
-    pub(crate) async fn cluster_count(&self) -> Result<usize, Error> {
+    async fn cluster_count(&self) -> Result<usize, Error> {
         let mut con = self.commands.clone();
         let instances: Vec<String> = with_timeout(
             self.timeout,
@@ -526,14 +597,14 @@ impl Shared {
 
     /// Records a new local connection; `ready` fires once Redis knows it
     /// (or failed to learn it).
-    pub(crate) fn add(&self, id: ConnectionId, user: Option<UserId>) -> oneshot::Receiver<()> {
+    fn add(&self, id: ConnectionId, user: Option<UserId>) -> oneshot::Receiver<()> {
         let (ready, rx) = oneshot::channel();
         let _ = self.registry.send(RegOp::Add { id, user, ready });
         rx
     }
 
     /// Forgets a local connection.
-    pub(crate) fn remove(&self, id: ConnectionId) {
+    fn remove(&self, id: ConnectionId) {
         let _ = self.registry.send(RegOp::Remove { id });
     }
 
@@ -551,7 +622,7 @@ impl Shared {
     }
 
     /// Whether the reader is connected to Redis now.
-    pub(crate) fn is_reading(&self) -> bool {
+    fn is_reading(&self) -> bool {
         self.reading.load(Ordering::Relaxed)
     }
 }
@@ -562,16 +633,14 @@ impl Shared {
 struct Decoded {
     seq: u64,
     epoch: Epoch,
-    origin: String,
-    nonce: u64,
-    prepared: Prepared,
+    envelope: Envelope,
 }
 
 fn ids(ids: &[ConnectionId]) -> Vec<&str> {
     ids.iter().map(ConnectionId::as_str).collect()
 }
 
-fn encode(p: &Prepared, epoch: Epoch, origin: &str, nonce: u64) -> Vec<(String, Bytes)> {
+fn encode(p: &Envelope, epoch: Epoch) -> Vec<(String, Bytes)> {
     let target = match &p.target {
         Target::All { exclude } => json!({"k": "all", "x": ids(exclude)}),
         Target::One { to, user } => json!({
@@ -600,9 +669,10 @@ fn encode(p: &Prepared, epoch: Epoch, origin: &str, nonce: u64) -> Vec<(String, 
         "meta": p.metadata,
     });
     let mut fields = vec![
+        ("v".to_owned(), Bytes::from(p.format.to_string())),
         ("e".to_owned(), Bytes::from(epoch.to_string())),
-        ("o".to_owned(), Bytes::from(origin.to_owned())),
-        ("n".to_owned(), Bytes::from(nonce.to_string())),
+        ("o".to_owned(), Bytes::from(p.origin.to_string())),
+        ("n".to_owned(), Bytes::from(p.nonce.to_string())),
         ("m".to_owned(), Bytes::from(meta.to_string())),
         ("b".to_owned(), p.body.clone()),
     ];
@@ -647,7 +717,11 @@ fn decode(entry: &StreamId) -> Result<Decoded, String> {
     let epoch = field_str(entry, "e")
         .and_then(|e| Epoch::parse(&e))
         .ok_or("no epoch")?;
-    let origin = field_str(entry, "o").ok_or("no origin")?;
+    // Entries written before origins were numbers are nobody's own.
+    let origin = field_str(entry, "o")
+        .ok_or("no origin")?
+        .parse()
+        .unwrap_or(0);
     let nonce = field_str(entry, "n")
         .and_then(|n| n.parse().ok())
         .ok_or("no nonce")?;
@@ -697,7 +771,10 @@ fn decode(entry: &StreamId) -> Result<Decoded, String> {
     while let Some(b) = field_bytes(entry, &format!("t{}", bodies.len())) {
         bodies.push(Bytes::from(b));
     }
-    let prepared = Prepared {
+    let envelope = Envelope {
+        format: field_str(entry, "v")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
         body,
         topic_bodies: (!bodies.is_empty()).then(|| bodies.into_boxed_slice()),
         target,
@@ -712,13 +789,20 @@ fn decode(entry: &StreamId) -> Result<Decoded, String> {
             .as_str()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map_or_else(Utc::now, |t| t.with_timezone(&Utc)),
+        origin,
+        nonce,
     };
+    if envelope.format > Envelope::FORMAT {
+        return Err(format!(
+            "format {} is newer than this instance reads ({})",
+            envelope.format,
+            Envelope::FORMAT
+        ));
+    }
     Ok(Decoded {
         seq,
         epoch,
-        origin,
-        nonce,
-        prepared,
+        envelope,
     })
 }
 
@@ -741,11 +825,11 @@ async fn reader_connection(shared: &Shared) -> redis::RedisResult<MultiplexedCon
 
 /// Reads the stream and delivers each message to this instance's
 /// connections, in order; reconnects with backoff.
-async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
+async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
     let mut backoff = MIN_BACKOFF;
     let mut failing = false;
     loop {
-        if manager.strong_count() == 0 {
+        if !sink.is_open() {
             return;
         }
         let mut con = match reader_connection(&shared).await {
@@ -780,10 +864,10 @@ async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
         // Then a new epoch, read from the start of the new stream.
         match epoch(&mut con, &shared.keys).await {
             Ok(e) => {
-                let Some(inner) = manager.upgrade() else {
+                let Some(changed) = sink.new_epoch(e) else {
                     return;
                 };
-                if inner.start_epoch(e) {
+                if changed {
                     tracing::warn!(epoch = %e, "Redis lost its data: new epoch");
                     last = 0;
                 }
@@ -804,7 +888,7 @@ async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
             .count(1024)
             .block(usize::try_from(BLOCK.as_millis()).unwrap_or(1000));
         loop {
-            if manager.strong_count() == 0 {
+            if !sink.is_open() {
                 return;
             }
             let from = format!("0-{last}");
@@ -819,18 +903,12 @@ async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
                     break;
                 }
             };
-            let Some(inner) = manager.upgrade() else {
-                return;
-            };
             for entry in reply.iter().flat_map(|r| &r.keys).flat_map(|k| &k.ids) {
                 match decode(entry) {
                     Ok(d) => {
                         last = d.seq;
-                        let delivered = inner.apply(d.epoch, d.seq, d.prepared);
-                        if d.origin == shared.instance
-                            && let Some(tx) = shared.pending.lock().remove(&d.nonce)
-                        {
-                            let _ = tx.send(delivered);
+                        if sink.deliver(d.epoch, d.seq, d.envelope).is_none() {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -850,11 +928,7 @@ async fn read_loop(manager: Weak<Inner>, shared: Arc<Shared>, mut last: u64) {
 }
 
 /// Writes connection arrivals and departures to Redis, in batches.
-async fn registry_loop(
-    manager: Weak<Inner>,
-    shared: Arc<Shared>,
-    mut ops: mpsc::UnboundedReceiver<RegOp>,
-) {
+async fn registry_loop(sink: Sink, shared: Arc<Shared>, mut ops: mpsc::UnboundedReceiver<RegOp>) {
     let conns = shared.keys.conns(&shared.instance);
     let mut batch = Vec::new();
     while ops.recv_many(&mut batch, 512).await > 0 {
@@ -902,7 +976,7 @@ async fn registry_loop(
             tracing::warn!(error = %e, "could not record connections in Redis");
         }
         drop(readies);
-        if manager.strong_count() == 0 {
+        if !sink.is_open() {
             return;
         }
     }
@@ -910,15 +984,15 @@ async fn registry_loop(
 
 /// Renews this instance's liveness key, writes its connections again when
 /// Redis forgot them, and buries instances that died.
-async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
+async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
     let alive = shared.keys.alive(&shared.instance);
     let mut tick = tokio::time::interval(shared.liveness / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(inner) = manager.upgrade() else {
+        if !sink.is_open() {
             return;
-        };
+        }
         let mut con = shared.commands.clone();
         let step = async {
             let existed: bool = con.exists(&alive).await?;
@@ -933,7 +1007,7 @@ async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
             if !existed {
                 // First round, or Redis forgot us: write every local
                 // connection again.
-                let local = inner.local_connections();
+                let local = sink.connections().unwrap_or_default();
                 if !local.is_empty() {
                     let mut pipe = redis::pipe();
                     for (id, user) in &local {
@@ -960,7 +1034,6 @@ async fn liveness_loop(manager: Weak<Inner>, shared: Arc<Shared>) {
             redis::RedisResult::Ok(())
         };
         let result = with_timeout(shared.timeout * 2, "renewing liveness", step).await;
-        drop(inner);
         if let Err(e) = result {
             tracing::debug!(error = %e, "liveness renewal failed");
         }
@@ -983,6 +1056,22 @@ mod tests {
         }
     }
 
+    fn envelope(body: Bytes, target: Target) -> Envelope {
+        Envelope {
+            format: Envelope::FORMAT,
+            body,
+            topic_bodies: None,
+            target,
+            message_type: EventName::new("message".to_owned()).unwrap(),
+            data: json!("x"),
+            html: false,
+            metadata: None,
+            timestamp: Utc::now(),
+            origin: 7,
+            nonce: 1,
+        }
+    }
+
     #[test]
     fn entries_round_trip() {
         let body = Event::builder()
@@ -991,61 +1080,54 @@ mod tests {
             .build()
             .unwrap()
             .into_bytes();
-        let prepared = Prepared {
-            body: body.clone(),
-            topic_bodies: Some(vec![Bytes::from_static(b"event: a\ndata: x\n\n")].into()),
-            target: Target::Topics {
+        let mut sent = envelope(
+            body,
+            Target::Topics {
                 topics: vec![Topic::new("lists/7").unwrap()].into(),
                 private: true,
                 exclude: vec![ConnectionId::new("c1").unwrap()].into(),
             },
-            message_type: EventName::new("chat".to_owned()).unwrap(),
-            data: json!({"text": "hi"}),
-            html: true,
-            metadata: Some(json!({"by": "ann"})),
-            timestamp: Utc::now(),
-        };
-        let epoch = Epoch(0x1234_abcd);
-        let d = decode(&entry(encode(&prepared, epoch, "inst", 9), 42)).unwrap();
-        assert_eq!(
-            (d.seq, d.epoch, d.origin.as_str(), d.nonce),
-            (42, epoch, "inst", 9)
         );
-        assert_eq!(d.prepared.body, body);
-        assert_eq!(d.prepared.topic_bodies, prepared.topic_bodies);
-        assert_eq!(d.prepared.data, prepared.data);
-        assert!(d.prepared.html, "the html flag crosses Redis");
-        assert_eq!(d.prepared.metadata, prepared.metadata);
-        assert_eq!(d.prepared.message_type.as_str(), "chat");
-        assert!(matches!(
-            d.prepared.target,
-            Target::Topics { private: true, ref topics, ref exclude }
-                if topics[0].as_str() == "lists/7" && exclude[0].as_str() == "c1"
-        ));
+        sent.topic_bodies = Some(vec![Bytes::from_static(b"event: a\ndata: x\n\n")].into());
+        sent.message_type = EventName::new("chat".to_owned()).unwrap();
+        sent.data = json!({"text": "hi"});
+        sent.html = true;
+        sent.metadata = Some(json!({"by": "ann"}));
+        sent.origin = 0xfeed;
+        sent.nonce = 9;
+        let epoch = Epoch(0x1234_abcd);
+        let d = decode(&entry(encode(&sent, epoch), 42)).unwrap();
+        assert_eq!((d.seq, d.epoch), (42, epoch));
+        let mut back = d.envelope;
+        // Redis keeps times to the microsecond or better; RFC 3339 keeps
+        // nanoseconds: the same instant.
+        assert_eq!(back.timestamp, sent.timestamp);
+        back.timestamp = sent.timestamp;
+        assert_eq!(back, sent, "every field crosses Redis");
     }
 
     #[test]
     fn bad_entries_are_refused_not_panicked_on() {
-        let good = Prepared {
-            body: Bytes::from_static(b"data: x\n\n"),
-            topic_bodies: None,
-            target: Target::All {
+        let good = envelope(
+            Bytes::from_static(b"data: x\n\n"),
+            Target::All {
                 exclude: Box::new([]),
             },
-            message_type: EventName::new("message".to_owned()).unwrap(),
-            data: json!("x"),
-            html: false,
-            metadata: None,
-            timestamp: Utc::now(),
-        };
-        let fields = encode(&good, Epoch(1), "i", 1);
+        );
+        let fields = encode(&good, Epoch(1));
+        assert!(decode(&entry(fields.clone(), 1)).is_ok());
         for drop in ["e", "o", "n", "m", "b"] {
             let fewer = fields.iter().filter(|(k, _)| k != drop).cloned().collect();
             assert!(decode(&entry(fewer, 1)).is_err(), "without {drop}");
         }
+        let meta = fields.iter().position(|(k, _)| k == "m").unwrap();
         let mut bad_target = fields.clone();
-        bad_target[3].1 = Bytes::from(r#"{"target":{"k":"one","to":"a\nb"},"type":"x"}"#);
+        bad_target[meta].1 = Bytes::from(r#"{"target":{"k":"one","to":"a\nb"},"type":"x"}"#);
         assert!(decode(&entry(bad_target, 1)).is_err());
+        // From a newer version of the crate: refused, not misread.
+        let mut newer = fields.clone();
+        newer[0].1 = Bytes::from((Envelope::FORMAT + 1).to_string());
+        assert!(decode(&entry(newer, 1)).is_err());
         let mut bad_id = entry(fields, 1);
         bad_id.id = "1700000000000-0".to_owned();
         assert!(decode(&bad_id).is_err());

@@ -9,11 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
-use std::future::Future;
-
 use bytes::Bytes;
 use futures_core::Stream;
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::hub::{Hub, Read};
@@ -32,7 +29,7 @@ pub(crate) struct Intro {
     /// Fires once the backend knows the connection (Redis): until then the
     /// page is not told its id, so a `send_to` from another instance
     /// cannot miss it.
-    pub(crate) ready: Option<oneshot::Receiver<()>>,
+    pub(crate) ready: Option<crate::backend::BoxFuture<'static, ()>>,
 }
 
 /// What is still to go out before live messages, or to wait for: kept
@@ -41,7 +38,7 @@ struct Opening {
     connection: Option<Event>,
     reset: Option<Event>,
     replay: VecDeque<Arc<Stored>>,
-    ready: Option<oneshot::Receiver<()>>,
+    ready: Option<crate::backend::BoxFuture<'static, ()>>,
     started: bool,
 }
 
@@ -188,9 +185,9 @@ impl Feed {
         }
         while let Some(opening) = this.opening.as_deref_mut() {
             if let Some(ready) = &mut opening.ready {
-                // Ready or failed (the sender is dropped then): go on either
-                // way.
-                if Pin::new(ready).poll(cx).is_pending() {
+                // Recorded (or failed to be: the backend says so in its
+                // logs): go on either way.
+                if ready.as_mut().poll(cx).is_pending() {
                     // A stop must wake us while we wait: register, look
                     // again.
                     this.direct.waker.register(cx.waker());

@@ -20,6 +20,7 @@ use super::message::{BroadcastMessage, Epoch, MessageId, default_text};
 use super::proof::{MIN_KEY_BYTES, ResumeKey};
 use super::resume::ResumePoint;
 use super::{CONNECTION_EVENT, Connection, RESET_EVENT, ResetReason};
+use crate::backend::{Backend, Delivery, Envelope, Sink, Target};
 use crate::connections::{
     ConnectionId, ConnectionRegistry, ConnectionState, Entry, Listing, RegistryStats, UserId,
 };
@@ -44,6 +45,10 @@ pub struct Outgoing<'a> {
     pub timestamp: DateTime<Utc>,
 }
 
+/// How long a publish through a shared backend waits for this instance to
+/// read it back (then it returns with `delivered: 0` and a warning).
+const OWN_DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 type Render = dyn Fn(&Outgoing<'_>) -> Result<Fragment, Error> + Send + Sync;
 
 /// What a publish did.
@@ -56,61 +61,12 @@ pub struct Sent {
     pub delivered: usize,
 }
 
-/// Who a message is for.
+/// Where published messages travel: in memory (delivered at once, under
+/// the lock: the fast path), or through a shared [`Backend`] and back.
 #[derive(Debug)]
-pub(crate) enum Target {
-    /// Every connection but these.
-    All { exclude: Box<[ConnectionId]> },
-    /// Exactly this connection (and only while it belongs to this user).
-    One {
-        to: ConnectionId,
-        user: Option<UserId>,
-    },
-    /// Connections subscribed to one of these topics (and, when private,
-    /// authorized for one of them), but these.
-    Topics {
-        topics: Box<[Topic]>,
-        private: bool,
-        exclude: Box<[ConnectionId]>,
-    },
-    /// Every connection of this user but these.
-    User {
-        user: UserId,
-        exclude: Box<[ConnectionId]>,
-    },
-}
-
-/// A message rendered and encoded, not yet numbered: what a backend carries.
-#[derive(Debug)]
-pub(crate) struct Prepared {
-    /// `event: …\ndata: …\n\n`.
-    pub(crate) body: Bytes,
-    /// With the topic as event type: one body per topic, in topic order.
-    pub(crate) topic_bodies: Option<Box<[Bytes]>>,
-    pub(crate) target: Target,
-    pub(crate) message_type: EventName,
-    pub(crate) data: serde_json::Value,
-    /// Whether `data` is HTML sent as it is (else text or JSON).
-    pub(crate) html: bool,
-    pub(crate) metadata: Option<serde_json::Value>,
-    pub(crate) timestamp: DateTime<Utc>,
-}
-
-/// Where published messages travel: see [`crate::backend`].
-pub(crate) enum Backend {
+pub(crate) enum Transport {
     Memory,
-    #[cfg(feature = "redis")]
-    Redis(Arc<crate::backend::redis::Shared>),
-}
-
-impl fmt::Debug for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Backend::Memory => f.write_str("Memory"),
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.fmt(f),
-        }
-    }
+    Shared(Arc<dyn Backend>),
 }
 
 /// A published message, encoded once, as every connection shares it.
@@ -297,7 +253,6 @@ pub(crate) struct Core {
 
 impl Core {
     /// Notes a hole before `seq`, the next message to go into the history.
-    #[cfg(feature = "redis")]
     fn note_gap(&mut self, seq: u64) {
         if seq > self.seq + 1 {
             self.missing_to = self.missing_to.max(seq - 1);
@@ -329,7 +284,15 @@ pub(crate) type Filter = dyn Fn(&BroadcastMessage, &Recipient<'_>) -> bool + Sen
 
 pub(crate) struct Inner {
     core: Mutex<Core>,
-    backend: Backend,
+    transport: Transport,
+    /// This manager among those sharing a backend: set in the envelopes it
+    /// publishes, so that it knows its own when they come back.
+    origin: u64,
+    /// Numbers this manager's publishes (the envelopes' `nonce`).
+    nonce: AtomicU64,
+    /// Publishes waiting until this instance delivered them (by nonce):
+    /// each learns how many connections it reached.
+    pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<usize>>>,
     registry: ConnectionRegistry,
     pub(crate) history_limit: usize,
     pub(crate) queue_capacity: usize,
@@ -415,16 +378,15 @@ impl Inner {
                 core.forget_user(user, id);
             }
             drop(core);
-            #[cfg(feature = "redis")]
-            if let Backend::Redis(redis) = &self.backend {
-                redis.remove(id.clone());
+            if let Transport::Shared(backend) = &self.transport {
+                backend.disconnected(id);
             }
         }
     }
 
     /// Numbers `p` as `seq` of the current epoch, keeps it in the history and
     /// queues it for this process's connections; returns how many.
-    fn deliver(&self, core: &mut Core, seq: u64, p: Prepared) -> (MessageId, usize) {
+    fn deliver(&self, core: &mut Core, seq: u64, p: Envelope) -> (MessageId, usize) {
         // Where it goes besides the ring: one connection or a user's.
         let directs: Vec<Arc<Direct>> = match &p.target {
             Target::One { to, user } => core
@@ -536,38 +498,49 @@ impl Inner {
         };
         (id, delivered)
     }
+}
 
+/// What a shared backend reads back, handled here the same for every
+/// backend: order, gaps, epochs, and this instance's own publishes.
+impl Delivery for Inner {
     /// Delivers a message another instance (or this one) numbered, read
     /// back from the backend in order.
-    #[cfg(feature = "redis")]
-    pub(crate) fn apply(&self, epoch: Epoch, seq: u64, p: Prepared) -> usize {
+    fn deliver(&self, epoch: Epoch, seq: u64, p: Envelope) -> usize {
+        let own = (p.origin == self.origin).then_some(p.nonce);
         let mut core = self.core.lock();
-        if epoch != core.epoch || seq <= core.seq {
+        let delivered = if epoch != core.epoch || seq <= core.seq {
             // From an epoch this process left, or seen before.
-            return 0;
-        }
-        if seq != core.seq + 1 {
-            // Messages were lost on the way (trimmed before this process
-            // read them, or unreadable): every connection resumes, and gets
-            // the reset event when its resume crosses the hole.
-            tracing::warn!(from = core.seq, to = seq, "gap in the message stream");
-            core.note_gap(seq);
-            for conn in core.connections.iter() {
-                conn.direct.flag(Direct::LAGGED);
-                conn.direct.waker.wake();
+            0
+        } else {
+            if seq != core.seq + 1 {
+                // Messages were lost on the way (trimmed before this process
+                // read them, or unreadable): every connection resumes, and
+                // gets the reset event when its resume crosses the hole.
+                tracing::warn!(from = core.seq, to = seq, "gap in the message stream");
+                core.note_gap(seq);
+                for conn in core.connections.iter() {
+                    conn.direct.flag(Direct::LAGGED);
+                    conn.direct.waker.wake();
+                }
             }
+            self.deliver(&mut core, seq, p).1
+        };
+        drop(core);
+        if let Some(nonce) = own
+            && let Some(waiting) = self.pending.lock().remove(&nonce)
+        {
+            let _ = waiting.send(delivered);
         }
-        self.deliver(&mut core, seq, p).1
+        delivered
     }
 
-    /// Moves to `epoch` (Redis lost its data): the history of the old one
-    /// goes, and every open connection ends (without the close message) so
-    /// that its page comes back with its old-epoch id and gets the reset
-    /// event: the new epoch numbers from 1 again, and a connection left
-    /// open would skip the new messages numbered below where it stood.
-    /// Returns whether it changed.
-    #[cfg(feature = "redis")]
-    pub(crate) fn start_epoch(&self, epoch: Epoch) -> bool {
+    /// Moves to `epoch` (the backend lost its data): the history of the
+    /// old one goes, and every open connection ends (without the close
+    /// message) so that its page comes back with its old-epoch id and gets
+    /// the reset event: the new epoch numbers from 1 again, and a
+    /// connection left open would skip the new messages numbered below
+    /// where it stood. Returns whether it changed.
+    fn new_epoch(&self, epoch: Epoch) -> bool {
         let mut core = self.core.lock();
         if core.epoch == epoch {
             return false;
@@ -585,8 +558,7 @@ impl Inner {
     }
 
     /// This process's connections and their users.
-    #[cfg(feature = "redis")]
-    pub(crate) fn local_connections(&self) -> Vec<(ConnectionId, Option<UserId>)> {
+    fn connections(&self) -> Vec<(ConnectionId, Option<UserId>)> {
         self.core
             .lock()
             .connections
@@ -622,7 +594,7 @@ impl fmt::Debug for BroadcastManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let core = self.inner.core.lock();
         f.debug_struct("BroadcastManager")
-            .field("backend", &self.inner.backend)
+            .field("transport", &self.inner.transport)
             .field("epoch", &core.epoch)
             .field("seq", &core.seq)
             .field("connections", &core.connections.len())
@@ -852,7 +824,7 @@ impl BroadcastBuilder {
     #[must_use]
     pub fn build(self) -> BroadcastManager {
         let key = self.resume_key.clone().unwrap_or_else(ResumeKey::random);
-        self.build_with(Backend::Memory, Epoch::random(), 0, key)
+        self.build_with(Transport::Memory, Epoch::random(), 0, key)
     }
 
     /// A manager on the Redis backend: many server processes sharing one
@@ -880,38 +852,58 @@ impl BroadcastBuilder {
         self,
         config: crate::backend::RedisConfig,
     ) -> Result<BroadcastManager, Error> {
-        let mut start = crate::backend::redis::connect(config, self.history).await?;
-        let history = std::mem::take(&mut start.history);
-        let first = history.first().map_or(start.seq, |(s, _)| s - 1);
-        let key = self
-            .resume_key
-            .clone()
-            .unwrap_or_else(|| ResumeKey::new(&start.resume_key));
-        let manager = self.build_with(
-            Backend::Redis(Arc::clone(&start.shared)),
-            start.epoch,
-            first,
-            key,
-        );
+        let backend = crate::backend::RedisBackend::new(config)?;
+        self.build_on(backend).await
+    }
+
+    /// A manager on a shared [`Backend`] (see
+    /// [`crate::backend`](crate::backend#writing-a-backend)): opens it,
+    /// takes its epoch, sequence and recent entries as the history, then
+    /// starts its reader. `build_redis` (feature `redis`) is this with
+    /// the Redis backend.
+    ///
+    /// # Errors
+    ///
+    /// What the backend's [`open`](Backend::open) fails with, usually
+    /// [`Error::Backend`].
+    pub async fn build_on<B: Backend>(self, backend: B) -> Result<BroadcastManager, Error> {
+        let backend: Arc<B> = Arc::new(backend);
+        let start = backend.open(self.history).await?;
+        let last = start.last_seq;
+        let first = start.recent.first().map_or(last, |(s, _)| s - 1);
+        let key = match (&self.resume_key, &start.resume_key) {
+            (Some(key), _) => key.clone(),
+            (None, Some(shared)) if shared.len() >= MIN_KEY_BYTES => ResumeKey::new(shared),
+            (None, Some(_)) => {
+                return Err(Error::Backend(format!(
+                    "the backend's shared resume key is shorter than {MIN_KEY_BYTES} bytes"
+                )));
+            }
+            (None, None) => ResumeKey::random(),
+        };
+        let transport = Transport::Shared(Arc::clone(&backend) as Arc<dyn Backend>);
+        let manager = self.build_with(transport, start.epoch, first, key);
         {
             let inner = &manager.inner;
             let mut core = inner.core.lock();
-            for (seq, p) in history {
+            for (seq, p) in start.recent {
                 // Entries that could not be read leave holes: noted.
                 core.note_gap(seq);
                 inner.deliver(&mut core, seq, p);
             }
-            core.note_gap(start.seq + 1);
-            core.seq = start.seq;
+            core.note_gap(last + 1);
+            core.seq = last;
         }
-        let seq = start.seq;
-        start.spawn(&manager.inner, seq);
+        let inner: Arc<dyn Delivery> = Arc::clone(&manager.inner) as Arc<dyn Delivery>;
+        let sink = Sink::new(Arc::downgrade(&inner));
+        drop(inner);
+        tokio::spawn(backend.run(sink, last));
         Ok(manager)
     }
 
     fn build_with(
         self,
-        backend: Backend,
+        transport: Transport,
         epoch: Epoch,
         seq: u64,
         resume_key: ResumeKey,
@@ -930,7 +922,14 @@ impl BroadcastBuilder {
                     listeners: Listeners::default(),
                     missing_to: 0,
                 }),
-                backend,
+                transport,
+                origin: u64::from_le_bytes(
+                    uuid::Uuid::new_v4().as_bytes()[..8]
+                        .try_into()
+                        .unwrap_or_else(|_| unreachable!("a UUID has 16 bytes")),
+                ),
+                nonce: AtomicU64::new(1),
+                pending: Mutex::new(HashMap::new()),
                 registry: ConnectionRegistry::new(),
                 history_limit: self.history,
                 queue_capacity: self.queue_capacity,
@@ -1185,10 +1184,9 @@ impl BroadcastManager {
         }
         let seq_now = core.seq;
         drop(core);
-        let ready = match &inner.backend {
-            Backend::Memory => None,
-            #[cfg(feature = "redis")]
-            Backend::Redis(redis) => Some(redis.add(id.clone(), sub.user.clone())),
+        let ready = match &inner.transport {
+            Transport::Memory => None,
+            Transport::Shared(backend) => Some(backend.connected(&id, sub.user.as_ref())),
         };
 
         let registration = inner.registry.list(Arc::clone(&direct) as Arc<dyn Listing>);
@@ -1224,7 +1222,7 @@ impl BroadcastManager {
     /// ```
     #[must_use]
     pub fn is_distributed(&self) -> bool {
-        !matches!(self.inner.backend, Backend::Memory)
+        !matches!(self.inner.transport, Transport::Memory)
     }
 
     /// Sends a message to every connection except those in `exclude`;
@@ -1380,7 +1378,7 @@ impl BroadcastManager {
     }
 
     /// Renders and encodes a message once, outside any lock.
-    fn prepare(&self, m: Message<'_>) -> Result<Prepared, Error> {
+    fn prepare(&self, m: Message<'_>) -> Result<Envelope, Error> {
         let inner = &*self.inner;
         if let Some(e) = m.error {
             return Err(e);
@@ -1472,7 +1470,8 @@ impl BroadcastManager {
             }
         };
         let body = named(&message_type).data(text).build()?.into_bytes();
-        Ok(Prepared {
+        Ok(Envelope {
+            format: Envelope::FORMAT,
             body,
             topic_bodies,
             target,
@@ -1481,28 +1480,29 @@ impl BroadcastManager {
             html,
             metadata,
             timestamp,
+            origin: inner.origin,
+            nonce: 0,
         })
     }
 
     async fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
         let inner = &*self.inner;
-        let mut prepared = self.prepare(m)?;
-        match &inner.backend {
-            Backend::Memory => {
+        let mut envelope = self.prepare(m)?;
+        match &inner.transport {
+            Transport::Memory => {
                 let mut core = inner.core.lock();
-                if let Target::One { to, user } = &mut prepared.target {
+                if let Target::One { to, user } = &mut envelope.target {
                     match core.connections.get(to) {
                         Some(c) => user.clone_from(&c.direct.sub.user),
                         None => return Err(Error::UnknownConnection { id: to.to_string() }),
                     }
                 }
                 let seq = core.seq + 1;
-                let (id, delivered) = inner.deliver(&mut core, seq, prepared);
+                let (id, delivered) = inner.deliver(&mut core, seq, envelope);
                 Ok(Sent { id, delivered })
             }
-            #[cfg(feature = "redis")]
-            Backend::Redis(redis) => {
-                if let Target::One { to, user } = &mut prepared.target {
+            Transport::Shared(backend) => {
+                if let Target::One { to, user } = &mut envelope.target {
                     let local = inner
                         .core
                         .lock()
@@ -1511,16 +1511,51 @@ impl BroadcastManager {
                         .map(|c| c.direct.sub.user.clone());
                     *user = match local {
                         Some(u) => u,
-                        None => redis
-                            .lookup(to)
+                        None => backend
+                            .locate(to)
                             .await?
                             .ok_or_else(|| Error::UnknownConnection { id: to.to_string() })?,
                     };
                 }
+                // Read-your-writes: this instance's connections have it
+                // queued when publishing returns.
+                let nonce = inner.nonce.fetch_add(1, Ordering::Relaxed);
+                envelope.nonce = nonce;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                inner.pending.lock().insert(nonce, tx);
                 let epoch = inner.core.lock().epoch;
-                let (id, delivered) = redis.publish(epoch, &prepared).await?;
+                let seq = match backend.publish(epoch, &envelope).await {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        inner.pending.lock().remove(&nonce);
+                        return Err(e);
+                    }
+                };
+                let id = MessageId { epoch, seq };
+                let delivered = if let Ok(Ok(n)) = tokio::time::timeout(OWN_DELIVERY_WAIT, rx).await
+                {
+                    n
+                } else {
+                    inner.pending.lock().remove(&nonce);
+                    tracing::warn!(%id, "published, but this instance has not read it back yet");
+                    0
+                };
                 Ok(Sent { id, delivered })
             }
+        }
+    }
+
+    /// The backend's name: `"memory"`, or the shared backend's
+    /// [`name`](Backend::name) (`"redis"`). `GET {prefix}/status` says it.
+    ///
+    /// ```
+    /// assert_eq!(htmx_sse::BroadcastManager::new().backend_name(), "memory");
+    /// ```
+    #[must_use]
+    pub fn backend_name(&self) -> &'static str {
+        match &self.inner.transport {
+            Transport::Memory => "memory",
+            Transport::Shared(backend) => backend.name(),
         }
     }
 
@@ -1534,10 +1569,9 @@ impl BroadcastManager {
     /// ```
     #[must_use]
     pub fn backend_connected(&self) -> bool {
-        match &self.inner.backend {
-            Backend::Memory => true,
-            #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.is_reading(),
+        match &self.inner.transport {
+            Transport::Memory => true,
+            Transport::Shared(backend) => backend.is_connected(),
         }
     }
 
@@ -1558,10 +1592,12 @@ impl BroadcastManager {
     ///
     /// [`Error::Backend`] when Redis cannot be reached.
     pub async fn cluster_connection_count(&self) -> Result<usize, Error> {
-        match &self.inner.backend {
-            Backend::Memory => Ok(self.connection_count()),
-            #[cfg(feature = "redis")]
-            Backend::Redis(redis) => redis.cluster_count().await,
+        match &self.inner.transport {
+            Transport::Memory => Ok(self.connection_count()),
+            Transport::Shared(backend) => Ok(backend
+                .connection_count()
+                .await?
+                .unwrap_or_else(|| self.connection_count())),
         }
     }
 

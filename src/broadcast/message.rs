@@ -6,40 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use crate::backend::Epoch;
 use crate::event::{Event, EventName};
-
-/// Identifies the server process that numbered a message: random per
-/// [`BroadcastManager`](super::BroadcastManager), so that ids from before a
-/// restart are told apart from this process's own (as Centrifugo's epochs do).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Epoch(pub(crate) u32);
-
-impl Epoch {
-    /// Reads the 8 hex digits it is shown as.
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u32::from_str_radix(s, 16).ok().map(Epoch)
-    }
-
-    pub(crate) fn random() -> Self {
-        let bytes = uuid::Uuid::new_v4().into_bytes();
-        Epoch(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-    }
-}
-
-impl fmt::Debug for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}", self.0)
-    }
-}
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}", self.0)
-    }
-}
 
 /// Where a message stands: the epoch of the process that numbered it and
 /// its place in that process's sequence. Shown as `EPOCH-SEQ`

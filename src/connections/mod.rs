@@ -159,6 +159,14 @@ impl Serialize for UserId {
     }
 }
 
+/// Checked as [`UserId::new`] checks.
+impl<'de> serde::Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        UserId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Keeps error values small when a client sends a huge id.
 pub(crate) fn truncate_for_error(s: &str) -> String {
     let mut end = s.len().min(80);
