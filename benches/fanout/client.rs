@@ -67,7 +67,7 @@ struct Shared {
 }
 
 #[derive(Debug, Default)]
-struct ConnStats {
+pub(crate) struct ConnStats {
     connected: bool,
     received: u64,
     /// Messages skipped (a gap in the sequence numbers).
@@ -364,7 +364,7 @@ async fn connection(shared: Arc<Shared>, gate: Arc<Semaphore>) -> ConnStats {
 
 /// Connects, sends the request, reads the response head (which must be 200
 /// with chunked transfer encoding).
-async fn open(port: u16) -> Result<(TcpStream, Decoder), String> {
+pub(crate) async fn open(port: u16) -> Result<(TcpStream, Decoder), String> {
     let mut sock = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -418,16 +418,21 @@ enum Chunk {
 
 /// HTTP/1.1 chunked decoding into an SSE buffer, then events split at the
 /// blank line. Only what our three servers send (LF line ends).
-struct Decoder {
+pub(crate) struct Decoder {
     raw: Vec<u8>,
     state: Chunk,
     sse: Vec<u8>,
 }
 
 impl Decoder {
+    /// Appends bytes read from the socket.
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+    }
+
     /// Decodes what is buffered; calls `on_event` for each complete event.
     /// `Ok(true)` at the last chunk.
-    fn drain<F>(&mut self, st: &mut ConnStats, on_event: &mut F) -> Result<bool, String>
+    pub(crate) fn drain<F>(&mut self, st: &mut ConnStats, on_event: &mut F) -> Result<bool, String>
     where
         F: FnMut(&[u8], &mut ConnStats),
     {

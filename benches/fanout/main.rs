@@ -15,13 +15,20 @@
 //! cargo bench --bench fanout -- --quick         # small counts, a smoke test
 //! cargo bench --bench fanout -- --only load-1k --servers crate,baseline
 //! cargo bench --bench fanout -- --window 16 --repeat 3 --out target/bench
+//! cargo bench --bench fanout -- --only churn,shutdown,reconnect --retry-window-ms 10000
 //! ```
+//!
+//! The life-cycle scenarios (`churn`, `shutdown`, `reconnect`, crate server
+//! only, see `lifecycle.rs`) run after the load scenarios and write
+//! `lifecycle.md` next to the table; the bench exits non-zero when one of
+//! them misses its target.
 //!
 //! The same binary is the server (`--serve KIND --cpu N`) and the client
 //! (`--client …`); the parent spawns it. Run without `--bench` (as
 //! `cargo test --benches` does) it does nothing.
 
 mod client;
+mod lifecycle;
 mod report;
 mod server;
 mod sys;
@@ -41,6 +48,8 @@ const CLIENT_CPU: usize = 1;
 /// Stop starting runs after this much time (the whole bench stays well
 /// under 15 minutes).
 const BUDGET: Duration = Duration::from_secs(12 * 60);
+/// No life-cycle scenario (each at most about a minute) starts after this.
+const LIFECYCLE_BUDGET: Duration = Duration::from_secs(13 * 60);
 /// A run during which other processes took more than this share of the
 /// server's or the client's CPU is noisy (the machine may be shared).
 const NOISY: f64 = 0.10;
@@ -124,6 +133,8 @@ struct Options {
     msgs: Option<u64>,
     /// Overrides every scenario's pause before the memory reading.
     settle: Option<Duration>,
+    /// The `reconnect` scenario's `retry_on_shutdown` window.
+    retry_window_ms: Option<u64>,
 }
 
 fn main() {
@@ -135,9 +146,12 @@ fn main() {
                 kind,
                 flag(&args, "--cpu").unwrap_or(SERVER_CPU),
                 args.iter().any(|a| a == "--nodelay"),
+                flag(&args, "--retry-window-ms").map(Duration::from_millis),
             ),
             None => Err("--serve needs crate, baseline or raw".to_owned()),
         }
+    } else if args.iter().any(|a| a == "--lc") {
+        lifecycle::client_main(&args)
     } else if args.iter().any(|a| a == "--client") {
         client_args(&args).and_then(client::run)
     } else if args.iter().any(|a| a == "--bench") {
@@ -184,6 +198,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         conns: None,
         msgs: None,
         settle: None,
+        retry_window_ms: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -204,6 +219,10 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--out" => o.out = PathBuf::from(value()?),
             "--conns" => o.conns = Some(value()?.parse().map_err(|_| "bad --conns")?),
             "--msgs" => o.msgs = Some(value()?.parse().map_err(|_| "bad --msgs")?),
+            "--retry-window-ms" => {
+                let ms: u64 = value()?.parse().map_err(|_| "bad --retry-window-ms")?;
+                o.retry_window_ms = Some(ms.max(10));
+            }
             "--settle-ms" => {
                 let ms = value()?.parse().map_err(|_| "bad --settle-ms")?;
                 o.settle = Some(Duration::from_millis(ms));
@@ -517,6 +536,40 @@ fn orchestrate(o: &Options) -> Result<(), String> {
             }
         }
     }
+    let lifecycle = {
+        let selected: Vec<&str> = lifecycle::NAMES
+            .into_iter()
+            .filter(|n| {
+                o.only
+                    .as_ref()
+                    .is_none_or(|only| only.iter().any(|x| x == n))
+            })
+            .collect();
+        (!selected.is_empty()).then(|| {
+            lifecycle::run(
+                &selected,
+                lifecycle::Sizes::new(o.quick, o.retry_window_ms),
+                started + LIFECYCLE_BUDGET,
+            )
+        })
+    };
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    if let Some(lc) = &lifecycle {
+        let path = o.out.join("lifecycle.md");
+        let md = format!(
+            "# Life-cycle results: churn, shutdown, reconnect\n\n`cargo bench --bench fanout`{}: {cpus} CPUs (the crate's server pinned to CPU 0, clients to CPU 1); {}.\n{}",
+            if o.quick { " -- --quick" } else { "" },
+            sys::sysctl("/proc/sys/kernel/osrelease"),
+            lc.md
+        );
+        std::fs::write(&path, md).map_err(|e| e.to_string())?;
+        println!("fanout: life-cycle results {}", path.display());
+    }
+    if runs.is_empty() && skipped.is_empty() {
+        // Only life-cycle scenarios ran: leave the load table alone.
+        println!("fanout: done in {:.0} s", started.elapsed().as_secs_f64());
+        return lifecycle_verdict(lifecycle.as_ref());
+    }
     let meta = report::Meta {
         window: o.window,
         repeat: o.repeat,
@@ -526,7 +579,6 @@ fn orchestrate(o: &Options) -> Result<(), String> {
         skipped,
     };
     let (md, svg) = report::render(&runs, &meta);
-    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
     let md_path = o.out.join("fanout.md");
     let svg_path = o.out.join("fanout.svg");
     std::fs::write(&md_path, &md).map_err(|e| e.to_string())?;
@@ -535,7 +587,19 @@ fn orchestrate(o: &Options) -> Result<(), String> {
     println!("fanout: table {}", md_path.display());
     println!("fanout: chart {}", svg_path.display());
     println!("fanout: done in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    lifecycle_verdict(lifecycle.as_ref())
+}
+
+/// An error (so a non-zero exit) when a life-cycle scenario missed its
+/// target.
+fn lifecycle_verdict(lc: Option<&lifecycle::Outcome>) -> Result<(), String> {
+    match lc {
+        Some(lc) if !lc.failures.is_empty() => Err(format!(
+            "life-cycle targets missed: {}",
+            lc.failures.join(" | ")
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn run_once(kind: Kind, sc: &Scenario, o: &Options) -> Result<Run, String> {

@@ -16,6 +16,14 @@
 //! lines on a control connection; the server stamps the payload with
 //! `CLOCK_MONOTONIC` right before it publishes (so latency is measured from
 //! the publish call to the client's parse), then calls the kind's publish.
+//!
+//! The `crate` server also serves `GET /stats` (`connections=N
+//! registry=M`: the manager's open connections and its registry's entries,
+//! for the churn scenario) and shuts down gracefully on SIGTERM (the
+//! manager's `Shutdown` through `Shutdown::after_signal`, passed to
+//! `with_graceful_shutdown`), with `retry_on_shutdown` when started with
+//! `--retry-window-ms MS`; it prints `STOPPED <ns>` (`CLOCK_MONOTONIC`)
+//! when `axum::serve` has returned, every connection closed.
 
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -84,8 +92,15 @@ pub(crate) fn payload(seq: u64, t_ns: u64) -> String {
     s
 }
 
-/// Runs one server until its standard input closes.
-pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
+/// Runs one server until its standard input closes (or, for the crate,
+/// until SIGTERM and the graceful shutdown that follows). `retry_window`:
+/// the crate's `StreamConfig::retry_on_shutdown`.
+pub(crate) fn run(
+    kind: Kind,
+    cpu: usize,
+    nodelay: bool,
+    retry_window: Option<Duration>,
+) -> Result<(), String> {
     let pinned = sys::pin_to_cpu(cpu)?;
     let nofile = sys::raise_nofile(SERVER_FDS)?;
     // The parent ends a server by closing its stdin; a lost parent cannot
@@ -125,8 +140,27 @@ pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
     };
     match kind {
         Kind::Crate => rt.block_on(async move {
-            let manager = htmx_sse::BroadcastManager::new();
-            let app = htmx_sse::setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
+            let shutdown = htmx_sse::streaming::Shutdown::new();
+            let mut config = htmx_sse::streaming::StreamConfig::new().shutdown(&shutdown);
+            if let Some(window) = retry_window {
+                config = config.retry_on_shutdown(window);
+            }
+            let manager = htmx_sse::BroadcastManager::builder().stream(config).build();
+            let stats = manager.clone();
+            let app = htmx_sse::setup_broadcast_routes(Router::new(), manager.clone(), "/sse")
+                .route(
+                    "/stats",
+                    get(move || {
+                        let m = stats.clone();
+                        async move {
+                            format!(
+                                "connections={} registry={}",
+                                m.connection_count(),
+                                m.registry().len()
+                            )
+                        }
+                    }),
+                );
             tokio::spawn(control(ctl, move |msg| {
                 let manager = manager.clone();
                 async move {
@@ -136,7 +170,10 @@ pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
                 }
             }));
             ready();
-            serve(sse, app, nodelay).await
+            serve(sse, app, nodelay, shutdown.after_signal()).await?;
+            println!("STOPPED {}", sys::now_ns());
+            let _ = std::io::stdout().flush();
+            Ok(())
         }),
         Kind::Baseline => rt.block_on(async move {
             let (tx, _) = broadcast::channel::<String>(256);
@@ -152,7 +189,7 @@ pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
                 std::future::ready(())
             }));
             ready();
-            serve(sse, app, nodelay).await
+            serve(sse, app, nodelay, std::future::pending()).await
         }),
         Kind::Raw => {
             let sse = rt
@@ -170,12 +207,14 @@ pub(crate) fn run(kind: Kind, cpu: usize, nodelay: bool) -> Result<(), String> {
     }
 }
 
-/// `axum::serve` as a user writes it; with `nodelay`, with the
-/// `tap_io(set_nodelay)` that axum documents for it.
+/// `axum::serve` as a user writes it, with graceful shutdown on `signal`;
+/// with `nodelay`, with the `tap_io(set_nodelay)` that axum documents for
+/// it.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     nodelay: bool,
+    signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     // FANOUT_MAKE_SERVICE=1: `app.into_make_service()`, which finalises
     // the router once; `axum::serve(listener, app)` does it again for every
@@ -189,6 +228,7 @@ async fn serve(
                 }),
                 app,
             )
+            .with_graceful_shutdown(signal)
             .await
         }
         (true, true) => {
@@ -198,10 +238,19 @@ async fn serve(
                 }),
                 app.into_make_service(),
             )
+            .with_graceful_shutdown(signal)
             .await
         }
-        (false, false) => axum::serve(listener, app).await,
-        (false, true) => axum::serve(listener, app.into_make_service()).await,
+        (false, false) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        }
+        (false, true) => {
+            axum::serve(listener, app.into_make_service())
+                .with_graceful_shutdown(signal)
+                .await
+        }
     };
     done.map_err(|e| e.to_string())
 }
