@@ -661,15 +661,15 @@ async fn bad_publish_input_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn unregister_ends_a_connection_with_the_close_event() {
+async fn disconnect_ends_a_connection_with_the_close_event() {
     let s = Server::start(BroadcastManager::new()).await;
     let (mut c, id) = s.client().await;
-    assert!(s.manager.unregister(&id));
+    assert!(s.manager.disconnect(&id));
     let evs = c.collect_until_closed(WAIT).await.unwrap();
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].event, "close");
     s.wait_for_connections(0).await;
-    assert!(!s.manager.unregister(&id));
+    assert!(!s.manager.disconnect(&id));
 }
 
 #[tokio::test]

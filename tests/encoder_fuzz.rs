@@ -18,7 +18,7 @@
 //! `OobStreamBuilder::build_event` (both flavours), the broadcast path
 //! (`BroadcastManager::broadcast` / `send_to` with text, HTML and JSON, the
 //! message encoded once and tagged per connection, the `connection` and
-//! `reset` events, `register` with a chosen id, `BroadcastMessage::to_event`)
+//! `reset` events, `connect_as` with a chosen id, `BroadcastMessage::to_event`)
 //! and `SseStream` (initial and close messages, the shutdown `retry:` event).
 //!
 //! Each property runs `DEFAULT_CASES` (256) cases: the whole file takes
@@ -760,7 +760,7 @@ fn publish() -> impl Strategy<Value = (String, Publish, bool)> {
 }
 
 /// How a connection is opened: `connect` with this `Last-Event-ID`, or
-/// `register` with this id.
+/// `connect_as` with this id.
 #[derive(Debug, Clone)]
 enum Open {
     Connect(Option<String>),
@@ -843,7 +843,7 @@ async fn check_broadcast(
             lei.as_deref().is_some_and(|s| !s.is_empty()),
         ),
         Open::Register(id) => match ConnectionId::new(id) {
-            Ok(id) => (manager.register(Some(id), Value::Null), false),
+            Ok(id) => (manager.connect_as(Some(id), Value::Null), false),
             Err(e) => {
                 prop_assert!(matches!(e, Error::InvalidConnectionId { .. }), "{}", e);
                 prop_assert!(

@@ -13,8 +13,10 @@ use bytes::Bytes;
 use futures_core::Stream;
 use tokio::time::Sleep;
 
-use super::hub::{Hub, Read};
-use super::manager::{Direct, Inner, Recipient, Stored};
+use super::engine::Engine;
+use super::fanout::{Fanout, Read};
+use super::stage::{Recipient, Stored};
+use super::subscriber::Subscriber;
 use crate::connections::{ConnectionState, Registration};
 use crate::event::Event;
 use crate::streaming::{Batch, EndReason, Piece, drain, expired, log_frame};
@@ -43,15 +45,15 @@ struct Opening {
 }
 
 /// The connection's id is its registration's, its subscription its
-/// `Direct`'s: neither is kept twice.
+/// `Subscriber`'s: neither is kept twice.
 pub(crate) struct Feed {
-    manager: Weak<Inner>,
-    /// The position of the next message to read in the hub's ring.
+    manager: Weak<Engine>,
+    /// The position of the next message to read in the fanout's ring.
     ring: u64,
     /// Where the ring was when the connection was last listed as waiting
-    /// (`u64::MAX` before that): see [`Hub::skippable`].
+    /// (`u64::MAX` before that): see [`Fanout::skippable`].
     since: u64,
-    direct: Arc<Direct>,
+    subscriber: Arc<Subscriber>,
     opening: Option<Box<Opening>>,
     ring_next: Option<Arc<Stored>>,
     direct_next: Option<Arc<Stored>>,
@@ -64,9 +66,9 @@ pub(crate) struct Feed {
 
 impl Feed {
     pub(crate) fn new(
-        manager: Weak<Inner>,
+        manager: Weak<Engine>,
         ring: u64,
-        direct: Arc<Direct>,
+        subscriber: Arc<Subscriber>,
         intro: Intro,
         registration: Registration,
     ) -> Self {
@@ -74,7 +76,7 @@ impl Feed {
             manager,
             ring,
             since: u64::MAX,
-            direct,
+            subscriber,
             opening: Some(Box::new(Opening {
                 connection: Some(intro.connection),
                 reset: intro.reset,
@@ -92,16 +94,21 @@ impl Feed {
 
     /// The frame of `stored` for this connection, if it is for it: written
     /// into `batch` when there is one, else as a piece.
-    fn frame(&mut self, hub: &Hub, stored: &Stored, batch: Option<&mut Batch>) -> Option<Piece> {
+    fn frame(
+        &mut self,
+        fanout: &Fanout,
+        stored: &Stored,
+        batch: Option<&mut Batch>,
+    ) -> Option<Piece> {
         if stored.seq <= self.after {
             return None;
         }
         let id = self.registration.id();
-        let body = stored.body_for(id, &self.direct.sub)?;
-        if let Some(filter) = &hub.filter {
+        let body = stored.body_for(id, &self.subscriber.sub)?;
+        if let Some(filter) = &fanout.filter {
             let to = Recipient {
                 connection: Some(id),
-                user: self.direct.sub.user.as_ref(),
+                user: self.subscriber.sub.user.as_ref(),
             };
             if !filter(&stored.message, &to) {
                 return None;
@@ -110,12 +117,12 @@ impl Feed {
         self.uncounted += 1;
         Some(match batch {
             Some(batch) => {
-                batch.push_tagged(&stored.head, &self.direct.tag, body);
+                batch.push_tagged(&stored.head, &self.subscriber.tag, body);
                 Piece::Written(1)
             }
             None => Piece::Tagged(
                 stored.head.clone(),
-                Arc::clone(&self.direct.tag),
+                Arc::clone(&self.subscriber.tag),
                 body.clone(),
             ),
         })
@@ -125,13 +132,13 @@ impl Feed {
     /// connection.
     #[inline]
     fn direct_end(&mut self) -> Option<Poll<Option<Piece>>> {
-        let flags = self.direct.flags();
+        let flags = self.subscriber.flags();
         if flags == 0 {
             return None;
         }
-        Some(if flags & Direct::STOPPED != 0 {
+        Some(if flags & Subscriber::STOPPED != 0 {
             self.stopped()
-        } else if flags & Direct::REPLACED != 0 {
+        } else if flags & Subscriber::REPLACED != 0 {
             self.end(EndReason::Replaced)
         } else {
             self.end(EndReason::Lagged)
@@ -139,10 +146,10 @@ impl Feed {
     }
 
     /// The end of the stream, with the close message, if the manager
-    /// stopped this connection ([`unregister`](super::BroadcastManager::unregister)).
+    /// stopped this connection ([`disconnect`](super::BroadcastManager::disconnect)).
     #[inline]
     fn stop(&mut self) -> Option<Poll<Option<Piece>>> {
-        (self.direct.flags() & Direct::STOPPED != 0).then(|| self.stopped())
+        (self.subscriber.flags() & Subscriber::STOPPED != 0).then(|| self.stopped())
     }
 
     fn stopped(&mut self) -> Poll<Option<Piece>> {
@@ -169,12 +176,12 @@ impl Feed {
 
 impl Feed {
     /// The next frame for this connection, in id order; before returning
-    /// `Pending`, the task is registered with the connection's `Direct`,
+    /// `Pending`, the task is registered with the connection's `Subscriber`,
     /// which everything that may wake it (the ring, its own queue, the
-    /// manager's flags, the hub's timer task) wakes.
+    /// manager's flags, the fanout's timer task) wakes.
     fn poll_piece(
         &mut self,
-        hub: &Hub,
+        fanout: &Fanout,
         cx: &mut Context<'_>,
         mut batch: Option<&mut Batch>,
     ) -> Poll<Option<Piece>> {
@@ -190,7 +197,7 @@ impl Feed {
                 if ready.as_mut().poll(cx).is_pending() {
                     // A stop must wake us while we wait: register, look
                     // again.
-                    this.direct.waker.register(cx.waker());
+                    this.subscriber.waker.register(cx.waker());
                     if let Some(stop) = this.stop() {
                         return stop;
                     }
@@ -219,7 +226,7 @@ impl Feed {
             if opening.replay.is_empty() {
                 this.registration.set_state(ConnectionState::Connected);
             }
-            if let Some(piece) = this.frame(hub, &stored, batch.as_deref_mut()) {
+            if let Some(piece) = this.frame(fanout, &stored, batch.as_deref_mut()) {
                 return Poll::Ready(Some(piece));
             }
         }
@@ -236,19 +243,19 @@ impl Feed {
                 && this.ring_next.is_none()
                 && this.direct_next.is_none()
             {
-                let written = this.write_run(hub, batch);
+                let written = this.write_run(fanout, batch);
                 if written > 0 {
                     return Poll::Ready(Some(Piece::Written(written)));
                 }
             }
             // Next shared message for us (for everyone, or on a topic).
-            if let Some(done) = this.fill_ring(hub) {
+            if let Some(done) = this.fill_ring(fanout) {
                 return done;
             }
             // Next message for us alone. The waker is registered only
             // before waiting (below), not for every message.
             if this.direct_next.is_none() {
-                this.direct_next = this.direct.pop();
+                this.direct_next = this.subscriber.pop();
                 if let Some(end) = this.direct_end() {
                     return end;
                 }
@@ -256,7 +263,7 @@ impl Feed {
                 // may have reached the ring after it was looked at: both are
                 // filled under the manager's lock, so it is there now.
                 if this.direct_next.is_some()
-                    && let Some(done) = this.fill_ring(hub)
+                    && let Some(done) = this.fill_ring(fanout)
                 {
                     return done;
                 }
@@ -270,17 +277,17 @@ impl Feed {
                 (None, Some(_)) => false,
                 (None, None) => {
                     // Register first, then look again (both: the ring's
-                    // pushes wake through the `Direct` too), so a push
+                    // pushes wake through the `Subscriber` too), so a push
                     // between the two is never missed.
-                    this.direct.waker.register(cx.waker());
-                    if let Some(since) = hub.wait_for_ring(&this.direct) {
+                    this.subscriber.waker.register(cx.waker());
+                    if let Some(since) = fanout.wait_for_ring(&this.subscriber) {
                         this.since = since;
                     }
-                    this.direct_next = this.direct.pop();
+                    this.direct_next = this.subscriber.pop();
                     if let Some(end) = this.direct_end() {
                         return end;
                     }
-                    if let Some(done) = this.fill_ring(hub) {
+                    if let Some(done) = this.fill_ring(fanout) {
                         return done;
                     }
                     if this.direct_next.is_none() && this.ring_next.is_none() {
@@ -296,7 +303,7 @@ impl Feed {
                 this.direct_next.take()
             };
             // A shared message that is not for us is skipped; look again.
-            if let Some(piece) = stored.and_then(|s| this.frame(hub, &s, batch.as_deref_mut())) {
+            if let Some(piece) = stored.and_then(|s| this.frame(fanout, &s, batch.as_deref_mut())) {
                 return Poll::Ready(Some(piece));
             }
         }
@@ -310,17 +317,17 @@ impl Feed {
     /// frames it wrote (it may also have moved past messages not for us).
     /// What it stops at is left to the general path: a message for us alone
     /// may come first, or the ring may have moved on without us.
-    fn write_run(&mut self, hub: &Hub, batch: &mut Batch) -> u32 {
-        self.skip_to_wake(hub);
+    fn write_run(&mut self, fanout: &Fanout, batch: &mut Batch) -> u32 {
+        self.skip_to_wake(fanout);
         let mut written = 0;
-        let taken = hub.ring.run(self.ring, |stored| {
+        let taken = fanout.ring.run(self.ring, |stored| {
             // A message for us alone queued before this one was pushed is
             // seen here (both are filled under the manager's lock), and
             // goes first: the general path merges the two.
-            if !batch.has_room() || self.direct.queued() != 0 || self.direct.flags() != 0 {
+            if !batch.has_room() || self.subscriber.queued() != 0 || self.subscriber.flags() != 0 {
                 return false;
             }
-            if self.frame(hub, stored, Some(&mut *batch)).is_some() {
+            if self.frame(fanout, stored, Some(&mut *batch)).is_some() {
                 written += 1;
             }
             true
@@ -330,19 +337,19 @@ impl Feed {
     }
 
     /// Moves past the messages pushed while we waited that did not wake
-    /// us, when a push woke us (see [`Hub::woken_at`]).
-    fn skip_to_wake(&mut self, hub: &Hub) {
-        if let Some(pos) = hub.woken_at(&self.direct, self.ring, self.since) {
+    /// us, when a push woke us (see [`Fanout::woken_at`]).
+    fn skip_to_wake(&mut self, fanout: &Fanout) {
+        if let Some(pos) = fanout.woken_at(&self.subscriber, self.ring, self.since) {
             self.ring = pos;
         }
     }
 
     /// Takes the next shared message into `ring_next` if there is none
     /// yet; `Some` when the feed ends here instead.
-    fn fill_ring(&mut self, hub: &Hub) -> Option<Poll<Option<Piece>>> {
+    fn fill_ring(&mut self, fanout: &Fanout) -> Option<Poll<Option<Piece>>> {
         if self.ring_next.is_none() {
-            self.skip_to_wake(hub);
-            match hub.ring.read(self.ring) {
+            self.skip_to_wake(fanout);
+            match fanout.ring.read(self.ring) {
                 Read::Message(stored) => {
                     self.ring += 1;
                     self.ring_next = Some(stored);
@@ -351,11 +358,11 @@ impl Feed {
                 Read::Lagged(missed) => {
                     // What left the ring unread may not have been for us:
                     // messages pushed while we waited that did not wake us.
-                    if let Some(pos) = hub.skippable(&self.direct, self.ring, self.since)
+                    if let Some(pos) = fanout.skippable(&self.subscriber, self.ring, self.since)
                         && pos > self.ring
                     {
                         self.ring = pos;
-                        return self.fill_ring(hub);
+                        return self.fill_ring(fanout);
                     }
                     tracing::debug!(connection = %self.registration.id(), missed, "lagging");
                     return Some(self.end(EndReason::Lagged));
@@ -375,18 +382,18 @@ impl Drop for Feed {
     fn drop(&mut self) {
         self.count();
         if let Some(inner) = self.manager.upgrade() {
-            inner.hub.stop_waiting(&self.direct);
-            inner.remove(self.registration.id(), &self.direct);
+            inner.fanout.stop_waiting(&self.subscriber);
+            inner.remove(self.registration.id(), &self.subscriber);
         }
     }
 }
 
 /// The response body of a manager's connection: the feed's frames, as many
 /// as are ready in one chunk, with the heartbeats, the shutdown and the
-/// settings from the manager's [`Hub`]. Nothing of it is a timer or a
+/// settings from the manager's [`Fanout`]. Nothing of it is a timer or a
 /// future but the rarely set timeout.
 pub(crate) struct FeedBody {
-    hub: Arc<Hub>,
+    fanout: Arc<Fanout>,
     /// `None` once the stream ended (dropping it leaves the manager at once).
     feed: Option<Feed>,
     // Boxed: rarely set, and a `Sleep` is 112 bytes.
@@ -396,10 +403,10 @@ pub(crate) struct FeedBody {
 }
 
 impl FeedBody {
-    pub(crate) fn new(hub: Arc<Hub>, feed: Feed) -> Self {
+    pub(crate) fn new(fanout: Arc<Fanout>, feed: Feed) -> Self {
         FeedBody {
-            deadline: hub.timeout.map(|d| Box::pin(tokio::time::sleep(d))),
-            hub,
+            deadline: fanout.timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+            fanout,
             feed: Some(feed),
             size_hint: 0,
         }
@@ -415,7 +422,7 @@ impl Stream for FeedBody {
     /// close message.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let hub = &*this.hub;
+        let fanout = &*this.fanout;
         let Some(feed) = &mut this.feed else {
             return Poll::Ready(None);
         };
@@ -428,31 +435,31 @@ impl Stream for FeedBody {
         }
         let mut batch = Batch::new(this.size_hint);
         let mut frames = 0;
-        let mut reason = if hub.is_shut() {
+        let mut reason = if fanout.is_shut() {
             Some(EndReason::Shutdown)
         } else if expired(&mut this.deadline, cx) {
             Some(EndReason::TimedOut)
         } else {
             None
         };
-        let label = hub.debug.then(|| feed.registration.id().clone());
+        let label = fanout.debug.then(|| feed.registration.id().clone());
         if reason.is_none() {
             let (n, end) = drain(
                 cx,
                 &mut batch,
-                hub.coalesce,
+                fanout.coalesce,
                 label.as_ref().map(|id| id as &dyn fmt::Display),
-                |cx, batch| feed.poll_piece(hub, cx, batch),
+                |cx, batch| feed.poll_piece(fanout, cx, batch),
             );
             frames = n;
             reason = end;
         }
         if reason.is_none() && batch.is_empty() {
-            // The feed registered the task with its `Direct` before it
+            // The feed registered the task with its `Subscriber` before it
             // returned `Pending`: a shutdown or a tick from now on wakes it.
-            if hub.is_shut() {
+            if fanout.is_shut() {
                 reason = Some(EndReason::Shutdown);
-            } else if hub.heartbeat_due(feed.direct.sent.load(Ordering::Relaxed)) {
+            } else if fanout.heartbeat_due(feed.subscriber.sent.load(Ordering::Relaxed)) {
                 if let Some(id) = &label {
                     log_frame(id, true, Event::HEARTBEAT.as_bytes());
                 }
@@ -461,18 +468,21 @@ impl Stream for FeedBody {
             }
         }
         if frames > 0 {
-            feed.direct.sent.store(hub.tick(), Ordering::Relaxed);
+            feed.subscriber.sent.store(fanout.tick(), Ordering::Relaxed);
         }
         if let Some(reason) = reason {
             if reason.sends_close()
-                && let Some(ev) = &hub.close
+                && let Some(ev) = &fanout.close
             {
                 if let Some(id) = &label {
                     log_frame(id, true, ev.as_bytes());
                 }
                 batch.push(ev.clone().into_bytes());
             }
-            if let Some(window) = hub.shutdown_retry.filter(|_| reason == EndReason::Shutdown) {
+            if let Some(window) = fanout
+                .shutdown_retry
+                .filter(|_| reason == EndReason::Shutdown)
+            {
                 let frame = crate::streaming::shutdown_retry_frame(window);
                 if let Some(id) = &label {
                     log_frame(id, true, &frame);

@@ -5,21 +5,21 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::manager::Direct;
+use super::subscriber::Subscriber;
 use crate::connections::ConnectionId;
 use crate::topics::Topic;
 
 /// A connection as the manager's sets hold it: found by the id its
-/// `Direct` holds, so the id is not kept a second time as a key (one
+/// `Subscriber` holds, so the id is not kept a second time as a key (one
 /// pointer per slot).
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) direct: Arc<Direct>,
+    pub(crate) subscriber: Arc<Subscriber>,
 }
 
 impl Conn {
     pub(crate) fn id(&self) -> &ConnectionId {
-        self.direct.entry.id()
+        self.subscriber.entry.id()
     }
 }
 
@@ -57,7 +57,7 @@ pub(crate) struct Listeners {
 impl Listeners {
     /// Lists `conn` under what it listens to.
     pub(crate) fn add(&mut self, conn: &Conn) {
-        let Some(selectors) = conn.direct.sub.topics.as_deref() else {
+        let Some(selectors) = conn.subscriber.sub.topics.as_deref() else {
             return;
         };
         let exact: Option<Vec<Topic>> = selectors.iter().map(|s| s.as_topic()).collect();
@@ -76,10 +76,10 @@ impl Listeners {
     /// Takes `conn` off, where it (not a newer connection with its id) is
     /// listed.
     pub(crate) fn remove(&mut self, conn: &Conn) {
-        let Some(selectors) = conn.direct.sub.topics.as_deref() else {
+        let Some(selectors) = conn.subscriber.sub.topics.as_deref() else {
             return;
         };
-        let is_it = |c: &Conn| Arc::ptr_eq(&c.direct, &conn.direct);
+        let is_it = |c: &Conn| Arc::ptr_eq(&c.subscriber, &conn.subscriber);
         if self.patterned.get(conn.id()).is_some_and(is_it) {
             self.patterned.remove(conn.id());
         }
@@ -102,15 +102,15 @@ impl Listeners {
     pub(crate) fn each_candidate(
         &self,
         topics: &[Topic],
-        mut f: impl FnMut(&Arc<Direct>, Option<usize>),
+        mut f: impl FnMut(&Arc<Subscriber>, Option<usize>),
     ) {
         for (i, topic) in topics.iter().enumerate() {
             for conn in self.exact.get(topic).into_iter().flatten() {
-                f(&conn.direct, Some(i));
+                f(&conn.subscriber, Some(i));
             }
         }
         for conn in &self.patterned {
-            f(&conn.direct, None);
+            f(&conn.subscriber, None);
         }
     }
 
@@ -121,7 +121,7 @@ impl Listeners {
             + self
                 .patterned
                 .iter()
-                .filter(|c| c.direct.sub.listens_to(topic))
+                .filter(|c| c.subscriber.sub.listens_to(topic))
                 .count()
     }
 

@@ -121,7 +121,7 @@ impl BroadcastMessage {
     /// ```
     #[must_use]
     pub fn to_event(&self) -> Event {
-        super::manager::named(&self.message_type)
+        named(&self.message_type)
             .id(self.id.to_string())
             .data(match (&self.data, self.html) {
                 (serde_json::Value::String(html), true) => html.clone(),
@@ -138,6 +138,17 @@ pub(crate) fn default_text(data: &serde_json::Value) -> String {
     match data {
         serde_json::Value::String(s) => crate::fragment::escape_html(s),
         other => crate::event::html_safe_json(&other.to_string()),
+    }
+}
+
+/// A builder for a frame of this type: `message` is sent unnamed (the same
+/// to an `EventSource`, and the only kind htmx 4 swaps).
+pub(crate) fn named(message_type: &EventName) -> crate::event::EventBuilder {
+    let b = Event::builder();
+    if message_type.as_str() == "message" {
+        b
+    } else {
+        b.event(message_type.clone())
     }
 }
 

@@ -42,7 +42,7 @@
 //!    type `message` goes out without an `event:` line: the same to an
 //!    `EventSource`, and the only kind of event htmx 4 swaps.
 //! 4. Heartbeat comments while idle; the close event when the server ends
-//!    the connection on purpose ([`BroadcastManager::unregister`]).
+//!    the connection on purpose ([`BroadcastManager::disconnect`]).
 //!
 //! # Resume
 //!
@@ -97,7 +97,7 @@
 //! client goes away, when it lags, when it is replaced by the same client
 //! coming back, or when the server ends it. [`BroadcastManager::shutdown`]
 //! ends every connection without the close message so that pages reconnect
-//! to the next server process; [`BroadcastManager::unregister`] ends one
+//! to the next server process; [`BroadcastManager::disconnect`] ends one
 //! with the close message.
 //!
 //! # What a connection costs
@@ -121,24 +121,32 @@
 //! `tokio::sync::broadcast` (BENCHMARKS.md has the measurement; most of the
 //! difference is the `connection` event, written at connect).
 
+mod builder;
 mod data;
+mod engine;
+mod fanout;
 mod feed;
-mod hub;
 mod listeners;
 pub(crate) mod manager;
 mod message;
 mod proof;
+mod publish;
 mod resume;
+mod stage;
+mod subscriber;
 mod subscription;
 
 use std::fmt;
 
 use axum::response::{IntoResponse, Response};
 
+pub use builder::BroadcastBuilder;
 pub use data::{Data, IntoData};
-pub use manager::{BroadcastBuilder, BroadcastManager, Message, Outgoing, Recipient, Sent};
+pub use manager::BroadcastManager;
 pub use message::{BroadcastMessage, Epoch, MessageId};
+pub use publish::Message;
 pub use resume::LastEventId;
+pub use stage::{Outgoing, Recipient, Sent};
 pub use subscription::Subscription;
 
 pub use crate::routes::{BroadcastRoutes, setup_broadcast_routes};
@@ -238,7 +246,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unregister_ends_the_stream_with_the_close_message() {
+    async fn disconnect_ends_the_stream_with_the_close_message() {
         use std::time::Duration;
         use tokio_stream::StreamExt as _;
 
@@ -248,7 +256,7 @@ mod tests {
         // no initial comment, and the stop comes before the `connection`
         // event).
         let c = manager.connect(None, serde_json::Value::Null).unwrap();
-        assert!(manager.unregister(c.id()));
+        assert!(manager.disconnect(c.id()));
         let body = axum::body::to_bytes(c.into_response().into_body(), usize::MAX)
             .await
             .unwrap();
@@ -264,7 +272,7 @@ mod tests {
         let m = manager.clone();
         let stop = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            m.unregister(&id)
+            m.disconnect(&id)
         });
         let wait = Duration::from_secs(5);
         let next = tokio::time::timeout(wait, body.next()).await.unwrap();

@@ -22,14 +22,14 @@
 //! See [`TopicSelector`]: exact topics, `{name}` or `*` for one segment,
 //! `**` at the end for any depth, `*` alone for every topic.
 
-mod hub;
 mod model;
+mod routes;
 mod selector;
 #[cfg(feature = "askama")]
 mod stream;
 
-pub use hub::{TopicRoutes, setup_topic_routes};
 pub use model::ModelTopic;
+pub use routes::{TopicRoutes, setup_topic_routes};
 pub(crate) use selector::any_match;
 pub use selector::{InvalidTopic, MAX_TOPIC_LEN, Topic, TopicSelector};
 #[cfg(feature = "askama")]

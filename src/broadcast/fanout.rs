@@ -1,4 +1,4 @@
-//! `Hub`: what every connection of a manager shares, and the one timer task
+//! `Fanout`: what every connection of a manager shares, and the one timer task
 //! that gives all of them their heartbeats and the shutdown.
 //!
 //! A connection keeps no timer and no shutdown future of its own: the
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::manager::{Direct, Filter, Inner, Stored};
+use super::stage::{Filter, Stored};
+use super::subscriber::{OFF, Roster, Subscriber};
 use crate::connections::ConnectionState;
 use crate::event::Event;
 use crate::streaming::{Shutdown, StreamConfig};
@@ -33,7 +34,7 @@ const STALLED: u32 = 3 * BEATS;
 const MIN_TICK: Duration = Duration::from_millis(1);
 
 /// The stream settings and signals of a manager's connections.
-pub(crate) struct Hub {
+pub(crate) struct Fanout {
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) close: Option<Event>,
@@ -52,13 +53,13 @@ pub(crate) struct Hub {
     shut: AtomicBool,
 }
 
-impl Hub {
+impl Fanout {
     pub(crate) fn new(
         config: &StreamConfig,
         filter: Option<Arc<Filter>>,
         queue_capacity: usize,
     ) -> Self {
-        Hub {
+        Fanout {
             ring: Ring::new(queue_capacity),
             waiting: Waiting::default(),
             heartbeat: config.heartbeat,
@@ -84,30 +85,30 @@ impl Hub {
         self.heartbeat.is_some() && self.tick().wrapping_sub(sent) >= BEATS
     }
 
-    /// Lists `direct` among the connections a message for them wakes
+    /// Lists `subscriber` among the connections a message for them wakes
     /// (once, however often it is called before such a message). The
     /// caller has registered its waker and looks at the ring again
     /// afterwards.
     ///
-    /// Returns, when it lists `direct`, the ring position from which every
+    /// Returns, when it lists `subscriber`, the ring position from which every
     /// message is looked at for it while it stays listed; `None` when it
     /// was listed already (since the position returned then).
-    pub(crate) fn wait_for_ring(&self, direct: &Arc<Direct>) -> Option<u64> {
+    pub(crate) fn wait_for_ring(&self, subscriber: &Arc<Subscriber>) -> Option<u64> {
         let mut w = self.waiting.list.lock();
-        if let Place::Listed(_) = place(direct.waiting.load(Ordering::Relaxed)) {
+        if let Place::Listed(_) = place(subscriber.waiting.load(Ordering::Relaxed)) {
             return None;
         }
-        let at = w.directs.len();
-        w.directs.push(Arc::clone(direct));
-        direct.waiting.store(listed(at), Ordering::Relaxed);
+        let at = w.subscribers.len();
+        w.subscribers.push(Arc::clone(subscriber));
+        subscriber.waiting.store(listed(at), Ordering::Relaxed);
         Some(w.passed)
     }
 
-    /// Takes `direct` off the waiting list (its connection is gone).
-    pub(crate) fn stop_waiting(&self, direct: &Arc<Direct>) {
+    /// Takes `subscriber` off the waiting list (its connection is gone).
+    pub(crate) fn stop_waiting(&self, subscriber: &Arc<Subscriber>) {
         let mut w = self.waiting.list.lock();
-        if w.unlist(direct) {
-            direct.waiting.store(OFF, Ordering::Relaxed);
+        if w.unlist(subscriber) {
+            subscriber.waiting.store(OFF, Ordering::Relaxed);
         }
     }
 
@@ -116,29 +117,29 @@ impl Hub {
     /// excludes); the others stay listed, and may skip it unread.
     ///
     /// Called for every push, in ring order (under the manager's lock).
-    pub(crate) fn wake_ring_waiters(&self, pos: u64, wants: impl Fn(&Direct) -> bool) {
+    pub(crate) fn wake_ring_waiters(&self, pos: u64, wants: impl Fn(&Subscriber) -> bool) {
         let mut woken = self.waiting.spare.lock();
         {
             let mut w = self.waiting.list.lock();
             // Take the whole list (its room goes on as the spare), then put
             // back the ones it is not for.
-            std::mem::swap(&mut w.directs, &mut *woken);
-            woken.retain(|direct| {
-                if wants(direct) {
-                    direct.waiting.store(woken_at(pos), Ordering::Release);
+            std::mem::swap(&mut w.subscribers, &mut *woken);
+            woken.retain(|subscriber| {
+                if wants(subscriber) {
+                    subscriber.waiting.store(woken_at(pos), Ordering::Release);
                     true
                 } else {
-                    direct
+                    subscriber
                         .waiting
-                        .store(listed(w.directs.len()), Ordering::Relaxed);
-                    w.directs.push(Arc::clone(direct));
+                        .store(listed(w.subscribers.len()), Ordering::Relaxed);
+                    w.subscribers.push(Arc::clone(subscriber));
                     false
                 }
             });
             w.passed = pos + 1;
         }
-        for direct in woken.drain(..) {
-            direct.waker.wake();
+        for subscriber in woken.drain(..) {
+            subscriber.waker.wake();
         }
     }
 
@@ -148,20 +149,20 @@ impl Hub {
     /// what its listeners cost, however many connections wait for others.
     ///
     /// Called for every push, in ring order (under the manager's lock).
-    pub(crate) fn wake_these(&self, pos: u64, each: impl FnOnce(&mut dyn FnMut(&Arc<Direct>))) {
+    pub(crate) fn wake_these(&self, pos: u64, each: impl FnOnce(&mut dyn FnMut(&Arc<Subscriber>))) {
         let mut woken = self.waiting.spare.lock();
         {
             let mut w = self.waiting.list.lock();
-            each(&mut |direct| {
-                if w.unlist(direct) {
-                    direct.waiting.store(woken_at(pos), Ordering::Release);
-                    woken.push(Arc::clone(direct));
+            each(&mut |subscriber| {
+                if w.unlist(subscriber) {
+                    subscriber.waiting.store(woken_at(pos), Ordering::Release);
+                    woken.push(Arc::clone(subscriber));
                 }
             });
             w.passed = pos + 1;
         }
-        for direct in woken.drain(..) {
-            direct.waker.wake();
+        for subscriber in woken.drain(..) {
+            subscriber.waker.wake();
         }
     }
 
@@ -169,8 +170,8 @@ impl Hub {
     /// the position of that push, when it was listed from `since` or
     /// before, so that it does not read through the messages for others
     /// pushed while it waited. Lock-free: `None` unless it was woken.
-    pub(crate) fn woken_at(&self, direct: &Direct, pos: u64, since: u64) -> Option<u64> {
-        match place(direct.waiting.load(Ordering::Acquire)) {
+    pub(crate) fn woken_at(&self, subscriber: &Subscriber, pos: u64, since: u64) -> Option<u64> {
+        match place(subscriber.waiting.load(Ordering::Acquire)) {
             Place::Woken(at) if pos >= since && at > pos => Some(at),
             _ => None,
         }
@@ -184,12 +185,12 @@ impl Hub {
     /// the rare lag, where a woken connection has already jumped
     /// ([`woken_at`](Self::woken_at)) and a listed one was woken by
     /// something else (a heartbeat, a message for it alone).
-    pub(crate) fn skippable(&self, direct: &Direct, pos: u64, since: u64) -> Option<u64> {
+    pub(crate) fn skippable(&self, subscriber: &Subscriber, pos: u64, since: u64) -> Option<u64> {
         if pos < since {
             return None;
         }
         let w = self.waiting.list.lock();
-        match place(direct.waiting.load(Ordering::Acquire)) {
+        match place(subscriber.waiting.load(Ordering::Acquire)) {
             Place::Listed(_) => Some(w.passed.max(pos)),
             Place::Woken(at) => Some(at.max(pos)),
             Place::Off => None,
@@ -208,7 +209,7 @@ impl Hub {
 
     /// The timer task: ticks (with a heartbeat) and the shutdown. Ends when
     /// the manager is gone or once it has shut every connection.
-    pub(crate) async fn run(self: Arc<Self>, manager: Weak<Inner>, shutdown: Shutdown) {
+    pub(crate) async fn run(self: Arc<Self>, manager: Weak<dyn Roster>, shutdown: Shutdown) {
         let mut ticks = self.heartbeat.map(|every| {
             let period = (every / BEATS).max(MIN_TICK);
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -216,17 +217,17 @@ impl Hub {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks
         });
-        let mut due: Vec<Arc<Direct>> = Vec::new();
+        let mut due: Vec<Arc<Subscriber>> = Vec::new();
         loop {
             tokio::select! {
                 () = shutdown.triggered() => {
                     self.mark_shut();
                     if let Some(inner) = manager.upgrade() {
-                        inner.each_connection(|direct| due.push(Arc::clone(direct)));
+                        inner.each_subscriber(&mut |subscriber| due.push(Arc::clone(subscriber)));
                     }
                     tracing::debug!(connections = due.len(), "shutdown: ending every connection");
-                    for direct in due.drain(..) {
-                        direct.waker.wake();
+                    for subscriber in due.drain(..) {
+                        subscriber.waker.wake();
                     }
                     return;
                 }
@@ -234,25 +235,25 @@ impl Hub {
                     let tick = self.tick.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
                     let Some(inner) = manager.upgrade() else { return };
                     // Collected under the manager's lock, woken after it.
-                    inner.each_connection(|direct| {
-                        let quiet = tick.wrapping_sub(direct.sent.load(Ordering::Relaxed));
-                        if quiet >= STALLED && direct.flags() & Direct::LAGGED == 0 {
+                    inner.each_subscriber(&mut |subscriber| {
+                        let quiet = tick.wrapping_sub(subscriber.sent.load(Ordering::Relaxed));
+                        if quiet >= STALLED && subscriber.flags() & Subscriber::LAGGED == 0 {
                             // Woken for a heartbeat every interval and still
                             // nothing written: its socket takes nothing (the
                             // client stopped reading). Closed as lagging (it
                             // resumes from the history if it reads again),
                             // and not counted active from now on.
-                            tracing::debug!(connection = %direct.entry.id(), "stalled: closing");
-                            direct.flag(Direct::LAGGED);
-                            direct.entry.set_state(ConnectionState::Error);
+                            tracing::debug!(connection = %subscriber.entry.id(), "stalled: closing");
+                            subscriber.flag(Subscriber::LAGGED);
+                            subscriber.entry.set_state(ConnectionState::Error);
                         }
                         if quiet >= BEATS {
-                            due.push(Arc::clone(direct));
+                            due.push(Arc::clone(subscriber));
                         }
                     });
                     drop(inner);
-                    for direct in due.drain(..) {
-                        direct.waker.wake();
+                    for subscriber in due.drain(..) {
+                        subscriber.waker.wake();
                     }
                 }
             }
@@ -261,7 +262,7 @@ impl Hub {
 }
 
 /// The connections waiting for a message in the ring. Each connection's
-/// `Direct` knows where it stands (`Direct::waiting`, see [`Place`]), so it
+/// `Subscriber` knows where it stands (`Subscriber::waiting`, see [`Place`]), so it
 /// is listed once and leaves in O(1). A push wakes the listed connections
 /// it is for and keeps the others; its position tells a woken connection
 /// that every message before it, since it was listed, was not for it.
@@ -270,27 +271,27 @@ struct Waiting {
     list: Mutex<WaitList>,
     /// The connections the last push woke, emptied: its room is kept for
     /// the next.
-    spare: Mutex<Vec<Arc<Direct>>>,
+    spare: Mutex<Vec<Arc<Subscriber>>>,
 }
 
 #[derive(Default)]
 struct WaitList {
-    directs: Vec<Arc<Direct>>,
+    subscribers: Vec<Arc<Subscriber>>,
     /// Every push before this ring position has woken whom it was for.
     passed: u64,
 }
 
 impl WaitList {
-    /// Takes `direct` off the list if it is on it (the caller marks it).
-    fn unlist(&mut self, direct: &Arc<Direct>) -> bool {
-        let Place::Listed(at) = place(direct.waiting.load(Ordering::Relaxed)) else {
+    /// Takes `subscriber` off the list if it is on it (the caller marks it).
+    fn unlist(&mut self, subscriber: &Arc<Subscriber>) -> bool {
+        let Place::Listed(at) = place(subscriber.waiting.load(Ordering::Relaxed)) else {
             return false;
         };
-        if at >= self.directs.len() || !Arc::ptr_eq(&self.directs[at], direct) {
+        if at >= self.subscribers.len() || !Arc::ptr_eq(&self.subscribers[at], subscriber) {
             return false;
         }
-        self.directs.swap_remove(at);
-        if let Some(moved) = self.directs.get(at) {
+        self.subscribers.swap_remove(at);
+        if let Some(moved) = self.subscribers.get(at) {
             moved.waiting.store(listed(at), Ordering::Relaxed);
         }
         true
@@ -298,7 +299,7 @@ impl WaitList {
 }
 
 /// Where a connection stands with the waiting list, in one word
-/// (`Direct::waiting`). It changes only under the list's lock, and a woken
+/// (`Subscriber::waiting`). It changes only under the list's lock, and a woken
 /// mark only when the connection lists itself again: so the connection
 /// reads its own woken mark without the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,8 +313,6 @@ enum Place {
     Woken(u64),
 }
 
-/// `Direct::waiting` of a connection never listed.
-pub(crate) const OFF: u64 = 0;
 /// Marks a woken connection; the rest of the word is the ring position.
 const WOKEN: u64 = 1 << 63;
 
@@ -337,7 +336,7 @@ fn place(word: u64) -> Place {
 
 /// The messages for everyone and for topics, newest last, each shared by
 /// every connection: a connection keeps only its position in the ring, and
-/// is woken through its `Direct` when a message is added. One that falls
+/// is woken through its `Subscriber` when a message is added. One that falls
 /// `capacity` messages behind has lagged (it is closed and resumes from the
 /// history).
 pub(crate) struct Ring {
@@ -571,16 +570,16 @@ mod tests {
     async fn the_timer_task_ends_with_the_manager() {
         let m = manager(Duration::from_millis(10));
         let (_, body) = open(&m);
-        let hub = std::sync::Arc::downgrade(&m.inner.hub);
+        let fanout = std::sync::Arc::downgrade(&m.inner.fanout);
         drop(body);
         drop(m);
         for _ in 0..100 {
-            if hub.strong_count() == 0 {
+            if fanout.strong_count() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the hub outlived its manager");
+        panic!("the fanout outlived its manager");
     }
 
     #[tokio::test]
@@ -649,7 +648,7 @@ mod tests {
     async fn the_ring_wakes_only_waiting_connections_and_forgets_those_gone() {
         use futures_util::FutureExt as _;
         let m = manager(Duration::from_secs(15));
-        let waiting = || m.inner.hub.waiting.list.lock().directs.len();
+        let waiting = || m.inner.fanout.waiting.list.lock().subscribers.len();
         let mut bodies: Vec<Body> = (0..3).map(|_| open(&m).1).collect();
         for body in &mut bodies {
             assert!(next(body).await.starts_with("event: connection\n"));
@@ -720,7 +719,7 @@ mod tests {
     async fn a_topic_message_wakes_only_the_waiting_connections_it_is_for() {
         use futures_util::FutureExt as _;
         let (m, _, mut plain, mut listener) = plain_and_listener(None).await;
-        let waiting = || m.inner.hub.waiting.list.lock().directs.len();
+        let waiting = || m.inner.fanout.waiting.list.lock().subscribers.len();
         assert!(plain.next().now_or_never().is_none());
         assert!(listener.next().now_or_never().is_none());
         assert_eq!(waiting(), 2);

@@ -1,0 +1,465 @@
+//! Publishing: [`BroadcastManager::message`] and the [`Message`] builder,
+//! the shortcuts (`broadcast`, `send_to`, `send_to_user`), and the path of
+//! one message: checked, rendered and encoded once into an envelope, then
+//! numbered and delivered in memory, or handed to the shared backend.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+
+use super::CONNECTION_EVENT;
+use super::data::{Data, IntoData};
+use super::engine::Transport;
+use super::manager::BroadcastManager;
+use super::message::{MessageId, default_text, named};
+use super::stage::{Outgoing, Sent};
+use crate::backend::{Envelope, Target};
+use crate::connections::{ConnectionId, UserId};
+use crate::error::Error;
+use crate::event::{Event, EventName};
+use crate::limits::Limit;
+use crate::topics::Topic;
+
+/// How long a publish through a shared backend waits for this instance to
+/// read it back (then it returns with `delivered: 0` and a warning).
+const OWN_DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl BroadcastManager {
+    /// Sends a message to every connection except those in `exclude`;
+    /// returns its id and how many connections it was queued for.
+    ///
+    /// `message_type` becomes the SSE event name. `data`'s type decides how
+    /// it is sent ([`IntoData`]): a string is text, escaped so that the page
+    /// shows it as written; a [`Fragment`], maud `Markup` or askama template
+    /// is HTML, sent as it is; `axum::Json(value)` and other JSON go out
+    /// HTML-safe (or through the manager's renderer). For topics, users
+    /// and the other options, see [`message`](Self::message).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidField`] or [`Error::EmptyEventName`] for a bad type,
+    /// [`Error::ReservedEventName`] for one of the crate's own types
+    /// (`connection`, `reset`, `close`: see
+    /// [`Message::allow_reserved_type`]),
+    /// [`Error::Json`] when `data` does not serialise, or the renderer's
+    /// error. Nothing is published then.
+    pub async fn broadcast<T, D>(
+        &self,
+        message_type: T,
+        data: D,
+        metadata: Option<serde_json::Value>,
+        exclude: &[ConnectionId],
+    ) -> Result<Sent, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        D: IntoData,
+    {
+        self.message(message_type, data)
+            .metadata(metadata)
+            .exclude(exclude)
+            .send()
+            .await
+    }
+
+    /// Sends a message to exactly one connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConnection`] when no connection has this id (nothing
+    /// is published), and the errors of [`broadcast`](Self::broadcast).
+    pub async fn send_to<T, D>(
+        &self,
+        connection_id: &ConnectionId,
+        message_type: T,
+        data: D,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<Sent, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        D: IntoData,
+    {
+        self.message(message_type, data)
+            .metadata(metadata)
+            .to_connection(connection_id.clone())
+            .send()
+            .await
+    }
+
+    /// Sends a message to every connection (every tab) of `user`, and to
+    /// nobody else. Kept in the history, so a tab of that user that
+    /// reconnects with `Last-Event-ID` catches up on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn send_to_user<T, D>(
+        &self,
+        user: &UserId,
+        message_type: T,
+        data: D,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<Sent, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        D: IntoData,
+    {
+        self.message(message_type, data)
+            .metadata(metadata)
+            .to_user(user.clone())
+            .send()
+            .await
+    }
+
+    /// Prepares a message with every option: topics, private delivery, a
+    /// user, one connection, exclusions, metadata, the topic as event type.
+    ///
+    /// ```
+    /// use htmx_sse::{broadcast::BroadcastManager, topics::Topic};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///
+    /// let manager = BroadcastManager::new();
+    /// let sent = manager
+    ///     .message("update", "<li>milk</li>")
+    ///     .topics([Topic::new("lists/7")?])
+    ///     .private(true)
+    ///     .send().await?;
+    /// assert_eq!(sent.delivered, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn message<T, D>(&self, message_type: T, data: D) -> Message<'_>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        D: IntoData,
+    {
+        let mut error = None;
+        let message_type = match message_type.try_into() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error = Some(e.into());
+                None
+            }
+        };
+        let data = match data.into_data() {
+            Ok(d) => d,
+            Err(e) => {
+                error.get_or_insert(e);
+                Data::Json(serde_json::Value::Null)
+            }
+        };
+        Message {
+            manager: self,
+            message_type,
+            data,
+            metadata: None,
+            exclude: Vec::new(),
+            dest: Dest::All,
+            private: false,
+            topic_as_type: false,
+            allow_reserved: false,
+            error,
+        }
+    }
+
+    /// [`Error::ReservedEventName`] when pages would take `name` for one of
+    /// the crate's own events.
+    fn refuse_reserved(&self, name: &str) -> Result<(), Error> {
+        let own_close = self.inner.fanout.close.as_ref().and_then(Event::name);
+        if super::RESERVED_EVENTS.iter().any(|r| r.as_str() == name) || own_close == Some(name) {
+            return Err(Error::ReservedEventName {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Renders and encodes a message once, outside any lock.
+    fn prepare(&self, m: Message<'_>) -> Result<Envelope, Error> {
+        let inner = &*self.inner;
+        if let Some(e) = m.error {
+            return Err(e);
+        }
+        let limits = &inner.limits;
+        if m.exclude.len() > limits.exclude {
+            return Err(Error::LimitExceeded {
+                limit: Limit::Exclude,
+                max: limits.exclude,
+                retry_after: None,
+            });
+        }
+        if let Dest::Topics(topics) = &m.dest
+            && topics.len() > limits.topics_per_publish
+        {
+            return Err(Error::LimitExceeded {
+                limit: Limit::TopicsPerPublish,
+                max: limits.topics_per_publish,
+                retry_after: None,
+            });
+        }
+        let message_type = m.message_type.unwrap_or(CONNECTION_EVENT);
+        if !m.allow_reserved {
+            self.refuse_reserved(message_type.as_str())?;
+            if m.topic_as_type
+                && let Dest::Topics(topics) = &m.dest
+            {
+                for t in topics {
+                    self.refuse_reserved(t.as_str())?;
+                }
+            }
+        }
+        let metadata = m.metadata;
+        let timestamp = Utc::now();
+        // HTML goes out as it is; text and JSON through the renderer, or
+        // escaped (see `Data`).
+        let (text, data, html) = match m.data {
+            Data::Html(f) => {
+                let html = f.into_string();
+                (html.clone(), serde_json::Value::String(html), true)
+            }
+            Data::Text(t) => (String::new(), serde_json::Value::String(t), false),
+            Data::Json(v) => (String::new(), v, false),
+        };
+        let text = match (&inner.render, html) {
+            (_, true) => text,
+            (Some(render), false) => render(&Outgoing {
+                message_type: &message_type,
+                data: &data,
+                metadata: metadata.as_ref(),
+                timestamp,
+            })?
+            .into_string(),
+            (None, false) => default_text(&data),
+        };
+        let exclude: Box<[ConnectionId]> = m.exclude.into();
+        // Encoded once (once per topic with the topic as type); only the id
+        // is per message.
+        let mut topic_bodies = None;
+        let target = match m.dest {
+            Dest::All => Target::All { exclude },
+            Dest::One(to) => Target::One { to, user: None },
+            Dest::User(user) => Target::User { user, exclude },
+            Dest::Topics(topics) => {
+                if topics.is_empty() {
+                    return Err(Error::InvalidTopic(crate::topics::InvalidTopic {
+                        value: String::new(),
+                        reason: "a topic message needs at least one topic",
+                    }));
+                }
+                if m.topic_as_type {
+                    let mut bodies = Vec::with_capacity(topics.len());
+                    for t in &topics {
+                        bodies.push(
+                            Event::builder()
+                                .event(t.as_str())
+                                .data(text.clone())
+                                .build()?
+                                .into_bytes(),
+                        );
+                    }
+                    topic_bodies = Some(bodies.into_boxed_slice());
+                }
+                Target::Topics {
+                    topics: topics.into(),
+                    private: m.private,
+                    exclude,
+                }
+            }
+        };
+        let body = named(&message_type).data(text).build()?.into_bytes();
+        Ok(Envelope {
+            format: Envelope::FORMAT,
+            body,
+            topic_bodies,
+            target,
+            message_type,
+            data,
+            html,
+            metadata,
+            timestamp,
+            origin: inner.origin,
+            nonce: 0,
+        })
+    }
+
+    async fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
+        let inner = &*self.inner;
+        let mut envelope = self.prepare(m)?;
+        match &inner.transport {
+            Transport::Memory => {
+                let mut core = inner.core.lock();
+                if let Target::One { to, user } = &mut envelope.target {
+                    match core.connections.get(to) {
+                        Some(c) => user.clone_from(&c.subscriber.sub.user),
+                        None => return Err(Error::UnknownConnection { id: to.to_string() }),
+                    }
+                }
+                let seq = core.seq + 1;
+                let (id, delivered) = inner.deliver_at(&mut core, seq, envelope);
+                Ok(Sent { id, delivered })
+            }
+            Transport::Shared(backend) => {
+                if let Target::One { to, user } = &mut envelope.target {
+                    let local = inner
+                        .core
+                        .lock()
+                        .connections
+                        .get(to)
+                        .map(|c| c.subscriber.sub.user.clone());
+                    *user = match local {
+                        Some(u) => u,
+                        None => backend
+                            .locate(to)
+                            .await?
+                            .ok_or_else(|| Error::UnknownConnection { id: to.to_string() })?,
+                    };
+                }
+                // Read-your-writes: this instance's connections have it
+                // queued when publishing returns.
+                let nonce = inner.nonce.fetch_add(1, Ordering::Relaxed);
+                envelope.nonce = nonce;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                inner.pending.lock().insert(nonce, tx);
+                let epoch = inner.core.lock().epoch;
+                let seq = match backend.publish(epoch, &envelope).await {
+                    Ok(seq) => seq,
+                    Err(e) => {
+                        inner.pending.lock().remove(&nonce);
+                        return Err(e);
+                    }
+                };
+                let id = MessageId { epoch, seq };
+                let delivered = if let Ok(Ok(n)) = tokio::time::timeout(OWN_DELIVERY_WAIT, rx).await
+                {
+                    n
+                } else {
+                    inner.pending.lock().remove(&nonce);
+                    tracing::warn!(%id, "published, but this instance has not read it back yet");
+                    0
+                };
+                Ok(Sent { id, delivered })
+            }
+        }
+    }
+}
+
+enum Dest {
+    All,
+    One(ConnectionId),
+    User(UserId),
+    Topics(Vec<Topic>),
+}
+
+/// A message being prepared: see [`BroadcastManager::message`]. Nothing is
+/// sent until [`send`](Self::send).
+#[must_use = "a message is only sent by `send()`"]
+pub struct Message<'a> {
+    manager: &'a BroadcastManager,
+    message_type: Option<EventName>,
+    data: Data,
+    metadata: Option<serde_json::Value>,
+    exclude: Vec<ConnectionId>,
+    dest: Dest,
+    private: bool,
+    topic_as_type: bool,
+    allow_reserved: bool,
+    error: Option<Error>,
+}
+
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("message_type", &self.message_type)
+            .field("private", &self.private)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message<'_> {
+    /// Attaches metadata (kept with the message, listed in the history).
+    pub fn metadata(mut self, metadata: Option<serde_json::Value>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Leaves these connections out.
+    pub fn exclude(mut self, ids: &[ConnectionId]) -> Self {
+        self.exclude.extend_from_slice(ids);
+        self
+    }
+
+    /// Sends to this connection alone (an error at `send` when it is not
+    /// connected).
+    pub fn to_connection(mut self, id: ConnectionId) -> Self {
+        self.dest = Dest::One(id);
+        self
+    }
+
+    /// Sends to every connection of this user alone.
+    pub fn to_user(mut self, user: UserId) -> Self {
+        self.dest = Dest::User(user);
+        self
+    }
+
+    /// Sends to the connections subscribed to one of these topics.
+    pub fn topics(mut self, topics: impl IntoIterator<Item = Topic>) -> Self {
+        self.dest = Dest::Topics(topics.into_iter().collect());
+        self
+    }
+
+    /// Private topic message: only connections authorized for one of its
+    /// topics receive it (no effect without topics).
+    pub fn private(mut self, private: bool) -> Self {
+        self.private = private;
+        self
+    }
+
+    /// Uses the topic as the SSE event type, so one page listening to
+    /// several topics can route each to its own element (`sse-swap="TOPIC"`
+    /// in htmx 2). A subscriber gets the name of the first of the message's
+    /// topics it subscribed to.
+    pub fn topic_as_type(mut self, on: bool) -> Self {
+        self.topic_as_type = on;
+        self
+    }
+
+    /// Lets this message use a type the crate gives a meaning to
+    /// ([`RESERVED_EVENTS`](super::RESERVED_EVENTS): `connection`, `reset`,
+    /// `close`, or the manager's own close event), which is refused
+    /// otherwise. Pages take it for the crate's own event: a `close` sent
+    /// to everyone stops every page from reconnecting.
+    ///
+    /// ```
+    /// use htmx_sse::{broadcast::BroadcastManager, Error};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let manager = BroadcastManager::new();
+    /// let refused = manager.message("close", "").send().await;
+    /// assert!(matches!(refused, Err(Error::ReservedEventName { .. })));
+    ///
+    /// // Every page stops listening: meant, and visible in review.
+    /// manager.message("close", "service retired").allow_reserved_type().send().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn allow_reserved_type(mut self) -> Self {
+        self.allow_reserved = true;
+        self
+    }
+
+    /// Publishes it.
+    ///
+    /// # Errors
+    ///
+    /// A bad type (CR, LF or NUL, empty, or reserved: see
+    /// [`allow_reserved_type`](Self::allow_reserved_type)), data that does
+    /// not serialise, the renderer's error, a topic message without topics,
+    /// an unknown connection for
+    /// [`to_connection`](Self::to_connection). Nothing is published then.
+    pub async fn send(self) -> Result<Sent, Error> {
+        self.manager.publish(self).await
+    }
+}
