@@ -142,7 +142,7 @@ impl BroadcastBuilder {
 
     /// Heartbeat, timeout, close message and logging for every connection
     /// (the initial message is replaced by the `connection` event). A
-    /// [`Shutdown`] given here becomes the manager's own, so one signal ends
+    /// [`Shutdown`](crate::streaming::Shutdown) given here becomes the manager's own, so one signal ends
     /// every stream of the server; without one the manager makes its own.
     ///
     /// The manager's connections share one timer: it ticks every quarter of
@@ -177,8 +177,8 @@ impl BroadcastBuilder {
     /// How a message's text or JSON data becomes its frame, usually HTML
     /// from askama or maud (which escape what they insert). Called once per
     /// message, whatever the number of connections; data published as HTML
-    /// ([`Data::Html`]) goes out as it is, without it. The default escapes
-    /// text and writes JSON HTML-safe (see [`Data`]).
+    /// ([`Data::Html`](super::Data::Html)) goes out as it is, without it. The default escapes
+    /// text and writes JSON HTML-safe (see [`Data`](super::Data)).
     ///
     /// ```
     /// use htmx_sse::{broadcast::BroadcastManager, Fragment};

@@ -154,7 +154,7 @@ impl BroadcastManager {
     }
 
     /// The limits the manager and the routes built on it keep (see
-    /// [`BroadcastBuilder::limits`]).
+    /// [`BroadcastBuilder::limits`](super::BroadcastBuilder::limits)).
     ///
     /// ```
     /// let manager = htmx_sse::BroadcastManager::new();
@@ -356,7 +356,7 @@ impl BroadcastManager {
     }
 
     /// The backend's name: `"memory"`, or the shared backend's
-    /// [`name`](Backend::name) (`"redis"`). `GET {prefix}/status` says it.
+    /// [`name`](crate::backend::Backend::name) (`"redis"`). `GET {prefix}/status` says it.
     ///
     /// ```
     /// assert_eq!(htmx_sse::BroadcastManager::new().backend_name(), "memory");
@@ -507,7 +507,7 @@ impl BroadcastManager {
     ///
     /// Only what every page is sent is listed: messages for one connection,
     /// one user or a topic are kept for resume but never listed, and a
-    /// [recipient filter](BroadcastBuilder::recipient_filter) is asked with
+    /// [recipient filter](super::BroadcastBuilder::recipient_filter) is asked with
     /// `connection: None` and this user, so what it withholds from them is
     /// not listed either. `GET {prefix}/history` answers with this list for
     /// the asker's user.

@@ -31,7 +31,7 @@ impl BroadcastManager {
     ///
     /// `message_type` becomes the SSE event name. `data`'s type decides how
     /// it is sent ([`IntoData`]): a string is text, escaped so that the page
-    /// shows it as written; a [`Fragment`], maud `Markup` or askama template
+    /// shows it as written; a [`Fragment`](crate::Fragment), maud `Markup` or askama template
     /// is HTML, sent as it is; `axum::Json(value)` and other JSON go out
     /// HTML-safe (or through the manager's renderer). For topics, users
     /// and the other options, see [`message`](Self::message).

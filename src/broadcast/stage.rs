@@ -101,7 +101,7 @@ impl Stored {
 #[non_exhaustive]
 pub struct Recipient<'a> {
     /// The connection; `None` when the message is listed for a history
-    /// reader ([`BroadcastManager::history_for`]) rather than sent.
+    /// reader ([`BroadcastManager::history_for`](super::BroadcastManager::history_for)) rather than sent.
     pub connection: Option<&'a ConnectionId>,
     /// The user it belongs to, if any.
     pub user: Option<&'a UserId>,

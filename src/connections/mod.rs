@@ -2,6 +2,8 @@
 //! [`ConnectionId`] every connection is known by, and the browser-side
 //! helpers that keep connections healthy.
 
+#[cfg(feature = "askama")]
+mod element;
 mod registry;
 pub mod runtime;
 #[cfg(feature = "askama")]

@@ -71,14 +71,15 @@
 //! # }
 //! ```
 
+mod body;
 mod config;
 pub mod oob;
 mod shutdown;
 mod stream;
 
+pub(crate) use body::{Batch, Piece, drain, expired, log_frame, sse_response};
 pub(crate) use config::shutdown_retry_frame;
 pub use config::{CLOSE_EVENT, RETRY_EVENT, StreamConfig};
 pub use oob::{OobFlavor, OobStreamBuilder, Swap};
 pub use shutdown::Shutdown;
-pub(crate) use stream::{Batch, Piece, drain, expired, log_frame, sse_response};
 pub use stream::{EndReason, SseStream, StopHandle, Transform};
