@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
@@ -16,7 +16,7 @@ use super::message::{BroadcastMessage, Epoch};
 use super::proof::{MIN_KEY_BYTES, ResumeKey};
 use super::stage::{Filter, Outgoing, Recipient, Render};
 use crate::backend::{Backend, Delivery, Sink};
-use crate::connections::ConnectionRegistry;
+use crate::connections::{ConnectionRegistry, Roll};
 use crate::error::Error;
 use crate::fragment::Fragment;
 use crate::limits::Limits;
@@ -323,40 +323,43 @@ impl BroadcastBuilder {
     ) -> BroadcastManager {
         // One signal for everything: the stream config's, if it has one.
         let shutdown = self.stream.shutdown.clone().unwrap_or_default();
-        BroadcastManager {
-            inner: Arc::new(Engine {
-                core: Mutex::new(Ledger {
-                    epoch,
-                    seq,
-                    history: VecDeque::with_capacity(self.history.min(4096)),
-                    history_bytes: 0,
-                    connections: HashSet::new(),
-                    users: HashMap::new(),
-                    listeners: Listeners::default(),
-                    missing_to: 0,
-                }),
-                transport,
-                origin: u64::from_le_bytes(
-                    uuid::Uuid::new_v4().as_bytes()[..8]
-                        .try_into()
-                        .unwrap_or_else(|_| unreachable!("a UUID has 16 bytes")),
-                ),
-                nonce: AtomicU64::new(1),
-                pending: Mutex::new(HashMap::new()),
-                registry: ConnectionRegistry::new(),
-                history_limit: self.history,
-                queue_capacity: self.queue_capacity,
-                limits: self.limits,
-                // No initial message: the `connection` event opens every
-                // stream.
-                fanout: Arc::new(Fanout::new(&self.stream, self.filter, self.queue_capacity)),
-                timer: OnceLock::new(),
-                kind: self.kind,
-                render: self.render,
-                shutdown,
-                resume_key,
+        let engine = Arc::new(Engine {
+            core: Mutex::new(Ledger {
+                epoch,
+                seq,
+                history: VecDeque::with_capacity(self.history.min(4096)),
+                history_bytes: 0,
+                connections: HashSet::new(),
+                users: HashMap::new(),
+                listeners: Listeners::default(),
+                missing_to: 0,
             }),
-        }
+            transport,
+            origin: u64::from_le_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("a UUID has 16 bytes")),
+            ),
+            nonce: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            registry: ConnectionRegistry::new(),
+            history_limit: self.history,
+            queue_capacity: self.queue_capacity,
+            limits: self.limits,
+            // No initial message: the `connection` event opens every
+            // stream.
+            fanout: Arc::new(Fanout::new(&self.stream, self.filter, self.queue_capacity)),
+            timer: OnceLock::new(),
+            kind: self.kind,
+            render: self.render,
+            shutdown,
+            resume_key,
+        });
+        // The registry shows the engine's connections: one list of who is
+        // connected, under the engine's lock.
+        let roll: Weak<dyn Roll> = Arc::downgrade(&engine) as Weak<Engine>;
+        engine.registry.show(roll);
+        BroadcastManager { inner: engine }
     }
 }
 

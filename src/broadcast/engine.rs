@@ -19,7 +19,7 @@ use super::proof::ResumeKey;
 use super::stage::{Render, Stored};
 use super::subscriber::{Roster, Subscriber};
 use crate::backend::{Backend, Delivery, Envelope, Target};
-use crate::connections::{ConnectionId, ConnectionRegistry, UserId};
+use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Roll, UserId};
 use crate::limits::Limits;
 use crate::streaming::Shutdown;
 
@@ -282,6 +282,30 @@ impl Engine {
             }
         };
         (id, delivered)
+    }
+}
+
+/// The registry's view of the connections ([`ConnectionRegistry`] shows
+/// these rather than listing them again).
+impl Roll for Engine {
+    fn each_entry(&self, f: &mut dyn FnMut(&Entry)) {
+        for conn in self.core.lock().connections.iter() {
+            f(&conn.subscriber.entry);
+        }
+    }
+
+    fn with_entry(&self, id: &ConnectionId, f: &mut dyn FnMut(&Entry)) -> bool {
+        match self.core.lock().connections.get(id) {
+            Some(conn) => {
+                f(&conn.subscriber.entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn entry_count(&self) -> usize {
+        self.core.lock().connections.len()
     }
 }
 

@@ -317,9 +317,11 @@ impl BroadcastManager {
             Transport::Shared(backend) => Some(backend.connected(&id, sub.user.as_ref())),
         };
 
+        // Listed once, in the engine's connections, which the registry
+        // shows: the registration only counts and sets states.
         let registration = inner
             .registry
-            .list(Arc::clone(&subscriber) as Arc<dyn Listing>);
+            .shown(Arc::clone(&subscriber) as Arc<dyn Listing>);
         let intro = Intro {
             connection: connection_event(epoch, &id, &tag, start),
             reset: reset.map(|r| reset_event(epoch, &tag, seq_now, r)),

@@ -246,6 +246,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_registry_shows_the_managers_connections_from_one_list() {
+        use crate::connections::{ConnectionId, ConnectionState};
+        let m = BroadcastManager::new();
+        let a = m.connect(None, serde_json::Value::Null).unwrap();
+        let x = ConnectionId::new("x").unwrap();
+        let first = m
+            .connect_as(Some(x.clone()), serde_json::json!({"tab": 1}))
+            .unwrap();
+        let second = m
+            .connect_as(Some(x.clone()), serde_json::Value::Null)
+            .unwrap();
+        // The same id replaced: counted once, by both.
+        assert_eq!((m.connection_count(), m.registry().len()), (2, 2));
+        assert!(m.registry().contains(a.id()));
+        assert_eq!(
+            m.registry().get(&x).unwrap().metadata,
+            serde_json::Value::Null
+        );
+        // An application's own entries sit beside the manager's.
+        let own = m.registry().add(None, "job", serde_json::Value::Null);
+        own.set_state(ConnectionState::Connected);
+        let stats = m.stats();
+        assert_eq!((stats.total, stats.active), (3, 1));
+        assert_eq!(stats.by_kind["broadcast"], 2);
+        assert_eq!(stats.by_kind["job"], 1);
+        assert_eq!(m.registry().connections(Some("broadcast")).len(), 2);
+        // Gone from the manager, gone from the registry: no second list to
+        // forget it in.
+        drop(a);
+        drop(first);
+        assert_eq!((m.connection_count(), m.registry().len()), (1, 2));
+        drop(second);
+        drop(own);
+        assert!(m.registry().is_empty());
+    }
+
+    #[tokio::test]
     async fn disconnect_ends_the_stream_with_the_close_message() {
         use std::time::Duration;
         use tokio_stream::StreamExt as _;

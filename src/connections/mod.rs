@@ -17,7 +17,7 @@ use serde::Serialize;
 pub use registry::{
     ConnectionRegistry, ConnectionState, Registration, RegistryStats, SseConnection,
 };
-pub(crate) use registry::{Entry, Listing};
+pub(crate) use registry::{Entry, Listing, Roll};
 
 use crate::error::Error;
 

@@ -4,8 +4,8 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use parking_lot::{Mutex, RwLock};
@@ -222,9 +222,24 @@ impl PartialEq for Listed {
 
 impl Eq for Listed {}
 
+/// Connections the registry shows without holding them: the broadcast
+/// manager's, which it keeps in one place (its own set, under its own lock),
+/// so that who is connected has one source of truth.
+pub(crate) trait Roll: Send + Sync {
+    /// Calls `f` with every entry.
+    fn each_entry(&self, f: &mut dyn FnMut(&Entry));
+    /// Calls `f` with the entry of `id`, if there is one; returns whether.
+    fn with_entry(&self, id: &ConnectionId, f: &mut dyn FnMut(&Entry)) -> bool;
+    /// How many entries there are.
+    fn entry_count(&self) -> usize;
+}
+
 #[derive(Default)]
 struct Shared {
+    /// Entries added with [`ConnectionRegistry::add`].
     map: RwLock<HashSet<Listed>>,
+    /// The manager's connections, when this is a manager's registry.
+    roll: OnceLock<Weak<dyn Roll>>,
     messages: AtomicU64,
     /// The kind last registered, shared by every entry of that kind (one
     /// allocation less per connection; most registries see one kind).
@@ -232,6 +247,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Calls `f` with every entry: the roll's, then the added ones.
+    fn each(&self, f: &mut dyn FnMut(&Entry)) {
+        if let Some(roll) = self.roll.get().and_then(Weak::upgrade) {
+            roll.each_entry(f);
+        }
+        for e in self.map.read().iter() {
+            f(e.entry());
+        }
+    }
+
     fn kind(&self, kind: &str) -> Arc<str> {
         let mut last = self.last_kind.lock();
         match &*last {
@@ -321,19 +346,46 @@ impl ConnectionRegistry {
         Registration {
             shared: Arc::clone(&self.shared),
             entry: listing,
+            held: true,
+        }
+    }
+
+    /// Shows the entries of `roll` too, without holding them (once; the
+    /// broadcast manager's registry shows its connections this way).
+    pub(crate) fn show(&self, roll: Weak<dyn Roll>) {
+        let _ = self.shared.roll.set(roll);
+    }
+
+    /// A registration for an entry that the roll shows: it counts
+    /// messages and sets states, and lists or unlists nothing.
+    pub(crate) fn shown(&self, listing: Arc<dyn Listing>) -> Registration {
+        Registration {
+            shared: Arc::clone(&self.shared),
+            entry: listing,
+            held: false,
         }
     }
 
     /// The connection with this id, if registered.
     #[must_use]
     pub fn get(&self, id: &ConnectionId) -> Option<SseConnection> {
-        self.shared.map.read().get(id).map(|e| e.entry().snapshot())
+        let mut found = None;
+        if let Some(roll) = self.shared.roll.get().and_then(Weak::upgrade) {
+            roll.with_entry(id, &mut |e| found = Some(e.snapshot()));
+        }
+        found.or_else(|| self.shared.map.read().get(id).map(|e| e.entry().snapshot()))
     }
 
     /// Whether a connection with this id is registered.
     #[must_use]
     pub fn contains(&self, id: &ConnectionId) -> bool {
-        self.shared.map.read().contains(id)
+        let shown = self
+            .shared
+            .roll
+            .get()
+            .and_then(Weak::upgrade)
+            .is_some_and(|roll| roll.with_entry(id, &mut |_| {}));
+        shown || self.shared.map.read().contains(id)
     }
 
     /// All connections, or those of one kind, oldest first.
@@ -349,14 +401,12 @@ impl ConnectionRegistry {
     }
 
     fn collect(&self, keep: impl Fn(&Entry) -> bool) -> Vec<SseConnection> {
-        let mut out: Vec<SseConnection> = self
-            .shared
-            .map
-            .read()
-            .iter()
-            .filter(|e| keep(e.entry()))
-            .map(|e| e.entry().snapshot())
-            .collect();
+        let mut out: Vec<SseConnection> = Vec::new();
+        self.shared.each(&mut |e| {
+            if keep(e) {
+                out.push(e.snapshot());
+            }
+        });
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
     }
@@ -364,17 +414,27 @@ impl ConnectionRegistry {
     /// Counts: total, active, by kind, messages delivered.
     #[must_use]
     pub fn stats(&self) -> RegistryStats {
-        let map = self.shared.map.read();
         let mut stats = RegistryStats {
-            total: map.len(),
             messages: self.shared.messages.load(Ordering::Relaxed),
             ..RegistryStats::default()
         };
-        for e in map.iter().map(Listed::entry) {
+        // Counted by kind without a `String` per connection.
+        let mut kinds: Vec<(Arc<str>, usize)> = Vec::new();
+        self.shared.each(&mut |e| {
+            stats.total += 1;
             if e.state().is_active() {
                 stats.active += 1;
             }
-            *stats.by_kind.entry(e.kind.to_string()).or_default() += 1;
+            match kinds
+                .iter_mut()
+                .find(|(k, _)| Arc::ptr_eq(k, &e.kind) || **k == *e.kind)
+            {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((Arc::clone(&e.kind), 1)),
+            }
+        });
+        for (kind, n) in kinds {
+            *stats.by_kind.entry(kind.to_string()).or_default() += n;
         }
         stats
     }
@@ -382,7 +442,13 @@ impl ConnectionRegistry {
     /// How many connections are registered.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.shared.map.read().len()
+        let shown = self
+            .shared
+            .roll
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(0, |roll| roll.entry_count());
+        shown + self.shared.map.read().len()
     }
 
     /// Whether no connection is registered.
@@ -399,6 +465,9 @@ impl ConnectionRegistry {
 pub struct Registration {
     shared: Arc<Shared>,
     entry: Arc<dyn Listing>,
+    /// Whether the registry's own map holds the entry (else a roll shows
+    /// it, and its owner takes it off).
+    held: bool,
 }
 
 impl fmt::Debug for Registration {
@@ -470,6 +539,15 @@ impl Registration {
     /// newer registration of the same id replaces it).
     #[must_use]
     pub fn is_current(&self) -> bool {
+        if !self.held {
+            let mut same = false;
+            if let Some(roll) = self.shared.roll.get().and_then(Weak::upgrade) {
+                roll.with_entry(&self.entry.entry().id, &mut |e| {
+                    same = std::ptr::eq(e, self.entry.entry());
+                });
+            }
+            return same;
+        }
         self.shared
             .map
             .read()
@@ -481,6 +559,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.set_state(ConnectionState::Disconnected);
+        if !self.held {
+            return;
+        }
         let mut map = self.shared.map.write();
         if map
             .get(&self.entry.entry().id)
