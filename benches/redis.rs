@@ -6,7 +6,11 @@
 //! real SSE connections (plain TCP clients that count frames), publishes
 //! the same messages from concurrent publishers (`--publishers N`, default 4) and times how long
 //! until every connection has every message. Prints deliveries per second
-//! for both and their ratio. `--clients N`, `--messages N` change the size.
+//! and the publish p99 for memory, for Redis with read-your-writes (the
+//! default: a publish returns once this instance delivered it) and for
+//! Redis without it (`read_your_writes(false)`: once the shared log has
+//! it), and the ratios to memory. `--clients N`, `--messages N` change the
+//! size.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -78,7 +82,13 @@ async fn client(addr: SocketAddr, want: u64, connected: Arc<AtomicU64>) -> u64 {
     seen
 }
 
-async fn run(manager: BroadcastManager, clients: usize, messages: usize, publishers: usize) -> f64 {
+/// Deliveries per second, and the 99th percentile of one publish call.
+async fn run(
+    manager: BroadcastManager,
+    clients: usize,
+    messages: usize,
+    publishers: usize,
+) -> (f64, Duration) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = setup_broadcast_routes(Router::new(), manager.clone(), "/sse");
@@ -100,22 +110,25 @@ async fn run(manager: BroadcastManager, clients: usize, messages: usize, publish
         .map(|p| {
             let (m, payload) = (manager.clone(), payload.clone());
             tokio::spawn(async move {
+                let mut took = Vec::with_capacity(messages / publishers + 1);
                 for _ in (p..messages).step_by(publishers) {
-                    m.broadcast(
-                        "n",
-                        htmx_sse::Fragment::trusted(payload.as_str()),
-                        None,
-                        &[],
-                    )
-                    .await
-                    .expect("publish");
+                    let t0 = Instant::now();
+                    m.message("n", htmx_sse::Fragment::trusted(payload.as_str()))
+                        .send()
+                        .await
+                        .expect("publish");
+                    took.push(t0.elapsed());
                 }
+                took
             })
         })
         .collect();
+    let mut took = Vec::with_capacity(messages);
     for p in tasks {
-        p.await.expect("publisher");
+        took.extend(p.await.expect("publisher"));
     }
+    took.sort_unstable();
+    let p99 = took[(took.len() * 99 / 100).min(took.len() - 1)];
     let mut delivered = 0;
     for r in readers {
         delivered += r.await.expect("reader");
@@ -124,7 +137,7 @@ async fn run(manager: BroadcastManager, clients: usize, messages: usize, publish
     server.abort();
     let want = (clients * messages) as u64;
     assert_eq!(delivered, want, "lost messages");
-    delivered as f64 / elapsed
+    (delivered as f64 / elapsed, p99)
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -151,13 +164,13 @@ async fn main() {
     println!("{clients} clients x {messages} messages of {PAYLOAD} bytes, {publishers} publishers");
     let mut memory = Vec::new();
     let mut redis = Vec::new();
+    let mut logged = Vec::new();
     // Alternate, three rounds each, and keep the best of each.
     for round in 0..3 {
         let m = run(builder(messages).build(), clients, messages, publishers).await;
-        let prefix = format!("bench-{round}");
         let r = run(
             builder(messages)
-                .build_redis(RedisConfig::new(url.as_str()).prefix(prefix))
+                .build_redis(RedisConfig::new(url.as_str()).prefix(format!("bench-{round}")))
                 .await
                 .expect("redis"),
             clients,
@@ -165,14 +178,51 @@ async fn main() {
             publishers,
         )
         .await;
-        println!("round {round}: memory {m:>12.0} deliveries/s   redis {r:>12.0} deliveries/s");
+        let l = run(
+            builder(messages)
+                .read_your_writes(false)
+                .build_redis(RedisConfig::new(url.as_str()).prefix(format!("bench-l{round}")))
+                .await
+                .expect("redis"),
+            clients,
+            messages,
+            publishers,
+        )
+        .await;
+        println!(
+            "round {round}: memory {:>10.0}/s p99 {:>8.3} ms | redis {:>10.0}/s p99 {:>8.3} ms | \
+             redis, returned when logged {:>10.0}/s p99 {:>8.3} ms",
+            m.0,
+            ms(m.1),
+            r.0,
+            ms(r.1),
+            l.0,
+            ms(l.1)
+        );
         memory.push(m);
         redis.push(r);
+        logged.push(l);
     }
-    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    let (m, r) = (best(&memory), best(&redis));
+    let best = |v: &[(f64, Duration)]| {
+        v.iter()
+            .copied()
+            .fold((0.0, Duration::ZERO), |a, b| if b.0 > a.0 { b } else { a })
+    };
+    let (m, r, l) = (best(&memory), best(&redis), best(&logged));
     println!(
-        "best: memory {m:.0}/s, redis {r:.0}/s; redis / memory = {:.2}x",
-        r / m
+        "best: memory {:.0}/s (publish p99 {:.3} ms); redis {:.0}/s = {:.2}x (p99 {:.3} ms); \
+         redis returned when logged {:.0}/s = {:.2}x (p99 {:.3} ms)",
+        m.0,
+        ms(m.1),
+        r.0,
+        r.0 / m.0,
+        ms(r.1),
+        l.0,
+        l.0 / m.0,
+        ms(l.1)
     );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

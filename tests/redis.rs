@@ -576,3 +576,65 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
     let err = a.send_to(&b_id, "dm", "gone?", None).await.unwrap_err();
     assert!(matches!(err, Error::UnknownConnection { .. }), "{err:?}");
 }
+
+/// `read_your_writes(false)`: a publish returns once Redis has it (with
+/// `delivered: 0`, the count not being known yet), and every page, on this
+/// instance and on another, still gets every message once, in the shared
+/// order; concurrent publishers all succeed and no id is given twice.
+#[tokio::test]
+async fn publishes_that_return_when_logged_reach_every_page_in_order() {
+    let redis = RedisServer::start(false);
+    let config = || RedisConfig::new(redis.url()).timeout(Duration::from_millis(500));
+    let fast = BroadcastManager::builder()
+        .read_your_writes(false)
+        .build_redis(config())
+        .await
+        .unwrap();
+    let other = instance(&redis, Duration::from_secs(15)).await;
+    let app = common::open_routes(Router::new(), fast.clone(), "/sse");
+    let (base, _task) = common::serve(app).await;
+    let (mut here, _) = common::open_connection(&format!("{base}/sse"), None).await;
+    let (mut there, _) = other.open(None).await;
+
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let m = fast.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..25 {
+                    let sent = m
+                        .broadcast("n", format!("{p}-{n}"), None, &[])
+                        .await
+                        .unwrap();
+                    assert_eq!(sent.delivered, 0, "not known when logged");
+                    ids.push(sent.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for p in publishers {
+        ids.extend(p.await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100, "every publish got its own id");
+    for page in [&mut here, &mut there] {
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            let ev = next(page).await;
+            seen.push(ev.data);
+        }
+        // Each publisher's messages in its own order.
+        for p in 0..4 {
+            let mine: Vec<_> = seen
+                .iter()
+                .filter(|d| d.starts_with(&format!("{p}-")))
+                .collect();
+            let want: Vec<String> = (0..25).map(|n| format!("{p}-{n}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+    }
+    other.task.abort();
+}

@@ -33,6 +33,7 @@ pub struct BroadcastBuilder {
     filter: Option<Arc<Filter>>,
     resume_key: Option<ResumeKey>,
     limits: Limits,
+    read_your_writes: bool,
 }
 
 impl fmt::Debug for BroadcastBuilder {
@@ -46,6 +47,7 @@ impl fmt::Debug for BroadcastBuilder {
             .field("filter", &self.filter.is_some())
             .field("resume_key", &self.resume_key.is_some())
             .field("limits", &self.limits)
+            .field("read_your_writes", &self.read_your_writes)
             .finish()
     }
 }
@@ -61,6 +63,7 @@ impl Default for BroadcastBuilder {
             filter: None,
             resume_key: None,
             limits: Limits::new(),
+            read_your_writes: true,
         }
     }
 }
@@ -114,6 +117,28 @@ impl BroadcastBuilder {
     /// ```
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// With a shared backend: whether a publish returns once this instance
+    /// delivered it to its own connections (`true`, the default: a page of
+    /// this instance has it queued when `send()` returns, and
+    /// [`Sent::delivered`](super::Sent::delivered) counts them), or as soon
+    /// as the shared log has it (`false`: faster for concurrent
+    /// publishers, one round trip less per publish; `delivered` is then
+    /// 0, as the count is not known yet). Either way, a publish that
+    /// returned `Ok` is in the shared log, in its one order, and reaches
+    /// every instance. In memory a publish is delivered when it returns,
+    /// whatever this says.
+    ///
+    /// ```
+    /// use htmx_sse::broadcast::BroadcastManager;
+    ///
+    /// let builder = BroadcastManager::builder().read_your_writes(false);
+    /// # let _ = builder;
+    /// ```
+    pub fn read_your_writes(mut self, on: bool) -> Self {
+        self.read_your_writes = on;
         self
     }
 
@@ -342,6 +367,7 @@ impl BroadcastBuilder {
             ),
             nonce: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            read_your_writes: self.read_your_writes,
             registry: ConnectionRegistry::new(),
             history_limit: self.history,
             queue_capacity: self.queue_capacity,

@@ -79,6 +79,9 @@ pub(crate) struct Engine {
     /// Publishes waiting until this instance delivered them (by nonce):
     /// each learns how many connections it reached.
     pub(crate) pending: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<usize>>>,
+    /// Whether a publish through a shared backend waits until this
+    /// instance delivered it (see `BroadcastBuilder::read_your_writes`).
+    pub(crate) read_your_writes: bool,
     pub(crate) registry: ConnectionRegistry,
     pub(crate) history_limit: usize,
     pub(crate) queue_capacity: usize,

@@ -318,13 +318,20 @@ impl BroadcastManager {
                             .ok_or_else(|| Error::UnknownConnection { id: to.to_string() })?,
                     };
                 }
-                // Read-your-writes: this instance's connections have it
-                // queued when publishing returns.
                 let nonce = inner.nonce.fetch_add(1, Ordering::Relaxed);
                 envelope.nonce = nonce;
+                let epoch = inner.core.lock().epoch;
+                if !inner.read_your_writes {
+                    // Returned means in the shared log; this instance
+                    // delivers it when its reader gets there.
+                    let seq = backend.publish(epoch, &envelope).await?;
+                    let id = MessageId { epoch, seq };
+                    return Ok(Sent { id, delivered: 0 });
+                }
+                // Read-your-writes: this instance's connections have it
+                // queued when publishing returns.
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 inner.pending.lock().insert(nonce, tx);
-                let epoch = inner.core.lock().epoch;
                 let seq = match backend.publish(epoch, &envelope).await {
                     Ok(seq) => seq,
                     Err(e) => {
