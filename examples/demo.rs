@@ -51,7 +51,6 @@ use htmx_sse::connections::UserId;
 use htmx_sse::notify::{Level, toast};
 use htmx_sse::streaming::{OobStreamBuilder, Shutdown, SseStream, StreamConfig, Swap};
 use maud::{DOCTYPE, Markup, html};
-use parking_lot::Mutex;
 use serde::Deserialize;
 
 const HTMX_CDN: &str = "https://unpkg.com/htmx.org@2.0.11/dist/htmx.min.js";
@@ -61,7 +60,11 @@ const SSE_CDN: &str = "https://unpkg.com/htmx-ext-sse@2.2.4/dist/sse.js";
 struct App {
     config: StreamConfig,
     manager: BroadcastManager,
-    notes: Arc<Mutex<VecDeque<String>>>,
+    /// The notes, and the order of their broadcasts: a note is broadcast
+    /// and added under this lock, and a page reads the list and its resume
+    /// point under it, so the two agree (an async lock: held across the
+    /// broadcast).
+    notes: Arc<tokio::sync::Mutex<VecDeque<String>>>,
     assets: Option<Arc<PathBuf>>,
     jobs: Arc<AtomicU64>,
 }
@@ -230,6 +233,14 @@ async fn main() {
 
 async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
     let user = demo_user(&headers);
+    // The notes as they are now, and the point the stream goes on from:
+    // what is published between this render and the stream's connect is
+    // replayed to the page once, nothing is shown twice.
+    let (notes, point) = {
+        let notes = app.notes.lock().await;
+        (notes.clone(), app.manager.resume_point())
+    };
+    let stream = format!("/sse?{}={point}", htmx_sse::broadcast::RESUME_FROM);
     let (htmx, sse) = match app.assets {
         Some(_) => ("/assets/htmx.min.js", "/assets/sse.js"),
         None => (HTMX_CDN, SSE_CDN),
@@ -247,7 +258,7 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
             }
             // One connection per tab carries everything live on the page:
             // browsers allow only six per host across all tabs.
-            body hx-ext="sse" sse-connect="/sse" {
+            body hx-ext="sse" sse-connect=(stream) {
                 h1 { "htmx-sse demo" }
                 p.muted { "Everything below is pushed by the server over Server-Sent Events, one connection per tab." }
                 // Toasts arrive as `toast` events and stack here.
@@ -302,7 +313,9 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
                         // Notes from other tabs are appended here.
                         div sse-swap="note" hx-target="#notes" hx-swap="beforeend" {}
                         // After a server restart the page reloads the list.
-                        ul #notes hx-get="/notes" hx-trigger="load, sse:reset" hx-swap="innerHTML" {}
+                        ul #notes hx-get="/notes" hx-trigger="sse:reset" hx-swap="innerHTML" {
+                            @for n in &notes { (note_item(n)) }
+                        }
                     }
                     p.muted #stats hx-get="/stats" hx-trigger="load, every 2s" { "…" }
                 }
@@ -414,7 +427,7 @@ fn note_item(text: &str) -> Markup {
 }
 
 async fn notes_list(State(app): State<App>) -> Markup {
-    let notes = app.notes.lock().clone();
+    let notes = app.notes.lock().await.clone();
     html! { @for n in &notes { (note_item(n)) } }
 }
 
@@ -436,6 +449,8 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
         .collect();
     // maud's `Markup` is HTML whose text is escaped: sent as it is.
     let item = note_item(text);
+    // Broadcast and kept in one step, as pages read them (see `page`).
+    let mut notes = app.notes.lock().await;
     if let Err(e) = app
         .manager
         .message("note", item.clone())
@@ -448,13 +463,11 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
         tracing::warn!("broadcast failed: {e}");
         return e.into_response();
     }
-    {
-        let mut notes = app.notes.lock();
-        if notes.len() == MAX_NOTES {
-            notes.pop_front();
-        }
-        notes.push_back(text.to_owned());
+    if notes.len() == MAX_NOTES {
+        notes.pop_front();
     }
+    notes.push_back(text.to_owned());
+    drop(notes);
     Html(item.into_string()).into_response()
 }
 

@@ -966,3 +966,59 @@ async fn the_runtime_is_served_once_cacheable_and_matches_its_integrity() {
         "public, max-age=31536000, immutable"
     );
 }
+
+/// A page rendered at `resume_point()` and connected later with
+/// `?resumeFrom=` gets what was published in between, exactly once, with a
+/// fresh connection id and no reset; nothing meant for one connection or
+/// one user leaks into it; once it has an id of its own, that wins; and a
+/// point older than the history gets the reset.
+#[tokio::test]
+async fn a_point_rendered_into_the_page_loses_nothing_before_the_connect() {
+    let s = Server::start(BroadcastManager::builder().history(8).build()).await;
+    let m = &s.manager;
+    let (_other, other_id) = s.client().await;
+    let point = m.resume_point();
+    // Published after the render, before the connect.
+    m.broadcast("n", "one", None, &[]).await.unwrap();
+    m.send_to(&other_id, "dm", "not yours", None).await.unwrap();
+    m.send_to_user(
+        &htmx_sse::connections::UserId::new("ann").unwrap(),
+        "dm",
+        "not yours either",
+        None,
+    )
+    .await
+    .unwrap();
+    m.broadcast("n", "two", None, &[]).await.unwrap();
+
+    let url = format!("{}/sse?resumeFrom={point}", s.base);
+    let (mut page, id) = common::open_connection(&url, None).await;
+    assert_ne!(id, other_id);
+    assert_eq!(next(&mut page).await.data, "one");
+    assert_eq!(next(&mut page).await.data, "two");
+    m.broadcast("n", "three", None, &[]).await.unwrap();
+    assert_eq!(
+        next(&mut page).await.data,
+        "three",
+        "nothing else came first"
+    );
+
+    // Reconnecting with its own id (the header), the same URL: from there.
+    let last = page.last_event_id().to_owned();
+    drop(page);
+    m.broadcast("n", "four", None, &[]).await.unwrap();
+    let (mut again, same) = common::open_connection(&url, Some(&last)).await;
+    assert_eq!(same, id);
+    assert_eq!(next(&mut again).await.data, "four");
+
+    // A point the history no longer reaches.
+    for n in 0..10 {
+        m.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    let (mut late, _) = common::open_connection(&url, None).await;
+    let ev = next(&mut late).await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("reset", r#"{"reason":"history-gap"}"#)
+    );
+}

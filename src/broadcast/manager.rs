@@ -153,6 +153,29 @@ impl BroadcastManager {
         self.connect_as(id, metadata)
     }
 
+    /// Where the stream stands now, to render into a page with its state:
+    /// a stream opened from it (`?resumeFrom=EPOCH-SEQ` in its URL, which
+    /// [`SseElement::resume_from`](crate::connections::scripts::SseElement::resume_from)
+    /// writes, or as `Last-Event-ID`) gets every message published after it
+    /// that is for it, exactly once, so that nothing published between the
+    /// render and the connect is lost; or the `reset` event when the history
+    /// no longer reaches back that far (or the server restarted). It names
+    /// no connection: the stream gets a fresh connection id, and only what
+    /// a fresh connection of this request's user may receive.
+    ///
+    /// ```
+    /// use htmx_sse::BroadcastManager;
+    ///
+    /// let manager = BroadcastManager::new();
+    /// let point = manager.resume_point();
+    /// let url = format!("/sse?resumeFrom={point}");
+    /// assert!(url.ends_with("-0"));
+    /// ```
+    #[must_use]
+    pub fn resume_point(&self) -> MessageId {
+        self.last_id()
+    }
+
     /// The limits the manager and the routes built on it keep (see
     /// [`BroadcastBuilder::limits`](super::BroadcastBuilder::limits)).
     ///
@@ -222,13 +245,24 @@ impl BroadcastManager {
         inner.start_timer();
         // A connection id is taken back only with the proof that it was
         // issued to this client (same user): else a fresh id and the reset.
-        let proven = matches!(&resume, Some(Ok(lei)) if lei.proof.as_deref().is_some_and(|p| {
-            inner.resume_key.verify(&lei.connection, sub.user.as_ref(), p)
-        }));
+        let proven = match &resume {
+            Some(Ok(ResumePoint {
+                connection: Some(c),
+                proof: Some(p),
+                ..
+            })) => inner.resume_key.verify(c, sub.user.as_ref(), p),
+            _ => false,
+        };
         let mut core = inner.core.lock();
         let id = match (id, &resume) {
             (Some(id), _) => id,
-            (None, Some(Ok(lei))) if proven => lei.connection.clone(),
+            (
+                None,
+                Some(Ok(ResumePoint {
+                    connection: Some(c),
+                    ..
+                })),
+            ) if proven => c.clone(),
             (None, _) => ConnectionId::random(),
         };
         let replacing = core
@@ -245,8 +279,12 @@ impl BroadcastManager {
             Some(Ok(lei)) if lei.epoch != epoch => {
                 (core.seq, Some(ResetReason::Restarted), Vec::new())
             }
-            // Not proven to be this client's: nothing of that id's.
-            Some(Ok(_)) if !proven => (core.seq, Some(ResetReason::Unrecognized), Vec::new()),
+            // Not proven to be this client's: nothing of that id's. (A
+            // point rendered into the page names no connection: what follows
+            // it, for the fresh one.)
+            Some(Ok(lei)) if lei.connection.is_some() && !proven => {
+                (core.seq, Some(ResetReason::Unrecognized), Vec::new())
+            }
             // Another instance numbered it and this one has not read it
             // yet: start after it (what comes up to it is skipped). Only a
             // little ahead: further than a history's worth (or a queue's,

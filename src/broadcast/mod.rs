@@ -145,7 +145,7 @@ pub use data::{Data, IntoData};
 pub use manager::BroadcastManager;
 pub use message::{BroadcastMessage, Epoch, MessageId};
 pub use publish::Message;
-pub use resume::LastEventId;
+pub use resume::{LastEventId, RESUME_FROM};
 pub use stage::{Outgoing, Recipient, Sent};
 pub use subscription::Subscription;
 

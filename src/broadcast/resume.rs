@@ -111,7 +111,7 @@ impl LastEventId {
     /// only with a proof that holds for the user presenting it.
     #[must_use]
     pub fn connection(&self) -> Option<&ConnectionId> {
-        self.point.as_ref().map(|p| &p.connection)
+        self.point.as_ref().and_then(|p| p.connection.as_ref())
     }
 }
 
@@ -167,23 +167,32 @@ impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
 pub(crate) struct ResumePoint {
     pub(crate) epoch: Epoch,
     pub(crate) seq: u64,
-    pub(crate) connection: ConnectionId,
+    /// The connection the page had; `None` for a point rendered into the
+    /// page before it connected (`EPOCH-SEQ`, see
+    /// [`BroadcastManager::resume_point`](super::BroadcastManager::resume_point)).
+    pub(crate) connection: Option<ConnectionId>,
     /// The resume proof (see `proof`), when the id carried one.
     pub(crate) proof: Option<Box<str>>,
 }
 
 impl ResumePoint {
     /// Reads `EPOCH-SEQ.CONNECTION.PROOF` (or `EPOCH-SEQ.CONNECTION`, whose
-    /// connection id can then not be taken back). Anything else (another
-    /// server's ids, a forged or truncated value) is `None`.
+    /// connection id can then not be taken back, or `EPOCH-SEQ`, a point
+    /// rendered into a page: what follows it, for a fresh connection).
+    /// Anything else (another server's ids, a forged or truncated value)
+    /// is `None`.
     pub(crate) fn parse(s: &str) -> Option<Self> {
         if s.len() > 160 {
             return None;
         }
-        let (message, tag) = s.split_once('.')?;
-        let (connection, proof) = match tag.split_once('.') {
-            Some((c, p)) => (c, Some(p)),
-            None => (tag, None),
+        let (message, tag) = match s.split_once('.') {
+            Some((message, tag)) => (message, Some(tag)),
+            None => (s, None),
+        };
+        let (connection, proof) = match tag.map(|t| t.split_once('.').ok_or(t)) {
+            None => (None, None),
+            Some(Ok((c, p))) => (Some(c), Some(p)),
+            Some(Err(c)) => (Some(c), None),
         };
         let (epoch, seq) = message.split_once('-')?;
         if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
@@ -192,7 +201,10 @@ impl ResumePoint {
         Some(ResumePoint {
             epoch: Epoch::parse(epoch)?,
             seq: seq.parse().ok()?,
-            connection: ConnectionId::new(connection).ok()?,
+            connection: match connection {
+                Some(c) => Some(ConnectionId::new(c).ok()?),
+                None => None,
+            },
             proof: proof.map(Box::from),
         })
     }
@@ -211,9 +223,22 @@ fn last_event_id(parts: &Parts) -> Option<String> {
             .into_iter()
             .find(|(k, _)| k == "lastEventId")
             .map(|(_, v)| v)
-            .or_else(|| resume_cookie(parts)),
+            .or_else(|| resume_cookie(parts))
+            // Last: the point rendered into the page's stream URL, which
+            // what the browser sends on reconnecting overrides.
+            .or_else(|| {
+                crate::routes::query_pairs(parts)
+                    .into_iter()
+                    .find(|(k, _)| k == RESUME_FROM)
+                    .map(|(_, v)| v)
+            }),
     }
 }
+
+/// The query parameter a page's stream URL carries the point it was
+/// rendered at in (see
+/// [`BroadcastManager::resume_point`](super::BroadcastManager::resume_point)).
+pub const RESUME_FROM: &str = "resumeFrom";
 
 /// The name (or, with a `-HASH` suffix per stream, the prefix) of the
 /// cookies the reconnect runtime carries a last event id in.
@@ -276,11 +301,15 @@ mod tests {
         let ok = ResumePoint::parse("0a0b0c0d-42.tab_1").unwrap();
         assert_eq!(ok.epoch, Epoch(0x0a0b0c0d));
         assert_eq!(ok.seq, 42);
-        assert_eq!(ok.connection.as_str(), "tab_1");
+        assert_eq!(ok.connection.unwrap().as_str(), "tab_1");
+        // A point rendered into a page: no connection.
+        let rendered = ResumePoint::parse("0a0b0c0d-42").unwrap();
+        assert_eq!((rendered.seq, rendered.connection), (42, None));
         for bad in [
             "",
             "42",
-            "0a0b0c0d-42",
+            "0a0b0c0d-",
+            "0a0b0c0d-4.",
             "0a0b0c0d-.x",
             "0a0b0c0-42.x",
             "0a0b0c0g-42.x",
@@ -389,7 +418,7 @@ mod tests {
             let lei = ResumePoint::parse(&text).expect("an id the crate writes");
             proptest::prop_assert_eq!(lei.epoch, Epoch(epoch));
             proptest::prop_assert_eq!(lei.seq, seq);
-            proptest::prop_assert_eq!(lei.connection.as_str(), id.as_str());
+            proptest::prop_assert_eq!(lei.connection.as_ref().map(ConnectionId::as_str), Some(id.as_str()));
             proptest::prop_assert_eq!(lei.proof.as_deref(), proof.as_deref());
         }
         /// The resume cookie of any content, on any path: an id or none,

@@ -371,6 +371,34 @@ impl SseElement {
         self
     }
 
+    /// Opens the stream from the point the page was rendered at, so that
+    /// nothing published between the render and the connect is lost: pass
+    /// [`BroadcastManager::resume_point`](crate::BroadcastManager::resume_point),
+    /// taken when the page's state was read. It goes into the URL as
+    /// `resumeFrom=…`, which the crate's stream routes (and the
+    /// [`LastEventId`](crate::broadcast::LastEventId) extractor) read last:
+    /// once the page has received an event, what the browser sends on
+    /// reconnecting takes over.
+    ///
+    /// ```
+    /// use htmx_sse::{BroadcastManager, Flavor};
+    /// use htmx_sse::connections::scripts::SseElement;
+    ///
+    /// let manager = BroadcastManager::new();
+    /// let el = SseElement::new("/sse?topic=news", Flavor::Htmx2)
+    ///     .resume_from(manager.resume_point())
+    ///     .render()?;
+    /// // `&` written as an HTML character reference in the attribute.
+    /// assert!(el.as_str().contains(&format!("/sse?topic=news&#38;resumeFrom={}", manager.resume_point())));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn resume_from(mut self, point: impl fmt::Display) -> Self {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        let value = crate::routes::percent_encode(&point.to_string());
+        self.url = format!("{}{sep}{}={value}", self.url, crate::broadcast::RESUME_FROM);
+        self
+    }
+
     /// The element's id.
     ///
     /// Kept for [`render`](Self::render): [`Error::InvalidTarget`] unless it

@@ -10,6 +10,7 @@
 //   POST /lab/add?text=T       adds T to the list's database, broadcasts `item`
 //   POST /lab/toast?text=T&level=L[&channel=C]   Notifier::send
 //   POST /lab/cut              ends every open stream without the close event
+//   POST /lab/release          lets the render-gap page's held stream request through
 //   POST /lab/restart[?add=T][&publish=U]  a new server process (new manager) on
 //                       the same port; T is written while no process runs (and,
 //                       on Redis, broadcast by a second instance), U added by the
@@ -298,7 +299,30 @@ async function tabClose({ open }) {
   return a;
 }
 
-const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'restart-redis': restart, 'tab-close': tabClose };
+// --- 6. Published between the render and the connect ----------------------------
+
+// The page is rendered at the manager's resume point; the server holds its
+// stream request while 1..3 are published (queued for no connection); once
+// let through, the stream replays them from the point in its URL, and
+// what follows arrives live: every message once, in order, no reset.
+async function renderGap({ open }) {
+  const page = await open();
+  await serverWait((s) => s.requests.length === 1, 'the stream request (held by the test)');
+  const before = await call('POST', '/lab/publish?from=1&to=3');
+  eq(before.delivered, [0, 0, 0], 'connections 1..3 were queued for while the stream was held');
+  await call('POST', '/lab/release');
+  await waitOpen(page, flavour);
+  await waitTexts(page, '#log > li', range(1, 3), 'what was published before the stream opened', { settle: 0 });
+  await call('POST', '/lab/publish?from=4&to=5');
+  await waitTexts(page, '#log > li', range(1, 5), 'every message once, in order', { settle: 500 });
+  const s = await state();
+  check(/[?&]resumeFrom=[0-9a-f]{8}-0(&|$)/.test(s.requests[0].uri), `the stream URL carries the render point: ${s.requests[0].uri}`);
+  eq(s.requests.length, 1, 'stream requests');
+  eq(await page.evaluate(() => window.__rec.resets.length), 0, 'reset events');
+  return page;
+}
+
+const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'restart-redis': restart, 'tab-close': tabClose, 'render-gap': renderGap };
 
 await run(ARGS, {
   name: `app-${ARGS.scenario}-${flavour}`,

@@ -67,6 +67,9 @@ enum Scenario {
     Restart,
     /// Two tabs, one closes: the registry drops to one connection.
     TabClose,
+    /// The page is rendered at `resume_point()`; its stream request is held
+    /// while messages are published; the page then shows them, once.
+    RenderGap,
 }
 
 impl Scenario {
@@ -77,6 +80,7 @@ impl Scenario {
             Scenario::Cut => "cut",
             Scenario::Restart => "restart",
             Scenario::TabClose => "tab-close",
+            Scenario::RenderGap => "render-gap",
         }
     }
 }
@@ -198,6 +202,8 @@ struct Lab {
     cut: watch::Sender<u64>,
     /// Asks the test to restart the server process.
     restart: mpsc::UnboundedSender<RestartQuery>,
+    /// Lets the render-gap page's first stream request through.
+    release: tokio::sync::Notify,
 }
 
 type Shared = Arc<Lab>;
@@ -221,6 +227,13 @@ fn lab_routes() -> Router<Proc> {
         .route("/lab/toast", post(toast))
         .route("/lab/cut", post(cut))
         .route("/lab/restart", post(restart))
+        .route("/lab/release", post(release))
+}
+
+/// Lets the held stream request of the render-gap page through.
+async fn release(State(ctx): State<Proc>) -> StatusCode {
+    ctx.lab.release.notify_one();
+    StatusCode::NO_CONTENT
 }
 
 fn app(ctx: Proc) -> Router {
@@ -254,12 +267,21 @@ async fn lab_layer(State(ctx): State<Proc>, req: Request, next: Next) -> Respons
         return next.run(req).await;
     }
     let seen = stream_request(&req);
-    ctx.lab.requests.lock().push(StreamRequest {
-        uri: seen.uri,
-        header: seen.header,
-        cookie: seen.cookie,
-        generation: ctx.generation,
-    });
+    let first = {
+        let mut requests = ctx.lab.requests.lock();
+        requests.push(StreamRequest {
+            uri: seen.uri,
+            header: seen.header,
+            cookie: seen.cookie,
+            generation: ctx.generation,
+        });
+        requests.len() == 1
+    };
+    if first && ctx.lab.scenario == Scenario::RenderGap {
+        // As a slow network would: the page was rendered, its stream is
+        // not open yet, and the test publishes meanwhile.
+        let _ = tokio::time::timeout(Duration::from_secs(10), ctx.lab.release.notified()).await;
+    }
     cuttable(&ctx.lab.cut, req, next).await
 }
 
@@ -502,6 +524,15 @@ async fn page(State(ctx): State<Proc>) -> Response {
             let el = feed(f, "chat", "#log").render().expect("a valid element");
             html! { (PreEscaped(el.as_str())) ul #log {} }
         }
+        Scenario::RenderGap => {
+            // The page's state would be read here; the stream goes on from
+            // the same point.
+            let el = feed(f, "num", "#log")
+                .resume_from(ctx.manager.resume_point())
+                .render()
+                .expect("a valid element");
+            html! { (PreEscaped(el.as_str())) ul #log {} }
+        }
     };
     let markup = page_shell(
         "htmx-sse app",
@@ -632,6 +663,7 @@ async fn run_with(scenario: Scenario, f: Flavour, backend: Backend) -> Shared {
         added: Mutex::new(Vec::new()),
         cut: watch::channel(0).0,
         restart,
+        release: tokio::sync::Notify::new(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
@@ -785,4 +817,6 @@ in_both_flavours! {
     #[cfg(feature = "redis")]
     redis_restart_resumes_the_page_without_a_reset: |f| redis_restart(f).await;
     closing_a_tab_unregisters_its_connection: |f| run(Scenario::TabClose, f).await;
+    nothing_published_between_render_and_connect_is_lost:
+        |f| run(Scenario::RenderGap, f).await;
 }
