@@ -56,6 +56,30 @@ use serde::Deserialize;
 const HTMX_CDN: &str = "https://unpkg.com/htmx.org@2.0.11/dist/htmx.min.js";
 const SSE_CDN: &str = "https://unpkg.com/htmx-ext-sse@2.2.4/dist/sse.js";
 
+htmx_sse::names! {
+    /// The names the page and its streams share: a region renamed in one
+    /// place and not the other is a build error, and the page check in this
+    /// file's tests finds every one of them on the page.
+    mod live {
+        events {
+            TOAST = "toast",
+            NOTE = "note",
+            DASHBOARD = "dashboard",
+            CONNECTION = "connection",
+            RESET = "reset",
+        }
+        targets {
+            TOASTS = "toasts",
+            NOTES = "notes",
+            CLOCK = "clock",
+            CPU = "cpu",
+            RPS = "rps",
+            UPTIME = "uptime",
+            LOG = "log",
+        }
+    }
+}
+
 #[derive(Clone)]
 struct App {
     config: StreamConfig,
@@ -262,7 +286,7 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
                 h1 { "htmx-sse demo" }
                 p.muted { "Everything below is pushed by the server over Server-Sent Events, one connection per tab." }
                 // Toasts arrive as `toast` events and stack here.
-                div #toasts .toast sse-swap="toast" hx-swap="beforeend" aria-live="polite" {}
+                div id=(live::TOASTS) .toast sse-swap=(live::TOAST) hx-swap="beforeend" aria-live="polite" {}
                 script { (maud::PreEscaped(DISMISS_TOASTS)) }
 
                 section {
@@ -303,17 +327,17 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
                         "tab it came from (its connection id travels in the form)."
                     }
                     div {
-                        form #note-form hx-post="/notes" hx-target="#notes" hx-swap="beforeend"
+                        form #note-form hx-post="/notes" hx-target=(format!("#{}", live::NOTES)) hx-swap="beforeend"
                             "hx-on::after-request"="if(event.detail.successful) this.reset()" {
                             // The `connection` event swaps a hidden input with this tab's id in here.
-                            span sse-swap="connection" hx-target="this" {}
+                            span sse-swap=(live::CONNECTION) hx-target="this" {}
                             input name="text" maxlength="200" required placeholder="Write a note" autocomplete="off";
                             button { "Add" }
                         }
                         // Notes from other tabs are appended here.
-                        div sse-swap="note" hx-target="#notes" hx-swap="beforeend" {}
+                        div sse-swap=(live::NOTE) hx-target=(format!("#{}", live::NOTES)) hx-swap="beforeend" {}
                         // After a server restart the page reloads the list.
-                        ul #notes hx-get="/notes" hx-trigger="sse:reset" hx-swap="innerHTML" {
+                        ul id=(live::NOTES) hx-get="/notes" hx-trigger=(format!("sse:{}", live::RESET)) hx-swap="innerHTML" {
                             @for n in &notes { (note_item(n)) }
                         }
                     }
@@ -327,15 +351,15 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
                         " fragment on the same stream; it updates four regions out of band. The "
                         code { "sse-swap" } " element itself swaps nothing (" code { "hx-swap=\"none\"" } ")."
                     }
-                    div sse-swap="dashboard" hx-swap="none" {}
+                    div sse-swap=(live::DASHBOARD) hx-swap="none" {}
                     div.grid {
-                        div.card { div.label { "Server time" } div #clock .value { "–" } }
-                        div.card { div.label { "CPU" } div #cpu .value { "–" } }
-                        div.card { div.label { "Requests/s" } div #rps .value { "–" } }
-                        div.card { div.label { "Uptime" } div #uptime .value { "–" } }
+                        div.card { div.label { "Server time" } div id=(live::CLOCK) .value { "–" } }
+                        div.card { div.label { "CPU" } div id=(live::CPU) .value { "–" } }
+                        div.card { div.label { "Requests/s" } div id=(live::RPS) .value { "–" } }
+                        div.card { div.label { "Uptime" } div id=(live::UPTIME) .value { "–" } }
                     }
                     h3 { "Recent events" }
-                    ul #log {}
+                    ul id=(live::LOG) {}
                 }
 
                 section {
@@ -386,14 +410,18 @@ async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
         let up = started.elapsed().as_secs();
         let mut oob = OobStreamBuilder::new()
             .add(
-                "clock",
+                live::CLOCK,
                 Swap::InnerHtml,
                 html! { (Utc::now().format("%H:%M:%S")) },
             )
-            .add("cpu", Swap::InnerHtml, html! { (format!("{cpu:.0}")) "%" })
-            .add("rps", Swap::InnerHtml, html! { (format!("{rps:.0}")) })
             .add(
-                "uptime",
+                live::CPU,
+                Swap::InnerHtml,
+                html! { (format!("{cpu:.0}")) "%" },
+            )
+            .add(live::RPS, Swap::InnerHtml, html! { (format!("{rps:.0}")) })
+            .add(
+                live::UPTIME,
                 Swap::InnerHtml,
                 html! { (format!("{}:{:02}:{:02}", up / 3600, up / 60 % 60, up % 60)) },
             );
@@ -402,10 +430,10 @@ async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
                 "{} cpu={cpu:.1}% rps={rps:.0}",
                 Utc::now().format("%H:%M:%S")
             );
-            oob = oob.add("log", Swap::AfterBegin, html! { li { (line) } });
+            oob = oob.add(live::LOG, Swap::AfterBegin, html! { li { (line) } });
         }
         let sent = match oob.build() {
-            Ok(fragment) => manager.message("dashboard", fragment).send().await,
+            Ok(fragment) => manager.message(live::DASHBOARD, fragment).send().await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -453,7 +481,7 @@ async fn add_note(State(app): State<App>, Form(form): Form<NoteForm>) -> Respons
     let mut notes = app.notes.lock().await;
     if let Err(e) = app
         .manager
-        .message("note", item.clone())
+        .message(live::NOTE, item.clone())
         .exclude(&exclude)
         .send()
         .await
@@ -589,7 +617,7 @@ async fn send_toast(
     }
     let result = match form.scope.as_str() {
         "everyone" => match toast(text, level) {
-            Ok(t) => app.manager.message("toast", t).send().await,
+            Ok(t) => app.manager.message(live::TOAST, t).send().await,
             Err(e) => Err(e),
         },
         "user" => {
@@ -600,7 +628,7 @@ async fn send_toast(
                 return (StatusCode::UNPROCESSABLE_ENTITY, "name a user").into_response();
             };
             match toast(&format!("{from} to {to}: {text}"), Level::Info) {
-                Ok(t) => app.manager.message("toast", t).to_user(to).send().await,
+                Ok(t) => app.manager.message(live::TOAST, t).to_user(to).send().await,
                 Err(e) => Err(e),
             }
         }
@@ -668,5 +696,33 @@ async fn asset(State(app): State<App>, Path(file): Path<String>) -> Response {
     match tokio::fs::read(dir.join(name)).await {
         Ok(body) => ([(header::CONTENT_TYPE, "text/javascript")], body).into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `cargo test --features testing --example demo` (the workspace's
+/// `cargo test --all-features` runs it): the page has an element for every
+/// target the streams update and a listener for every event they send.
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_page_has_every_name_the_streams_use() {
+        let app = App {
+            config: StreamConfig::new(),
+            manager: BroadcastManager::new(),
+            notes: Arc::default(),
+            assets: None,
+            jobs: Arc::default(),
+        };
+        let page = page(State(app), HeaderMap::new()).await.into_string();
+        if let Err(missing) = htmx_sse::testing::check_page(&page, live::EVENTS, live::TARGETS) {
+            panic!("{missing}");
+        }
+        // And the check sees a region that went missing.
+        let renamed = page.replace(r#"id="clock""#, r#"id="time""#);
+        let missing =
+            htmx_sse::testing::check_page(&renamed, live::EVENTS, live::TARGETS).unwrap_err();
+        assert_eq!(missing.targets, ["clock"]);
     }
 }

@@ -70,6 +70,7 @@ pub mod event;
 mod flavor;
 pub mod fragment;
 pub mod limits;
+pub mod names;
 #[cfg(feature = "askama")]
 pub mod notify;
 pub mod routes;

@@ -155,8 +155,7 @@ impl BroadcastManager {
 
     /// Where the stream stands now, to render into a page with its state:
     /// a stream opened from it (`?resumeFrom=EPOCH-SEQ` in its URL, which
-    /// [`SseElement::resume_from`](crate::connections::scripts::SseElement::resume_from)
-    /// writes, or as `Last-Event-ID`) gets every message published after it
+    /// `SseElement::resume_from` (feature `askama`) writes, or as `Last-Event-ID`) gets every message published after it
     /// that is for it, exactly once, so that nothing published between the
     /// render and the connect is lost; or the `reset` event when the history
     /// no longer reaches back that far (or the server restarted). It names

@@ -1,5 +1,7 @@
 //! A real SSE client for tests: opens an HTTP connection and yields events
-//! exactly as a browser's `EventSource` would parse them (feature `testing`).
+//! exactly as a browser's `EventSource` would parse them (feature `testing`),
+//! and [`check_page`], which tells, without a browser, whether a rendered
+//! page has the targets and listeners a stream's names need.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -12,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod page;
 pub mod parser;
 
 #[cfg(feature = "testing")]
@@ -19,4 +22,5 @@ mod client;
 
 #[cfg(feature = "testing")]
 pub use client::{ClientError, TestClient, TestClientBuilder};
+pub use page::{MissingNames, check_page};
 pub use parser::{Parser, ReceivedEvent, SseItem};

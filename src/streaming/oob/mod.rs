@@ -430,7 +430,7 @@ impl OobStreamBuilder {
     ///
     /// Kept for [`build`](Self::build): [`Error::InvalidTarget`] for a bad
     /// id, or the error from rendering `content`.
-    pub fn add(self, target_id: &str, swap: Swap, content: impl IntoFragment) -> Self {
+    pub fn add(self, target_id: impl AsRef<str>, swap: Swap, content: impl IntoFragment) -> Self {
         self.add_element(target_id, swap, content, true)
     }
 
@@ -464,7 +464,12 @@ impl OobStreamBuilder {
     /// id, the error from rendering `content`, or [`Error::NotAnElement`]
     /// when the content does not start with an element, holds more than one
     /// element, or already has an `hx-swap-oob` attribute.
-    pub fn add_unwrapped(self, target_id: &str, swap: Swap, content: impl IntoFragment) -> Self {
+    pub fn add_unwrapped(
+        self,
+        target_id: impl AsRef<str>,
+        swap: Swap,
+        content: impl IntoFragment,
+    ) -> Self {
         self.add_element(target_id, swap, content, false)
     }
 
@@ -494,7 +499,7 @@ impl OobStreamBuilder {
     /// Kept for [`build`](Self::build), as for `add` and `add_unwrapped`.
     pub fn add_element(
         mut self,
-        target_id: &str,
+        target_id: impl AsRef<str>,
         swap: Swap,
         content: impl IntoFragment,
         wrap: bool,
@@ -502,7 +507,7 @@ impl OobStreamBuilder {
         if self.error.is_some() {
             return self;
         }
-        match Part::new(target_id, swap, content, wrap) {
+        match Part::new(target_id.as_ref(), swap, content, wrap) {
             Ok(part) => self.parts.push(part),
             Err(e) => self.error = Some(e),
         }
