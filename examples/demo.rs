@@ -48,9 +48,10 @@ use htmx_sse::auth::{Access, AuthError, AuthFuture, Authorizer, Subject};
 use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::UserId;
+use htmx_sse::connections::scripts::{Helpers, ReconnectOptions};
 use htmx_sse::notify::{Level, toast};
 use htmx_sse::streaming::{OobStreamBuilder, Shutdown, SseStream, StreamConfig, Swap};
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
 const HTMX_CDN: &str = "https://unpkg.com/htmx.org@2.0.11/dist/htmx.min.js";
@@ -265,6 +266,10 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
         (notes.clone(), app.manager.resume_point())
     };
     let stream = format!("/sse?{}={point}", htmx_sse::broadcast::RESUME_FROM);
+    let runtime = Helpers::new()
+        .reconnect(ReconnectOptions::new().unlimited_retries())
+        .runtime_src("/sse/htmx-sse.js")
+        .render();
     let (htmx, sse) = match app.assets {
         Some(_) => ("/assets/htmx.min.js", "/assets/sse.js"),
         None => (HTMX_CDN, SSE_CDN),
@@ -278,6 +283,11 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
                 title { "htmx-sse demo" }
                 script src=(htmx) {}
                 script src=(sse) {}
+                // The reconnect runtime, served once by the broadcast
+                // routes: after an error answer (a restart behind a proxy)
+                // the page comes back with its own last id, not from the
+                // point it was rendered at.
+                (PreEscaped(runtime.as_str()))
                 style { (STYLE) }
             }
             // One connection per tab carries everything live on the page:

@@ -51,6 +51,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let sessions = Sessions::from_ref(state);
         let id = auth::cookie(parts, "session").ok_or((StatusCode::UNAUTHORIZED, "no session"))?;
+        if id == "s-store-down" {
+            return Err((StatusCode::INTERNAL_SERVER_ERROR, "session store down"));
+        }
         match sessions.0.get(id) {
             None => Err((StatusCode::UNAUTHORIZED, "unknown session")),
             Some((_, true)) => Err((StatusCode::FORBIDDEN, "secret ban reason")),
@@ -143,5 +146,15 @@ async fn a_session_extractor_authorizes_the_routes() {
     assert_eq!(post(Some("s-bob")).await, 403);
     assert_eq!(post(None).await, 401);
     assert_eq!(post(Some("s-eve")).await, 403);
+    // The application's store failing is not a sign-out: 503, retry.
+    assert_eq!(post(Some("s-store-down")).await, 503);
+    let down = reqwest::Client::new()
+        .get(&url)
+        .header("cookie", "session=s-store-down")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 503);
+    assert!(!down.text().await.unwrap().contains("session store"));
     assert_eq!(manager.history(None).len(), 2, "news and ann's note only");
 }

@@ -321,11 +321,15 @@ async fn reset_when_history_is_too_short_or_from_another_process() {
     let other = Server::start(BroadcastManager::new()).await;
     let (mut c, _) = other.client_from(Some(&edge)).await;
     assert_eq!(next(&mut c).await.data, r#"{"reason":"restarted"}"#);
+    // A render point (no connection) of another epoch: restarted too.
+    let (mut c, _) = s.client_from(Some("00000000-1")).await;
+    assert_eq!(next(&mut c).await.data, r#"{"reason":"restarted"}"#);
     // Not one of ours at all, or from the future: unrecognized.
     for bad in [
         "garbage",
-        "00000000-1",
+        "00000000-",
         &format!("{}-999.x", s.manager.last_id().epoch()),
+        &format!("{}-999", s.manager.last_id().epoch()),
     ] {
         let (mut c, _) = s.client_from(Some(bad)).await;
         let ev = next(&mut c).await;

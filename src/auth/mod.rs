@@ -93,15 +93,19 @@ pub enum AuthError {
     Invalid(String),
     /// Valid credentials without the right (403).
     Forbidden(String),
+    /// The credentials could not be checked now (a session store down):
+    /// 503, worth retrying; not a sign-out.
+    Unavailable(String),
 }
 
 impl AuthError {
-    /// The HTTP status: 401 or 403.
+    /// The HTTP status: 401, 403, or 503.
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
             AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -112,6 +116,7 @@ impl fmt::Display for AuthError {
             AuthError::Missing => f.write_str("credentials required"),
             AuthError::Invalid(why) => write!(f, "invalid credentials: {why}"),
             AuthError::Forbidden(why) => write!(f, "forbidden: {why}"),
+            AuthError::Unavailable(why) => write!(f, "credentials cannot be checked now: {why}"),
         }
     }
 }
@@ -227,7 +232,8 @@ pub trait Authorizer: Send + Sync + 'static {
 /// When `E` rejects the request, its rejection's status decides: 401 means
 /// no credentials (the request is anonymous: public messages on the
 /// stream, 401 on routes that need credentials), 403 refuses it with 403,
-/// anything else with 401 (bad credentials). Nothing the extractor's
+/// a server error (its session store is down, say) with 503, anything else
+/// with 401 (bad credentials). Nothing the extractor's
 /// rejection says reaches the client. `to_subject` may return `None` for
 /// an extracted value that is anonymous after all.
 ///
@@ -316,6 +322,10 @@ where
                     StatusCode::FORBIDDEN => Err(AuthError::Forbidden(
                         "refused by the application's extractor".into(),
                     )),
+                    status if status.is_server_error() => Err(AuthError::Unavailable(format!(
+                        "the application's extractor failed ({})",
+                        status.as_u16()
+                    ))),
                     status => Err(AuthError::Invalid(format!(
                         "refused by the application's extractor ({})",
                         status.as_u16()

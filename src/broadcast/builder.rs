@@ -308,7 +308,10 @@ impl BroadcastBuilder {
         let backend: Arc<B> = Arc::new(backend);
         let start = backend.open(self.history).await?;
         let last = start.last_seq;
-        let first = start.recent.first().map_or(last, |(s, _)| s - 1);
+        let first = start
+            .recent
+            .first()
+            .map_or(last, |(s, _)| s.saturating_sub(1));
         let key = match (&self.resume_key, &start.resume_key) {
             (Some(key), _) => key.clone(),
             (None, Some(shared)) if shared.len() >= MIN_KEY_BYTES => ResumeKey::new(shared),
@@ -368,6 +371,7 @@ impl BroadcastBuilder {
             nonce: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             read_your_writes: self.read_your_writes,
+            published_seq: AtomicU64::new(0),
             registry: ConnectionRegistry::new(),
             history_limit: self.history,
             queue_capacity: self.queue_capacity,

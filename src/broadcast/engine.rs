@@ -6,7 +6,7 @@
 //! are handled for every backend.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::{BufMut, BytesMut};
@@ -82,6 +82,11 @@ pub(crate) struct Engine {
     /// Whether a publish through a shared backend waits until this
     /// instance delivered it (see `BroadcastBuilder::read_your_writes`).
     pub(crate) read_your_writes: bool,
+    /// The highest number a shared backend gave one of this instance's
+    /// publishes in the current epoch, which its reader may not have
+    /// delivered yet: a resume point rendered after such a publish must
+    /// not be behind it (see `BroadcastManager::resume_point`).
+    pub(crate) published_seq: AtomicU64,
     pub(crate) registry: ConnectionRegistry,
     pub(crate) history_limit: usize,
     pub(crate) queue_capacity: usize,
@@ -119,6 +124,16 @@ impl Drop for Engine {
 }
 
 impl Engine {
+    /// Notes that the shared backend numbered one of this instance's
+    /// publishes `seq` in `epoch` (kept only while that is the current
+    /// epoch, checked under the lock a new epoch is set under).
+    pub(crate) fn published(&self, epoch: Epoch, seq: u64) {
+        let core = self.core.lock();
+        if core.epoch == epoch {
+            self.published_seq.fetch_max(seq, Ordering::Relaxed);
+        }
+    }
+
     /// Starts the fanout's timer task once, if there is a runtime to run it
     /// (at the first connection, and again at its first poll, which always
     /// runs in one).
@@ -368,6 +383,7 @@ impl Delivery for Engine {
         core.epoch = epoch;
         core.seq = 0;
         core.missing_to = 0;
+        self.published_seq.store(0, Ordering::Relaxed);
         core.history.clear();
         core.history_bytes = 0;
         for conn in core.connections.iter() {

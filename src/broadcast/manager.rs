@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::Subscription;
 use super::engine::{Engine, Ledger, Transport};
@@ -172,7 +173,15 @@ impl BroadcastManager {
     /// ```
     #[must_use]
     pub fn resume_point(&self) -> MessageId {
-        self.last_id()
+        let core = self.inner.core.lock();
+        // With a shared backend, a publish of this instance can have
+        // returned before its reader delivered it (`read_your_writes(false)`,
+        // or a read-back that took too long): the page may show it already.
+        let published = self.inner.published_seq.load(Ordering::Relaxed);
+        MessageId {
+            epoch: core.epoch,
+            seq: core.seq.max(published),
+        }
     }
 
     /// The limits the manager and the routes built on it keep (see

@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use super::CONNECTION_EVENT;
 use super::data::{Data, IntoData};
-use super::engine::Transport;
+use super::engine::{Engine, Transport};
 use super::manager::BroadcastManager;
 use super::message::{MessageId, default_text, named};
 use super::stage::{Outgoing, Sent};
@@ -325,6 +325,7 @@ impl BroadcastManager {
                     // Returned means in the shared log; this instance
                     // delivers it when its reader gets there.
                     let seq = backend.publish(epoch, &envelope).await?;
+                    inner.published(epoch, seq);
                     let id = MessageId { epoch, seq };
                     return Ok(Sent { id, delivered: 0 });
                 }
@@ -332,19 +333,19 @@ impl BroadcastManager {
                 // queued when publishing returns.
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 inner.pending.lock().insert(nonce, tx);
-                let seq = match backend.publish(epoch, &envelope).await {
-                    Ok(seq) => seq,
-                    Err(e) => {
-                        inner.pending.lock().remove(&nonce);
-                        return Err(e);
-                    }
+                // Taken off again however this ends, the caller's future
+                // dropped mid-publish included.
+                let _waiting = Waiting {
+                    engine: inner,
+                    nonce,
                 };
+                let seq = backend.publish(epoch, &envelope).await?;
+                inner.published(epoch, seq);
                 let id = MessageId { epoch, seq };
                 let delivered = if let Ok(Ok(n)) = tokio::time::timeout(OWN_DELIVERY_WAIT, rx).await
                 {
                     n
                 } else {
-                    inner.pending.lock().remove(&nonce);
                     tracing::warn!(%id, "published, but this instance has not read it back yet");
                     0
                 };
@@ -468,5 +469,18 @@ impl Message<'_> {
     /// [`to_connection`](Self::to_connection). Nothing is published then.
     pub async fn send(self) -> Result<Sent, Error> {
         self.manager.publish(self).await
+    }
+}
+
+/// A publish waiting to be read back: its entry in the engine's pending
+/// map goes when it does.
+struct Waiting<'a> {
+    engine: &'a Engine,
+    nonce: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.engine.pending.lock().remove(&self.nonce);
     }
 }

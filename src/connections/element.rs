@@ -380,6 +380,15 @@ impl SseElement {
     /// once the page has received an event, what the browser sends on
     /// reconnecting takes over.
     ///
+    /// In htmx 2, put the reconnect runtime on the page too
+    /// ([`reconnect_script`](super::scripts::reconnect_script) or
+    /// [`Helpers`](super::scripts::Helpers)): after an error answer (a 502
+    /// from a proxy during a deploy, a 503 for the limits) htmx-ext-sse on
+    /// its own opens a new source on the same URL without the last event
+    /// id, which would start from this point again and show what came
+    /// since twice; the runtime carries the page's own id in a cookie,
+    /// which wins. htmx 4 keeps `Last-Event-ID` itself.
+    ///
     /// ```
     /// use htmx_sse::{BroadcastManager, Flavor};
     /// use htmx_sse::connections::scripts::SseElement;

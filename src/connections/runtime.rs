@@ -74,8 +74,10 @@ pub fn version() -> &'static str {
 /// Serves [`RUNTIME_JS`] as `text/javascript` with an `ETag` (a matching
 /// `If-None-Match` gets 304). Asked with `?v=` and the current
 /// [`version`], it is cacheable for a year (`immutable`): the URL changes
-/// with the runtime. Otherwise browsers keep it for an hour and then
-/// revalidate.
+/// with the runtime. Asked with another version (a page rendered by a
+/// newer or older instance during a rolling deploy), it is answered with
+/// `no-store`, so that no cache keeps this file under the other version's
+/// URL. Without `?v=`, browsers keep it for an hour and then revalidate.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -87,13 +89,17 @@ pub fn version() -> &'static str {
 pub async fn serve(req: Request) -> Response {
     let h = hashes();
     let (parts, _) = req.into_parts();
-    let cache = if crate::routes::query_pairs(&parts)
-        .iter()
-        .any(|(k, v)| k == "v" && *v == h.version)
-    {
-        "public, max-age=31536000, immutable"
-    } else {
-        "public, max-age=3600"
+    let asked = crate::routes::query_pairs(&parts)
+        .into_iter()
+        .find(|(k, _)| k == "v")
+        .map(|(_, v)| v);
+    let cache = match asked {
+        Some(v) if v == h.version => "public, max-age=31536000, immutable",
+        // Another version than this one (a page of a newer or older
+        // instance, during a rolling deploy): answered, never kept under
+        // that URL.
+        Some(_) => "no-store",
+        None => "public, max-age=3600",
     };
     let fresh = parts
         .headers

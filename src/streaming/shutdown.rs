@@ -87,7 +87,8 @@ impl Shutdown {
 
     /// Runs `server` (an `axum::serve(…).with_graceful_shutdown(…)`) and,
     /// once this signal is triggered, gives its connections `grace` to
-    /// end; then returns anyway, dropping the ones left.
+    /// end; then returns anyway. The connections left (axum runs each on a
+    /// task of its own) end when the runtime does, as `main` returns.
     ///
     /// A graceful shutdown waits for every connection, and the connection
     /// of a client that stopped reading never ends: its socket is full, so
