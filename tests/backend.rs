@@ -77,6 +77,8 @@ struct Log {
     appended: Notify,
     /// Connection → user, for every manager on the log.
     connections: Mutex<HashMap<ConnectionId, Option<UserId>>>,
+    /// While set, the readers deliver nothing (a slow reader).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Log {
@@ -86,6 +88,7 @@ impl Default for Log {
             entries: Mutex::default(),
             appended: Notify::new(),
             connections: Mutex::default(),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -130,7 +133,11 @@ impl SharedBackend for LogBackend {
                 tokio::pin!(appended);
                 appended.as_mut().enable();
                 let new: Vec<(u64, Envelope)> =
-                    self.0.entries.lock().unwrap()[usize::try_from(after).unwrap()..].to_vec();
+                    if self.0.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                        Vec::new()
+                    } else {
+                        self.0.entries.lock().unwrap()[usize::try_from(after).unwrap()..].to_vec()
+                    };
                 for (seq, envelope) in new {
                     after = seq;
                     if sink.deliver(self.0.epoch, seq, envelope).is_none() {
@@ -413,4 +420,37 @@ async fn two_managers_on_one_in_process_log_act_as_one() {
     let (mut moved, same) = b.open("/sse", Some(&last)).await;
     assert_eq!(same, a_id, "the page keeps its id on the other manager");
     assert_eq!(next(&mut moved).await.data, "while away");
+}
+
+/// With `read_your_writes(false)` a publish returns before this instance's
+/// reader has it: a page rendered then must still not be behind it, or it
+/// would show the message and have it replayed. Here the reader is held
+/// back; the render point covers the publish anyway, and once the reader
+/// goes on, a page opened from that point gets only what came after.
+#[tokio::test]
+async fn the_render_point_covers_publishes_this_reader_has_not_read() {
+    let log = LogBackend::default();
+    let manager = BroadcastManager::builder()
+        .read_your_writes(false)
+        .build_on(log.clone())
+        .await
+        .unwrap();
+    let s = Server::start(Backend {
+        manager: manager.clone(),
+        _redis: None,
+    })
+    .await;
+    log.0
+        .paused
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = manager.broadcast("n", "shown", None, &[]).await.unwrap();
+    assert_eq!(manager.last_id().seq(), 0, "not read back yet");
+    let point = manager.resume_point();
+    assert_eq!(point, sent.id, "the point covers the returned publish");
+    log.0
+        .paused
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (mut page, _) = s.open(&format!("/sse?resumeFrom={point}"), None).await;
+    manager.broadcast("n", "after", None, &[]).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "after", "not `shown` again");
 }

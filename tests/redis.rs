@@ -620,6 +620,9 @@ async fn publishes_that_return_when_logged_reach_every_page_in_order() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 100, "every publish got its own id");
+    // A page rendered now must not be behind what returned: its point
+    // covers every publish, delivered here yet or not.
+    assert!(fast.resume_point() >= *ids.last().unwrap());
     for page in [&mut here, &mut there] {
         let mut seen = Vec::new();
         for _ in 0..100 {
