@@ -16,17 +16,14 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `cargo test` builds the examples next to the test binaries.
+#[path = "common/example.rs"]
+mod example;
+
+/// The demo as its own process, built with this test's features (the
+/// demo's own tests make `cargo test` build it as a test, not a binary).
 fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().and_then(Path::parent).unwrap();
-    let bin = debug.join("examples").join("demo");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build --examples` (cargo test builds it)",
-        bin.display()
-    );
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| example::example_binary("demo")).clone()
 }
 
 /// The two files the demo's `--assets` wants, from the npm packages.

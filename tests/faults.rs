@@ -56,40 +56,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// `target/debug/examples/fault_server`, built with this test's features.
 fn server_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let features: Vec<&str> = [
-            ("maud", cfg!(feature = "maud")),
-            ("askama", cfg!(feature = "askama")),
-            ("jwt", cfg!(feature = "jwt")),
-            ("testing", cfg!(feature = "testing")),
-            ("redis", cfg!(feature = "redis")),
-            ("webpush", cfg!(feature = "webpush")),
-            ("webpush-rustls", cfg!(feature = "webpush-rustls")),
-        ]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
-        // The same features as this test: the library is not built again.
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "fault_server"])
-            .args(["--no-default-features", "--features", &features.join(",")])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build --example fault_server failed"
-        );
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join("examples")
-            .join("fault_server");
-        assert!(bin.is_file(), "{} missing", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| common::example::example_binary("fault_server"))
 }
 
 /// One `fault_server` process; killed when dropped.

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: a real server on 127.0.0.1.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod example;
 pub mod keys;
 pub mod redis;
 
