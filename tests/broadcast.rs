@@ -1026,3 +1026,36 @@ async fn a_point_rendered_into_the_page_loses_nothing_before_the_connect() {
         ("reset", r#"{"reason":"history-gap"}"#)
     );
 }
+
+/// `connection_event(false)`: a stream opens without writing anything;
+/// its first frame is the first message, whose id still names the
+/// connection with its proof, so that the page resumes exactly.
+#[tokio::test]
+async fn without_the_connection_event_a_stream_starts_with_its_first_message() {
+    let s = Server::start(BroadcastManager::builder().connection_event(false).build()).await;
+    let url = format!("{}/sse?resumeFrom={}", s.base, s.manager.resume_point());
+    let mut page = TestClient::get(&url).connect().await.unwrap();
+    s.wait_for_connections(1).await;
+    s.manager.broadcast("n", "first", None, &[]).await.unwrap();
+    let ev = next(&mut page).await;
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("n", "first"));
+    assert!(
+        !String::from_utf8_lossy(page.raw()).contains("event: connection"),
+        "{}",
+        String::from_utf8_lossy(page.raw())
+    );
+    let last = page.last_event_id().to_owned();
+    assert_eq!(last.split('.').count(), 3, "EPOCH-SEQ.ID.PROOF: {last}");
+    drop(page);
+    s.manager.broadcast("n", "second", None, &[]).await.unwrap();
+    let mut again = TestClient::get(&format!("{}/sse", s.base))
+        .last_event_id(&last)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(next(&mut again).await.data, "second");
+    assert_eq!(
+        again.last_event_id().split('.').nth(1),
+        last.split('.').nth(1)
+    );
+}

@@ -145,7 +145,15 @@ pub(crate) fn run(
             if let Some(window) = retry_window {
                 config = config.retry_on_shutdown(window);
             }
-            let manager = htmx_sse::BroadcastManager::builder().stream(config).build();
+            // FANOUT_NO_CONNECTION_EVENT=1: streams open without the
+            // `connection` event (nothing written at connect), to measure
+            // what that first write costs an idle connection.
+            let connection_event =
+                std::env::var_os("FANOUT_NO_CONNECTION_EVENT").is_none_or(|v| v != "1");
+            let manager = htmx_sse::BroadcastManager::builder()
+                .stream(config)
+                .connection_event(connection_event)
+                .build();
             let stats = manager.clone();
             let app = htmx_sse::setup_broadcast_routes(Router::new(), manager.clone(), "/sse")
                 .route(

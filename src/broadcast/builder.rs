@@ -34,6 +34,7 @@ pub struct BroadcastBuilder {
     resume_key: Option<ResumeKey>,
     limits: Limits,
     read_your_writes: bool,
+    connection_event: bool,
 }
 
 impl fmt::Debug for BroadcastBuilder {
@@ -48,6 +49,7 @@ impl fmt::Debug for BroadcastBuilder {
             .field("resume_key", &self.resume_key.is_some())
             .field("limits", &self.limits)
             .field("read_your_writes", &self.read_your_writes)
+            .field("connection_event", &self.connection_event)
             .finish()
     }
 }
@@ -64,6 +66,7 @@ impl Default for BroadcastBuilder {
             resume_key: None,
             limits: Limits::new(),
             read_your_writes: true,
+            connection_event: true,
         }
     }
 }
@@ -139,6 +142,27 @@ impl BroadcastBuilder {
     /// ```
     pub fn read_your_writes(mut self, on: bool) -> Self {
         self.read_your_writes = on;
+        self
+    }
+
+    /// Whether every stream opens with the `connection` event (default
+    /// `true`): the hidden input with the connection id that a form swaps in
+    /// so that a broadcast can exclude the tab that posted, and the first
+    /// id a page could resume from. A page that posts nothing back (a
+    /// dashboard) and is rendered with a
+    /// [`resume_point`](BroadcastManager::resume_point) needs neither:
+    /// without it, nothing is written when a stream opens, until its first
+    /// message or heartbeat. Resume is unchanged: every message's id
+    /// carries the connection id and its proof.
+    ///
+    /// ```
+    /// use htmx_sse::broadcast::BroadcastManager;
+    ///
+    /// let dashboards = BroadcastManager::builder().connection_event(false).build();
+    /// # let _ = dashboards;
+    /// ```
+    pub fn connection_event(mut self, on: bool) -> Self {
+        self.connection_event = on;
         self
     }
 
@@ -371,6 +395,7 @@ impl BroadcastBuilder {
             nonce: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             read_your_writes: self.read_your_writes,
+            connection_event: self.connection_event,
             published_seq: AtomicU64::new(0),
             registry: ConnectionRegistry::new(),
             history_limit: self.history,

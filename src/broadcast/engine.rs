@@ -82,6 +82,8 @@ pub(crate) struct Engine {
     /// Whether a publish through a shared backend waits until this
     /// instance delivered it (see `BroadcastBuilder::read_your_writes`).
     pub(crate) read_your_writes: bool,
+    /// Whether a stream opens with the `connection` event.
+    pub(crate) connection_event: bool,
     /// The highest number a shared backend gave one of this instance's
     /// publishes in the current epoch, which its reader may not have
     /// delivered yet: a resume point rendered after such a publish must

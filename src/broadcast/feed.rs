@@ -23,7 +23,8 @@ use crate::streaming::{Batch, EndReason, Piece, drain, expired, log_frame};
 
 /// What a connection receives before live messages.
 pub(crate) struct Intro {
-    pub(crate) connection: Event,
+    /// The `connection` event, unless the manager sends none.
+    pub(crate) connection: Option<Event>,
     pub(crate) reset: Option<Event>,
     pub(crate) replay: VecDeque<Arc<Stored>>,
     /// Messages up to this number were seen already.
@@ -78,7 +79,7 @@ impl Feed {
             since: u64::MAX,
             subscriber,
             opening: Some(Box::new(Opening {
-                connection: Some(intro.connection),
+                connection: intro.connection,
                 reset: intro.reset,
                 replay: intro.replay,
                 ready: intro.ready,

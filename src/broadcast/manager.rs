@@ -369,7 +369,9 @@ impl BroadcastManager {
             .registry
             .shown(Arc::clone(&subscriber) as Arc<dyn Listing>);
         let intro = Intro {
-            connection: connection_event(epoch, &id, &tag, start),
+            connection: inner
+                .connection_event
+                .then(|| connection_event(epoch, &id, &tag, start)),
             reset: reset.map(|r| reset_event(epoch, &tag, seq_now, r)),
             replay: replay.into(),
             after: start,
