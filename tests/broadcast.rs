@@ -1048,7 +1048,7 @@ async fn without_the_connection_event_a_stream_starts_with_its_first_message() {
     assert_eq!(last.split('.').count(), 3, "EPOCH-SEQ.ID.PROOF: {last}");
     drop(page);
     s.manager.broadcast("n", "second", None, &[]).await.unwrap();
-    let mut again = TestClient::get(&format!("{}/sse", s.base))
+    let mut again = TestClient::get(format!("{}/sse", s.base))
         .last_event_id(&last)
         .connect()
         .await
