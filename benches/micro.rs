@@ -68,13 +68,18 @@ fn hand_item(id: u32, name: &str, count: u32) -> String {
 }
 
 fn oob_crate() -> Fragment {
+    // HTML is a type: strings would go out as escaped text.
     OobStreamBuilder::new()
         .add("count", Swap::InnerHtml, "42")
-        .add("log", Swap::BeforeEnd, "<li>tick 42</li>")
+        .add(
+            "log",
+            Swap::BeforeEnd,
+            Fragment::trusted("<li>tick 42</li>"),
+        )
         .add_unwrapped(
             "row-7",
             Swap::OuterHtml,
-            "<tr id=\"row-7\"><td>seven</td></tr>",
+            Fragment::trusted("<tr id=\"row-7\"><td>seven</td></tr>"),
         )
         .build()
         .expect("valid ids")
