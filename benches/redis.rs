@@ -168,27 +168,19 @@ async fn main() {
     // Alternate, three rounds each, and keep the best of each.
     for round in 0..3 {
         let m = run(builder(messages).build(), clients, messages, publishers).await;
-        let r = run(
-            builder(messages)
-                .build_redis(RedisConfig::new(url.as_str()).prefix(format!("bench-{round}")))
-                .await
-                .expect("redis"),
-            clients,
-            messages,
-            publishers,
-        )
-        .await;
-        let l = run(
-            builder(messages)
-                .read_your_writes(false)
-                .build_redis(RedisConfig::new(url.as_str()).prefix(format!("bench-l{round}")))
-                .await
-                .expect("redis"),
-            clients,
-            messages,
-            publishers,
-        )
-        .await;
+        let on_redis = |read_your_writes: bool, prefix: String| {
+            let url = url.clone();
+            async move {
+                let manager = builder(messages)
+                    .read_your_writes(read_your_writes)
+                    .build_redis(RedisConfig::new(url.as_str()).prefix(prefix))
+                    .await
+                    .expect("redis");
+                run(manager, clients, messages, publishers).await
+            }
+        };
+        let r = on_redis(true, format!("bench-{round}")).await;
+        let l = on_redis(false, format!("bench-l{round}")).await;
         println!(
             "round {round}: memory {:>10.0}/s p99 {:>8.3} ms | redis {:>10.0}/s p99 {:>8.3} ms | \
              redis, returned when logged {:>10.0}/s p99 {:>8.3} ms",

@@ -969,6 +969,25 @@ async fn the_runtime_is_served_once_cacheable_and_matches_its_integrity() {
         versioned.headers()["cache-control"],
         "public, max-age=31536000, immutable"
     );
+
+    // Anything else asked for, from anyone: the same file, kept by no
+    // cache under that URL, and a garbage If-None-Match is no match.
+    for hostile in ["v=%3Cscript%3E", "v=0000000000000000", "v=&v=x"] {
+        let res = s
+            .http
+            .get(format!("{url}?{hostile}"))
+            .header("if-none-match", "\"<img>\", W/garbage")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{hostile}");
+        assert_eq!(res.headers()["cache-control"], "no-store", "{hostile}");
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(
+            &res.bytes().await.unwrap()[..],
+            runtime::RUNTIME_JS.as_bytes()
+        );
+    }
 }
 
 /// A page rendered at `resume_point()` and connected later with

@@ -439,19 +439,7 @@ fn encode(frame: &Frame) -> (Result<Event, Error>, Result<Expected, Refusal>) {
             content,
             partial,
         } => {
-            const SWAPS: [Swap; 11] = [
-                Swap::InnerHtml,
-                Swap::OuterHtml,
-                Swap::TextContent,
-                Swap::BeforeBegin,
-                Swap::AfterBegin,
-                Swap::BeforeEnd,
-                Swap::AfterEnd,
-                Swap::Delete,
-                Swap::None,
-                Swap::InnerMorph,
-                Swap::OuterMorph,
-            ];
+            const SWAPS: [Swap; 11] = Swap::ALL;
             let flavor = if *partial {
                 OobFlavor::Partial
             } else {

@@ -169,7 +169,13 @@ pub enum Swap {
 
 impl Swap {
     /// Every swap style, in declaration order.
-    const ALL: [Swap; 11] = [
+    ///
+    /// ```
+    /// use htmx_sse::streaming::Swap;
+    ///
+    /// assert!(Swap::ALL.iter().all(|s| s.as_str().parse::<Swap>() == Ok(*s)));
+    /// ```
+    pub const ALL: [Swap; 11] = [
         Swap::InnerHtml,
         Swap::OuterHtml,
         Swap::TextContent,
