@@ -85,6 +85,32 @@ fn oob_crate() -> Fragment {
         .expect("valid ids")
 }
 
+htmx_sse::names! {
+    /// The same targets, declared once (issue 21): typed targets must cost
+    /// no more than strings.
+    mod dash {
+        events {}
+        targets { COUNT = "count", LOG = "log", ROW = "row-7" }
+    }
+}
+
+fn oob_typed() -> Fragment {
+    OobStreamBuilder::new()
+        .add(dash::COUNT, Swap::InnerHtml, "42")
+        .add(
+            dash::LOG,
+            Swap::BeforeEnd,
+            Fragment::trusted("<li>tick 42</li>"),
+        )
+        .add_unwrapped(
+            dash::ROW,
+            Swap::OuterHtml,
+            Fragment::trusted("<tr id=\"row-7\"><td>seven</td></tr>"),
+        )
+        .build()
+        .expect("valid ids")
+}
+
 fn oob_hand(count: &str, log: &str) -> String {
     format!(
         "<div id=\"count\" hx-swap-oob=\"innerHTML\">{count}</div>\
@@ -94,7 +120,7 @@ fn oob_hand(count: &str, log: &str) -> String {
 }
 
 /// The pairs: (group, crate's id, hand-written id).
-const PAIRS: [(&str, &str, &str); 8] = [
+const PAIRS: [(&str, &str, &str); 9] = [
     (
         "encode",
         "crate_builder_event_id_data",
@@ -104,6 +130,7 @@ const PAIRS: [(&str, &str, &str); 8] = [
     ("render", "askama_via_fragment", "format"),
     ("render", "maud_via_fragment", "format"),
     ("oob", "oob_stream_builder", "format"),
+    ("oob", "oob_typed_targets", "oob_stream_builder"),
     ("topics", "crate_1k", "channels_1k"),
     ("topics", "crate_10k", "channels_10k"),
     ("topics", "crate_10k", "crate_1k"),
@@ -139,6 +166,7 @@ fn check_same_bytes() {
         hand_item(7, "alice", 3)
     );
     assert_eq!(oob_crate().as_str(), oob_hand("42", "<li>tick 42</li>"));
+    assert_eq!(oob_typed().as_str(), oob_crate().as_str());
 }
 
 fn benches(c: &mut Criterion) {
@@ -207,6 +235,7 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("oob");
     g.bench_function("oob_stream_builder", |b| b.iter(|| black_box(oob_crate())));
+    g.bench_function("oob_typed_targets", |b| b.iter(|| black_box(oob_typed())));
     g.bench_function("format", |b| {
         b.iter(|| oob_hand(black_box("42"), black_box("<li>tick 42</li>")));
     });

@@ -24,9 +24,16 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --features redis --example demo -- --addr 127.0.0.1:3001
 //! ```
 //!
+//! The page runs on htmx 2 (with htmx-ext-sse); `/?htmx=4` serves the same
+//! page on htmx 4 (with its `hx-sse` extension). The code is the same: the
+//! page's builders take the flavour as one value, and both kinds of page
+//! share one stream.
+//!
 //! `--assets DIR` serves `DIR/htmx.min.js` and `DIR/sse.js` (copy them from
 //! the npm packages `htmx.org@2` `dist/htmx.min.js` and `htmx-ext-sse@2`
-//! `dist/sse.js`) for machines without internet access.
+//! `dist/sse.js`), `DIR/htmx4.min.js` and `DIR/hx-sse.js` (from
+//! `htmx.org@4` `dist/htmx.min.js` and `dist/ext/hx-sse.js`) for machines
+//! without internet access.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -37,18 +44,21 @@ use std::time::Duration;
 
 use axum::Form;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use htmx_sse::Event;
+use htmx_sse::Flavor;
 use htmx_sse::auth::{Access, AuthError, AuthFuture, Authorizer, Subject};
 use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::UserId;
-use htmx_sse::connections::scripts::{Helpers, ReconnectOptions};
+use htmx_sse::connections::scripts::{
+    AttributeName, Helpers, ReconnectOptions, SseElement, SseListener, connection_id_slot,
+};
 use htmx_sse::notify::{Level, toast};
 use htmx_sse::streaming::{OobStreamBuilder, Shutdown, SseStream, StreamConfig, Swap};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -56,6 +66,8 @@ use serde::Deserialize;
 
 const HTMX_CDN: &str = "https://unpkg.com/htmx.org@2.0.11/dist/htmx.min.js";
 const SSE_CDN: &str = "https://unpkg.com/htmx-ext-sse@2.2.4/dist/sse.js";
+const HTMX4_CDN: &str = "https://unpkg.com/htmx.org@4.0.1/dist/htmx.min.js";
+const HX_SSE_CDN: &str = "https://unpkg.com/htmx.org@4.0.1/dist/ext/hx-sse.js";
 
 htmx_sse::names! {
     /// The names the page and its streams share: a region renamed in one
@@ -119,7 +131,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--assets" => {
                 let dir = PathBuf::from(it.next().ok_or("--assets needs a directory")?);
-                for file in ["htmx.min.js", "sse.js"] {
+                for file in ASSETS {
                     if !dir.join(file).is_file() {
                         return Err(format!("--assets: {} is missing", dir.join(file).display()));
                     }
@@ -256,8 +268,48 @@ async fn main() {
     println!("stopped");
 }
 
-async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
-    let user = demo_user(&headers);
+/// `?htmx=4` renders the page for htmx 4, `?htmx=2` (or nothing) for htmx 2.
+#[derive(Deserialize, Default)]
+struct FlavorQuery {
+    htmx: Option<String>,
+}
+
+impl FlavorQuery {
+    /// The page's flavour, or a 400 that says what `htmx` may be.
+    fn flavor(&self) -> Result<Flavor, (StatusCode, String)> {
+        match self.htmx.as_deref() {
+            None => Ok(Flavor::Htmx2),
+            Some(v) => v.parse().map_err(|e: htmx_sse::flavor::UnknownFlavor| {
+                (StatusCode::BAD_REQUEST, e.to_string())
+            }),
+        }
+    }
+}
+
+async fn page(
+    State(app): State<App>,
+    Query(query): Query<FlavorQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let flavor = match query.flavor() {
+        Ok(f) => f,
+        Err(bad) => return bad.into_response(),
+    };
+    match render_page(&app, demo_user(&headers), flavor).await {
+        Ok(page) => page.into_response(),
+        Err(e) => {
+            tracing::error!("rendering the page: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The page for htmx 2 or htmx 4: the same code, the flavour is one value.
+async fn render_page(
+    app: &App,
+    user: Option<String>,
+    flavor: Flavor,
+) -> Result<Markup, htmx_sse::Error> {
     // The notes as they are now, and the point the stream goes on from:
     // what is published between this render and the stream's connect is
     // replayed to the page once, nothing is shown twice.
@@ -265,16 +317,146 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
         let notes = app.notes.lock().await;
         (notes.clone(), app.manager.resume_point())
     };
-    let stream = format!("/sse?{}={point}", htmx_sse::broadcast::RESUME_FROM);
     let runtime = Helpers::new()
         .reconnect(ReconnectOptions::new().unlimited_retries())
         .runtime_src("/sse/htmx-sse.js")
         .render();
-    let (htmx, sse) = match app.assets {
-        Some(_) => ("/assets/htmx.min.js", "/assets/sse.js"),
-        None => (HTMX_CDN, SSE_CDN),
+    let (htmx, sse) = match (flavor, app.assets.is_some()) {
+        (Flavor::Htmx4, true) => ("/assets/htmx4.min.js", "/assets/hx-sse.js"),
+        (Flavor::Htmx4, false) => (HTMX4_CDN, HX_SSE_CDN),
+        (_, true) => ("/assets/htmx.min.js", "/assets/sse.js"),
+        (_, false) => (HTMX_CDN, SSE_CDN),
     };
-    html! {
+    let other = match flavor {
+        Flavor::Htmx4 => ("/", "htmx 2"),
+        _ => ("/?htmx=4", "htmx 4"),
+    };
+    // The regions the stream updates: each listens for its event, in the
+    // markup of the page's htmx (`sse-swap` or `data-sse-swap`).
+    let toasts = SseListener::new(flavor)
+        .id(live::TOASTS.as_str())
+        .event(live::TOAST)
+        .hx_swap(Swap::BeforeEnd)
+        .attr(AttributeName::from_static("class"), "toast")
+        .attr(AttributeName::from_static("aria-live"), "polite")
+        .render()?;
+    let notes_from_others = SseListener::new(flavor)
+        .event(live::NOTE)
+        .hx_target(live::NOTES.selector())
+        .hx_swap(Swap::BeforeEnd)
+        .render()?;
+    let dashboard_bus = SseListener::new(flavor)
+        .event(live::DASHBOARD)
+        .hx_swap(Swap::None)
+        .render()?;
+    let content = html! {
+        h1 { "htmx-sse demo" }
+        p.muted {
+            "Everything below is pushed by the server over Server-Sent Events, one connection per tab. "
+            "This page runs on " strong #flavor { (if flavor == Flavor::Htmx4 { "htmx 4" } else { "htmx 2" }) } "; "
+            a href=(other.0) { "switch to " (other.1) } "."
+        }
+        // Toasts arrive as `toast` events and stack here.
+        (toasts)
+        script { (PreEscaped(DISMISS_TOASTS)) }
+
+        section {
+            h2 { "Private notifications and toasts" }
+            @match &user {
+                None => {
+                    p.muted { "Sign in as a demo user (no password: it only sets a cookie). Try alice in one tab and bob in another." }
+                    form #login hx-post="/login" hx-target="body" {
+                        input name="user" list="demo-users" required placeholder="alice" maxlength="32" autocomplete="off";
+                        datalist #demo-users { option value="alice" {} option value="bob" {} }
+                        button { "Sign in" }
+                    }
+                }
+                Some(name) => {
+                    p #whoami { "Signed in as " strong { (name) } ". Private toasts reach every tab of a user, and only that user. " }
+                    form #private hx-post="/toast" hx-swap="none" {
+                        input type="hidden" name="scope" value="user";
+                        input name="to" list="demo-users" required placeholder="bob" maxlength="32" autocomplete="off";
+                        datalist #demo-users { option value="alice" {} option value="bob" {} }
+                        input name="text" required placeholder="a private message" maxlength="200" autocomplete="off";
+                        button { "Send privately" }
+                    }
+                    form hx-post="/logout" hx-target="body" { button { "Sign out" } }
+                }
+            }
+            p {
+                button hx-post="/toast" hx-vals=r#"{"scope": "everyone", "text": "Hello, everyone!", "level": "success"}"# hx-swap="none" { "Toast every tab" }
+                " "
+                button hx-post="/toast" hx-vals=r#"{"scope": "everyone", "text": "Something needs attention", "level": "warning"}"# hx-swap="none" { "Warn every tab" }
+            }
+        }
+
+        section {
+            h2 { "Every tab in sync" }
+            p.muted {
+                "Open this page in a second tab and add a note. The tab you type in gets its note from the "
+                code { "hx-post" } " answer; every other tab gets it from a broadcast that excludes the "
+                "tab it came from (its connection id travels in the form)."
+            }
+            div {
+                // The form empties itself after a successful post: the
+                // first handler is htmx 2's event, the second htmx 4's.
+                form #note-form hx-post="/notes" hx-target=(live::NOTES.selector()) hx-swap="beforeend"
+                    "hx-on::after-request"="if(event.detail.successful) this.reset()"
+                    "hx-on::after:request"="if(event.detail.ctx.response.status < 400) this.reset()" {
+                    // The `connection` event swaps a hidden input with this tab's id in here.
+                    (connection_id_slot(flavor))
+                    input name="text" maxlength="200" required placeholder="Write a note" autocomplete="off";
+                    button { "Add" }
+                }
+                // Notes from other tabs are appended here.
+                (notes_from_others)
+                // After a server restart the page reloads the list
+                // (`sse:reset` fires in both flavours).
+                ul id=(live::NOTES) hx-get="/notes" hx-trigger=(format!("sse:{}", live::RESET)) hx-swap="innerHTML" {
+                    @for n in &notes { (note_item(n)) }
+                }
+            }
+            p.muted #stats hx-get="/stats" hx-trigger="load, every 2s" { "…" }
+        }
+
+        section {
+            h2 { "Several regions from one message" }
+            p.muted {
+                "Once a second the server broadcasts one " code { "OobStreamBuilder" }
+                " fragment on the same stream; it updates four regions out of band. The "
+                "element listening for it swaps nothing itself (" code { "hx-swap=\"none\"" } ")."
+            }
+            (dashboard_bus)
+            div.grid {
+                div.card { div.label { "Server time" } div id=(live::CLOCK) .value { "–" } }
+                div.card { div.label { "CPU" } div id=(live::CPU) .value { "–" } }
+                div.card { div.label { "Requests/s" } div id=(live::RPS) .value { "–" } }
+                div.card { div.label { "Uptime" } div id=(live::UPTIME) .value { "–" } }
+            }
+            h3 { "Recent events" }
+            ul id=(live::LOG) {}
+        }
+
+        section {
+            h2 { "A job that ends" }
+            p.muted {
+                "Each job is its own " code { "SseStream" } " of fragments: it streams its progress, then the server sends the named "
+                code { "close" } " event and the page stops listening."
+            }
+            button hx-post=(format!("/jobs?htmx={}", flavor.as_str())) hx-target="#jobs" hx-swap="afterbegin" { "Start a job" }
+            div #jobs {}
+        }
+    };
+    // One connection per tab carries everything live on the page: browsers
+    // allow only six per host across all tabs. In htmx 4 this element also
+    // brings the script that swaps the named events its listeners name.
+    let live = SseElement::new("/sse", flavor)
+        .id("live")
+        .resume_from(point)
+        .no_close_event()
+        .children(content)
+        .render()?;
+    Ok(html! {
         (DOCTYPE)
         html lang="en" {
             head {
@@ -287,103 +469,12 @@ async fn page(State(app): State<App>, headers: HeaderMap) -> Markup {
                 // routes: after an error answer (a restart behind a proxy)
                 // the page comes back with its own last id, not from the
                 // point it was rendered at.
-                (PreEscaped(runtime.as_str()))
+                (runtime)
                 style { (STYLE) }
             }
-            // One connection per tab carries everything live on the page:
-            // browsers allow only six per host across all tabs.
-            body hx-ext="sse" sse-connect=(stream) {
-                h1 { "htmx-sse demo" }
-                p.muted { "Everything below is pushed by the server over Server-Sent Events, one connection per tab." }
-                // Toasts arrive as `toast` events and stack here.
-                div id=(live::TOASTS) .toast sse-swap=(live::TOAST) hx-swap="beforeend" aria-live="polite" {}
-                script { (maud::PreEscaped(DISMISS_TOASTS)) }
-
-                section {
-                    h2 { "Private notifications and toasts" }
-                    @match &user {
-                        None => {
-                            p.muted { "Sign in as a demo user (no password: it only sets a cookie). Try alice in one tab and bob in another." }
-                            form #login hx-post="/login" hx-target="body" {
-                                input name="user" list="demo-users" required placeholder="alice" maxlength="32" autocomplete="off";
-                                datalist #demo-users { option value="alice" {} option value="bob" {} }
-                                button { "Sign in" }
-                            }
-                        }
-                        Some(name) => {
-                            p #whoami { "Signed in as " strong { (name) } ". Private toasts reach every tab of a user, and only that user. " }
-                            form #private hx-post="/toast" hx-swap="none" {
-                                input type="hidden" name="scope" value="user";
-                                input name="to" list="demo-users" required placeholder="bob" maxlength="32" autocomplete="off";
-                                datalist #demo-users { option value="alice" {} option value="bob" {} }
-                                input name="text" required placeholder="a private message" maxlength="200" autocomplete="off";
-                                button { "Send privately" }
-                            }
-                            form hx-post="/logout" hx-target="body" { button { "Sign out" } }
-                        }
-                    }
-                    p {
-                        button hx-post="/toast" hx-vals=r#"{"scope": "everyone", "text": "Hello, everyone!", "level": "success"}"# hx-swap="none" { "Toast every tab" }
-                        " "
-                        button hx-post="/toast" hx-vals=r#"{"scope": "everyone", "text": "Something needs attention", "level": "warning"}"# hx-swap="none" { "Warn every tab" }
-                    }
-                }
-
-                section {
-                    h2 { "Every tab in sync" }
-                    p.muted {
-                        "Open this page in a second tab and add a note. The tab you type in gets its note from the "
-                        code { "hx-post" } " answer; every other tab gets it from a broadcast that excludes the "
-                        "tab it came from (its connection id travels in the form)."
-                    }
-                    div {
-                        form #note-form hx-post="/notes" hx-target=(format!("#{}", live::NOTES)) hx-swap="beforeend"
-                            "hx-on::after-request"="if(event.detail.successful) this.reset()" {
-                            // The `connection` event swaps a hidden input with this tab's id in here.
-                            span sse-swap=(live::CONNECTION) hx-target="this" {}
-                            input name="text" maxlength="200" required placeholder="Write a note" autocomplete="off";
-                            button { "Add" }
-                        }
-                        // Notes from other tabs are appended here.
-                        div sse-swap=(live::NOTE) hx-target=(format!("#{}", live::NOTES)) hx-swap="beforeend" {}
-                        // After a server restart the page reloads the list.
-                        ul id=(live::NOTES) hx-get="/notes" hx-trigger=(format!("sse:{}", live::RESET)) hx-swap="innerHTML" {
-                            @for n in &notes { (note_item(n)) }
-                        }
-                    }
-                    p.muted #stats hx-get="/stats" hx-trigger="load, every 2s" { "…" }
-                }
-
-                section {
-                    h2 { "Several regions from one message" }
-                    p.muted {
-                        "Once a second the server broadcasts one " code { "OobStreamBuilder" }
-                        " fragment on the same stream; it updates four regions out of band. The "
-                        code { "sse-swap" } " element itself swaps nothing (" code { "hx-swap=\"none\"" } ")."
-                    }
-                    div sse-swap=(live::DASHBOARD) hx-swap="none" {}
-                    div.grid {
-                        div.card { div.label { "Server time" } div id=(live::CLOCK) .value { "–" } }
-                        div.card { div.label { "CPU" } div id=(live::CPU) .value { "–" } }
-                        div.card { div.label { "Requests/s" } div id=(live::RPS) .value { "–" } }
-                        div.card { div.label { "Uptime" } div id=(live::UPTIME) .value { "–" } }
-                    }
-                    h3 { "Recent events" }
-                    ul id=(live::LOG) {}
-                }
-
-                section {
-                    h2 { "A job that ends" }
-                    p.muted {
-                        "Each job is its own " code { "SseStream" } " of fragments: it streams its progress, then the server sends the named "
-                        code { "close" } " event and the page stops listening (" code { "sse-close=\"close\"" } ")."
-                    }
-                    button hx-post="/jobs" hx-target="#jobs" hx-swap="afterbegin" { "Start a job" }
-                    div #jobs {}
-                }
-            }
+            body { (live) }
         }
-    }
+    })
 }
 
 const STYLE: &str = "
@@ -453,6 +544,10 @@ async fn dashboard(manager: BroadcastManager, started: std::time::Instant) {
 }
 
 const MAX_NOTES: usize = 50;
+
+/// What `--assets DIR` serves: htmx 2 and its SSE extension, htmx 4 and
+/// its `hx-sse` extension.
+const ASSETS: [&str; 4] = ["htmx.min.js", "sse.js", "htmx4.min.js", "hx-sse.js"];
 
 #[derive(Deserialize)]
 struct NoteForm {
@@ -666,12 +761,22 @@ new MutationObserver(function (changes) {
 }).observe(document.getElementById("toasts"), { childList: true });
 "#;
 
-async fn start_job(State(app): State<App>) -> Markup {
+/// A job's element, for the page's htmx: it swaps the job's (unnamed)
+/// progress messages into itself and stops at the close event.
+async fn start_job(State(app): State<App>, Query(query): Query<FlavorQuery>) -> Response {
+    let flavor = match query.flavor() {
+        Ok(f) => f,
+        Err(bad) => return bad.into_response(),
+    };
     let id = app.jobs.fetch_add(1, Ordering::Relaxed) + 1;
-    html! {
-        div.job hx-ext="sse" sse-connect=(format!("/jobs/{id}/progress")) sse-swap="message" sse-close="close" {
-            "Job " (id) " starting…"
-        }
+    let job = SseElement::new(format!("/jobs/{id}/progress"), flavor)
+        .swap_event("message")
+        .attr(AttributeName::from_static("class"), "job")
+        .children(html! { "Job " (id) " starting…" })
+        .render();
+    match job {
+        Ok(f) => Html(f.into_string()).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -698,10 +803,8 @@ async fn asset(State(app): State<App>, Path(file): Path<String>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     };
     // Only the two known files: no path from the URL reaches the file system.
-    let name = match file.as_str() {
-        "htmx.min.js" => "htmx.min.js",
-        "sse.js" => "sse.js",
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    let Some(name) = ASSETS.iter().find(|a| **a == file) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
     match tokio::fs::read(dir.join(name)).await {
         Ok(body) => ([(header::CONTENT_TYPE, "text/javascript")], body).into_response(),
@@ -717,7 +820,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_page_has_every_name_the_streams_use() {
+    async fn the_page_has_every_name_the_streams_use_in_both_flavours() {
         let app = App {
             config: StreamConfig::new(),
             manager: BroadcastManager::new(),
@@ -725,14 +828,51 @@ mod tests {
             assets: None,
             jobs: Arc::default(),
         };
-        let page = page(State(app), HeaderMap::new()).await.into_string();
-        if let Err(missing) = htmx_sse::testing::check_page(&page, live::EVENTS, live::TARGETS) {
-            panic!("{missing}");
+        for flavor in [Flavor::Htmx2, Flavor::Htmx4] {
+            let page = render_page(&app, None, flavor).await.unwrap().into_string();
+            if let Err(missing) = htmx_sse::testing::check_page(&page, live::EVENTS, live::TARGETS)
+            {
+                panic!("{flavor}: {missing}");
+            }
+            // And the check sees a region that went missing.
+            let renamed = page.replace(r#"id="clock""#, r#"id="time""#);
+            let missing =
+                htmx_sse::testing::check_page(&renamed, live::EVENTS, live::TARGETS).unwrap_err();
+            assert_eq!(missing.targets, ["clock"], "{flavor}");
         }
-        // And the check sees a region that went missing.
-        let renamed = page.replace(r#"id="clock""#, r#"id="time""#);
-        let missing =
-            htmx_sse::testing::check_page(&renamed, live::EVENTS, live::TARGETS).unwrap_err();
-        assert_eq!(missing.targets, ["clock"]);
+    }
+
+    #[tokio::test]
+    async fn one_value_switches_the_page_between_htmx_2_and_htmx_4() {
+        let app = App {
+            config: StreamConfig::new(),
+            manager: BroadcastManager::new(),
+            notes: Arc::default(),
+            assets: None,
+            jobs: Arc::default(),
+        };
+        let htmx2 = render_page(&app, None, Flavor::Htmx2)
+            .await
+            .unwrap()
+            .into_string();
+        let htmx4 = render_page(&app, None, Flavor::Htmx4)
+            .await
+            .unwrap()
+            .into_string();
+        assert!(htmx2.contains(r#"hx-ext="sse" sse-connect="/sse?resumeFrom="#));
+        assert!(htmx2.contains(r#"sse-swap="note""#));
+        assert!(!htmx2.contains("hx-sse:connect") && !htmx2.contains("data-sse-swap"));
+        assert!(htmx4.contains(r#"hx-sse:connect="/sse?resumeFrom="#));
+        assert!(htmx4.contains(r#"data-sse-swap="note""#));
+        assert!(!htmx4.contains("sse-connect=") && !htmx4.contains(" sse-swap="));
+        assert!(htmx4.contains(HTMX4_CDN) && htmx2.contains(HTMX_CDN));
+        // An unknown flavour is a 400 that says what is expected.
+        let bad = FlavorQuery {
+            htmx: Some("3".to_owned()),
+        }
+        .flavor()
+        .unwrap_err();
+        assert_eq!(bad.0, StatusCode::BAD_REQUEST);
+        assert!(bad.1.contains("expected 2, 4, htmx2 or htmx4"), "{}", bad.1);
     }
 }

@@ -67,7 +67,7 @@ pub mod broadcast;
 pub mod connections;
 mod error;
 pub mod event;
-mod flavor;
+pub mod flavor;
 pub mod fragment;
 pub mod limits;
 pub mod names;

@@ -134,6 +134,22 @@ impl TargetId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The CSS selector of the element with this id, `#id`: what
+    /// `hx-target` takes.
+    ///
+    /// ```
+    /// use htmx_sse::names::TargetId;
+    ///
+    /// assert_eq!(TargetId::from_static("notes").selector(), "#notes");
+    /// ```
+    #[must_use]
+    pub fn selector(&self) -> String {
+        let mut s = String::with_capacity(self.0.len() + 1);
+        s.push('#');
+        s.push_str(&self.0);
+        s
+    }
 }
 
 impl fmt::Debug for TargetId {

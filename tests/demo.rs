@@ -26,14 +26,18 @@ fn demo_binary() -> PathBuf {
     BIN.get_or_init(|| example::example_binary("demo")).clone()
 }
 
-/// The two files the demo's `--assets` wants, from the npm packages.
-fn assets() -> PathBuf {
+/// The four files the demo's `--assets` wants, from the npm packages, in
+/// a directory of this process's named `tag` (tests run in parallel).
+fn assets(tag: &str) -> PathBuf {
     let modules = root().join("node_modules");
-    let dir = std::env::temp_dir().join(format!("htmx-sse-demo-assets-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("htmx-sse-demo-assets-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for (from, to) in [
         ("htmx2/dist/htmx.min.js", "htmx.min.js"),
         ("htmx-ext-sse/dist/sse.js", "sse.js"),
+        ("htmx4/dist/htmx.min.js", "htmx4.min.js"),
+        ("htmx4/dist/ext/hx-sse.js", "hx-sse.js"),
     ] {
         let src = modules.join(from);
         assert!(
@@ -115,8 +119,11 @@ fn wait_until_listening(port: u16, child: &mut Child) {
     }
 }
 
-#[test]
-fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
+/// Runs `tests/browser/demo.mjs` against a demo of its own, in `flavour`
+/// (`htmx2`: the page at `/`; `htmx4`: the page at `/?htmx=4`), then stops
+/// the demo with Ctrl-C while a stream is open: it must stop within a few
+/// seconds.
+fn demo_in_a_browser(flavour: &str) {
     assert!(
         Path::new(
             &std::env::var("HTMX_SSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
@@ -124,7 +131,7 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
         .is_file(),
         "chromium missing: apt-get update && apt-get install -y chromium (or scripts/test.sh)"
     );
-    let assets = assets();
+    let assets = assets(flavour);
     let assets_arg = assets.to_string_lossy().into_owned();
     let (mut demo, port) = Demo::start(&["--assets", &assets_arg], &[("RUST_LOG", "warn")]);
 
@@ -134,13 +141,14 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
         .arg(root().join("tests/browser/demo.mjs"))
         .arg(format!("http://127.0.0.1:{port}"))
         .arg(&shots)
+        .arg(flavour)
         .current_dir(root())
         .output()
         .expect("node not found: install nodejs (or run scripts/test.sh)");
     println!("screenshots: {}", shots.display());
     assert!(
         out.status.success(),
-        "demo scenario failed:\n{}{}",
+        "demo scenario on {flavour} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -151,6 +159,18 @@ fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
     std::thread::sleep(Duration::from_millis(200));
     demo.stop_with("INT");
     let _ = std::fs::remove_dir_all(assets);
+}
+
+#[test]
+fn demo_keeps_two_tabs_in_sync_and_stops_on_ctrl_c() {
+    demo_in_a_browser("htmx2");
+}
+
+/// The same page and scenario on htmx 4 (`/?htmx=4`): one value switches
+/// the page's markup, the stream is the same.
+#[test]
+fn demo_runs_the_same_on_htmx_4() {
+    demo_in_a_browser("htmx4");
 }
 
 /// SIGTERM, as containers and systemd stop a server, with a stream open:

@@ -215,7 +215,8 @@ impl std::error::Error for InvalidAttributeName {}
 #[derive(Debug)]
 #[must_use]
 pub struct SseElement {
-    url: String,
+    /// `None` for an [`SseListener`]: an element inside the connection's.
+    url: Option<String>,
     flavor: Flavor,
     id: Option<String>,
     swap_events: Vec<EventName>,
@@ -274,7 +275,7 @@ impl SseElement {
     /// ```
     pub fn new(url: impl Into<String>, flavor: Flavor) -> Self {
         SseElement {
-            url: url.into(),
+            url: Some(url.into()),
             flavor,
             id: None,
             swap_events: Vec::new(),
@@ -402,9 +403,11 @@ impl SseElement {
     /// # Ok::<(), htmx_sse::Error>(())
     /// ```
     pub fn resume_from(mut self, point: impl fmt::Display) -> Self {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        let value = crate::routes::percent_encode(&point.to_string());
-        self.url = format!("{}{sep}{}={value}", self.url, crate::broadcast::RESUME_FROM);
+        if let Some(url) = &mut self.url {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let value = crate::routes::percent_encode(&point.to_string());
+            *url = format!("{url}{sep}{}={value}", crate::broadcast::RESUME_FROM);
+        }
         self
     }
 
@@ -545,20 +548,29 @@ impl SseElement {
         if let Some(id) = &self.id {
             own.push(("id", id));
         }
-        if htmx4 {
-            own.push(("hx-sse:connect", &self.url));
-            if let Some(close) = &self.close {
-                own.push(("hx-sse:close", close.as_str()));
+        match (&self.url, htmx4) {
+            (Some(url), true) => {
+                own.push(("hx-sse:connect", url));
+                if let Some(close) = &self.close {
+                    own.push(("hx-sse:close", close.as_str()));
+                }
             }
-        } else {
-            own.push(("hx-ext", "sse"));
-            own.push(("sse-connect", &self.url));
-            if let Some(list) = &list {
-                own.push(("sse-swap", list));
+            (Some(url), false) => {
+                own.push(("hx-ext", "sse"));
+                own.push(("sse-connect", url));
+                if let Some(list) = &list {
+                    own.push(("sse-swap", list));
+                }
+                if let Some(close) = &self.close {
+                    own.push(("sse-close", close.as_str()));
+                }
             }
-            if let Some(close) = &self.close {
-                own.push(("sse-close", close.as_str()));
+            (None, false) => {
+                if let Some(list) = &list {
+                    own.push(("sse-swap", list));
+                }
             }
+            (None, true) => {}
         }
         if let Some(target) = &self.target {
             own.push(("hx-target", target));
@@ -571,17 +583,211 @@ impl SseElement {
         }
         own.retain(|(name, _)| !self.attrs.iter().any(|(n, _)| n.as_str() == *name));
         own.extend(self.attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        // htmx 4 needs the script that swaps named events (and sends
+        // `sse:NAME` to `hx-trigger`s) on the connection's element: for
+        // its own list, and for listeners and triggers inside it.
         let named_swap = htmx4
-            && self
+            && self.url.is_some()
+            && (self
                 .attrs
                 .iter()
                 .all(|(n, _)| n.as_str() != "data-sse-swap")
-            && self.swap_events.iter().any(|n| n.as_str() != "message");
+                && self.swap_events.iter().any(|n| n.as_str() != "message")
+                || self.children.as_str().contains("data-sse-swap=")
+                || self.children.as_str().contains("sse:"));
         Ok(render(&ElementTemplate {
             attrs: own,
             children: &self.children,
             named_swap,
         }))
+    }
+}
+
+/// An element inside an [`SseElement`] that swaps named events into its
+/// target: the same builder call for htmx 2 and htmx 4, so that a page
+/// switches htmx versions by changing its [`Flavor`] alone.
+///
+/// | | [`Flavor::Htmx2`] | [`Flavor::Htmx4`] |
+/// | --- | --- | --- |
+/// | [`event`](Self::event) | `sse-swap="a, b"` | `data-sse-swap="a, b"`, swapped by the script the enclosing [`SseElement`] adds |
+/// | [`hx_target`](Self::hx_target), [`hx_swap`](Self::hx_swap) | where and how | the same |
+///
+/// Put it inside the [`SseElement`] of the same flavour (as a child): in
+/// htmx 2 only elements inside the connection's element hear its events,
+/// and in htmx 4 the connection's element adds the script that swaps them
+/// when its children hold a listener. An `hx-trigger="sse:NAME"` inside it
+/// fires in both flavours too. In htmx 4, unnamed messages (`message`) are
+/// swapped by the connection's element itself: give that element the
+/// target and swap instead.
+///
+/// ```
+/// use htmx_sse::Flavor;
+/// use htmx_sse::connections::scripts::{SseElement, SseListener};
+/// use htmx_sse::streaming::Swap;
+///
+/// htmx_sse::names! {
+///     mod live {
+///         events { NOTE = "note" }
+///         targets { NOTES = "notes" }
+///     }
+/// }
+///
+/// fn page(flavor: Flavor) -> Result<htmx_sse::Fragment, htmx_sse::Error> {
+///     let listener = SseListener::new(flavor)
+///         .event(live::NOTE)
+///         .hx_target(live::NOTES.selector())
+///         .hx_swap(Swap::BeforeEnd)
+///         .render()?;
+///     let list = format!(r#"<ul id="{}"></ul>"#, live::NOTES);
+///     SseElement::new("/sse", flavor)
+///         .children(htmx_sse::Fragment::trusted(format!("{}{list}", listener.as_str())))
+///         .render()
+/// }
+///
+/// let htmx2 = page(Flavor::Htmx2)?;
+/// assert!(htmx2.as_str().contains(r##"<div sse-swap="note" hx-target="#notes" hx-swap="beforeend"></div>"##));
+/// let htmx4 = page(Flavor::Htmx4)?;
+/// assert!(htmx4.as_str().contains(r##"<div hx-target="#notes" hx-swap="beforeend" data-sse-swap="note"></div>"##));
+/// assert!(htmx4.as_str().contains("<script>")); // the script that swaps it
+/// # Ok::<(), htmx_sse::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct SseListener(SseElement);
+
+impl SseListener {
+    /// A listener for `flavor` that swaps nothing until told which events
+    /// to swap.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    ///
+    /// let el = SseListener::new(Flavor::Htmx2).event("toast").render()?;
+    /// assert_eq!(el.as_str(), r#"<div sse-swap="toast"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn new(flavor: Flavor) -> Self {
+        let mut element = SseElement::new(String::new(), flavor);
+        element.url = None;
+        element.close = None;
+        SseListener(element)
+    }
+
+    /// Swaps events named `name`; call it once per name. The errors are
+    /// those of [`SseElement::swap_event`], kept for
+    /// [`render`](Self::render).
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    ///
+    /// let el = SseListener::new(Flavor::Htmx4).event("a").event("b").render()?;
+    /// assert_eq!(el.as_str(), r#"<div data-sse-swap="a, b"></div>"#);
+    /// assert!(SseListener::new(Flavor::Htmx4).event("a,b").render().is_err());
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn event<T>(self, name: T) -> Self
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+    {
+        SseListener(self.0.swap_event(name))
+    }
+
+    /// The element's id, as [`SseElement::id`].
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    ///
+    /// let el = SseListener::new(Flavor::Htmx2).id("bus").event("tick").render()?;
+    /// assert_eq!(el.as_str(), r#"<div id="bus" sse-swap="tick"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn id(self, id: &str) -> Self {
+        SseListener(self.0.id(id))
+    }
+
+    /// `hx-target`, as [`SseElement::hx_target`]; for a declared target,
+    /// [`TargetId::selector`](crate::names::TargetId::selector).
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    /// use htmx_sse::names::TargetId;
+    ///
+    /// const LOG: TargetId = TargetId::from_static("log");
+    /// let el = SseListener::new(Flavor::Htmx2).event("line").hx_target(LOG.selector()).render()?;
+    /// assert!(el.as_str().contains(r##"hx-target="#log""##));
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn hx_target(self, selector: impl Into<String>) -> Self {
+        SseListener(self.0.hx_target(selector))
+    }
+
+    /// `hx-swap`, as [`SseElement::hx_swap`]. [`Swap::None`] makes a
+    /// listener for messages that hold only out-of-band parts: they update
+    /// their own targets and the listener stays as it is.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    /// use htmx_sse::streaming::Swap;
+    ///
+    /// let el = SseListener::new(Flavor::Htmx2).event("dashboard").hx_swap(Swap::None).render()?;
+    /// assert_eq!(el.as_str(), r#"<div sse-swap="dashboard" hx-swap="none"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn hx_swap(self, swap: Swap) -> Self {
+        SseListener(self.0.hx_swap(swap))
+    }
+
+    /// Adds an attribute, as [`SseElement::attr`].
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::{AttributeName, SseListener};
+    ///
+    /// let el = SseListener::new(Flavor::Htmx2)
+    ///     .event("toast")
+    ///     .attr(AttributeName::from_static("aria-live"), "polite")
+    ///     .render()?;
+    /// assert_eq!(el.as_str(), r#"<div sse-swap="toast" aria-live="polite"></div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn attr(self, name: AttributeName, value: impl Into<String>) -> Self {
+        SseListener(self.0.attr(name, value))
+    }
+
+    /// The element's content, as [`SseElement::children`].
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    ///
+    /// let el = SseListener::new(Flavor::Htmx2).event("clock").children("–").render()?;
+    /// assert_eq!(el.as_str(), r#"<div sse-swap="clock">–</div>"#);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn children(self, children: impl IntoFragment) -> Self {
+        SseListener(self.0.children(children))
+    }
+
+    /// The element, or the first error kept by the builder.
+    ///
+    /// # Errors
+    ///
+    /// The first error met by a builder method: see each method.
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::connections::scripts::SseListener;
+    ///
+    /// assert!(SseListener::new(Flavor::Htmx2).event("a b ").render().is_err());
+    /// ```
+    pub fn render(self) -> Result<Fragment, Error> {
+        self.0.render()
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! | helper | htmx 2 + htmx-ext-sse | htmx 4 |
 //! | --- | --- | --- |
-//! | [`SseElement`] | `hx-ext="sse" sse-connect sse-swap sse-close` | `hx-sse:connect hx-sse:close`, plus a small script that swaps the named events listed (htmx 4 swaps only unnamed ones) |
+//! | [`SseElement`] | `hx-ext="sse" sse-connect sse-swap sse-close` | `hx-sse:connect hx-sse:close`, plus a small script that swaps the named events listed (htmx 4 swaps only unnamed ones) and fires `sse:NAME` triggers |
+//! | [`SseListener`] (inside an `SseElement`) | `sse-swap="a, b"` | `data-sse-swap="a, b"`, swapped by the `SseElement`'s script |
 //! | [`reconnect_script`] | takes over reconnection: backoff, retry limit, status hook, last event id carried in the URL | sets `htmx.config.sse` (delays, retry limit, jitter) and maps `htmx:sse:*` events onto the status hook |
 //! | [`cleanup_on_unload`] | closes every source on `pagehide`, reopens it on `pageshow` from the back/forward cache, resuming | ends the streams htmx 4 does not pause itself (`pauseOnBackground: false`) |
 //! | [`reset_script`] | dispatches `htmx-sse:reset` when the server sends its `reset` event (the page cannot be caught up: a restart, a gap in the history), optionally reloads the page | the same |
@@ -81,7 +82,9 @@ use askama::Template;
 use serde::Serialize;
 
 use super::element::render;
-pub use super::element::{AttributeName, InvalidAttributeName, SseElement, connection_id_slot};
+pub use super::element::{
+    AttributeName, InvalidAttributeName, SseElement, SseListener, connection_id_slot,
+};
 use crate::fragment::Fragment;
 
 /// The longest delay a browser timer can wait (`setTimeout` takes a signed

@@ -1,7 +1,10 @@
 // Drives the demo (examples/demo.rs) in two tabs of one headless Chromium,
 // for tests/demo.rs:
 //
-//   node tests/browser/demo.mjs <base-url> <screenshot-dir>
+//   node tests/browser/demo.mjs <base-url> <screenshot-dir> [htmx2|htmx4]
+//
+// htmx4 runs the same scenario on the page served at /?htmx=4 (the same
+// code rendering htmx 4 markup); screenshots are named after the flavour.
 //
 // Asserts that a note added in one tab appears once in both (the other tab
 // gets it from a broadcast that excludes the tab it came from), that user
@@ -11,11 +14,14 @@
 import { join } from 'node:path';
 import { launch } from './harness.mjs';
 
-const [base, shotDir] = process.argv.slice(2);
-if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base ?? '') || !shotDir) {
-  console.error('usage: demo.mjs http://127.0.0.1:<port> <screenshot-dir>');
+const [base, shotDir, flavour = 'htmx2'] = process.argv.slice(2);
+if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base ?? '') || !shotDir || !['htmx2', 'htmx4'].includes(flavour)) {
+  console.error('usage: demo.mjs http://127.0.0.1:<port> <screenshot-dir> [htmx2|htmx4]');
   process.exit(2);
 }
+const home = flavour === 'htmx4' ? `${base}/?htmx=4` : `${base}/`;
+const expectedFlavour = flavour === 'htmx4' ? 'htmx 4' : 'htmx 2';
+const shot = (name) => join(shotDir, `${name}-${flavour}.png`);
 const WAIT = { timeout: 10_000 };
 setTimeout(() => { console.error('FAIL demo: watchdog after 55 s'); process.exit(1); }, 55_000).unref();
 
@@ -27,9 +33,11 @@ try {
   const b = await ctx.newPage();
   const errors = [];
   for (const p of [a, b]) p.on('pageerror', (e) => errors.push(String(e)));
-  await a.goto(`${base}/`);
-  await b.goto(`${base}/`);
+  await a.goto(home);
+  await b.goto(home);
   for (const p of [a, b]) {
+    const running = await p.textContent('#flavor');
+    if (running !== expectedFlavour) throw new Error(`the page runs on ${running}, not ${expectedFlavour}`);
     await p.waitForSelector('#note-form input[name=connection_id]', { state: 'attached', ...WAIT });
   }
   const idA = await a.getAttribute('#note-form input[name=connection_id]', 'value');
@@ -80,7 +88,7 @@ try {
   const bobCtx = await browser.newContext({ viewport: { width: 900, height: 1100 } });
   const c = await bobCtx.newPage();
   c.on('pageerror', (e) => errors.push(String(e)));
-  await c.goto(`${base}/`);
+  await c.goto(home);
   await c.fill('#login input[name=user]', 'bob');
   await c.click('#login button');
   await c.waitForSelector('#whoami', WAIT);
@@ -105,16 +113,16 @@ try {
     const seen = await toastText(p);
     if (seen.some((t) => t.includes(foreign))) throw new Error(`${name} saw another user's toast: ${JSON.stringify(seen)}`);
   }
-  await c.screenshot({ path: join(shotDir, 'demo-bob.png'), fullPage: false });
+  await c.screenshot({ path: shot('demo-bob'), fullPage: false });
   await c.click('text=Toast every tab');
   for (const p of [a, b, c]) await waitToast(p, 'Hello, everyone!');
   if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
-  await b.screenshot({ path: join(shotDir, 'demo-tab-b.png'), fullPage: true });
-  await a.screenshot({ path: join(shotDir, 'demo-tab-a.png'), fullPage: true });
-  console.log('ok demo: two tabs in sync, dashboard live, job closed, private toasts per user');
+  await b.screenshot({ path: shot('demo-tab-b'), fullPage: true });
+  await a.screenshot({ path: shot('demo-tab-a'), fullPage: true });
+  console.log(`ok demo on ${flavour}: two tabs in sync, dashboard live, job closed, private toasts per user`);
 } catch (e) {
-  console.error(`FAIL demo: ${e.message}`);
-  if (a) await a.screenshot({ path: join(shotDir, 'demo-FAILED.png'), fullPage: true }).catch(() => {});
+  console.error(`FAIL demo on ${flavour}: ${e.message}`);
+  if (a) await a.screenshot({ path: shot('demo-FAILED'), fullPage: true }).catch(() => {});
   await browser.close();
   process.exit(1);
 }

@@ -251,6 +251,27 @@ async function element({ open }) {
   return page;
 }
 
+// A listener element inside the connection's element swaps `chat` into
+// #log, and `ping` fires `sse:ping` on #pings (which then fetches /other):
+// the same markup call in both flavours.
+async function listener({ open }) {
+  const page = await open();
+  await waitOpen(page, flavour);
+  await publish('chat', 'c1');
+  await publish('other', 'x1'); // not listed: never swapped
+  await publish('chat', 'c2');
+  await waitLog(page, ['c1', 'c2']);
+  eq(await page.evaluate(() => document.querySelector('#pings #elsewhere')), null, 'no ping yet');
+  await publish('ping', 'p1');
+  await waitFor(page, () => document.querySelector('#pings #elsewhere')?.textContent === 'another page', null,
+    'sse:ping to fetch /other into #pings', { state: () => page.evaluate(() => document.getElementById('pings').innerHTML) });
+  eq(await log(page), ['c1', 'c2'], 'the log after the ping');
+  if (flavour === 'htmx4') {
+    eq(await page.evaluate(() => window.htmxSseNamedSwap), true, 'the named-swap script ran');
+  }
+  return page;
+}
+
 // Config values with </script> in them: inert, and arrived as data.
 async function injection({ open }) {
   const page = await open();
@@ -281,6 +302,7 @@ const SCENARIOS = {
   'shared-fallback': (t) => shared(t, { tabs: 4, locks: false }),
   monitor,
   element,
+  listener,
   injection,
 };
 

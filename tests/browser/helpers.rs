@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use htmx_sse::broadcast::BroadcastManager;
 use htmx_sse::connections::scripts::{
-    self, AttributeName, ReconnectOptions, SharedOptions, SseElement,
+    self, AttributeName, ReconnectOptions, SharedOptions, SseElement, SseListener,
 };
 use htmx_sse::streaming::Swap;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -63,6 +63,9 @@ enum Scenario {
     Monitor,
     /// Pages made with `SseElement` alone swap several named events.
     Element,
+    /// An `SseListener` inside a connection's element, and an
+    /// `hx-trigger="sse:NAME"`: the same markup call in both flavours.
+    Listener,
     /// Every config value carries `</script>`: nothing runs.
     Injection,
 }
@@ -77,6 +80,7 @@ impl Scenario {
             Scenario::SharedFallback => "shared-fallback",
             Scenario::Monitor => "monitor",
             Scenario::Element => "element",
+            Scenario::Listener => "listener",
             Scenario::Injection => "injection",
         }
     }
@@ -257,6 +261,26 @@ async fn page(State(lab): State<Shared>) -> Response {
             feed(f)
         }
         Scenario::Element => feed(f).swap_event("news").swap_event("message"),
+        Scenario::Listener => {
+            // The connection's element swaps nothing itself: in htmx 4 it
+            // adds the named-swap script for the listener inside it.
+            let listener = SseListener::new(flavor(f))
+                .event("chat")
+                .hx_target("#log")
+                .hx_swap(Swap::BeforeEnd)
+                .render()
+                .expect("a valid listener");
+            let inside = html! {
+                (listener)
+                ul #log {}
+                // `sse:ping` fires a request in both flavours: htmx-ext-sse
+                // in htmx 2, the crate's script in htmx 4.
+                div #pings hx-trigger="sse:ping" hx-get="/other" hx-select="#elsewhere" hx-swap="innerHTML" {}
+            };
+            SseElement::new("/sse", flavor(f))
+                .id("feed")
+                .children(inside)
+        }
         Scenario::Injection => {
             head.push(scripts::reconnect_script(
                 ReconnectOptions::new().status_element(PWN_STATUS),
@@ -365,6 +389,7 @@ in_both_flavours! {
     unload_closes_on_pagehide_and_resumes_from_the_cache: |f| unload(f).await;
     monitor_shows_the_counts: |f| run(Scenario::Monitor, f).await;
     element_swaps_broadcasts: |f| run(Scenario::Element, f).await;
+    listener_swaps_and_triggers_in_both_flavours: |f| run(Scenario::Listener, f).await;
     config_values_cannot_break_out_of_the_scripts: |f| run(Scenario::Injection, f).await;
 }
 

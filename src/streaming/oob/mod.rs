@@ -307,6 +307,28 @@ pub enum OobFlavor {
     Partial,
 }
 
+/// The way each htmx writes out-of-band updates natively: `hx-swap-oob`
+/// for htmx 2, `<hx-partial>` for htmx 4. A page whose htmx version is one
+/// [`Flavor`](crate::Flavor) value passes the same value to
+/// [`OobStreamBuilder::flavor`]. (Both flavours read both forms, from htmx
+/// 2.0.11 on: a stream shared by pages of both flavours may keep either.)
+///
+/// ```
+/// use htmx_sse::Flavor;
+/// use htmx_sse::streaming::oob::OobFlavor;
+///
+/// assert_eq!(OobFlavor::from(Flavor::Htmx2), OobFlavor::SwapOob);
+/// assert_eq!(OobFlavor::from(Flavor::Htmx4), OobFlavor::Partial);
+/// ```
+impl From<crate::Flavor> for OobFlavor {
+    fn from(flavor: crate::Flavor) -> Self {
+        match flavor {
+            crate::Flavor::Htmx2 => OobFlavor::SwapOob,
+            crate::Flavor::Htmx4 => OobFlavor::Partial,
+        }
+    }
+}
+
 /// Builds one message that updates several page regions at once.
 ///
 /// Each `add*` call names a target element by id, a [`Swap`] style and the
@@ -393,8 +415,10 @@ impl OobStreamBuilder {
         }
     }
 
-    /// Sets how the updates are written ([`OobFlavor::SwapOob`] by default).
-    /// It applies to every update, those added before the call included.
+    /// Sets how the updates are written ([`OobFlavor::SwapOob`] by default):
+    /// an [`OobFlavor`], or the page's [`Flavor`](crate::Flavor) for the
+    /// form that htmx version writes natively. It applies to every update,
+    /// those added before the call included.
     ///
     /// ```
     /// use htmx_sse::streaming::oob::{OobFlavor, OobStreamBuilder, Swap};
@@ -409,8 +433,20 @@ impl OobStreamBuilder {
     /// );
     /// # Ok::<(), htmx_sse::Error>(())
     /// ```
-    pub fn flavor(mut self, flavor: OobFlavor) -> Self {
-        self.flavor = flavor;
+    ///
+    /// With the page's flavour:
+    ///
+    /// ```
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::streaming::oob::{OobStreamBuilder, Swap};
+    ///
+    /// let update = |flavor: Flavor| OobStreamBuilder::new().flavor(flavor).add("n", Swap::InnerHtml, "1").build();
+    /// assert_eq!(update(Flavor::Htmx2)?.as_str(), r#"<div id="n" hx-swap-oob="innerHTML">1</div>"#);
+    /// assert_eq!(update(Flavor::Htmx4)?.as_str(), r##"<hx-partial hx-target="#n" hx-swap="innerHTML">1</hx-partial>"##);
+    /// # Ok::<(), htmx_sse::Error>(())
+    /// ```
+    pub fn flavor(mut self, flavor: impl Into<OobFlavor>) -> Self {
+        self.flavor = flavor.into();
         self
     }
 
