@@ -29,6 +29,9 @@
 //! page's builders take the flavour as one value, and both kinds of page
 //! share one stream.
 //!
+//! Built with `--features metrics`, `GET /metrics` answers the broadcast
+//! manager's metrics in the Prometheus text format.
+//!
 //! `--assets DIR` serves `DIR/htmx.min.js` and `DIR/sse.js` (copy them from
 //! the npm packages `htmx.org@2` `dist/htmx.min.js` and `htmx-ext-sse@2`
 //! `dist/sse.js`), `DIR/htmx4.min.js` and `DIR/hx-sse.js` (from
@@ -178,6 +181,28 @@ async fn on_redis(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> Broadcas
     std::process::exit(2);
 }
 
+/// `GET /metrics` (built with `--features metrics`): the manager's
+/// metrics in the Prometheus text format. A real application serves them
+/// on an address only its monitoring reaches.
+#[cfg(feature = "metrics")]
+fn with_metrics(app: Router, manager: &BroadcastManager) -> Router {
+    let mut registry = prometheus_client::registry::Registry::default();
+    htmx_sse::metrics::register(&mut registry, manager);
+    let registry = Arc::new(registry);
+    app.route(
+        "/metrics",
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move { htmx_sse::metrics::text(&registry) }
+        }),
+    )
+}
+
+#[cfg(not(feature = "metrics"))]
+fn with_metrics(app: Router, _: &BroadcastManager) -> Router {
+    app
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -243,6 +268,7 @@ async fn main() {
         routes = routes.publish(Access::Anyone);
     }
     let app = routes.install(app);
+    let app = with_metrics(app, &manager);
     tokio::spawn(dashboard(manager, std::time::Instant::now()));
 
     let listener = match tokio::net::TcpListener::bind(args.addr).await {

@@ -57,6 +57,7 @@
 //! | `jwt` | no | `auth::JwtAuthorizer`: HS256, RS256, ES256 tokens with Mercure-style claims |
 //! | `testing` | no | `testing`: a real SSE client over HTTP for integration tests, and a WHATWG-conformant parser |
 //! | `redis` | no | the Redis backend (`backend::RedisConfig`): many server processes act as one |
+//! | `metrics` | no | `metrics`: a manager's metrics in the Prometheus text format (`prometheus-client`) |
 //! | `webpush` | no | `webpush`: Web Push (VAPID, RFC 8291 encryption) to browsers whose page is closed; `webpush-rustls` adds TLS |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
@@ -70,6 +71,8 @@ pub mod event;
 pub mod flavor;
 pub mod fragment;
 pub mod limits;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod names;
 #[cfg(feature = "askama")]
 pub mod notify;

@@ -299,3 +299,33 @@ fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
         );
     }
 }
+
+/// Built with the `metrics` feature (as `cargo test --all-features`
+/// builds it), the demo answers `GET /metrics` in the Prometheus text
+/// format, counting its own streams.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_demo_serves_its_metrics() {
+    let (_demo, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // The stream's first bytes: it is open and counted.
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut stream, &mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let mut metrics = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut metrics, &mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("application/openmetrics-text"), "{text}");
+    assert!(text.contains("htmx_sse_connects_total 1"), "{text}");
+    assert!(
+        text.contains("htmx_sse_backend_up{backend=\"memory\"} 1"),
+        "{text}"
+    );
+}

@@ -51,6 +51,8 @@ pub(crate) struct Fanout {
     tick: AtomicU32,
     /// The manager's shutdown signal was seen.
     shut: AtomicBool,
+    /// What `htmx_sse::metrics` reports (off until registered).
+    pub(crate) meter: super::meter::Meter,
 }
 
 impl Fanout {
@@ -71,6 +73,7 @@ impl Fanout {
             filter,
             tick: AtomicU32::new(0),
             shut: AtomicBool::new(false),
+            meter: super::meter::Meter::default(),
         }
     }
 

@@ -498,12 +498,15 @@ impl Stream for FeedBody {
             tracing::debug!(connection = %feed.registration.id(), ?reason, "sse stream ended");
             feed.span
                 .record("end_reason", tracing::field::debug(reason));
+            fanout.meter.ended(reason);
             // Leaves the manager now, not when the body is dropped.
             this.feed = None;
+            fanout.meter.wrote(batch.len());
             return Poll::Ready(batch.finish().map(Ok));
         }
         if !batch.is_empty() {
             this.size_hint = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            fanout.meter.wrote(batch.len());
         }
         match batch.finish() {
             Some(chunk) => Poll::Ready(Some(Ok(chunk))),
@@ -522,6 +525,7 @@ impl Drop for FeedBody {
             );
             feed.span
                 .record("end_reason", tracing::field::debug(EndReason::ClientGone));
+            self.fanout.meter.ended(EndReason::ClientGone);
         }
     }
 }

@@ -394,6 +394,7 @@ impl BroadcastManager {
         if let Some(user) = &subscriber.sub.user {
             span.record("user", tracing::field::display(user));
         }
+        inner.fanout.meter.connected(last_event_id.is_some(), reset);
         let feed = Feed::new(
             Arc::downgrade(&self.inner),
             ring,

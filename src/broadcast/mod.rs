@@ -171,12 +171,13 @@
 
 mod builder;
 mod data;
-mod engine;
+pub(crate) mod engine;
 mod fanout;
 mod feed;
 mod listeners;
 pub(crate) mod manager;
 mod message;
+pub(crate) mod meter;
 mod proof;
 mod publish;
 mod resume;

@@ -297,10 +297,18 @@ impl BroadcastManager {
             backend = self.backend_name(),
             delivered = tracing::field::Empty,
         );
-        if let Some(t) = &m.message_type {
-            span.record("message.type", t.as_str());
-        }
+        let message_type = m
+            .message_type
+            .as_ref()
+            .map_or("message", EventName::as_str)
+            .to_owned();
+        span.record("message.type", message_type.as_str());
+        let started = std::time::Instant::now();
         let sent = tracing::Instrument::instrument(self.publish_now(m), span.clone()).await;
+        self.inner
+            .fanout
+            .meter
+            .published(&message_type, started.elapsed(), sent.is_ok());
         match &sent {
             Ok(s) => {
                 span.record("message.id", tracing::field::display(&s.id));
