@@ -11,7 +11,7 @@
 //!
 //! | metric | type | labels | what |
 //! | --- | --- | --- | --- |
-//! | `htmx_sse_connections` | gauge | `kind`, `state` | open connections (the registry's kinds and states) |
+//! | `htmx_sse_connections` | gauge | `kind`, `state` | open connections (the registry's kinds and states; the manager's own kind in every state, 0 included) |
 //! | `htmx_sse_connects_total` | counter | | connections opened |
 //! | `htmx_sse_disconnects_total` | counter | `reason` | connections ended: `client_gone`, `lagged` (closed for falling behind), `replaced`, `shutdown`, `stopped`, `timed_out`, `source_ended` |
 //! | `htmx_sse_resumes_total` | counter | `result` | connections that asked to resume: `exact`, or the reset they got (`history-gap`, `restarted`, `unrecognized`) |
@@ -82,6 +82,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::BroadcastManager;
 use crate::broadcast::engine::{Engine, Transport};
 use crate::broadcast::meter::LATENCY_BOUNDS;
+use crate::connections::ConnectionState;
 use crate::streaming::EndReason;
 
 /// Adds `manager`'s metrics to `registry` and starts counting. The
@@ -196,7 +197,18 @@ impl Collector for ManagerCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (kind, state, n) in &census {
+        // The manager's own kind in every state, 0 included, so that a
+        // dashboard shows 0 rather than no data; other kinds as seen.
+        for state in ConnectionState::ALL {
+            let n = census
+                .iter()
+                .filter(|(k, s, _)| **k == *engine.kind && *s == state)
+                .map(|(_, _, n)| *n)
+                .sum();
+            let labels = [("kind", engine.kind.as_str()), ("state", state.as_str())];
+            ConstGauge::new(gauge(n)).encode(e.encode_family(&labels)?)?;
+        }
+        for (kind, state, n) in census.iter().filter(|(k, _, _)| **k != *engine.kind) {
             let labels = [("kind", &**kind), ("state", state.as_str())];
             ConstGauge::new(gauge(*n)).encode(e.encode_family(&labels)?)?;
         }

@@ -329,3 +329,31 @@ fn the_demo_serves_its_metrics() {
         "{text}"
     );
 }
+
+/// The dashboard (`dashboards/htmx-sse.json`) rendered from scrapes of the
+/// demo under load by `scripts/dashboard.mjs`, which fails when a panel
+/// gets no data: the same script made the README's picture, over 60 s.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_dashboard_renders_from_the_demo_under_load() {
+    let (_demo, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
+    let out = root().join("target").join("dashboard");
+    let run = Command::new("node")
+        .arg(root().join("scripts/dashboard.mjs"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&out)
+        .arg("6")
+        .current_dir(root())
+        .output()
+        .expect("node not found: install nodejs (or run scripts/test.sh)");
+    assert!(
+        run.status.success(),
+        "dashboard failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let html = std::fs::read_to_string(out.join("dashboard.html")).unwrap();
+    assert_eq!(html.matches("<section").count(), 13, "every panel rendered");
+    assert!(!html.contains("no data"), "{html}");
+    assert!(out.join("dashboard.png").is_file());
+}

@@ -177,3 +177,47 @@ async fn nothing_is_counted_for_a_manager_not_registered() {
     prometheus_client::encoding::text::encode(&mut after, &registry).unwrap();
     assert!(!after.contains("htmx_sse_connects_total"), "{after}");
 }
+
+/// Every metric the Grafana dashboard (`dashboards/htmx-sse.json`) queries
+/// is one the crate exports: renaming a metric without the dashboard fails
+/// here.
+#[tokio::test]
+async fn the_dashboard_queries_only_metrics_the_crate_exports() {
+    let manager = BroadcastManager::new();
+    let mut registry = Registry::default();
+    htmx_sse::metrics::register(&mut registry, &manager);
+    manager.message("note", "x").send().await.unwrap();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/htmx-sse.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("htmx_sse_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.push((panel["title"].as_str().unwrap().to_owned(), name));
+            }
+        }
+    }
+    assert!(queried.len() >= 12, "{queried:?}");
+    for (panel, name) in &queried {
+        assert!(
+            exported.contains(name.as_str()),
+            "panel {panel:?} queries {name}, which the crate does not export:\n{text}"
+        );
+    }
+}

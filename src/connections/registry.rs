@@ -31,7 +31,7 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
-    const ALL: [ConnectionState; 5] = [
+    pub(crate) const ALL: [ConnectionState; 5] = [
         ConnectionState::Connecting,
         ConnectionState::Connected,
         ConnectionState::Disconnected,
