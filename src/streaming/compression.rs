@@ -37,18 +37,26 @@ use pin_project_lite::pin_project;
 /// `Accept-Encoding: gzip, deflate, br, zstd` on `EventSource` and `fetch`
 /// requests and decompress transparently.
 ///
-/// The settings are chosen for streams of small, repetitive events:
+/// The settings are chosen for streams of small, repetitive events, from
+/// the measurements in BENCHMARKS.md (*Compressed streams*: the demo's
+/// dashboard stream, 60 s):
 ///
-/// - gzip at level 6 (zlib's default), with deflate's 32 KiB window;
-/// - brotli at quality 5 with a 64 KiB window (`lgwin` 16): a window that
-///   holds a minute of a dashboard's updates, so the window is not what
-///   limits the ratio, at a fraction of brotli's default 4 MiB; quality 5
-///   rather than brotli's default 11, whose time per event and memory
-///   are made for whole files (BENCHMARKS.md compares them).
+/// - gzip at level 6 (zlib's default), with deflate's 32 KiB window:
+///   0.16× the bytes of identity, 11 µs per event per connection;
+/// - brotli at quality 3 with a 64 KiB window (`lgwin` 16): 0.14× the
+///   bytes, 14 µs per event. Higher qualities save little on small events
+///   (quality 5: 0.13×) for two to five times the time and memory, and
+///   brotli's own default (quality 11, 4 MiB window) takes a millisecond
+///   per event; a 64 KiB window holds three minutes of the demo's
+///   dashboard, so it is not what limits the ratio.
 ///
-/// Each compressed connection holds its compressor while it is open
-/// (measured in BENCHMARKS.md, *Compressed streams*). Lower
-/// `brotli_window_bits` or the quality to hold less.
+/// Each compressed connection holds its compressor while it is open:
+/// about 320 KiB for either encoding at these settings (an idle
+/// connection without compression takes about 17 KiB), so a server with
+/// 10,000 compressed streams needs about 3 GiB more. Compression suits
+/// streams that send much to a few hundred or thousand pages; for many
+/// mostly idle connections leave it off, or offer gzip only at level 1
+/// (0.18×, 5 µs, 300 KiB).
 ///
 /// ```
 /// use htmx_sse::streaming::{Compression, StreamConfig};
@@ -69,7 +77,7 @@ impl Default for Compression {
     fn default() -> Self {
         Compression {
             gzip: Some(6),
-            brotli: Some((5, 16)),
+            brotli: Some((3, 16)),
         }
     }
 }
@@ -91,7 +99,8 @@ impl Encoding {
 }
 
 impl Compression {
-    /// gzip and brotli, with the settings above.
+    /// gzip (level 6) and brotli (quality 3, window 2^16): the settings
+    /// above.
     ///
     /// ```
     /// use htmx_sse::streaming::Compression;
@@ -124,7 +133,7 @@ impl Compression {
     /// # let _ = gzip_only;
     /// ```
     pub fn brotli(mut self, on: bool) -> Self {
-        self.brotli = on.then(|| self.brotli.unwrap_or((5, 16)));
+        self.brotli = on.then(|| self.brotli.unwrap_or((3, 16)));
         self
     }
 
@@ -142,9 +151,14 @@ impl Compression {
         self
     }
 
-    /// brotli's quality, 0 to 11, 5 by default; clamped to that range.
-    /// Turns brotli on. Above 5 the encoder's memory and time per event
-    /// grow fast for little gain on small events.
+    /// brotli's quality, 0 to 11, 3 by default; clamped to that range.
+    /// Turns brotli on. Qualities 0 and 1 do not keep the window across
+    /// flushes (0.64× on the benchmark); above 3 the time per event and
+    /// the memory grow fast for little gain on small events, and
+    /// qualities 5 to 8 with a window of 2^16 or less take 5 MiB per
+    /// connection (the pure-Rust encoder has no small-window match finder
+    /// for them and falls back to a large one): give those a window of
+    /// 2^17 or more (about 1.1 MiB).
     ///
     /// ```
     /// use htmx_sse::streaming::Compression;
@@ -153,7 +167,7 @@ impl Compression {
     /// # let _ = cheaper;
     /// ```
     pub fn brotli_quality(mut self, quality: u32) -> Self {
-        let (_, window) = self.brotli.unwrap_or((5, 16));
+        let (_, window) = self.brotli.unwrap_or((3, 16));
         self.brotli = Some((quality.min(11), window));
         self
     }
@@ -161,7 +175,8 @@ impl Compression {
     /// brotli's window, as a power of two: 10 (1 KiB) to 24 (16 MiB), 16
     /// (64 KiB) by default; clamped to that range. Turns brotli on. The
     /// window is what an event can refer back to, and part of every
-    /// compressed connection's memory.
+    /// compressed connection's memory (see
+    /// [`brotli_quality`](Self::brotli_quality) for qualities 5 to 8).
     ///
     /// ```
     /// use htmx_sse::streaming::Compression;
@@ -170,7 +185,7 @@ impl Compression {
     /// # let _ = small;
     /// ```
     pub fn brotli_window_bits(mut self, bits: u32) -> Self {
-        let (quality, _) = self.brotli.unwrap_or((5, 16));
+        let (quality, _) = self.brotli.unwrap_or((3, 16));
         self.brotli = Some((quality, bits.clamp(10, 24)));
         self
     }
@@ -226,7 +241,7 @@ impl Compression {
                 flate2::Compression::new(self.gzip.unwrap_or(6)),
             )),
             Encoding::Brotli => {
-                let (quality, window) = self.brotli.unwrap_or((5, 16));
+                let (quality, window) = self.brotli.unwrap_or((3, 16));
                 Encoder::Brotli(Box::new(brotli::CompressorWriter::new(
                     Vec::new(),
                     BROTLI_BUFFER,
