@@ -190,6 +190,12 @@ async fn main() {
         .retry_on_shutdown(Duration::from_secs(5));
     // The broadcast manager shares the shutdown signal through its config.
     let builder = BroadcastManager::builder().stream(config.clone());
+    #[cfg(feature = "compression")] // the shared stream in br or gzip, as the browser accepts
+    let builder = builder.stream(
+        config
+            .clone()
+            .compression(htmx_sse::streaming::Compression::new()),
+    );
     let manager = match std::env::var("REDIS_URL") {
         Err(_) => builder.build(),
         Ok(url) => on_redis(builder, &url).await,
