@@ -58,6 +58,15 @@ use pin_project_lite::pin_project;
 /// mostly idle connections leave it off, or offer gzip only at level 1
 /// (0.18×, 5 µs, 300 KiB).
 ///
+/// # Security
+///
+/// A compressed stream's size depends on what repeats in it (BREACH):
+/// whoever can put text of their choice into a page's stream and watch
+/// the sizes of its TLS records can guess, a character at a time, secrets
+/// the same stream carries (the `ID.PROOF` tail of broadcast event ids,
+/// private data). Compress streams of server-made data; leave it off for
+/// streams that mix other users' text with secrets. See SECURITY.md.
+///
 /// ```
 /// use htmx_sse::streaming::{Compression, StreamConfig};
 ///
