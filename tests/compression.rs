@@ -462,3 +462,26 @@ async fn a_stream_stopped_by_the_client_leaves_the_manager() {
     }
     panic!("the connection is still counted");
 }
+
+#[tokio::test]
+async fn the_topic_hub_negotiates_too() {
+    // `TopicRoutes` passes the request's headers like the broadcast routes.
+    let manager = BroadcastManager::builder().stream(compressing()).build();
+    let routes =
+        htmx_sse::topics::TopicRoutes::new(manager.clone()).publish(htmx_sse::auth::Access::Anyone);
+    let (base, _server) = common::serve(routes.install(Router::new())).await;
+    let url = format!("{base}/hub?topic=news");
+    let mut wire = Wire::open(&url, Some("gzip")).await;
+    assert_eq!(wire.encoding(), Some("gzip"));
+    assert_eq!(vary(&wire.response), Some("accept-encoding"));
+    wire.until("event: connection", WAIT).await;
+    manager
+        .message("message", Fragment::trusted("<p>news</p>"))
+        .topics([htmx_sse::topics::Topic::new("news").unwrap()])
+        .send()
+        .await
+        .unwrap();
+    wire.until("data: <p>news</p>", WAIT).await;
+    let plain = Wire::open(&url, None).await;
+    assert_eq!(plain.encoding(), None);
+}
