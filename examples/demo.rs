@@ -13,6 +13,7 @@
 //! cargo run --example demo -- --addr 0.0.0.0:8080
 //! cargo run --example demo -- --assets DIR      # serve htmx from DIR instead of a CDN
 //! cargo run --example demo -- --open-publish    # anyone may POST /sse/broadcast (closed otherwise)
+//! cargo run --features compression --example demo -- --compress   # the shared stream in br/gzip
 //! ```
 //!
 //! Two processes acting as one, through Redis (notes, toasts and the
@@ -115,6 +116,8 @@ struct Args {
     /// `--open-publish`: anyone who reaches the demo may use `POST
     /// /sse/broadcast` and `POST /sse/send/{id}`.
     open_publish: bool,
+    /// `--compress`: the shared stream compressed (feature `compression`).
+    compress: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -122,6 +125,7 @@ fn parse_args() -> Result<Args, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         assets: None,
         open_publish: false,
+        compress: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -142,10 +146,17 @@ fn parse_args() -> Result<Args, String> {
                 args.assets = Some(dir);
             }
             "--open-publish" => args.open_publish = true,
+            "--compress" if cfg!(feature = "compression") => args.compress = true,
+            "--compress" => {
+                return Err(
+                    "--compress needs the demo built with `--features compression`".to_owned(),
+                );
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish]\n  \
-                     --open-publish  let anyone who reaches the demo POST /sse/broadcast and /sse/send/{id}"
+                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish] [--compress]\n  \
+                     --open-publish  let anyone who reaches the demo POST /sse/broadcast and /sse/send/{id}\n  \
+                     --compress      compress the shared stream (built with --features compression)"
                         .to_owned(),
                 );
             }
@@ -227,6 +238,22 @@ async fn main() {
         .retry_on_shutdown(Duration::from_secs(5));
     // The broadcast manager shares the shutdown signal through its config.
     let builder = BroadcastManager::builder().stream(config.clone());
+    // `--compress` (built with `--features compression`): the shared
+    // stream in br or gzip, as the browser accepts. Off by default: this
+    // stream mixes text anyone can post (notes) with what must stay secret
+    // (the proofs in the event ids, private toasts), and a compressed
+    // stream leaks such secrets through its size (BREACH; SECURITY.md).
+    #[cfg(feature = "compression")]
+    let builder = if args.compress {
+        println!("--compress: the shared stream is compressed (see SECURITY.md, BREACH)");
+        builder.stream(
+            config
+                .clone()
+                .compression(htmx_sse::streaming::Compression::new()),
+        )
+    } else {
+        builder
+    };
     let manager = match std::env::var("REDIS_URL") {
         Err(_) => builder.build(),
         Ok(url) => on_redis(builder, &url).await,

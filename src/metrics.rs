@@ -16,7 +16,7 @@
 //! | `htmx_sse_disconnects_total` | counter | `reason` | connections ended: `client_gone`, `lagged` (closed for falling behind), `replaced`, `shutdown`, `stopped`, `timed_out`, `source_ended` |
 //! | `htmx_sse_resumes_total` | counter | `result` | connections that asked to resume: `exact`, or the reset they got (`history-gap`, `restarted`, `unrecognized`) |
 //! | `htmx_sse_deliveries_total` | counter | | messages written to connections |
-//! | `htmx_sse_written_bytes_total` | counter | | bytes of SSE written to connections (before HTTP framing) |
+//! | `htmx_sse_written_bytes_total` | counter | | bytes of SSE written to connections (before compression and HTTP framing) |
 //! | `htmx_sse_published_total` | counter | `type` | messages published by this process, by type (`message` for unnamed ones; after 64 types, `other`) |
 //! | `htmx_sse_publish_failures_total` | counter | | publishes refused or failed (a backend outage, a bad message) |
 //! | `htmx_sse_publish_duration_seconds` | histogram | | time from `send()` to its return |
@@ -250,7 +250,7 @@ impl Collector for ManagerCollector {
         one(
             &mut encoder,
             "htmx_sse_written",
-            "Bytes of SSE written to connections, before HTTP framing",
+            "Bytes of SSE written to connections, before compression and HTTP framing",
             Some(&Unit::Bytes),
             &ConstCounter::new(counts.bytes),
         )?;

@@ -357,3 +357,29 @@ fn the_dashboard_renders_from_the_demo_under_load() {
     assert!(!html.contains("no data"), "{html}");
     assert!(out.join("dashboard.png").is_file());
 }
+
+/// `--compress` (built with the `compression` feature) compresses the
+/// shared stream for a browser that accepts it; without the flag the
+/// demo never compresses (the stream mixes posted notes with secrets).
+#[cfg(feature = "compression")]
+#[test]
+fn the_demo_compresses_its_stream_only_when_asked() {
+    let head = |port: u16| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    };
+    let (_plain, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
+    let text = head(port);
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(!text.contains("content-encoding"), "{text}");
+    let (_compressed, port) = Demo::start(&["--compress"], &[("RUST_LOG", "warn")]);
+    let text = head(port);
+    assert!(text.contains("content-encoding: br"), "{text}");
+}

@@ -406,6 +406,10 @@ impl BroadcastManager {
         Ok(Connection {
             id,
             body: FeedBody::new(Arc::clone(&inner.fanout), feed),
+            #[cfg(feature = "compression")]
+            compression: inner.fanout.compression,
+            #[cfg(feature = "compression")]
+            accept: None,
         })
     }
 

@@ -258,6 +258,12 @@ impl ResetReason {
 pub struct Connection {
     id: ConnectionId,
     body: feed::FeedBody,
+    /// The manager's `StreamConfig::compression`, and the request's
+    /// `Accept-Encoding`.
+    #[cfg(feature = "compression")]
+    compression: Option<crate::streaming::Compression>,
+    #[cfg(feature = "compression")]
+    accept: Option<axum::http::HeaderValue>,
 }
 
 impl fmt::Debug for Connection {
@@ -274,10 +280,41 @@ impl Connection {
     pub fn id(&self) -> &ConnectionId {
         &self.id
     }
+
+    /// Reads the request's `Accept-Encoding` from `headers`, to choose the
+    /// encoding when the manager's stream config compresses
+    /// ([`StreamConfig::compression`](crate::streaming::StreamConfig::compression),
+    /// feature `compression`); without it the stream goes out
+    /// uncompressed. The crate's routes call it.
+    ///
+    /// ```
+    /// use axum::{http::HeaderMap, response::IntoResponse};
+    /// use htmx_sse::BroadcastManager;
+    ///
+    /// async fn events(manager: BroadcastManager, headers: HeaderMap) -> impl IntoResponse {
+    ///     manager
+    ///         .connect(None, serde_json::Value::Null)
+    ///         .map(|c| c.accept_encoding(&headers))
+    /// }
+    /// # let _ = events;
+    /// ```
+    #[cfg(feature = "compression")]
+    pub fn accept_encoding(mut self, headers: &axum::http::HeaderMap) -> Self {
+        self.accept = headers.get(axum::http::header::ACCEPT_ENCODING).cloned();
+        self
+    }
 }
 
 impl IntoResponse for Connection {
     fn into_response(self) -> Response {
+        #[cfg(feature = "compression")]
+        if let Some(compression) = &self.compression {
+            return crate::streaming::sse_response_negotiated(
+                self.body,
+                compression,
+                self.accept.as_ref(),
+            );
+        }
         sse_response(self.body)
     }
 }
