@@ -485,3 +485,72 @@ async fn the_topic_hub_negotiates_too() {
     let plain = Wire::open(&url, None).await;
     assert_eq!(plain.encoding(), None);
 }
+
+/// The event ids of a decoded stream, in order.
+fn ids(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// BREACH: a compressed stream repeats the id in every event, so the proof
+/// in it (which resumes the connection) must not repeat, or text injected
+/// into the stream could be matched against it by its compressed size.
+/// Every event's proof is freshly masked, and the masked id resumes the
+/// same connection exactly.
+#[tokio::test]
+async fn a_compressed_stream_never_repeats_a_proof_and_its_ids_resume() {
+    let (manager, url) = broadcast_server(compressing().no_heartbeat()).await;
+    let mut br = Wire::open(&url, Some("br")).await;
+    let mut plain = Wire::open(&url, None).await;
+    for wire in [&mut br, &mut plain] {
+        wire.until("event: connection", WAIT).await;
+    }
+    for n in 0..5 {
+        manager
+            .message("tick", format!("t{n}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    for wire in [&mut br, &mut plain] {
+        wire.until("t4", WAIT).await;
+    }
+    let proof = |id: &str| id.rsplit('.').next().unwrap().to_owned();
+    let br_ids = ids(&br.text);
+    assert_eq!(br_ids.len(), 6, "{br_ids:?}");
+    let proofs: std::collections::HashSet<String> = br_ids.iter().map(|i| proof(i)).collect();
+    assert_eq!(proofs.len(), 6, "every proof is new: {br_ids:?}");
+    assert!(proofs.iter().all(|p| p.len() == 48), "{br_ids:?}");
+    // Uncompressed, the messages share the connection's one tag (written
+    // once per message, encode-once); only the opening event is masked.
+    let plain_ids = ids(&plain.text);
+    let plain_proofs: std::collections::HashSet<String> =
+        plain_ids[1..].iter().map(|i| proof(i)).collect();
+    assert_eq!(plain_proofs.len(), 1, "{plain_ids:?}");
+    assert_eq!(plain_proofs.iter().next().unwrap().len(), 24);
+
+    // The last masked id resumes the same connection, with what it missed.
+    let last = br_ids.last().unwrap().clone();
+    let connection = last.split('.').nth(1).unwrap().to_owned();
+    drop(br);
+    manager.message("tick", "t5").send().await.unwrap();
+    let mut again = htmx_sse::testing::TestClient::get(url.clone())
+        .last_event_id(&last)
+        .connect()
+        .await
+        .unwrap();
+    let hello = again.next_event().await.unwrap();
+    assert_eq!(hello.event, "connection");
+    assert!(
+        hello.data.contains(&format!("value=\"{connection}\"")),
+        "the same connection id: {}",
+        hello.data
+    );
+    let missed = again.next_event().await.unwrap();
+    assert_eq!(
+        (missed.event.as_str(), missed.data.as_str()),
+        ("tick", "t5")
+    );
+}

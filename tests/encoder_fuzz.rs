@@ -873,13 +873,29 @@ async fn check_broadcast(
             connection_id.as_str()
         )
     );
-    // EPOCH-SEQ.TAG, the tag starting with the connection id.
-    let (_, tag) = events[0]
+    // EPOCH-SEQ.ID.MASKED: the opening event's proof is masked, 48 hex
+    // digits: a mask, then the proof xor the mask. The messages carry the
+    // plain tag, ID.PROOF.
+    let (_, masked_tag) = events[0]
         .last_event_id
         .split_once('.')
         .expect("EPOCH-SEQ.TAG");
-    let tag = tag.to_owned();
-    prop_assert!(tag.starts_with(connection_id.as_str()), "{}", tag);
+    let (tag_id, masked) = masked_tag.rsplit_once('.').expect("ID.PROOF");
+    prop_assert_eq!(tag_id, connection_id.as_str());
+    prop_assert_eq!(masked.len(), 48, "{}", masked_tag);
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let (mask, hidden) = masked.split_at(24);
+    let proof: String = hex(mask)
+        .iter()
+        .zip(hex(hidden))
+        .map(|(m, h)| format!("{:02x}", m ^ h))
+        .collect();
+    let tag = format!("{tag_id}.{proof}");
     if reset {
         prop_assert_eq!(events[1].event.as_str(), "reset");
         let reason: Value = serde_json::from_str(&events[1].data).expect("JSON");

@@ -815,10 +815,11 @@ mod tests {
                 .unwrap()
                 .to_owned();
             let epoch = start.split('-').next().unwrap().to_owned();
-            // `ID.PROOF`, the same in every id of the connection.
-            let tag = start.split_once('.').unwrap().1.to_owned();
-            assert!(tag.starts_with(&format!("{id}.")), "{start}");
-            assert_eq!(start, format!("{epoch}-0.{tag}"));
+            // The opening event's proof is masked (48 hex digits).
+            let masked = start
+                .strip_prefix(&format!("{epoch}-0.{id}."))
+                .unwrap_or_else(|| panic!("{start}"));
+            assert_eq!(masked.len(), 48, "{start}");
             m.send_to(&id, "b", "2", None).await.unwrap();
             for (name, data) in [("a", "1"), ("c", "3")] {
                 m.broadcast(name, data, None, &[]).await.unwrap();
@@ -827,6 +828,11 @@ mod tests {
             while text.matches("data: ").count() < 3 {
                 text.push_str(&next(&mut body).await);
             }
+            // `ID.PROOF`, the same in every message id of the connection.
+            let first = text.lines().next().unwrap();
+            let tag = first.split_once('.').unwrap().1.to_owned();
+            assert!(tag.starts_with(&format!("{id}.")), "{first}");
+            assert_eq!(tag.len(), id.as_str().len() + 1 + 24, "{first}");
             assert_eq!(
                 text,
                 format!(

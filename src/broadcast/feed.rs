@@ -65,6 +65,9 @@ pub(crate) struct Feed {
     registration: Registration,
     /// `htmx_sse.connection`: see `BroadcastManager::open`.
     span: tracing::Span,
+    /// Each event's id carries a freshly masked proof rather than the
+    /// connection's tag (a compressed stream: see `proof::masked`).
+    masked: bool,
 }
 
 impl Feed {
@@ -94,6 +97,7 @@ impl Feed {
             after: intro.after,
             registration,
             span,
+            masked: false,
         }
     }
 
@@ -121,6 +125,16 @@ impl Feed {
         }
         self.uncounted += 1;
         tracing::trace!(parent: &self.span, message.id = %stored.message.id, "delivered");
+        if self.masked {
+            let tag = super::proof::masked(&self.subscriber.tag);
+            return Some(match batch {
+                Some(batch) => {
+                    batch.push_tagged(&stored.head, &tag, body);
+                    Piece::Written(1)
+                }
+                None => Piece::Tagged(stored.head.clone(), tag.into(), body.clone()),
+            });
+        }
         Some(match batch {
             Some(batch) => {
                 batch.push_tagged(&stored.head, &self.subscriber.tag, body);
@@ -409,6 +423,15 @@ pub(crate) struct FeedBody {
 }
 
 impl FeedBody {
+    /// Masks the proof in every event id from now on (the stream is
+    /// compressed: see `proof::masked`).
+    #[cfg(feature = "compression")]
+    pub(crate) fn mask_proofs(&mut self) {
+        if let Some(feed) = &mut self.feed {
+            feed.masked = true;
+        }
+    }
+
     pub(crate) fn new(fanout: Arc<Fanout>, feed: Feed) -> Self {
         FeedBody {
             deadline: fanout.timeout.map(|d| Box::pin(tokio::time::sleep(d))),

@@ -659,7 +659,7 @@ fn connection_event(epoch: Epoch, id: &ConnectionId, tag: &str, seq: u64) -> Eve
     // and hex: safe in the attribute and in the field.
     Event::builder()
         .event(CONNECTION_EVENT)
-        .id(format!("{epoch}-{seq}.{tag}"))
+        .id(format!("{epoch}-{seq}.{}", super::proof::masked(tag)))
         .data(format!(
             "<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">"
         ))
@@ -670,7 +670,7 @@ fn connection_event(epoch: Epoch, id: &ConnectionId, tag: &str, seq: u64) -> Eve
 fn reset_event(epoch: Epoch, tag: &str, seq: u64, reason: ResetReason) -> Event {
     Event::builder()
         .event(RESET_EVENT)
-        .id(format!("{epoch}-{seq}.{tag}"))
+        .id(format!("{epoch}-{seq}.{}", super::proof::masked(tag)))
         .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
         .build()
         .unwrap_or_else(|_| Event::message(""))

@@ -309,8 +309,14 @@ impl IntoResponse for Connection {
     fn into_response(self) -> Response {
         #[cfg(feature = "compression")]
         if let Some(compression) = &self.compression {
+            let mut body = self.body;
+            if compression.negotiate(self.accept.as_ref()).is_some() {
+                // Compressed, the id repeated in every event must not
+                // repeat its proof (BREACH): each event gets a fresh mask.
+                body.mask_proofs();
+            }
             return crate::streaming::sse_response_negotiated(
-                self.body,
+                body,
                 compression,
                 self.accept.as_ref(),
             );

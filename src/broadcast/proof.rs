@@ -85,12 +85,57 @@ impl ResumeKey {
 
     /// Whether `proof` (hex, as [`tag`](Self::tag) writes it) was made for
     /// this connection and user; compared in constant time.
+    /// Whether `proof` (plain, or [masked](masked)) is the one for `id`
+    /// and `user`.
     pub(crate) fn verify(&self, id: &ConnectionId, user: Option<&UserId>, proof: &str) -> bool {
-        let Some(bytes) = from_hex::<PROOF_BYTES>(proof) else {
-            return false;
+        let bytes = if proof.len() == 4 * PROOF_BYTES {
+            let (mask, hidden) = proof.split_at(2 * PROOF_BYTES);
+            match (
+                from_hex::<PROOF_BYTES>(mask),
+                from_hex::<PROOF_BYTES>(hidden),
+            ) {
+                (Some(mask), Some(mut hidden)) => {
+                    for (h, m) in hidden.iter_mut().zip(mask) {
+                        *h ^= m;
+                    }
+                    hidden
+                }
+                _ => return false,
+            }
+        } else {
+            match from_hex::<PROOF_BYTES>(proof) {
+                Some(bytes) => bytes,
+                None => return false,
+            }
         };
         self.mac(id, user).verify_truncated_left(&bytes).is_ok()
     }
+}
+
+/// `tag` (`ID.PROOF`, from [`ResumeKey::tag`]) with its proof masked by a
+/// fresh random mask: `ID.MASK` then `PROOF xor MASK`, 48 hex digits that
+/// [`ResumeKey::verify`] accepts like the plain proof. Never the same
+/// twice, so that a compressed stream, which repeats the id in every
+/// event, gives a BREACH attacker (who injects text into the stream and
+/// watches its size) nothing to match the proof against. Used for every
+/// event of a compressed stream, and for the events a stream opens with.
+pub(crate) fn masked(tag: &str) -> String {
+    let (id, proof) = tag.rsplit_once('.').unwrap_or((tag, ""));
+    let proof = from_hex::<PROOF_BYTES>(proof).unwrap_or([0; PROOF_BYTES]);
+    let random = uuid::Uuid::new_v4();
+    let mask = &random.as_bytes()[..PROOF_BYTES];
+    let mut out = String::with_capacity(id.len() + 1 + 4 * PROOF_BYTES);
+    out.push_str(id);
+    out.push('.');
+    for b in mask
+        .iter()
+        .copied()
+        .chain(proof.iter().zip(mask).map(|(p, m)| p ^ m))
+    {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -115,6 +160,34 @@ fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_masked_proof_holds_like_the_plain_one_and_is_never_the_same() {
+        let key = ResumeKey::random();
+        let id = ConnectionId::new("abc").unwrap();
+        let ann = UserId::new("ann").unwrap();
+        let tag = key.tag(&id, Some(&ann));
+        let a = masked(&tag);
+        let b = masked(&tag);
+        assert_ne!(a, b, "a fresh mask each time");
+        for m in [&a, &b] {
+            let (m_id, proof) = m.split_once('.').unwrap();
+            assert_eq!(m_id, "abc");
+            assert_eq!(proof.len(), 48);
+            assert!(key.verify(&id, Some(&ann), proof));
+            assert!(!key.verify(&id, None, proof), "another user");
+            assert!(!ResumeKey::random().verify(&id, Some(&ann), proof));
+            // One digit changed anywhere: refused.
+            for at in [0, 23, 24, 47] {
+                let mut bad = proof.as_bytes().to_vec();
+                bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+                assert!(!key.verify(&id, Some(&ann), std::str::from_utf8(&bad).unwrap()));
+            }
+        }
+        // The plain proof never appears in the masked one.
+        let plain = tag.split_once('.').unwrap().1;
+        assert!(!a.contains(plain) && !b.contains(plain));
+    }
 
     #[test]
     fn a_proof_holds_for_its_id_and_user_only() {

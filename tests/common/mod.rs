@@ -84,12 +84,13 @@ pub async fn open_connection(
         ev.data,
         format!("<input type=\"hidden\" name=\"connection_id\" value=\"{id}\">")
     );
-    // `EPOCH-SEQ.ID.PROOF`: the proof is 24 hex digits.
+    // `EPOCH-SEQ.ID.PROOF`: the opening event's proof is masked, 48 hex
+    // digits (a fresh mask; the messages carry the plain 24).
     let (_, tag) = ev.last_event_id.split_once('.').unwrap();
     let (tag_id, proof) = tag.split_once('.').unwrap();
     assert_eq!(tag_id, id, "{}", ev.last_event_id);
     assert!(
-        proof.len() == 24 && proof.bytes().all(|b| b.is_ascii_hexdigit()),
+        proof.len() == 48 && proof.bytes().all(|b| b.is_ascii_hexdigit()),
         "{}",
         ev.last_event_id
     );
