@@ -13,9 +13,8 @@ use std::str::FromStr;
 /// | close | `sse-close="NAME"` | `hx-sse:close="NAME"` |
 /// | out of band ([`OobFlavor`](crate::streaming::OobFlavor)`::from`) | `hx-swap-oob` | `<hx-partial>` |
 ///
-/// The page's builders ([`SseElement`](crate::connections::scripts::SseElement),
-/// [`SseListener`](crate::connections::scripts::SseListener),
-/// [`connection_id_slot`](crate::connections::scripts::connection_id_slot))
+/// The page's builders (`connections::scripts`' `SseElement`,
+/// `SseListener` and `connection_id_slot`, feature `askama`)
 /// and [`OobStreamBuilder::flavor`](crate::streaming::OobStreamBuilder::flavor)
 /// all take it, so that a page switches htmx versions by changing this one
 /// value. It parses from `2`, `4`, `htmx2` and `htmx4`, for a switch in a
