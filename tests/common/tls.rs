@@ -137,9 +137,13 @@ pub async fn h2_client(port: u16, cert: &TestCert) -> (SendRequest<Body>, Option
 
 /// Serves `app` over TLS with `cert` on a free port of 127.0.0.1, in
 /// HTTP/2 or HTTP/1.1 as ALPN chose (the demo's set-up); returns its base
-/// URL (`https://127.0.0.1:PORT`), the count of TCP connections accepted
-/// so far, and the server's task.
-pub async fn serve(app: Router, cert: &TestCert) -> (String, Arc<AtomicUsize>, JoinHandle<()>) {
+/// URL (`https://127.0.0.1:PORT`) and the server's task. Each TCP
+/// connection accepted adds one to `accepted`.
+pub async fn serve(
+    app: Router,
+    cert: &TestCert,
+    accepted: Arc<AtomicUsize>,
+) -> (String, JoinHandle<()>) {
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
@@ -147,8 +151,7 @@ pub async fn serve(app: Router, cert: &TestCert) -> (String, Arc<AtomicUsize>, J
     let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
     let service = TowerToHyperService::new(app);
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let count = accepted;
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -167,5 +170,5 @@ pub async fn serve(app: Router, cert: &TestCert) -> (String, Arc<AtomicUsize>, J
             });
         }
     });
-    (format!("https://{addr}"), accepted, task)
+    (format!("https://{addr}"), task)
 }
