@@ -869,6 +869,12 @@ async fn serve_tls(
             },
             () = &mut signal => break,
         };
+        // Every tab's stream shares this socket: without TCP_NODELAY a
+        // small frame waits for the ACK of the previous one (Nagle), and
+        // under load that is most of the latency (BENCHMARKS.md, HTTP/2).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let service = service.clone();
         let watcher = graceful.watcher();

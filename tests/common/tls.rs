@@ -158,6 +158,7 @@ pub async fn serve(
                 continue;
             };
             count.fetch_add(1, Ordering::SeqCst);
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let service = service.clone();
             tokio::spawn(async move {
