@@ -14,7 +14,17 @@
 //! cargo run --example demo -- --assets DIR      # serve htmx from DIR instead of a CDN
 //! cargo run --example demo -- --open-publish    # anyone may POST /sse/broadcast (closed otherwise)
 //! cargo run --features compression --example demo -- --compress   # the shared stream in br/gzip
+//! cargo run --example demo -- --tls-cert cert.pem --tls-key key.pem   # https://, HTTP/2
 //! ```
+//!
+//! Over HTTP/1.1 a browser opens at most six connections to one host, so a
+//! seventh tab hangs; with `--tls-cert` and `--tls-key` (PEM files) the demo
+//! serves HTTPS, and browsers speak HTTP/2 to it: every tab's stream is a
+//! stream of one shared connection. A certificate for trying it locally:
+//! `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes
+//! -keyout key.pem -out cert.pem -days 30 -subj /CN=localhost -addext
+//! subjectAltName=DNS:localhost,IP:127.0.0.1` (the browser warns once, as it
+//! does not know who signed it).
 //!
 //! Two processes acting as one, through Redis (notes, toasts and the
 //! dashboard cross between them; each process keeps its own note list for
@@ -118,6 +128,8 @@ struct Args {
     open_publish: bool,
     /// `--compress`: the shared stream compressed (feature `compression`).
     compress: bool,
+    /// `--tls-cert PATH --tls-key PATH`: serve HTTPS (HTTP/2 or HTTP/1.1).
+    tls: Option<TlsFiles>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -126,7 +138,9 @@ fn parse_args() -> Result<Args, String> {
         assets: None,
         open_publish: false,
         compress: false,
+        tls: None,
     };
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -152,17 +166,38 @@ fn parse_args() -> Result<Args, String> {
                     "--compress needs the demo built with `--features compression`".to_owned(),
                 );
             }
+            "--tls-cert" => {
+                tls_cert = Some(PathBuf::from(
+                    it.next().ok_or("--tls-cert needs a PEM file")?,
+                ));
+            }
+            "--tls-key" => {
+                tls_key = Some(PathBuf::from(
+                    it.next().ok_or("--tls-key needs a PEM file")?,
+                ));
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish] [--compress]\n  \
+                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish] [--compress] [--tls-cert PEM --tls-key PEM]\n  \
                      --open-publish  let anyone who reaches the demo POST /sse/broadcast and /sse/send/{id}\n  \
-                     --compress      compress the shared stream (built with --features compression)"
+                     --compress      compress the shared stream (built with --features compression)\n  \
+                     --tls-cert, --tls-key  serve HTTPS with HTTP/2 (certificate chain and private key, PEM)"
                         .to_owned(),
                 );
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
+    args.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err("--tls-cert needs --tls-key too (both or neither)".to_owned());
+        }
+        (None, Some(_)) => {
+            return Err("--tls-key needs --tls-cert too (both or neither)".to_owned());
+        }
+    };
     Ok(args)
 }
 
@@ -298,6 +333,14 @@ async fn main() {
     let app = with_metrics(app, &manager);
     tokio::spawn(dashboard(manager, std::time::Instant::now()));
 
+    // The certificate and key are read and checked before anything listens.
+    let tls = match args.tls.as_ref().map(TlsFiles::server_config).transpose() {
+        Ok(tls) => tls,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -305,16 +348,29 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "htmx-sse demo on http://{}  (Ctrl-C or SIGTERM to stop)",
+        "htmx-sse demo on {scheme}://{}  (Ctrl-C or SIGTERM to stop)",
         args.addr
     );
     // Ctrl-C, or SIGTERM from a container or systemd: streams end cleanly.
     // Within 5 s, even with a client that stopped reading (its full socket
     // would otherwise hold the graceful shutdown forever).
-    let server = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.clone().after_signal());
-    if let Err(e) = shutdown.drain_within(server, Duration::from_secs(5)).await {
+    let signal = shutdown.clone().after_signal();
+    let grace = Duration::from_secs(5);
+    let served = match tls {
+        None => {
+            let server =
+                axum::serve(listener, app.into_make_service()).with_graceful_shutdown(signal);
+            shutdown.drain_within(server, grace).await
+        }
+        Some(tls) => {
+            shutdown
+                .drain_within(serve_tls(listener, app, tls, signal), grace)
+                .await
+        }
+    };
+    if let Err(e) = served {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }
@@ -863,6 +919,140 @@ async fn asset(State(app): State<App>, Path(file): Path<String>) -> Response {
         Ok(body) => ([(header::CONTENT_TYPE, "text/javascript")], body).into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS with HTTP/2 (`--tls-cert`, `--tls-key`)
+//
+// `axum::serve` speaks cleartext HTTP/1.1 (and h2c); browsers speak HTTP/2
+// only over TLS. So with a certificate the demo accepts each connection
+// itself: rustls (through tokio-rustls) does the handshake and offers `h2`
+// and `http/1.1` by ALPN, and hyper-util's auto builder serves the
+// connection in whichever the browser chose.
+
+use tokio_rustls::rustls;
+
+/// The two PEM files given on the command line.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads the certificate chain and the private key and checks that they
+    /// belong together; every error names the file it is about.
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::{self, PemObject};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let pem_error = |flag: &str, path: &std::path::Path, e: pem::Error| match e {
+            pem::Error::Io(e) => format!("{flag} {}: cannot read it: {e}", path.display()),
+            e => format!("{flag} {}: not a valid PEM file: {e}", path.display()),
+        };
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| pem_error("--tls-cert", &self.cert, e))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--tls-cert {}: no certificate in it (expected \"-----BEGIN CERTIFICATE-----\")",
+                self.cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| match e {
+            pem::Error::NoItemsFound => format!(
+                "--tls-key {}: no private key in it (expected PKCS#8, SEC1 or PKCS#1 in PEM)",
+                self.key.display()
+            ),
+            e => pem_error("--tls-key", &self.key, e),
+        })?;
+        // The provider is named rather than left to the process default,
+        // which is ambiguous when a build enables two.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "--tls-key {} is not the key of the certificate in --tls-cert {}",
+                    self.key.display(),
+                    self.cert.display()
+                ),
+                e => format!(
+                    "--tls-cert {} with --tls-key {}: {e}",
+                    self.cert.display(),
+                    self.key.display()
+                ),
+            })?;
+        // HTTP/2 first: every tab's stream then shares one connection.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `signal` completes, each
+/// connection on a task of its own in HTTP/2 or HTTP/1.1 (as ALPN chose);
+/// then tells every open connection to finish (HTTP/2: GOAWAY; HTTP/1.1:
+/// close after the response in flight) and returns once all have. The
+/// streams end on the same signal (`StreamConfig::shutdown`), so this is
+/// prompt; `Shutdown::drain_within` bounds it for clients that stopped
+/// reading, as it does for `axum::serve`.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Arc<rustls::ServerConfig>,
+    signal: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let service = TowerToHyperService::new(app);
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: wait a little, as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        // Every tab's stream shares this socket: without TCP_NODELAY a
+        // small frame waits for the ACK of the previous one (Nagle), and
+        // under load that is most of the latency (BENCHMARKS.md, HTTP/2).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // A client that never finishes its handshake is not waited for.
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // No new connections; the open ones finish what they are doing.
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// `cargo test --features testing --example demo` (the workspace's

@@ -17,8 +17,11 @@
 //! `tests/browser/app.rs`, by `tests/browser/app.mjs`; a string with
 //! `<img onerror>` and `<script>` published through every public entry
 //! point, shown as text and never run, in `tests/browser/xss.rs`, by
-//! `tests/browser/xss.mjs`. The four drivers share
-//! `tests/browser/harness.mjs`; the four servers share the page shell, the
+//! `tests/browser/xss.mjs`; ten tabs, each with its own stream, over one
+//! HTTP/2 connection (HTTPS with a certificate made for the run), and a
+//! seventh tab left waiting over HTTP/1.1, in `tests/browser/h2.rs`, by
+//! `tests/browser/h2.mjs`. The five drivers share
+//! `tests/browser/harness.mjs`; the five servers share the page shell, the
 //! static routes and [`drive`] from here.
 //!
 //! A run prints the screenshot folder once. A test passes only when its
@@ -61,6 +64,9 @@ macro_rules! in_both_flavours {
 #[path = "browser/app.rs"]
 mod app;
 mod common;
+#[cfg(feature = "askama")]
+#[path = "browser/h2.rs"]
+mod h2;
 #[cfg(feature = "askama")]
 #[path = "browser/helpers.rs"]
 mod helpers;

@@ -2,6 +2,8 @@
 //! process, two tabs of headless Chromium kept in sync, then Ctrl-C (SIGINT)
 //! with those streams open must stop it promptly; and SIGTERM, as a
 //! container is stopped, must end an open stream cleanly and stop it.
+//! With `--tls-cert` and `--tls-key` it serves HTTPS with HTTP/2, and stops
+//! as cleanly.
 //!
 //! Needs what the browser tests need (`npm ci`, Debian's `chromium`);
 //! `scripts/test.sh` installs both.
@@ -18,6 +20,8 @@ fn root() -> &'static Path {
 
 #[path = "common/example.rs"]
 mod example;
+#[path = "common/tls.rs"]
+mod tls;
 
 /// The demo as its own process, built with this test's features (the
 /// demo's own tests make `cargo test` build it as a test, not a binary).
@@ -215,6 +219,148 @@ fn sigterm_ends_open_streams_cleanly_and_stops_the_demo() {
     // The demo spreads reconnects over 5 s: the last event says when.
     assert!(text.contains("event: htmx-sse-retry\nretry: "), "{text}");
     killer.join().unwrap();
+}
+
+/// Runs the demo with `args` and returns how it exited and what it wrote
+/// to stderr; fails if it is still running after 10 s.
+fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(demo_binary())
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the demo with {args:?} is still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// `--tls-cert` and `--tls-key` go together, and a file that cannot be
+/// read or holds no certificate or key, or a key of another certificate,
+/// stops the demo before it listens (exit 2) with a message naming it.
+#[test]
+fn tls_arguments_are_checked_before_the_demo_listens() {
+    let cert = tls::TestCert::make("demo-args");
+    let other_key = cert.dir.join("other.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-out"])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (c, k) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let o = other_key.to_str().unwrap();
+    let missing = "/nonexistent/htmx-sse.pem";
+    let cases: [(&[&str], String); 7] = [
+        (
+            &["--tls-cert", c],
+            "--tls-cert needs --tls-key too".to_owned(),
+        ),
+        (
+            &["--tls-key", k],
+            "--tls-key needs --tls-cert too".to_owned(),
+        ),
+        (
+            &["--tls-cert", missing, "--tls-key", k],
+            format!("--tls-cert {missing}: cannot read it"),
+        ),
+        (
+            &["--tls-cert", c, "--tls-key", missing],
+            format!("--tls-key {missing}: cannot read it"),
+        ),
+        (
+            &["--tls-cert", k, "--tls-key", k],
+            format!("--tls-cert {k}: no certificate in it"),
+        ),
+        (
+            &["--tls-cert", c, "--tls-key", c],
+            format!("--tls-key {c}: no private key in it"),
+        ),
+        (
+            &["--tls-cert", c, "--tls-key", o],
+            format!("--tls-key {o} is not the key of the certificate in --tls-cert {c}"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let (status, stderr) = run_to_exit(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{args:?}: {stderr:?}");
+    }
+}
+
+/// With a certificate the demo speaks HTTP/2 over TLS: the page and three
+/// streams share one connection, and SIGTERM ends each stream cleanly (the
+/// HTTP/2 stream finished, not reset) and stops the demo.
+#[tokio::test]
+async fn with_a_certificate_the_demo_serves_http2_and_stops_cleanly() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, Version, header};
+    use futures_util::StreamExt as _;
+
+    let cert = tls::TestCert::make("demo-h2");
+    let (c, k) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let (mut demo, port) = Demo::start(&["--tls-cert", c, "--tls-key", k], &[("RUST_LOG", "warn")]);
+    let (mut client, alpn) = tls::h2_client(port, &cert).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "ALPN");
+    let get = |path: &str| {
+        Request::get(format!("https://127.0.0.1:{port}{path}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let page = client.send_request(get("/")).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.version(), Version::HTTP_2);
+
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        client.ready().await.unwrap();
+        let res = client.send_request(get("/sse")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.version(), Version::HTTP_2);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+        streams.push(Body::new(res.into_body()).into_data_stream());
+    }
+    let mut texts = vec![String::new(); streams.len()];
+    for (stream, text) in streams.iter_mut().zip(&mut texts) {
+        while !text.contains("event: connection") {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("the connection event within 5 s")
+                .expect("the stream is open")
+                .expect("a chunk, not an error");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    let killer = tokio::task::spawn_blocking(move || demo.stop_with("TERM"));
+    for (stream, text) in streams.iter_mut().zip(&mut texts) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Err(_) => panic!("the stream did not end within 5 s of SIGTERM: {text}"),
+                Ok(None) => break,
+                Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(Err(e))) => panic!("the stream was cut, not ended ({e}): {text}"),
+            }
+        }
+        assert!(!text.contains("event: close"), "{text}");
+        assert!(text.contains("event: htmx-sse-retry\nretry: "), "{text}");
+    }
+    killer.await.unwrap();
 }
 
 /// `POST path` to the demo on `port`: the status and the body.

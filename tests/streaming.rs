@@ -437,3 +437,46 @@ async fn an_sse_stream_ended_by_shutdown_carries_the_retry_delay() {
         }
     }
 }
+
+/// HTTP/2 forbids connection-specific headers (RFC 9113, section 8.2.2):
+/// the stream responses the crate builds (`SseStream` and a manager's
+/// stream, both made by one function) carry none, so they are the same
+/// over HTTP/1.1 and HTTP/2. Read from the router itself, before hyper,
+/// whose HTTP/2 server would drop such headers with a warning per stream.
+#[tokio::test]
+async fn stream_responses_carry_no_connection_specific_headers() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use hyper::service::Service as _;
+
+    let manager = htmx_sse::BroadcastManager::new();
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|| async { SseStream::new(tokio_stream::pending::<Event>()) }),
+        )
+        .merge(htmx_sse::routes(manager));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    for path in ["/stream", "/sse"] {
+        let res = service
+            .call(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["content-type"], "text/event-stream", "{path}");
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
+            assert!(
+                !res.headers().contains_key(name),
+                "{path} sends {name}: {:?}",
+                res.headers()
+            );
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! The bench client (`--client`): N real SSE connections over raw TCP, a
-//! minimal HTTP/1.1 chunked + SSE reader, and the windowed publisher.
+//! minimal HTTP/1.1 chunked + SSE reader, and the windowed publisher. With
+//! `--h2 K` the N streams are HTTP/2 streams spread over K cleartext HTTP/2
+//! connections (prior knowledge, h2c), through hyper's HTTP/2 client.
 //!
 //! Every connection parses each message's payload for its sequence number
 //! and the server's `CLOCK_MONOTONIC` stamp, so latency is
@@ -37,6 +39,9 @@ pub(crate) struct Args {
     /// latency runs); zero publishes as fast as the window allows.
     pub(crate) pace_us: u64,
     pub(crate) cpu: usize,
+    /// When not zero, the streams are HTTP/2 streams over this many
+    /// connections (round robin); zero: one HTTP/1.1 connection each.
+    pub(crate) h2: usize,
 }
 
 /// Connects in flight at once (below the listen backlog, so no SYN is
@@ -119,8 +124,14 @@ async fn client(args: Args) -> Result<(), String> {
     });
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLEL));
     let started = Instant::now();
+    let h2: Arc<[H2Sender]> = h2_connections(shared.args.port, shared.args.h2)
+        .await?
+        .into();
     let tasks: Vec<_> = (0..shared.args.conns)
-        .map(|_| tokio::spawn(connection(Arc::clone(&shared), Arc::clone(&gate))))
+        .map(|i| {
+            let h2 = (!h2.is_empty()).then(|| h2[i % h2.len()].clone());
+            tokio::spawn(connection(Arc::clone(&shared), Arc::clone(&gate), h2))
+        })
         .collect();
 
     // Wait for every connection to be up (or to have failed).
@@ -268,15 +279,89 @@ async fn publisher(shared: &Shared) -> Published {
     out
 }
 
-async fn connection(shared: Arc<Shared>, gate: Arc<Semaphore>) -> ConnStats {
+/// A stream's HTTP/2 connection: requests made with it are streams of it.
+type H2Sender = hyper::client::conn::http2::SendRequest<axum::body::Body>;
+
+/// `count` cleartext HTTP/2 connections (prior knowledge), each driven by
+/// a task of its own.
+async fn h2_connections(port: u16, count: usize) -> Result<Vec<H2Sender>, String> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("h2 connect: {e}"))?;
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        out.push(send);
+    }
+    Ok(out)
+}
+
+/// Where a connection's bytes come from: its own socket (HTTP/1.1, chunked)
+/// or its stream of a shared HTTP/2 connection.
+enum Reader {
+    H1(TcpStream),
+    H2(hyper::body::Incoming),
+}
+
+impl Reader {
+    /// Reads what is there into `dec`; the number of bytes, 0 at the end.
+    async fn read(&mut self, buf: &mut [u8], dec: &mut Decoder) -> std::io::Result<usize> {
+        match self {
+            Reader::H1(sock) => {
+                let n = sock.read(buf).await?;
+                dec.push(&buf[..n]);
+                Ok(n)
+            }
+            Reader::H2(body) => loop {
+                use hyper::body::Body as _;
+                let frame =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await;
+                match frame {
+                    None => return Ok(0),
+                    Some(Err(e)) => return Err(std::io::Error::other(e)),
+                    Some(Ok(frame)) => {
+                        // The DATA frames' payload is the SSE text itself:
+                        // no chunked framing to take off.
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            dec.sse.extend_from_slice(&data);
+                            return Ok(data.len());
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, gate: Arc<Semaphore>, h2: Option<H2Sender>) -> ConnStats {
     let mut st = ConnStats {
         latencies_us: Vec::with_capacity(shared.args.msgs as usize),
         ..ConnStats::default()
     };
     let permit = gate.acquire().await;
-    let opened = tokio::time::timeout(CONNECT_TIMEOUT, open(shared.args.port)).await;
+    let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        match h2 {
+            None => open(shared.args.port)
+                .await
+                .map(|(sock, dec)| (Reader::H1(sock), dec)),
+            Some(h2) => open_h2(h2, shared.args.port)
+                .await
+                .map(|body| (Reader::H2(body), Decoder::new(Vec::new()))),
+        }
+    })
+    .await;
     drop(permit);
-    let (mut sock, mut dec) = match opened {
+    let (mut reader, mut dec) = match opened {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             st.error = Some(e);
@@ -324,7 +409,7 @@ async fn connection(shared: Arc<Shared>, gate: Arc<Semaphore>) -> ConnStats {
     }
     loop {
         let n = tokio::select! {
-            r = sock.read(&mut buf) => r,
+            r = reader.read(&mut buf, &mut dec) => r,
             () = shared.stop.cancelled() => break,
         };
         match n {
@@ -339,7 +424,6 @@ async fn connection(shared: Arc<Shared>, gate: Arc<Semaphore>) -> ConnStats {
                     st.body_bytes = 0;
                 }
                 st.body_bytes += n as u64;
-                dec.raw.extend_from_slice(&buf[..n]);
                 match dec.drain(&mut st, &mut on_event) {
                     Ok(true) => {
                         st.closed_by_server = true;
@@ -397,14 +481,25 @@ pub(crate) async fn open(port: u16) -> Result<(TcpStream, Decoder), String> {
         return Err("response is not chunked".to_owned());
     }
     raw.drain(..end);
-    Ok((
-        sock,
-        Decoder {
-            raw,
-            state: Chunk::Size,
-            sse: Vec::with_capacity(1024),
-        },
-    ))
+    Ok((sock, Decoder::new(raw)))
+}
+
+/// Opens a stream on an HTTP/2 connection: `GET /sse`, which must answer
+/// 200.
+async fn open_h2(mut h2: H2Sender, port: u16) -> Result<hyper::body::Incoming, String> {
+    h2.ready().await.map_err(|e| format!("h2 ready: {e}"))?;
+    let req = axum::http::Request::get(format!("http://127.0.0.1:{port}/sse"))
+        .header("accept", "text/event-stream")
+        .body(axum::body::Body::empty())
+        .map_err(|e| e.to_string())?;
+    let res = h2
+        .send_request(req)
+        .await
+        .map_err(|e| format!("h2 request: {e}"))?;
+    if res.status() != axum::http::StatusCode::OK {
+        return Err(format!("bad status: {}", res.status()));
+    }
+    Ok(res.into_body())
 }
 
 enum Chunk {
@@ -425,6 +520,15 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder with `raw` already read (after the response head).
+    fn new(raw: Vec<u8>) -> Decoder {
+        Decoder {
+            raw,
+            state: Chunk::Size,
+            sse: Vec::with_capacity(1024),
+        }
+    }
+
     /// Appends bytes read from the socket.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.raw.extend_from_slice(bytes);

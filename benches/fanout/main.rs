@@ -14,6 +14,7 @@
 //! cargo bench --bench fanout                    # everything, about 5 minutes
 //! cargo bench --bench fanout -- --quick         # small counts, a smoke test
 //! cargo bench --bench fanout -- --only load-1k --servers crate,baseline
+//! cargo bench --bench fanout -- --only h2-1k    # HTTP/2: 1,000 streams over 10 connections
 //! cargo bench --bench fanout -- --window 16 --repeat 3 --out target/bench
 //! cargo bench --bench fanout -- --only churn,shutdown,reconnect --retry-window-ms 10000
 //! ```
@@ -73,6 +74,11 @@ struct Scenario {
     /// Zero: publish as fast as the window allows. Otherwise one message
     /// per this many microseconds (latency of one fan-out, unloaded).
     pace_us: u64,
+    /// Zero: one HTTP/1.1 connection per stream. Otherwise the streams
+    /// are HTTP/2 streams over this many cleartext connections (h2c, prior
+    /// knowledge), for the two axum servers (the raw loop speaks only
+    /// HTTP/1.1).
+    h2_conns: usize,
 }
 
 fn scenarios(quick: bool, repeat: usize) -> Vec<Scenario> {
@@ -84,10 +90,16 @@ fn scenarios(quick: bool, repeat: usize) -> Vec<Scenario> {
         settle: Duration::from_millis(settle_ms),
         repeat,
         pace_us: 0,
+        h2_conns: 0,
     };
     let paced = |name, conns, msgs, pace_ms: u64, repeat| Scenario {
         pace_us: pace_ms * 1_000,
         ..s(name, conns, msgs, 1, 300, repeat)
+    };
+    // As `load-*`, the streams multiplexed over a few HTTP/2 connections.
+    let h2 = |name, conns, msgs, h2_conns, repeat| Scenario {
+        h2_conns,
+        ..s(name, conns, msgs, 1, 1_000, repeat)
     };
     if quick {
         vec![
@@ -97,6 +109,7 @@ fn scenarios(quick: bool, repeat: usize) -> Vec<Scenario> {
             paced("paced-10k", 1_000, 10, 50, 1),
             s("idle-10k", 1_000, 0, 1, 500, 1),
             s("scale", 2_000, 0, 2, 500, 1),
+            h2("h2-1k", 200, 50, 4, 1),
         ]
     } else {
         vec![
@@ -114,6 +127,10 @@ fn scenarios(quick: bool, repeat: usize) -> Vec<Scenario> {
             // Two client processes of 9,750: each stays far below its own
             // 20,000 descriptors; the server holds all 19,500.
             s("scale", 19_500, 0, 2, 3_000, 1),
+            // load-1k's 1,000 streams and 200 messages, over 10 HTTP/2
+            // connections of 100 streams each (hyper's default limit is
+            // 200 per connection).
+            h2("h2-1k", 1_000, 200, 10, repeat),
         ]
     }
 }
@@ -183,6 +200,7 @@ fn client_args(args: &[String]) -> Result<client::Args, String> {
         window: need("--window")?.max(1),
         pace_us: flag(args, "--pace-us").unwrap_or(0),
         cpu: flag(args, "--cpu").unwrap_or(CLIENT_CPU),
+        h2: flag(args, "--h2").unwrap_or(0),
     })
 }
 
@@ -482,6 +500,10 @@ fn orchestrate(o: &Options) -> Result<(), String> {
         for rep in 0..sc.repeat {
             // Interleave the servers so drift hits all alike.
             for &kind in &o.servers {
+                if sc.h2_conns > 0 && kind == Kind::Raw {
+                    // The raw loop writes HTTP/1.1 chunks; it has no HTTP/2.
+                    continue;
+                }
                 if started.elapsed() > BUDGET {
                     skipped.push(format!("{} {} #{}", sc.name, kind.name(), rep + 1));
                     continue;
@@ -665,6 +687,8 @@ fn drive(kind: Kind, sc: &Scenario, window: u64, server: &Child) -> Result<Run, 
                 sc.pace_us.to_string(),
                 "--cpu".to_owned(),
                 CLIENT_CPU.to_string(),
+                "--h2".to_owned(),
+                sc.h2_conns.to_string(),
             ],
         )?);
     }

@@ -18,10 +18,12 @@ pub(crate) struct Meta {
 
 const LOAD: [&str; 2] = ["load-1k", "load-10k"];
 const PACED: [&str; 2] = ["paced-1k", "paced-10k"];
+/// Streams over a few HTTP/2 connections (crate and baseline only).
+const H2: [&str; 1] = ["h2-1k"];
 /// The memory scenarios: just connected, after the first heartbeat, and
 /// the most connections one process may hold.
 const IDLE: [&str; 3] = ["idle-10k", "idle-10k-beat", "scale"];
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "load-1k",
     "load-10k",
     "paced-1k",
@@ -29,6 +31,7 @@ const ALL: [&str; 7] = [
     "idle-10k",
     "idle-10k-beat",
     "scale",
+    "h2-1k",
 ];
 const KINDS: [&str; 4] = ["crate", "crate-metrics", "baseline", "raw"];
 
@@ -135,7 +138,7 @@ pub(crate) fn render(runs: &[Run], meta: &Meta) -> (String, String) {
         "| scenario | server | deliveries/s | (min–max) | × baseline | × raw | p50 ms | p99 ms | p99 × baseline | p99 × raw | max ms | lost / expected | closed by server | CPU µs/delivery | × baseline | × raw | server CPU | client CPU | deliveries/write | wire B/msg |"
     );
     let _ = writeln!(md, "|{}", "---|".repeat(20));
-    for sc in LOAD.into_iter().chain(PACED) {
+    for sc in LOAD.into_iter().chain(PACED).chain(H2) {
         for kind in KINDS {
             let m = |f: &dyn Fn(&Run) -> f64| med(runs, sc, kind, f);
             let b = |f: &dyn Fn(&Run) -> f64| med(runs, sc, "baseline", f);

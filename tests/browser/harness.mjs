@@ -1,6 +1,6 @@
 // What the browser drivers share: driver.mjs (tests/browser.rs), helpers.mjs
-// (tests/browser/helpers.rs), app.mjs (tests/browser/app.rs) and xss.mjs
-// (tests/browser/xss.rs) are each
+// (tests/browser/helpers.rs), app.mjs (tests/browser/app.rs), xss.mjs
+// (tests/browser/xss.rs) and h2.mjs (tests/browser/h2.rs) are each
 //
 //   node tests/browser/<driver>.mjs <scenario> <flavour> <base-url> <screenshot-dir>
 //
@@ -42,8 +42,8 @@ export function args() {
     console.error(`usage: ${basename(process.argv[1])} <scenario> <htmx2|htmx4> <base-url> <screenshot-dir>`);
     process.exit(2);
   }
-  if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
-    console.error(`refusing base url ${base}: only http://127.0.0.1:<port> is allowed`);
+  if (!/^https?:\/\/127\.0\.0\.1:\d+$/.test(base)) {
+    console.error(`refusing base url ${base}: only http(s)://127.0.0.1:<port> is allowed`);
     process.exit(2);
   }
   return { scenario, flavour, base, shotDir };
@@ -51,13 +51,15 @@ export function args() {
 
 // Debian's Chromium (or HTMX_SSE_CHROMIUM) through playwright-core, which
 // gives every launch a fresh temporary profile and turns the back/forward
-// cache off unless `backForwardCache`.
-export function launch({ backForwardCache = false } = {}) {
+// cache off unless `backForwardCache`. `ignoreCertificateErrors` is for the
+// HTTPS test only, whose server has a certificate made for the run.
+export function launch({ backForwardCache = false, ignoreCertificateErrors = false } = {}) {
   return chromium.launch({
     executablePath: process.env.HTMX_SSE_CHROMIUM || '/usr/bin/chromium',
     ...(backForwardCache && { ignoreDefaultArgs: ['--disable-back-forward-cache'] }),
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...(ignoreCertificateErrors ? ['--ignore-certificate-errors'] : [])],
     timeout: WAIT_MS,
   });
 }
@@ -140,11 +142,13 @@ async function screenshot(page, file) {
 // Options:
 //   name              the screenshot: <shotDir>/<name>.png
 //   backForwardCache  keep the back/forward cache on
+//   ignoreCertificateErrors  accept the server's certificate (HTTPS test only)
 //   verify(pages)     checks once the scenario passed and no page threw
 //   report(page)      prints what the page recorded (window.__rec by default)
 //   serverState()     what the server has, printed on failure
 export async function run({ scenario, flavour, shotDir, base }, {
-  name, scenarios, recorder, recorderArg, backForwardCache = false, verify, serverState,
+  name, scenarios, recorder, recorderArg, backForwardCache = false, ignoreCertificateErrors = false,
+  verify, serverState,
   report = async (page) => console.log(`recorded in the page: ${JSON.stringify(await page.evaluate(() => window.__rec))}`),
 }) {
   const started = Date.now();
@@ -161,7 +165,7 @@ export async function run({ scenario, flavour, shotDir, base }, {
   try {
     const scenarioRun = scenarios[scenario];
     if (!scenarioRun) throw new Failure(`unknown scenario ${scenario}`);
-    browser = await launch({ backForwardCache });
+    browser = await launch({ backForwardCache, ignoreCertificateErrors });
     const context = await browser.newContext({ viewport: { width: 800, height: 500 } });
     const open = async (init) => {
       const page = await context.newPage();

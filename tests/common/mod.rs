@@ -4,6 +4,7 @@
 pub mod example;
 pub mod keys;
 pub mod redis;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
