@@ -1,0 +1,265 @@
+//! The NATS backend's three tasks, which end with the manager: the reader
+//! (the stream, in order, into the manager), the registry writer
+//! (connection arrivals and departures) and the liveness renewal.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::entry::decode;
+use super::{
+    CHECK, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, open_stream,
+    place_value, set_once, with_timeout,
+};
+use crate::backend::{Epoch, Sink};
+
+fn next_backoff(b: Duration) -> Duration {
+    (b * 2).min(MAX_BACKOFF)
+}
+
+/// Why the reader stopped reading.
+enum Stop {
+    /// The manager is gone.
+    Closed,
+    /// The stream must be looked at again (an error, another epoch).
+    Again,
+}
+
+/// Puts back what NATS may have lost (the buckets and the resume key),
+/// then opens the stream: its epoch, made anew when it was lost.
+async fn reopen(shared: &Shared) -> Result<(async_nats::jetstream::stream::Stream, Epoch), String> {
+    buckets(&shared.js, &shared.names, shared.liveness).await?;
+    // NATS may have come back without its data. It lost the resume key
+    // too: put back the one every running instance holds, before the new
+    // epoch (an instance started from now on reads this key, not a new one
+    // of its own, under which no page of the others could resume).
+    let current = set_once(&shared.meta, RESUME_KEY, &shared.resume_key).await?;
+    if current != shared.resume_key {
+        tracing::warn!(
+            "the resume key in NATS is not the one this instance started with: \
+             pages moving to or from it get the reset event (unrecognized)"
+        );
+    }
+    open_stream(&shared.js, &shared.names, shared.history).await
+}
+
+/// Reads the stream and delivers each message to this instance's
+/// connections, in order; reconnects with backoff. A stream in another
+/// epoch than the manager's (NATS lost its data, and this or another
+/// instance made it again) is read from its start, after the manager
+/// learned the new epoch.
+pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failing = false;
+    loop {
+        if !sink.is_open() {
+            return;
+        }
+        let opened = with_timeout(shared.timeout * 3, "opening the stream", reopen(&shared)).await;
+        let (stream, epoch) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "NATS unreachable; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        let Some(changed) = sink.new_epoch(epoch) else {
+            return;
+        };
+        if changed {
+            tracing::warn!(epoch = %epoch, "NATS lost its data: new epoch");
+            last = 0;
+        }
+        let messages = with_timeout(
+            shared.timeout,
+            "reading the stream",
+            consume(&shared.client, &stream, last + 1),
+        )
+        .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the stream failed; retrying");
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!("NATS reachable again; delivery resumes");
+        }
+        backoff = MIN_BACKOFF;
+        shared.reading.store(true, Ordering::Relaxed);
+        let stop = loop {
+            if !sink.is_open() {
+                break Stop::Closed;
+            }
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = shared.recheck.notified() => {
+                    // A publish found no stream for its epoch.
+                    match open_stream(&shared.js, &shared.names, shared.history).await {
+                        Ok((_, now)) if now == epoch => continue,
+                        _ => break Stop::Again,
+                    }
+                }
+                () = tokio::time::sleep(CHECK) => continue,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading from NATS failed; reading again");
+                    break Stop::Again;
+                }
+                None => break Stop::Again,
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a message without its stream sequence");
+                    break Stop::Again;
+                }
+            };
+            match decode(message.payload.clone()) {
+                Ok((e, _)) if e != epoch => {
+                    // The stream was made again under this consumer.
+                    break Stop::Again;
+                }
+                Ok((e, envelope)) => {
+                    last = seq;
+                    if sink.deliver(e, seq, envelope).is_none() {
+                        break Stop::Closed;
+                    }
+                }
+                Err(e) => {
+                    // Skipped: the manager sees the number missing, and a
+                    // resume across it gets the reset event.
+                    last = seq;
+                    tracing::warn!(seq, error = %e, "skipping a stream message");
+                }
+            }
+        };
+        shared.reading.store(false, Ordering::Relaxed);
+        if matches!(stop, Stop::Closed) {
+            return;
+        }
+        failing = true;
+        tokio::time::sleep(backoff).await;
+        backoff = next_backoff(backoff);
+    }
+}
+
+/// Writes connection arrivals and departures to the place bucket, and
+/// this instance's count to its liveness entry after each batch.
+pub(super) async fn registry_loop(
+    sink: Sink,
+    shared: Arc<Shared>,
+    mut ops: mpsc::UnboundedReceiver<RegOp>,
+) {
+    let mut batch = Vec::new();
+    while ops.recv_many(&mut batch, 512).await > 0 {
+        let mut readies = Vec::new();
+        let mut writes = Vec::new();
+        for op in batch.drain(..) {
+            let shared = &shared;
+            match op {
+                RegOp::Add { id, user, ready } => {
+                    readies.push(ready);
+                    writes.push(futures_util::future::Either::Left(async move {
+                        shared
+                            .place
+                            .put(id.as_str(), place_value(&shared.instance, user.as_ref()))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }));
+                }
+                RegOp::Remove { id } => {
+                    writes.push(futures_util::future::Either::Right(async move {
+                        // Forgotten unless another instance took the id since.
+                        let entry = shared
+                            .place
+                            .entry(id.as_str())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let Some(entry) = entry else { return Ok(()) };
+                        let mine = entry
+                            .value
+                            .split(|b| *b == b'\n')
+                            .next()
+                            .is_some_and(|i| i == shared.instance.as_bytes());
+                        if mine && entry.operation == async_nats::jetstream::kv::Operation::Put {
+                            // Taken meanwhile: the revision differs, and
+                            // the other instance's record stays.
+                            let _ = shared
+                                .place
+                                .delete_expect_revision(id.as_str(), Some(entry.revision))
+                                .await;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+            }
+        }
+        let count = sink.connections().map_or(0, |c| c.len());
+        let result = with_timeout(shared.timeout, "recording connections", async {
+            for r in futures_util::future::join_all(writes).await {
+                r?;
+            }
+            shared.renew(count).await.map(|_| ())
+        })
+        .await;
+        if let Err(e) = result {
+            // The liveness task writes every local connection again once
+            // NATS is back.
+            tracing::warn!(error = %e, "could not record connections in NATS");
+        }
+        drop(readies);
+        if !sink.is_open() {
+            return;
+        }
+    }
+}
+
+/// Renews this instance's liveness entry (its connection count), and
+/// writes its connections again when NATS forgot them.
+pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.liveness / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !sink.is_open() {
+            return;
+        }
+        let step = async {
+            let local = sink.connections().unwrap_or_default();
+            let existed = shared.renew(local.len()).await?;
+            if !existed {
+                // First round, or NATS forgot this instance: write every
+                // local connection again.
+                let writes = local.iter().map(|(id, user)| {
+                    shared
+                        .place
+                        .put(id.as_str(), place_value(&shared.instance, user.as_ref()))
+                });
+                for r in futures_util::future::join_all(writes).await {
+                    r.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let result = with_timeout(shared.timeout * 2, "renewing liveness", step).await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "liveness renewal failed");
+        }
+    }
+}
