@@ -46,6 +46,20 @@ async fn reopen(shared: &Shared) -> Result<(async_nats::jetstream::stream::Strea
     open_stream(&shared.js, &shared.names, shared.history).await
 }
 
+/// Every how many `CHECK`s the reader looks at the stream's epoch.
+const EPOCH_CHECK: u32 = 5;
+
+/// Whether the stream is still there in `epoch`.
+async fn same_epoch(shared: &Shared, epoch: Epoch) -> bool {
+    let opened = with_timeout(
+        shared.timeout,
+        "reading the stream",
+        open_stream(&shared.js, &shared.names, shared.history),
+    )
+    .await;
+    matches!(opened, Ok((_, now)) if now == epoch)
+}
+
 /// Reads the stream and delivers each message to this instance's
 /// connections, in order; reconnects with backoff. A stream in another
 /// epoch than the manager's (NATS lost its data, and this or another
@@ -99,6 +113,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         }
         backoff = MIN_BACKOFF;
         shared.reading.store(true, Ordering::Relaxed);
+        let mut tick = tokio::time::interval(CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u32 = 0;
+        let mut down = false;
         let stop = loop {
             if !sink.is_open() {
                 break Stop::Closed;
@@ -107,12 +125,28 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                 next = messages.next() => next,
                 () = shared.recheck.notified() => {
                     // A publish found no stream for its epoch.
-                    match open_stream(&shared.js, &shared.names, shared.history).await {
-                        Ok((_, now)) if now == epoch => continue,
-                        _ => break Stop::Again,
+                    if same_epoch(&shared, epoch).await {
+                        continue;
                     }
+                    break Stop::Again;
                 }
-                () = tokio::time::sleep(CHECK) => continue,
+                _ = tick.tick() => {
+                    // After a reconnection the server may be a new one
+                    // without the stream: look at it again (the consumer
+                    // alone may wait for a stream that is gone). And now
+                    // and then anyway (the stream deleted by hand).
+                    ticks = ticks.wrapping_add(1);
+                    let connected = shared.client.connection_state()
+                        == async_nats::connection::State::Connected;
+                    if !connected {
+                        down = true;
+                        continue;
+                    }
+                    if down || (ticks.is_multiple_of(EPOCH_CHECK) && !same_epoch(&shared, epoch).await) {
+                        break Stop::Again;
+                    }
+                    continue;
+                }
             };
             let message = match next {
                 Some(Ok(m)) => m,
