@@ -387,6 +387,78 @@ async fn an_id_far_ahead_of_the_shared_sequence_gets_the_reset_event() {
     assert_eq!(next(&mut page).await.data, "after");
 }
 
+/// Publishes `payload` on `subject` with the plain NATS protocol, as
+/// another program on the same server could: JetStream keeps it in the
+/// stream whose subject it is.
+async fn raw_publish(nats: &NatsServer, subject: &str, payload: &[u8]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = nats.url().replace("nats://", "");
+    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut info = [0u8; 4096];
+    let n = con.read(&mut info).await.unwrap();
+    assert!(info[..n].starts_with(b"INFO "), "the server greets");
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    con.write_all(&out).await.unwrap();
+    let mut pong = Vec::new();
+    while !pong.ends_with(b"PONG\r\n") {
+        let n = con.read(&mut info).await.unwrap();
+        assert!(n > 0, "the server answers the PING");
+        pong.extend_from_slice(&info[..n]);
+    }
+}
+
+/// A hole in the history: a message in the shared stream that cannot be
+/// read (written by something else, or damaged). A page whose resume
+/// crosses it gets the reset event (`history-gap`), not a replay over the
+/// hole as if nothing were missing; a page that starts after it resumes
+/// exactly. So does an instance started afterwards, whose history was
+/// loaded with the hole in it.
+#[tokio::test]
+async fn a_resume_across_a_hole_in_the_history_gets_the_reset_event() {
+    let nats = NatsServer::start();
+    let a = instance(&nats, Duration::from_secs(15)).await;
+    a.manager.broadcast("n", 1, None, &[]).await.unwrap();
+    a.manager.broadcast("n", 2, None, &[]).await.unwrap();
+    let (page, _) = a.open(None).await;
+    let before_hole = page.last_event_id().to_owned();
+    page.close();
+    // Message 3: numbered by the stream, but not one this crate can read.
+    let subject = format!("htmx-sse.log.{}", a.manager.last_id().epoch());
+    raw_publish(&nats, &subject, b"garbage").await;
+    a.manager.broadcast("n", 4, None, &[]).await.unwrap();
+    assert_eq!(a.manager.last_id().seq(), 4, "the garbage took number 3");
+    let after_hole = {
+        let (mut page, _) = a.open(None).await;
+        a.manager.broadcast("n", 5, None, &[]).await.unwrap();
+        let ev = next(&mut page).await;
+        assert_eq!(ev.data, "5");
+        ev.last_event_id
+    };
+    a.manager.broadcast("n", 6, None, &[]).await.unwrap();
+    let b = instance(&nats, Duration::from_secs(15)).await;
+    for inst in [&a, &b] {
+        let (mut page, _) = inst.open(Some(&before_hole)).await;
+        let ev = next(&mut page).await;
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("reset", r#"{"reason":"history-gap"}"#),
+            "a resume from 2 crosses the hole at 3"
+        );
+        let (mut page, _) = inst.open(Some(&after_hole)).await;
+        assert_eq!(
+            next(&mut page).await.data,
+            "6",
+            "a resume from 5 misses nothing"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_nats_is_a_clear_error_at_start() {
     let nats = NatsServer::start();
