@@ -489,7 +489,7 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
         .await
         .unwrap();
     let (base_a, _ta) = common::serve(common::open_routes(Router::new(), a.clone(), "/sse")).await;
-    let (_on_a, _) = common::open_connection(&format!("{base_a}/sse"), None).await;
+    let (_on_a, a_id) = common::open_connection(&format!("{base_a}/sse"), None).await;
 
     // Instance B lives on its own runtime; shutting that runtime down ends
     // every task of B at once, with no clean-up: a crash.
@@ -528,4 +528,88 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
     }
     let err = a.send_to(&b_id, "dm", "gone?", None).await.unwrap_err();
     assert!(matches!(err, Error::UnknownConnection { .. }), "{err:?}");
+
+    // And its record is removed from the bucket (not left to pile up),
+    // while A's stays.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while place_entry(&nats, "crash", &b_id).await != Place::Deleted {
+        assert!(
+            Instant::now() < deadline,
+            "the dead instance's record stays"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(place_entry(&nats, "crash", &a_id).await, Place::Recorded);
+}
+
+#[derive(Debug, PartialEq)]
+enum Place {
+    Recorded,
+    Deleted,
+}
+
+/// What the `PREFIX-where` bucket holds for `id`, read with the plain
+/// JetStream API (the last message of the key's subject).
+async fn place_entry(nats: &NatsServer, prefix: &str, id: &ConnectionId) -> Place {
+    use base64::Engine as _;
+    let request = json!({"last_by_subj": format!("$KV.{prefix}-where.{}", id.as_str())});
+    let answer = raw_request(
+        nats,
+        &format!("$JS.API.STREAM.MSG.GET.KV_{prefix}-where"),
+        request.to_string().as_bytes(),
+    )
+    .await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    let message = &answer["message"];
+    assert!(message.is_object(), "{answer}");
+    let headers = message["hdrs"].as_str().map_or_else(Vec::new, |h| {
+        base64::engine::general_purpose::STANDARD.decode(h).unwrap()
+    });
+    if String::from_utf8_lossy(&headers).contains("KV-Operation: DEL") {
+        Place::Deleted
+    } else {
+        Place::Recorded
+    }
+}
+
+/// A request with the plain NATS protocol; returns the answer's payload.
+async fn raw_request(nats: &NatsServer, subject: &str, payload: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = nats.url().replace("nats://", "");
+    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    con.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, con.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(at) = text.find("MSG _INBOX.test 1 ") else {
+            continue;
+        };
+        let Some(eol) = text[at..].find("\r\n") else {
+            continue;
+        };
+        let len: usize = text[at..at + eol]
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let start = at + eol + 2;
+        if got.len() >= start + len {
+            return got[start..start + len].to_vec();
+        }
+    }
 }

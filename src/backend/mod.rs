@@ -68,8 +68,10 @@
 //! - Where each connection is lives in a key-value bucket
 //!   (`PREFIX-where`), and each instance renews its connection count in
 //!   `PREFIX-alive`, whose entries the server removes at the liveness age:
-//!   a crashed instance's connections stop counting and stop being found.
-//!   The shared resume key is in `PREFIX-meta`.
+//!   a crashed instance's connections stop counting and stop being found,
+//!   and the next liveness round of a live instance removes their records
+//!   (every instance records itself in `PREFIX-meta` at start, beside the
+//!   shared resume key, until it is buried so).
 //!
 //! While NATS is away, local streams stay open with their heartbeat and
 //! publishing returns [`Error::Backend`] (HTTP 503 from the routes);

@@ -27,6 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the reader looks whether its manager is still there.
 const CHECK: Duration = Duration::from_secs(1);
 const RESUME_KEY: &str = "resume-key";
+/// The meta bucket's key of an instance, before its id: it is there from
+/// the instance's start until another buries it.
+const INSTANCE: &str = "instance.";
 
 /// The names of what the backend keeps in JetStream.
 struct Names {
@@ -396,12 +399,21 @@ async fn connect(
         )
         .await?
     };
+    // Alive before its first connection is recorded, so that no other
+    // instance takes it for dead and forgets that connection.
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    with_timeout(config.timeout, "announcing this instance", async {
+        alive.put(&instance, "0".into()).await?;
+        meta.put(format!("{INSTANCE}{instance}"), bytes::Bytes::new())
+            .await
+    })
+    .await?;
     let (registry, registry_rx) = mpsc::unbounded_channel();
     let shared = Shared {
         client,
         js,
         names,
-        instance: uuid::Uuid::new_v4().simple().to_string(),
+        instance,
         history: history.max(1),
         timeout: config.timeout,
         liveness: config.liveness,
@@ -562,6 +574,27 @@ impl Backend for NatsBackend {
     }
 }
 
+/// The keys under `filter` in `store` that hold a message (a value, or
+/// the marker of a deleted one), read from the stream's subjects in one
+/// answer of the server's. Not `kv::Store::keys`, whose consumer misses a
+/// key written again while it lists (the liveness entries are, all the
+/// time).
+async fn keys(store: &kv::Store, filter: &str) -> Result<Vec<String>, String> {
+    let mut subjects = store
+        .stream
+        .info_with_subjects(format!("{}{filter}", store.prefix))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| e.to_string())?;
+        if let Some(key) = subject.strip_prefix(&store.prefix) {
+            keys.push(key.to_owned());
+        }
+    }
+    Ok(keys)
+}
+
 /// A connection's entry in the place bucket: `instance\nuser`.
 fn place_value(instance: &str, user: Option<&UserId>) -> bytes::Bytes {
     format!("{instance}\n{}", user.map_or("", UserId::as_str)).into()
@@ -620,10 +653,8 @@ impl Shared {
     async fn cluster_count(&self) -> Result<usize, Error> {
         let what = "counting connections";
         with_timeout(self.timeout * 2, what, async {
-            let mut keys = self.alive.keys().await.map_err(|e| e.to_string())?;
             let mut total = 0;
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(|e| e.to_string())?;
+            for key in keys(&self.alive, ">").await? {
                 if let Some(v) = self.alive.get(&key).await.map_err(|e| e.to_string())? {
                     total += std::str::from_utf8(&v)
                         .ok()

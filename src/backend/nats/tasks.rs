@@ -2,19 +2,22 @@
 //! (the stream, in order, into the manager), the registry writer
 //! (connection arrivals and departures) and the liveness renewal.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::entry::decode;
 use super::{
-    CHECK, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, open_stream,
-    place_value, set_once, with_timeout,
+    CHECK, INSTANCE, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, keys,
+    open_stream, place_value, set_once, with_timeout,
 };
 use crate::backend::{Epoch, Sink};
+use crate::connections::ConnectionId;
 
 fn next_backoff(b: Duration) -> Duration {
     (b * 2).min(MAX_BACKOFF)
@@ -202,8 +205,20 @@ pub(super) async fn registry_loop(
     let mut batch = Vec::new();
     while ops.recv_many(&mut batch, 512).await > 0 {
         let mut readies = Vec::new();
-        let mut writes = Vec::new();
+        // The writes run at once, so only the last operation on an id
+        // counts: a page that left and came back to this instance within
+        // one batch is recorded, not forgotten by a late removal.
+        let mut latest: HashMap<ConnectionId, RegOp> = HashMap::with_capacity(batch.len());
         for op in batch.drain(..) {
+            let id = match &op {
+                RegOp::Add { id, .. } | RegOp::Remove { id } => id.clone(),
+            };
+            if let Some(RegOp::Add { ready, .. }) = latest.insert(id, op) {
+                readies.push(ready);
+            }
+        }
+        let mut writes = Vec::new();
+        for op in latest.into_values() {
             let shared = &shared;
             match op {
                 RegOp::Add { id, user, ready } => {
@@ -264,8 +279,77 @@ pub(super) async fn registry_loop(
     }
 }
 
-/// Renews this instance's liveness entry (its connection count), and
-/// writes its connections again when NATS forgot them.
+/// The instances alive now: the keys of the liveness bucket (whose
+/// entries the server removes at the liveness age).
+async fn live_instances(shared: &Shared) -> Result<HashSet<String>, String> {
+    Ok(keys(&shared.alive, ">").await?.into_iter().collect())
+}
+
+/// Forgets every connection recorded for an instance that is not alive
+/// (it crashed, or lost NATS for longer than the liveness: it writes its
+/// connections again when it comes back). Every instance renews its entry
+/// before it records its first connection (see `connect`), so one that
+/// just started is never taken for dead. Reads the place bucket once,
+/// in one stream; returns how many it forgot.
+async fn bury(shared: &Shared, live: &HashSet<String>) -> Result<usize, String> {
+    // Fresh (`kv::Store::status` answers what was known at start).
+    let info = shared
+        .place
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| e.to_string())?;
+    if info.state.messages == 0 {
+        return Ok(0);
+    }
+    let mut entries = shared
+        .place
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut dead = Vec::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.operation == async_nats::jetstream::kv::Operation::Put {
+            let instance = entry.value.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            if !live.contains(String::from_utf8_lossy(instance).as_ref()) {
+                dead.push((entry.key, entry.revision));
+            }
+        }
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    let forgets = dead.iter().map(|(key, revision)| {
+        // Unless the connection was recorded again meanwhile.
+        shared.place.delete_expect_revision(key, Some(*revision))
+    });
+    let forgotten = futures_util::future::join_all(forgets)
+        .await
+        .iter()
+        .filter(|r| r.is_ok())
+        .count();
+    Ok(forgotten)
+}
+
+/// The instances that recorded themselves in the meta bucket (see
+/// `connect`) and have not been buried.
+async fn known_instances(shared: &Shared) -> Result<Vec<String>, String> {
+    let mut known = Vec::new();
+    for key in keys(&shared.meta, &format!("{INSTANCE}>")).await? {
+        // A buried one's key holds the marker of its deletion.
+        let recorded = shared.meta.get(&key).await.map_err(|e| e.to_string())?;
+        if let (Some(_), Some(instance)) = (recorded, key.strip_prefix(INSTANCE)) {
+            known.push(instance.to_owned());
+        }
+    }
+    Ok(known)
+}
+
+/// Renews this instance's liveness entry (its connection count), writes
+/// its connections again when NATS forgot them, and forgets the
+/// connections of instances that died (recorded in the meta bucket, no
+/// longer in the liveness bucket), as the Redis backend buries them.
 pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.liveness / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -278,8 +362,13 @@ pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
             let local = sink.connections().unwrap_or_default();
             let existed = shared.renew(local.len()).await?;
             if !existed {
-                // First round, or NATS forgot this instance: write every
-                // local connection again.
+                // NATS forgot this instance: record it and every local
+                // connection again.
+                shared
+                    .meta
+                    .put(format!("{INSTANCE}{}", shared.instance), Bytes::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let writes = local.iter().map(|(id, user)| {
                     shared
                         .place
@@ -289,9 +378,27 @@ pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
                     r.map_err(|e| e.to_string())?;
                 }
             }
+            let live = live_instances(&shared).await?;
+            let dead: Vec<String> = known_instances(&shared)
+                .await?
+                .into_iter()
+                .filter(|i| !live.contains(i))
+                .collect();
+            if !dead.is_empty() {
+                let n = bury(&shared, &live).await?;
+                for instance in &dead {
+                    shared
+                        .meta
+                        .delete(format!("{INSTANCE}{instance}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                tracing::info!(instances = ?dead, connections = n, "buried dead instances");
+            }
             Ok::<(), String>(())
         };
-        let result = with_timeout(shared.timeout * 2, "renewing liveness", step).await;
+        let limit = shared.liveness.max(shared.timeout * 2);
+        let result = with_timeout(limit, "renewing liveness", step).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "liveness renewal failed");
         }
