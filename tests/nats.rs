@@ -210,6 +210,12 @@ async fn a_nats_outage_keeps_pages_open_and_loses_nothing_acknowledged() {
     let epoch = a.manager.last_id().epoch();
 
     nats.stop();
+    // The instances say they lost NATS (`GET /sse/status`, `backend_connected`).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.manager.backend_connected() {
+        assert!(Instant::now() < deadline, "still says it reads NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Publishing fails with a clear error, on the API and over HTTP.
     let err = b
         .manager
@@ -457,6 +463,36 @@ async fn a_resume_across_a_hole_in_the_history_gets_the_reset_event() {
             "a resume from 5 misses nothing"
         );
     }
+}
+
+/// Instances asking for different history lengths share one stream: it
+/// keeps the longest asked for (a later instance with a longer history
+/// raises the stream's limit), so a page resumes on that instance from
+/// further back without a reset.
+#[tokio::test]
+async fn the_stream_keeps_the_longest_history_asked_for() {
+    let nats = NatsServer::start();
+    let with_history = |n: usize| {
+        let url = nats.url();
+        async move {
+            BroadcastManager::builder()
+                .history(n)
+                .build_nats(NatsConfig::new(url))
+                .await
+                .unwrap()
+        }
+    };
+    let short = with_history(3).await;
+    let _long = with_history(50).await;
+    for n in 0..20 {
+        short.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    // A third instance loads its history from the stream: all 20 are there.
+    let late = with_history(50).await;
+    let data: Vec<_> = late.history(None).iter().map(|m| m.data.clone()).collect();
+    assert_eq!(data, (0..20).map(Value::from).collect::<Vec<_>>());
+    // The short one kept only its own 3.
+    assert_eq!(short.history(None).len(), 3);
 }
 
 #[tokio::test]

@@ -143,6 +143,7 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                         == async_nats::connection::State::Connected;
                     if !connected {
                         down = true;
+                        shared.reading.store(false, Ordering::Relaxed);
                         continue;
                     }
                     if down || (ticks.is_multiple_of(EPOCH_CHECK) && !same_epoch(&shared, epoch).await) {
@@ -152,7 +153,12 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                 }
             };
             let message = match next {
-                Some(Ok(m)) => m,
+                Some(Ok(m)) => {
+                    // Reading again, though perhaps not told of the
+                    // reconnection yet (the next tick looks at the stream).
+                    shared.reading.store(true, Ordering::Relaxed);
+                    m
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "reading from NATS failed; reading again");
                     break Stop::Again;
