@@ -293,11 +293,12 @@ async fn live_instances(shared: &Shared) -> Result<HashSet<String>, String> {
 
 /// Forgets every connection recorded for an instance that is not alive
 /// (it crashed, or lost NATS for longer than the liveness: it writes its
-/// connections again when it comes back). Every instance renews its entry
-/// before it records its first connection (see `connect`), so one that
-/// just started is never taken for dead. Reads the place bucket once,
-/// in one stream; returns how many it forgot.
-async fn bury(shared: &Shared, live: &HashSet<String>) -> Result<usize, String> {
+/// connections again when it comes back). Reads the place bucket once, in
+/// one stream, then the live instances: an instance renews its liveness
+/// entry before it records its first connection (see `connect`), so the
+/// owner of any record read is in that later list unless it is dead, even
+/// one that started during the reading. Returns how many it forgot.
+async fn bury(shared: &Shared) -> Result<usize, String> {
     // Fresh (`kv::Store::status` answers what was known at start).
     let info = shared
         .place
@@ -313,23 +314,26 @@ async fn bury(shared: &Shared, live: &HashSet<String>) -> Result<usize, String> 
         .watch_with_history(">")
         .await
         .map_err(|e| e.to_string())?;
-    let mut dead = Vec::new();
+    let mut records = Vec::new();
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| e.to_string())?;
         if entry.operation == async_nats::jetstream::kv::Operation::Put {
             let instance = entry.value.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            if !live.contains(String::from_utf8_lossy(instance).as_ref()) {
-                dead.push((entry.key, entry.revision));
-            }
+            let instance = String::from_utf8_lossy(instance).into_owned();
+            records.push((entry.key, entry.revision, instance));
         }
         if entry.delta == 0 {
             break;
         }
     }
-    let forgets = dead.iter().map(|(key, revision)| {
-        // Unless the connection was recorded again meanwhile.
-        shared.place.delete_expect_revision(key, Some(*revision))
-    });
+    let live = live_instances(shared).await?;
+    let forgets = records
+        .iter()
+        .filter(|(_, _, instance)| !live.contains(instance))
+        .map(|(key, revision, _)| {
+            // Unless the connection was recorded again meanwhile.
+            shared.place.delete_expect_revision(key, Some(*revision))
+        });
     let forgotten = futures_util::future::join_all(forgets)
         .await
         .iter()
@@ -384,14 +388,14 @@ pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
                     r.map_err(|e| e.to_string())?;
                 }
             }
+            // Known first, then alive: a known instance renewed its entry
+            // before it recorded itself, so it is in the later list unless
+            // it is dead.
+            let known = known_instances(&shared).await?;
             let live = live_instances(&shared).await?;
-            let dead: Vec<String> = known_instances(&shared)
-                .await?
-                .into_iter()
-                .filter(|i| !live.contains(i))
-                .collect();
+            let dead: Vec<String> = known.into_iter().filter(|i| !live.contains(i)).collect();
             if !dead.is_empty() {
-                let n = bury(&shared, &live).await?;
+                let n = bury(&shared).await?;
                 for instance in &dead {
                     shared
                         .meta
