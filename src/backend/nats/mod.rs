@@ -39,7 +39,7 @@ struct Names {
     place: String,
     /// Instance id → its connection count; entries expire at the liveness.
     alive: String,
-    /// The resume key.
+    /// The resume key, and `instance.ID` for every instance not buried.
     meta: String,
     prefix: String,
 }
@@ -200,7 +200,13 @@ async fn buckets(
         liveness,
     )
     .await?;
-    let meta = bucket(js, &names.meta, "htmx-sse: the resume key", Duration::ZERO).await?;
+    let meta = bucket(
+        js,
+        &names.meta,
+        "htmx-sse: the resume key and the instances",
+        Duration::ZERO,
+    )
+    .await?;
     Ok((place, alive, meta))
 }
 
@@ -229,8 +235,9 @@ async fn open_stream(
     let max = i64::try_from(history.max(1)).unwrap_or(i64::MAX);
     for _ in 0..3 {
         match js.get_stream(&names.stream).await {
-            Ok(mut s) => {
-                let info = s.info().await.map_err(|e| e.to_string())?.clone();
+            Ok(s) => {
+                // As read by `get_stream`.
+                let info = s.cached_info().clone();
                 let epoch = names
                     .epoch_of(&info)
                     .ok_or("the stream is not one of htmx-sse (no epoch subject)")?;
