@@ -13,6 +13,7 @@
 //! cargo run --example demo -- --addr 0.0.0.0:8080
 //! cargo run --example demo -- --assets DIR      # serve htmx from DIR instead of a CDN
 //! cargo run --example demo -- --open-publish    # anyone may POST /sse/broadcast (closed otherwise)
+//! cargo run --features compression --example demo -- --compress   # the shared stream in br/gzip
 //! ```
 //!
 //! Two processes acting as one, through Redis (notes, toasts and the
@@ -31,6 +32,9 @@
 //! page on htmx 4 (with its `hx-sse` extension). The code is the same: the
 //! page's builders take the flavour as one value, and both kinds of page
 //! share one stream.
+//!
+//! Built with `--features metrics`, `GET /metrics` answers the broadcast
+//! manager's metrics in the Prometheus text format.
 //!
 //! `--assets DIR` serves `DIR/htmx.min.js` and `DIR/sse.js` (copy them from
 //! the npm packages `htmx.org@2` `dist/htmx.min.js` and `htmx-ext-sse@2`
@@ -115,6 +119,8 @@ struct Args {
     /// `--open-publish`: anyone who reaches the demo may use `POST
     /// /sse/broadcast` and `POST /sse/send/{id}`.
     open_publish: bool,
+    /// `--compress`: the shared stream compressed (feature `compression`).
+    compress: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -122,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         assets: None,
         open_publish: false,
+        compress: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -142,10 +149,17 @@ fn parse_args() -> Result<Args, String> {
                 args.assets = Some(dir);
             }
             "--open-publish" => args.open_publish = true,
+            "--compress" if cfg!(feature = "compression") => args.compress = true,
+            "--compress" => {
+                return Err(
+                    "--compress needs the demo built with `--features compression`".to_owned(),
+                );
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish]\n  \
-                     --open-publish  let anyone who reaches the demo POST /sse/broadcast and /sse/send/{id}"
+                    "usage: demo [--addr HOST:PORT] [--assets DIR] [--open-publish] [--compress]\n  \
+                     --open-publish  let anyone who reaches the demo POST /sse/broadcast and /sse/send/{id}\n  \
+                     --compress      compress the shared stream (built with --features compression)"
                         .to_owned(),
                 );
             }
@@ -205,6 +219,28 @@ async fn on_nats(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> Broadcast
     std::process::exit(2);
 }
 
+/// `GET /metrics` (built with `--features metrics`): the manager's
+/// metrics in the Prometheus text format. A real application serves them
+/// on an address only its monitoring reaches.
+#[cfg(feature = "metrics")]
+fn with_metrics(app: Router, manager: &BroadcastManager) -> Router {
+    let mut registry = prometheus_client::registry::Registry::default();
+    htmx_sse::metrics::register(&mut registry, manager);
+    let registry = Arc::new(registry);
+    app.route(
+        "/metrics",
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move { htmx_sse::metrics::text(&registry) }
+        }),
+    )
+}
+
+#[cfg(not(feature = "metrics"))]
+fn with_metrics(app: Router, _: &BroadcastManager) -> Router {
+    app
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -229,6 +265,22 @@ async fn main() {
         .retry_on_shutdown(Duration::from_secs(5));
     // The broadcast manager shares the shutdown signal through its config.
     let builder = BroadcastManager::builder().stream(config.clone());
+    // `--compress` (built with `--features compression`): the shared
+    // stream in br or gzip, as the browser accepts. Off by default: this
+    // stream mixes text anyone can post (notes) with what must stay secret
+    // (the proofs in the event ids, private toasts), and a compressed
+    // stream leaks such secrets through its size (BREACH; SECURITY.md).
+    #[cfg(feature = "compression")]
+    let builder = if args.compress {
+        println!("--compress: the shared stream is compressed (see SECURITY.md, BREACH)");
+        builder.stream(
+            config
+                .clone()
+                .compression(htmx_sse::streaming::Compression::new()),
+        )
+    } else {
+        builder
+    };
     let manager = match (std::env::var("REDIS_URL"), std::env::var("NATS_URL")) {
         (Ok(url), _) => on_redis(builder, &url).await,
         (Err(_), Ok(url)) => on_nats(builder, &url).await,
@@ -271,6 +323,7 @@ async fn main() {
         routes = routes.publish(Access::Anyone);
     }
     let app = routes.install(app);
+    let app = with_metrics(app, &manager);
     tokio::spawn(dashboard(manager, std::time::Instant::now()));
 
     let listener = match tokio::net::TcpListener::bind(args.addr).await {

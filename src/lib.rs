@@ -58,6 +58,7 @@
 //! | `testing` | no | `testing`: a real SSE client over HTTP for integration tests, and a WHATWG-conformant parser |
 //! | `redis` | no | the Redis backend (`backend::RedisConfig`): many server processes act as one |
 //! | `nats` | no | the NATS JetStream backend (`backend::NatsConfig`): the same on a `nats-server -js` |
+//! | `metrics` | no | `metrics`: a manager's metrics in the Prometheus text format (`prometheus-client`) |
 //! | `webpush` | no | `webpush`: Web Push (VAPID, RFC 8291 encryption) to browsers whose page is closed; `webpush-rustls` adds TLS |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
@@ -71,6 +72,8 @@ pub mod event;
 pub mod flavor;
 pub mod fragment;
 pub mod limits;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod names;
 #[cfg(feature = "askama")]
 pub mod notify;

@@ -467,13 +467,15 @@ async fn stream(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
         sub = sub.user(user);
     }
     let last = LastEventId::from_parts(&parts);
-    ctx.manager
-        .subscribe(
-            sub,
-            last.as_ref().map(LastEventId::as_str),
-            serde_json::Value::Null,
-        )
-        .into_response()
+    let connection = ctx.manager.subscribe(
+        sub,
+        last.as_ref().map(LastEventId::as_str),
+        serde_json::Value::Null,
+    );
+    // The encoding, when the manager's stream config compresses.
+    #[cfg(feature = "compression")]
+    let connection = connection.map(|c| c.accept_encoding(&parts.headers));
+    connection.into_response()
 }
 
 #[derive(Deserialize)]

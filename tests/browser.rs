@@ -138,6 +138,10 @@ enum Scenario {
     Heartbeat,
     /// maud-escaped user text arrives as text, never as markup.
     Escaping,
+    /// A compressed stream (brotli, as Chromium accepts it) swaps every
+    /// fragment within 50 ms of its publish, heartbeats included.
+    #[cfg(feature = "compression")]
+    Compressed,
 }
 
 impl Scenario {
@@ -149,12 +153,18 @@ impl Scenario {
             Scenario::Close => "close",
             Scenario::Heartbeat => "heartbeat",
             Scenario::Escaping => "escaping",
+            #[cfg(feature = "compression")]
+            Scenario::Compressed => "compressed",
         }
     }
 
     fn config(self) -> StreamConfig {
         match self {
             Scenario::Heartbeat => StreamConfig::new().heartbeat(Duration::from_millis(100)),
+            #[cfg(feature = "compression")]
+            Scenario::Compressed => StreamConfig::new()
+                .heartbeat(Duration::from_millis(100))
+                .compression(htmx_sse::streaming::Compression::new()),
             _ => StreamConfig::new(),
         }
     }
@@ -173,6 +183,8 @@ struct Hub {
     connections: AtomicUsize,
     /// Why each page stream ended, in order.
     ended: Mutex<Vec<EndReason>>,
+    /// The `Content-Encoding` of each page stream (`identity` for none).
+    encodings: Mutex<Vec<String>>,
 }
 
 type Shared = Arc<Hub>;
@@ -225,20 +237,36 @@ struct EventsQuery {
     probe: bool,
 }
 
-async fn events(State(hub): State<Shared>, Query(q): Query<EventsQuery>) -> Response {
+async fn events(
+    State(hub): State<Shared>,
+    Query(q): Query<EventsQuery>,
+    #[cfg_attr(not(feature = "compression"), allow(unused_variables))]
+    headers: axum::http::HeaderMap,
+) -> Response {
     let config = hub.scenario.config();
     if q.probe {
-        return SseStream::new(tokio_stream::pending::<Event>())
-            .config(config)
-            .into_response();
+        let probe = SseStream::new(tokio_stream::pending::<Event>()).config(config);
+        #[cfg(feature = "compression")]
+        let probe = probe.accept_encoding(&headers);
+        return probe.into_response();
     }
     hub.connections.fetch_add(1, Ordering::SeqCst);
     let (tx, rx) = mpsc::channel(64);
     hub.streams.lock().push(tx);
-    SseStream::new(ReceiverStream::new(rx))
+    let ended = hub.clone();
+    let stream = SseStream::new(ReceiverStream::new(rx))
         .config(config)
-        .on_end(move |reason| hub.ended.lock().push(reason))
-        .into_response()
+        .on_end(move |reason| ended.ended.lock().push(reason));
+    #[cfg(feature = "compression")]
+    let stream = stream.accept_encoding(&headers);
+    let res = stream.into_response();
+    let encoding = res
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    hub.encodings.lock().push(encoding.to_owned());
+    res
 }
 
 async fn stats(State(hub): State<Shared>) -> Json<Value> {
@@ -247,6 +275,7 @@ async fn stats(State(hub): State<Shared>) -> Json<Value> {
         "connections": hub.connections.load(Ordering::SeqCst),
         "open": hub.streams.lock().len(),
         "ended": ended,
+        "encodings": *hub.encodings.lock(),
     }))
 }
 
@@ -292,6 +321,26 @@ async fn publish(State(hub): State<Shared>) -> Json<Value> {
                 .build_event()
                 .expect("literal ids are valid");
             send(oob).await;
+        }
+        #[cfg(feature = "compression")]
+        Scenario::Compressed => {
+            // Each fragment carries the server's clock when it was
+            // published (ms since the Unix epoch, as the page's
+            // `performance.timeOrigin + performance.now()`), and goes out
+            // alone: 50 ms apart, so each is a chunk compressed and
+            // flushed by itself.
+            for n in 0..IN_ORDER {
+                let sent = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_secs_f64()
+                    * 1000.0;
+                send(Event::from(
+                    html! { li data-sent=(format!("{sent:.3}")) { (n) } },
+                ))
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     Json(json!({ "streams": streams.len(), "failed": failed }))
@@ -431,6 +480,17 @@ fn scenario_body(scenario: Scenario, flavour: Flavour) -> Markup {
             }
             p { "who: " span #who { "nobody" } }
         },
+        #[cfg(feature = "compression")]
+        (Scenario::Compressed, Htmx2) => html! {
+            section #conn hx-ext="sse" sse-connect="/events" {
+                ul #list sse-swap="message" hx-swap="beforeend" {}
+            }
+        },
+        #[cfg(feature = "compression")]
+        (Scenario::Compressed, Htmx4) => html! {
+            section #conn hx-sse:connect="/events" hx-target="#list" hx-swap="beforeend" {}
+            ul #list {}
+        },
         (Scenario::Escaping, Htmx4) => html! {
             section #conn hx-sse:connect="/events" hx-target="#msgs" hx-swap="beforeend" {}
             ul #msgs {}
@@ -558,6 +618,7 @@ async fn run(scenario: Scenario, flavour: Flavour) -> Shared {
         streams: Mutex::new(Vec::new()),
         connections: AtomicUsize::new(0),
         ended: Mutex::new(Vec::new()),
+        encodings: Mutex::new(Vec::new()),
     });
     serve_and_drive(app(hub.clone()), "driver.mjs", scenario.name(), flavour).await;
     hub
@@ -651,4 +712,11 @@ in_both_flavours! {
     close_event_stops_reconnecting: |f| assert_closed_once(&run(Scenario::Close, f).await);
     heartbeats_swap_nothing: |f| run(Scenario::Heartbeat, f).await;
     escaped_text_stays_text: |f| run(Scenario::Escaping, f).await;
+    #[cfg(feature = "compression")]
+    compressed_stream_swaps_within_50ms: |f| {
+        let hub = run(Scenario::Compressed, f).await;
+        // The page's stream was compressed: Chromium accepts br (its
+        // `EventSource` and `fetch` alike) and the server prefers it.
+        assert_eq!(*hub.encodings.lock(), ["br"]);
+    };
 }

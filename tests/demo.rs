@@ -299,3 +299,87 @@ fn publishing_while_redis_is_down_is_a_503_with_a_json_error() {
         );
     }
 }
+
+/// Built with the `metrics` feature (as `cargo test --all-features`
+/// builds it), the demo answers `GET /metrics` in the Prometheus text
+/// format, counting its own streams.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_demo_serves_its_metrics() {
+    let (_demo, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // The stream's first bytes: it is open and counted.
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut stream, &mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let mut metrics = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut metrics, &mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("application/openmetrics-text"), "{text}");
+    assert!(text.contains("htmx_sse_connects_total 1"), "{text}");
+    assert!(
+        text.contains("htmx_sse_backend_up{backend=\"memory\"} 1"),
+        "{text}"
+    );
+}
+
+/// The dashboard (`dashboards/htmx-sse.json`) rendered from scrapes of the
+/// demo under load by `scripts/dashboard.mjs`, which fails when a panel
+/// gets no data: the same script made the README's picture, over 60 s.
+#[cfg(feature = "metrics")]
+#[test]
+fn the_dashboard_renders_from_the_demo_under_load() {
+    let (_demo, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
+    let out = root().join("target").join("dashboard");
+    let run = Command::new("node")
+        .arg(root().join("scripts/dashboard.mjs"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&out)
+        .arg("6")
+        .current_dir(root())
+        .output()
+        .expect("node not found: install nodejs (or run scripts/test.sh)");
+    assert!(
+        run.status.success(),
+        "dashboard failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let html = std::fs::read_to_string(out.join("dashboard.html")).unwrap();
+    assert_eq!(html.matches("<section").count(), 13, "every panel rendered");
+    assert!(!html.contains("no data"), "{html}");
+    assert!(out.join("dashboard.png").is_file());
+}
+
+/// `--compress` (built with the `compression` feature) compresses the
+/// shared stream for a browser that accepts it; without the flag the
+/// demo never compresses (the stream mixes posted notes with secrets).
+#[cfg(feature = "compression")]
+#[test]
+fn the_demo_compresses_its_stream_only_when_asked() {
+    let head = |port: u16| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /sse HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    };
+    let (_plain, port) = Demo::start(&[], &[("RUST_LOG", "warn")]);
+    let text = head(port);
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(!text.contains("content-encoding"), "{text}");
+    let (_compressed, port) = Demo::start(&["--compress"], &[("RUST_LOG", "warn")]);
+    let text = head(port);
+    assert!(text.contains("content-encoding: br"), "{text}");
+}

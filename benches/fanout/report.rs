@@ -30,7 +30,7 @@ const ALL: [&str; 7] = [
     "idle-10k-beat",
     "scale",
 ];
-const KINDS: [&str; 3] = ["crate", "baseline", "raw"];
+const KINDS: [&str; 4] = ["crate", "crate-metrics", "baseline", "raw"];
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -168,6 +168,41 @@ pub(crate) fn render(runs: &[Run], meta: &Meta) -> (String, String) {
                 num(m(&|x| x.client_util() * 100.0), 0) + " %",
                 num(m(&|x| x.deliveries_per_write()), 2),
                 num(m(&|x| x.wire_bytes_per_msg()), 0),
+            );
+        }
+    }
+
+    if runs.iter().any(|r| r.kind == "crate-metrics") {
+        let _ = writeln!(
+            md,
+            "\n## Metrics on ÷ off (`htmx_sse::metrics` registered, issue 18: ≤ 1.03× CPU per delivery)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | CPU µs/delivery off | on | on ÷ off | deliveries/s on ÷ off | p99 on ÷ off |"
+        );
+        let _ = writeln!(md, "|{}", "---|".repeat(6));
+        for sc in LOAD.into_iter().chain(PACED) {
+            let off = |f: &dyn Fn(&Run) -> f64| med(runs, sc, "crate", f);
+            let on = |f: &dyn Fn(&Run) -> f64| med(runs, sc, "crate-metrics", f);
+            let cpu = |x: &Run| x.cpu_us_per_delivery();
+            if on(&cpu).is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {sc} | {} | {} | {} | {} | {} |",
+                num(off(&cpu), 3),
+                num(on(&cpu), 3),
+                match (on(&cpu), off(&cpu)) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.3}×", a / b),
+                    _ => "–".to_owned(),
+                },
+                ratio(
+                    on(&|x| x.deliveries_per_s()),
+                    off(&|x| x.deliveries_per_s())
+                ),
+                ratio(on(&|x| x.p99_us as f64), off(&|x| x.p99_us as f64)),
             );
         }
     }
@@ -485,6 +520,7 @@ fn svg(runs: &[Run]) -> String {
         let y = h - 30.0;
         let label = match *k {
             "crate" => "htmx-sse (setup_broadcast_routes)",
+            "crate-metrics" => "htmx-sse with htmx_sse::metrics registered",
             "baseline" => "axum Sse + tokio broadcast",
             _ => "raw socket loop (limit)",
         };

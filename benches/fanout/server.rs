@@ -58,9 +58,13 @@ pub(crate) enum Kind {
     Crate,
     Baseline,
     Raw,
+    /// The crate with `htmx_sse::metrics` registered (bench built with
+    /// `--features metrics`); only when asked for with `--servers`.
+    CrateMetrics,
 }
 
 impl Kind {
+    /// What runs by default.
     pub(crate) const ALL: [Kind; 3] = [Kind::Crate, Kind::Baseline, Kind::Raw];
 
     pub(crate) fn name(self) -> &'static str {
@@ -68,12 +72,33 @@ impl Kind {
             Kind::Crate => "crate",
             Kind::Baseline => "baseline",
             Kind::Raw => "raw",
+            Kind::CrateMetrics => "crate-metrics",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::ALL
+            .into_iter()
+            .chain([Kind::CrateMetrics])
+            .find(|k| k.name() == s)
     }
+}
+
+#[cfg(feature = "metrics")]
+fn with_metrics(
+    manager: &htmx_sse::BroadcastManager,
+) -> Result<prometheus_client::registry::Registry, String> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    htmx_sse::metrics::register(&mut registry, manager);
+    Ok(registry)
+}
+
+#[cfg(not(feature = "metrics"))]
+fn with_metrics(_: &htmx_sse::BroadcastManager) -> Result<(), String> {
+    Err(
+        "crate-metrics needs the metrics feature: cargo bench --features metrics --bench fanout"
+            .to_owned(),
+    )
 }
 
 /// The 256-byte HTML payload of message `seq`, stamped with `t_ns`:
@@ -139,7 +164,7 @@ pub(crate) fn run(
         let _ = std::io::stdout().flush();
     };
     match kind {
-        Kind::Crate => rt.block_on(async move {
+        Kind::Crate | Kind::CrateMetrics => rt.block_on(async move {
             let shutdown = htmx_sse::streaming::Shutdown::new();
             let mut config = htmx_sse::streaming::StreamConfig::new().shutdown(&shutdown);
             if let Some(window) = retry_window {
@@ -154,6 +179,13 @@ pub(crate) fn run(
                 .stream(config)
                 .connection_event(connection_event)
                 .build();
+            // What metrics cost: counted as an application that scrapes
+            // them would count (the scrape itself is not part of the run).
+            let _registry = if kind == Kind::CrateMetrics {
+                Some(with_metrics(&manager)?)
+            } else {
+                None
+            };
             let stats = manager.clone();
             let app = htmx_sse::setup_broadcast_routes(Router::new(), manager.clone(), "/sse")
                 .route(

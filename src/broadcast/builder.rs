@@ -393,7 +393,13 @@ impl BroadcastBuilder {
         let inner: Arc<dyn Delivery> = Arc::clone(&manager.inner) as Arc<dyn Delivery>;
         let sink = Sink::new(Arc::downgrade(&inner));
         drop(inner);
-        tokio::spawn(backend.run(sink, last));
+        // What the backend reads back is fanned out inside this span (see
+        // `Engine::deliver_at`'s `htmx_sse.fanout`).
+        let span = tracing::info_span!("htmx_sse.backend", backend = backend.name());
+        tokio::spawn(tracing::Instrument::instrument(
+            backend.run(sink, last),
+            span,
+        ));
         Ok(manager)
     }
 

@@ -217,6 +217,14 @@ impl Engine {
             epoch: core.epoch,
             seq,
         };
+        // Within the publish span (in memory) or the backend's reader
+        // span (shared); the message id ties the two together.
+        let span = tracing::debug_span!(
+            "htmx_sse.fanout",
+            message.id = %id,
+            delivered = tracing::field::Empty
+        );
+        let _fanout = span.enter();
         let mut head = BytesMut::with_capacity(24);
         head.put_slice(b"id: ");
         head.put_slice(id.to_string().as_bytes());
@@ -301,6 +309,7 @@ impl Engine {
                 delivered
             }
         };
+        span.record("delivered", delivered);
         (id, delivered)
     }
 }

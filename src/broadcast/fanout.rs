@@ -42,6 +42,9 @@ pub(crate) struct Fanout {
     pub(crate) shutdown_retry: Option<Duration>,
     pub(crate) debug: bool,
     pub(crate) coalesce: bool,
+    /// See `StreamConfig::compression`.
+    #[cfg(feature = "compression")]
+    pub(crate) compression: Option<crate::streaming::Compression>,
     pub(crate) filter: Option<Arc<Filter>>,
     /// What goes to everyone and to topics.
     pub(crate) ring: Ring,
@@ -51,6 +54,8 @@ pub(crate) struct Fanout {
     tick: AtomicU32,
     /// The manager's shutdown signal was seen.
     shut: AtomicBool,
+    /// What `htmx_sse::metrics` reports (off until registered).
+    pub(crate) meter: super::meter::Meter,
 }
 
 impl Fanout {
@@ -68,9 +73,12 @@ impl Fanout {
             shutdown_retry: config.shutdown_retry,
             debug: config.debug,
             coalesce: config.coalesce,
+            #[cfg(feature = "compression")]
+            compression: config.compression,
             filter,
             tick: AtomicU32::new(0),
             shut: AtomicBool::new(false),
+            meter: super::meter::Meter::default(),
         }
     }
 

@@ -63,6 +63,8 @@ pub(crate) struct Feed {
     uncounted: u64,
     after: u64,
     registration: Registration,
+    /// `htmx_sse.connection`: see `BroadcastManager::open`.
+    span: tracing::Span,
 }
 
 impl Feed {
@@ -72,6 +74,7 @@ impl Feed {
         subscriber: Arc<Subscriber>,
         intro: Intro,
         registration: Registration,
+        span: tracing::Span,
     ) -> Self {
         Feed {
             manager,
@@ -90,6 +93,7 @@ impl Feed {
             uncounted: 0,
             after: intro.after,
             registration,
+            span,
         }
     }
 
@@ -116,6 +120,7 @@ impl Feed {
             }
         }
         self.uncounted += 1;
+        tracing::trace!(parent: &self.span, message.id = %stored.message.id, "delivered");
         Some(match batch {
             Some(batch) => {
                 batch.push_tagged(&stored.head, &self.subscriber.tag, body);
@@ -491,12 +496,17 @@ impl Stream for FeedBody {
                 batch.push(frame);
             }
             tracing::debug!(connection = %feed.registration.id(), ?reason, "sse stream ended");
+            feed.span
+                .record("end_reason", tracing::field::debug(reason));
+            fanout.meter.ended(reason);
             // Leaves the manager now, not when the body is dropped.
             this.feed = None;
+            fanout.meter.wrote(batch.len());
             return Poll::Ready(batch.finish().map(Ok));
         }
         if !batch.is_empty() {
             this.size_hint = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            fanout.meter.wrote(batch.len());
         }
         match batch.finish() {
             Some(chunk) => Poll::Ready(Some(Ok(chunk))),
@@ -513,6 +523,9 @@ impl Drop for FeedBody {
                 reason = ?EndReason::ClientGone,
                 "sse stream ended"
             );
+            feed.span
+                .record("end_reason", tracing::field::debug(EndReason::ClientGone));
+            self.fanout.meter.ended(EndReason::ClientGone);
         }
     }
 }

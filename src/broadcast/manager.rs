@@ -380,16 +380,36 @@ impl BroadcastManager {
         if let Some(reason) = reset {
             tracing::debug!(connection = %id, ?reason, "resume impossible, sending reset");
         }
+        // One span per connection, for its life: its id, its user, and
+        // (recorded when it ends) why it ended; each delivery is a `trace`
+        // event inside it with the message id.
+        let span = tracing::info_span!(
+            "htmx_sse.connection",
+            connection.id = %id,
+            user = tracing::field::Empty,
+            resumed = last_event_id.is_some(),
+            reset = reset.map(tracing::field::debug),
+            end_reason = tracing::field::Empty,
+        );
+        if let Some(user) = &subscriber.sub.user {
+            span.record("user", tracing::field::display(user));
+        }
+        inner.fanout.meter.connected(last_event_id.is_some(), reset);
         let feed = Feed::new(
             Arc::downgrade(&self.inner),
             ring,
             subscriber,
             intro,
             registration,
+            span,
         );
         Ok(Connection {
             id,
             body: FeedBody::new(Arc::clone(&inner.fanout), feed),
+            #[cfg(feature = "compression")]
+            compression: inner.fanout.compression,
+            #[cfg(feature = "compression")]
+            accept: None,
         })
     }
 

@@ -100,6 +100,54 @@
 //! to the next server process; [`BroadcastManager::disconnect`] ends one
 //! with the close message.
 //!
+//! # Tracing
+//!
+//! A message can be followed from publish to every socket with `tracing`,
+//! by its id (`EPOCH-SEQ`):
+//!
+//! | span or event | level | fields | where |
+//! | --- | --- | --- | --- |
+//! | `htmx_sse.publish` | info | `message.type`, `message.id`, `backend`, `delivered` | around [`Message::send`] and the `broadcast`/`send_to` calls; a failed publish is a `debug` event in it with the error |
+//! | `htmx_sse.backend` | info | `backend` | the shared backend's reader task (Redis), for the life of the manager |
+//! | `htmx_sse.fanout` | debug | `message.id`, `delivered` (this process's connections) | inside the publish in memory; inside `htmx_sse.backend` on every instance with a shared backend |
+//! | `htmx_sse.connection` | info | `connection.id`, `user`, `resumed`, `reset`, `end_reason` | one per connection, from connect to the end of its stream; its parent is the span current at connect (the request's, under tower-http's `TraceLayer`) |
+//! | `delivered` | trace | `message.id` | an event in the connection's span for each message written to it |
+//!
+//! With no subscriber interested they cost a check each (the connection
+//! span is about 40 bytes). Show them with a filter:
+//!
+//! ```
+//! use tracing_subscriber::EnvFilter;
+//!
+//! // Publishes, connections and their end reasons; `htmx_sse=trace` adds
+//! // every delivery.
+//! let _ = tracing_subscriber::fmt()
+//!     .with_env_filter(EnvFilter::new("info,htmx_sse=debug"))
+//!     .try_init();
+//! ```
+//!
+//! To export them to OpenTelemetry, add the layer of `tracing-opentelemetry`
+//! to the application's subscriber; the crate needs nothing more (it does
+//! not depend on OpenTelemetry). With `opentelemetry_sdk`'s tracer provider
+//! and an OTLP exporter (`opentelemetry-otlp`), as their docs show:
+//!
+//! ```text
+//! use opentelemetry::trace::TracerProvider as _;
+//! use tracing_subscriber::prelude::*;
+//!
+//! let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+//!     .with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?)
+//!     .build();
+//! tracing_subscriber::registry()
+//!     .with(tracing_subscriber::EnvFilter::new("info,htmx_sse=debug"))
+//!     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("my-app")))
+//!     .init();
+//! ```
+//!
+//! A message published on one instance and delivered by another is two
+//! traces there (the publish, and the reader's fan-out); the `message.id`
+//! field joins them.
+//!
 //! # What a connection costs
 //!
 //! Messages for everyone (and for topics) wait in one ring that every
@@ -123,12 +171,13 @@
 
 mod builder;
 mod data;
-mod engine;
+pub(crate) mod engine;
 mod fanout;
 mod feed;
 mod listeners;
 pub(crate) mod manager;
 mod message;
+pub(crate) mod meter;
 mod proof;
 mod publish;
 mod resume;
@@ -209,6 +258,12 @@ impl ResetReason {
 pub struct Connection {
     id: ConnectionId,
     body: feed::FeedBody,
+    /// The manager's `StreamConfig::compression`, and the request's
+    /// `Accept-Encoding`.
+    #[cfg(feature = "compression")]
+    compression: Option<crate::streaming::Compression>,
+    #[cfg(feature = "compression")]
+    accept: Option<axum::http::HeaderValue>,
 }
 
 impl fmt::Debug for Connection {
@@ -225,10 +280,41 @@ impl Connection {
     pub fn id(&self) -> &ConnectionId {
         &self.id
     }
+
+    /// Reads the request's `Accept-Encoding` from `headers`, to choose the
+    /// encoding when the manager's stream config compresses
+    /// ([`StreamConfig::compression`](crate::streaming::StreamConfig::compression),
+    /// feature `compression`); without it the stream goes out
+    /// uncompressed. The crate's routes call it.
+    ///
+    /// ```
+    /// use axum::{http::HeaderMap, response::IntoResponse};
+    /// use htmx_sse::BroadcastManager;
+    ///
+    /// async fn events(manager: BroadcastManager, headers: HeaderMap) -> impl IntoResponse {
+    ///     manager
+    ///         .connect(None, serde_json::Value::Null)
+    ///         .map(|c| c.accept_encoding(&headers))
+    /// }
+    /// # let _ = events;
+    /// ```
+    #[cfg(feature = "compression")]
+    pub fn accept_encoding(mut self, headers: &axum::http::HeaderMap) -> Self {
+        self.accept = headers.get(axum::http::header::ACCEPT_ENCODING).cloned();
+        self
+    }
 }
 
 impl IntoResponse for Connection {
     fn into_response(self) -> Response {
+        #[cfg(feature = "compression")]
+        if let Some(compression) = &self.compression {
+            return crate::streaming::sse_response_negotiated(
+                self.body,
+                compression,
+                self.accept.as_ref(),
+            );
+        }
         sse_response(self.body)
     }
 }

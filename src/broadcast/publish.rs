@@ -286,7 +286,43 @@ impl BroadcastManager {
         })
     }
 
+    /// Publishes inside an `htmx_sse.publish` span that records the
+    /// message's type, its id, the backend and how many connections of
+    /// this process it was queued for (see the module docs on tracing).
     async fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
+        let span = tracing::info_span!(
+            "htmx_sse.publish",
+            "message.type" = tracing::field::Empty,
+            message.id = tracing::field::Empty,
+            backend = self.backend_name(),
+            delivered = tracing::field::Empty,
+        );
+        let message_type = m
+            .message_type
+            .as_ref()
+            .map_or("message", EventName::as_str)
+            .to_owned();
+        span.record("message.type", message_type.as_str());
+        let started = std::time::Instant::now();
+        let sent = tracing::Instrument::instrument(self.publish_now(m), span.clone()).await;
+        self.inner
+            .fanout
+            .meter
+            .published(&message_type, started.elapsed(), sent.is_ok());
+        match &sent {
+            Ok(s) => {
+                span.record("message.id", tracing::field::display(&s.id));
+                span.record("delivered", s.delivered);
+            }
+            Err(e) => {
+                let _in = span.enter();
+                tracing::debug!(error = %e, "publish failed");
+            }
+        }
+        sent
+    }
+
+    async fn publish_now(&self, m: Message<'_>) -> Result<Sent, Error> {
         let inner = &*self.inner;
         let mut envelope = self.prepare(m)?;
         match &inner.transport {

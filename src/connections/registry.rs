@@ -31,7 +31,7 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
-    const ALL: [ConnectionState; 5] = [
+    pub(crate) const ALL: [ConnectionState; 5] = [
         ConnectionState::Connecting,
         ConnectionState::Connected,
         ConnectionState::Disconnected,
@@ -437,6 +437,25 @@ impl ConnectionRegistry {
             *stats.by_kind.entry(kind.to_string()).or_default() += n;
         }
         stats
+    }
+
+    /// Open connections counted by kind and state, and the messages
+    /// delivered since the registry was made: what `htmx_sse::metrics`
+    /// reports.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn census(&self) -> (Vec<(Arc<str>, ConnectionState, usize)>, u64) {
+        let mut counts: Vec<(Arc<str>, ConnectionState, usize)> = Vec::new();
+        self.shared.each(&mut |e| {
+            let state = e.state();
+            match counts
+                .iter_mut()
+                .find(|(k, s, _)| *s == state && (Arc::ptr_eq(k, &e.kind) || **k == *e.kind))
+            {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((Arc::clone(&e.kind), state, 1)),
+            }
+        });
+        (counts, self.shared.messages.load(Ordering::Relaxed))
     }
 
     /// How many connections are registered.

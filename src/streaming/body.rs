@@ -50,17 +50,53 @@ where
     // Room for the three headers only: hyper keeps this map for the
     // connection's next response, so its size is part of every open
     // connection (312 bytes here against 624 for a default map).
-    let mut h = HeaderMap::with_capacity(3);
+    response(Body::from_stream(frames), 3)
+}
+
+fn response(body: Body, headers: usize) -> Response {
+    let mut h = HeaderMap::with_capacity(headers);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    let mut res = Response::new(Body::from_stream(frames));
+    let mut res = Response::new(body);
     *res.status_mut() = StatusCode::OK;
     *res.headers_mut() = h;
     res
+}
+
+/// The SSE response around a body of frames, compressed when `compression`
+/// allows an encoding that `accept` (the request's `Accept-Encoding`)
+/// accepts; `Vary: Accept-Encoding` either way.
+#[cfg(feature = "compression")]
+pub(crate) fn sse_response_negotiated<B>(
+    frames: B,
+    compression: &super::Compression,
+    accept: Option<&HeaderValue>,
+) -> Response
+where
+    B: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    use super::compression::Compressed;
+
+    let vary = HeaderValue::from_static("accept-encoding");
+    match compression.negotiate(accept) {
+        None => {
+            let mut res = response(Body::from_stream(frames), 4);
+            res.headers_mut().insert(header::VARY, vary);
+            res
+        }
+        Some(encoding) => {
+            let body = Compressed::new(frames, compression.encoder(encoding));
+            let mut res = response(Body::from_stream(body), 5);
+            res.headers_mut()
+                .insert(header::CONTENT_ENCODING, encoding.header());
+            res.headers_mut().insert(header::VARY, vary);
+            res
+        }
+    }
 }
 
 /// How many bytes one body chunk collects at most: messages ready at the same

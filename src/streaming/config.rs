@@ -63,6 +63,8 @@ pub struct StreamConfig {
     pub(crate) shutdown_retry: Option<Duration>,
     pub(crate) debug: bool,
     pub(crate) coalesce: bool,
+    #[cfg(feature = "compression")]
+    pub(crate) compression: Option<super::Compression>,
 }
 
 impl Default for StreamConfig {
@@ -78,6 +80,8 @@ impl Default for StreamConfig {
             shutdown_retry: None,
             debug: false,
             coalesce: false,
+            #[cfg(feature = "compression")]
+            compression: None,
         }
     }
 }
@@ -208,6 +212,46 @@ impl StreamConfig {
     /// ```
     pub fn coalesce_by_event(mut self, on: bool) -> Self {
         self.coalesce = on;
+        self
+    }
+
+    /// Compresses the stream (feature `compression`; off by default) with
+    /// an encoding the client accepts, chosen from the request's
+    /// `Accept-Encoding`: see [`Compression`](super::Compression). Each
+    /// chunk is flushed as it is written (nothing waits in the compressor,
+    /// heartbeats included) and the compressor's window is kept across
+    /// events, so a stream that repeats itself shrinks to a fraction.
+    ///
+    /// The response needs the request's headers to choose:
+    /// [`SseStream::accept_encoding`](super::SseStream::accept_encoding)
+    /// and [`Connection::accept_encoding`](crate::broadcast::Connection::accept_encoding);
+    /// the crate's own routes pass them. Without them the stream goes out
+    /// uncompressed. Responses of a compressing config carry
+    /// `Vary: Accept-Encoding`, compressed or not.
+    ///
+    /// Leave tower-http's `CompressionLayer` away from `text/event-stream`
+    /// responses: it buffers them.
+    ///
+    /// ```
+    /// use axum::{http::HeaderMap, routing::get, Router};
+    /// use htmx_sse::{BroadcastManager, streaming::{Compression, StreamConfig}};
+    ///
+    /// let manager = BroadcastManager::builder()
+    ///     .stream(StreamConfig::new().compression(Compression::new()))
+    ///     .build();
+    /// // The crate's routes negotiate for you; in a handler of your own:
+    /// let app: Router = Router::new().route(
+    ///     "/events",
+    ///     get(move |headers: HeaderMap| async move {
+    ///         manager
+    ///             .connect(None, serde_json::Value::Null)
+    ///             .map(|c| c.accept_encoding(&headers))
+    ///     }),
+    /// );
+    /// ```
+    #[cfg(feature = "compression")]
+    pub fn compression(mut self, compression: super::Compression) -> Self {
+        self.compression = Some(compression);
         self
     }
 

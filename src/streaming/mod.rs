@@ -72,12 +72,18 @@
 //! ```
 
 mod body;
+#[cfg(feature = "compression")]
+mod compression;
 mod config;
 pub mod oob;
 mod shutdown;
 mod stream;
 
+#[cfg(feature = "compression")]
+pub(crate) use body::sse_response_negotiated;
 pub(crate) use body::{Batch, Piece, drain, expired, log_frame, sse_response};
+#[cfg(feature = "compression")]
+pub use compression::Compression;
 pub(crate) use config::shutdown_retry_frame;
 pub use config::{CLOSE_EVENT, RETRY_EVENT, StreamConfig};
 pub use oob::{OobFlavor, OobStreamBuilder, Swap};

@@ -109,6 +109,9 @@ pub struct SseStream<S> {
     stop: CancellationToken,
     task: Option<AbortHandle>,
     on_end: Option<OnEnd>,
+    /// The request's `Accept-Encoding`, for `StreamConfig::compression`.
+    #[cfg(feature = "compression")]
+    accept: Option<axum::http::HeaderValue>,
 }
 
 impl<S> fmt::Debug for SseStream<S> {
@@ -130,6 +133,8 @@ impl<S> SseStream<S> {
             stop: CancellationToken::new(),
             task: None,
             on_end: None,
+            #[cfg(feature = "compression")]
+            accept: None,
         }
     }
 
@@ -169,7 +174,33 @@ impl<S> SseStream<S> {
             stop: self.stop,
             task: self.task,
             on_end: self.on_end,
+            #[cfg(feature = "compression")]
+            accept: self.accept,
         }
+    }
+
+    /// Reads the request's `Accept-Encoding` from `headers`, to choose the
+    /// encoding when the config compresses
+    /// ([`StreamConfig::compression`], feature `compression`); without it
+    /// the stream goes out uncompressed.
+    ///
+    /// ```
+    /// use axum::{http::HeaderMap, routing::get, Router};
+    /// use htmx_sse::streaming::{Compression, SseStream, StreamConfig};
+    ///
+    /// async fn feed(headers: HeaderMap) -> impl axum::response::IntoResponse {
+    ///     let updates = tokio_stream::iter(["<p>1</p>", "<p>2</p>"]);
+    ///     SseStream::new(updates)
+    ///         .config(StreamConfig::new().compression(Compression::new()))
+    ///         .accept_encoding(&headers)
+    /// }
+    ///
+    /// let app: Router = Router::new().route("/feed", get(feed));
+    /// ```
+    #[cfg(feature = "compression")]
+    pub fn accept_encoding(mut self, headers: &axum::http::HeaderMap) -> Self {
+        self.accept = headers.get(axum::http::header::ACCEPT_ENCODING).cloned();
+        self
     }
 }
 
@@ -212,18 +243,21 @@ where
             stop,
             task,
             on_end,
+            #[cfg(feature = "compression")]
+            accept,
         } = self;
         let source = Transform {
             inner: source,
             f: event_piece::<S::Item>,
         };
-        sse_response(Frames::new(
-            source,
-            config,
-            TokenStop::new(stop),
-            task,
-            on_end,
-        ))
+        #[cfg(feature = "compression")]
+        let compression = config.compression;
+        let frames = Frames::new(source, config, TokenStop::new(stop), task, on_end);
+        #[cfg(feature = "compression")]
+        if let Some(compression) = compression {
+            return super::sse_response_negotiated(frames, &compression, accept.as_ref());
+        }
+        sse_response(frames)
     }
 }
 

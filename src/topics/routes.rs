@@ -256,13 +256,15 @@ async fn subscribe(State(hub): State<Arc<TopicRoutes>>, req: Request) -> Respons
         }
     }
     let last = LastEventId::from_parts(&parts);
-    hub.manager
-        .subscribe(
-            sub,
-            last.as_ref().map(LastEventId::as_str),
-            serde_json::Value::Null,
-        )
-        .into_response()
+    let connection = hub.manager.subscribe(
+        sub,
+        last.as_ref().map(LastEventId::as_str),
+        serde_json::Value::Null,
+    );
+    // The encoding, when the manager's stream config compresses.
+    #[cfg(feature = "compression")]
+    let connection = connection.map(|c| c.accept_encoding(&parts.headers));
+    connection.into_response()
 }
 
 #[derive(Deserialize)]

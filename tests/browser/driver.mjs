@@ -219,6 +219,65 @@ async function escaping(page) {
     'the title attribute of the out-of-band region');
 }
 
+// --- 6. A compressed stream: the same fragments, nothing held back --------
+
+async function compressed(page) {
+  // Heartbeats reach the page through the compressed stream: a probe
+  // connection (br, like the page's) read raw for 550 ms; fetch decodes.
+  const probe = await page.evaluate(async () => {
+    const ctrl = new AbortController();
+    const res = await fetch('/events?probe=true', { signal: ctrl.signal });
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let text = '';
+    const until = performance.now() + 550;
+    while (performance.now() < until) {
+      const chunk = await Promise.race([
+        reader.read(),
+        new Promise((r) => setTimeout(() => r({ timeout: true }), until - performance.now())),
+      ]);
+      if (chunk.timeout || chunk.done) break;
+      text += dec.decode(chunk.value, { stream: true });
+    }
+    ctrl.abort();
+    return { encoding: res.headers.get('content-encoding'), text };
+  });
+  eq(probe.encoding, 'br', 'Content-Encoding of the probe stream');
+  const beats = probe.text.split('\n\n').filter((f) => f === ':').length;
+  check(beats >= 3, `expected >= 3 heartbeat frames ":" in 550 ms, got ${JSON.stringify(probe.text)}`);
+
+  // Each <li> is timed when it enters the DOM, in the page's clock, against
+  // the server's clock when it was published (the same machine's clock).
+  await page.evaluate(() => {
+    window.__swapped = [];
+    new MutationObserver((records) => {
+      const seen = performance.timeOrigin + performance.now();
+      for (const r of records) {
+        for (const n of r.addedNodes) {
+          if (n.nodeType === 1 && n.dataset.sent) {
+            window.__swapped.push({ n: n.textContent, delay: seen - Number(n.dataset.sent) });
+          }
+        }
+      }
+    }).observe(document.querySelector('#list'), { childList: true });
+  });
+  await publish(page); // 20 fragments, 50 ms apart
+  await waitFor(page, () => document.querySelectorAll('#list > li').length >= 20, undefined,
+    '20 list items', { state: () => texts(page, '#list > li') });
+  await sleep(300);
+  await settled(page);
+  const want = Array.from({ length: 20 }, (_, n) => String(n));
+  eq(await texts(page, '#list > li'), want, 'the list items');
+  eq((await events(page, NAMES.message)).length, 20, `${NAMES.message} events`);
+  const swapped = await page.evaluate(() => window.__swapped);
+  eq(swapped.map((s) => s.n), want, 'the fragments timed as they were swapped');
+  const delays = swapped.map((s) => Math.round(s.delay * 10) / 10);
+  console.log(`publish -> swapped (ms): ${JSON.stringify(delays)}; max ${Math.max(...delays)}`);
+  check(delays.every((d) => d >= -1 && d < 50),
+    `every fragment must be swapped within 50 ms of its publish: ${JSON.stringify(delays)}`);
+  eq((await stats()).encodings, ['br'], 'Content-Encoding of the page stream (server side)');
+}
+
 // --- Running ---------------------------------------------------------------
 
 // Every scenario runs on one tab, once its SSE connection is open.
@@ -239,6 +298,7 @@ await run(ARGS, {
     close: onOpenPage(close),
     heartbeat: onOpenPage(heartbeat),
     escaping: onOpenPage(escaping),
+    compressed: onOpenPage(compressed),
   },
   recorder,
   recorderArg: RECORDED,

@@ -16,6 +16,8 @@ pub fn example_binary(name: &str) -> PathBuf {
         ("jwt", cfg!(feature = "jwt")),
         ("testing", cfg!(feature = "testing")),
         ("redis", cfg!(feature = "redis")),
+        ("metrics", cfg!(feature = "metrics")),
+        ("compression", cfg!(feature = "compression")),
         ("webpush", cfg!(feature = "webpush")),
         ("webpush-rustls", cfg!(feature = "webpush-rustls")),
     ]
