@@ -510,6 +510,19 @@ async fn an_unreachable_nats_is_a_clear_error_at_start() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("bad NATS prefix"), "{err}");
+
+    // A server started without `-js`: the error says what to do.
+    let plain = NatsServer::start_without_jetstream();
+    let err = BroadcastManager::builder()
+        .build_nats(NatsConfig::new(plain.url()).timeout(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("no JetStream (start nats-server with -js)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

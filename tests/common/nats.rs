@@ -13,12 +13,22 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     port: u16,
     dir: PathBuf,
+    jetstream: bool,
     child: Option<Child>,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream, its store in a fresh directory.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Starts a server without JetStream (`nats-server` without `-js`).
+    pub fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -29,6 +39,7 @@ impl NatsServer {
         let mut server = NatsServer {
             port,
             dir,
+            jetstream,
             child: None,
         };
         server.spawn();
@@ -36,8 +47,11 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .arg("-js")
+        let mut cmd = Command::new("nats-server");
+        if self.jetstream {
+            cmd.arg("-js");
+        }
+        let child = cmd
             .arg("-a")
             .arg("127.0.0.1")
             .arg("-p")

@@ -172,6 +172,11 @@ async fn bucket(
         ..Default::default()
     };
     let made = js.create_stream(config).await.err();
+    if made.as_ref().is_some_and(|e| {
+        e.kind() == jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+    }) {
+        return Err("the server has no JetStream (start nats-server with -js)".to_owned());
+    }
     // Made here, or by another instance meanwhile.
     js.get_key_value(name).await.map_err(|e| match made {
         Some(made) => format!("making the bucket {name}: {made}"),
