@@ -495,6 +495,24 @@ async fn the_stream_keeps_the_longest_history_asked_for() {
     assert_eq!(short.history(None).len(), 3);
 }
 
+/// A list of servers (`NatsConfig::new("nats://a,nats://b")`): the client
+/// connects to one that answers, here the second.
+#[tokio::test]
+async fn a_list_of_servers_connects_to_one_that_answers() {
+    let gone = NatsServer::start();
+    let dead = gone.url();
+    drop(gone);
+    let nats = NatsServer::start();
+    let manager = BroadcastManager::builder()
+        .build_nats(
+            NatsConfig::new(format!("{dead}, {}", nats.url())).timeout(Duration::from_millis(500)),
+        )
+        .await
+        .expect("connects to the live server of the two");
+    manager.broadcast("n", 1, None, &[]).await.unwrap();
+    assert_eq!(manager.last_id().seq(), 1);
+}
+
 #[tokio::test]
 async fn an_unreachable_nats_is_a_clear_error_at_start() {
     let nats = NatsServer::start();
@@ -510,6 +528,12 @@ async fn an_unreachable_nats_is_a_clear_error_at_start() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("bad NATS prefix"), "{err}");
+
+    let err = BroadcastManager::builder()
+        .build_nats(NatsConfig::new("http://not nats"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("bad NATS URL"), "{err}");
 
     // A server started without `-js`: the error says what to do.
     let plain = NatsServer::start_without_jetstream();

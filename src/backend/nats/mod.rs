@@ -72,6 +72,17 @@ impl Names {
     }
 }
 
+/// The servers of a URL list (`nats://a:4222,nats://b:4222`).
+fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, Error> {
+    urls.split(',')
+        .map(|u| {
+            u.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| Error::Backend(format!("bad NATS URL: {e}")))
+        })
+        .collect()
+}
+
 /// 1 to 32 ASCII letters, digits, `-` and `_`: a valid stream and bucket
 /// name, and a subject token.
 fn valid_prefix(prefix: &str) -> bool {
@@ -360,7 +371,7 @@ async fn connect(
             .connection_timeout(config.timeout)
             .request_timeout(Some(config.timeout))
             .name(format!("htmx-sse {}", config.prefix))
-            .connect(config.url.as_str()),
+            .connect(servers(&config.url)?),
     )
     .await?;
     let mut js = jetstream::new(client.clone());
@@ -481,8 +492,9 @@ impl NatsBackend {
     ///
     /// # Errors
     ///
-    /// [`Error::Backend`] for a prefix that is not 1 to 32 ASCII letters,
-    /// digits, `-` and `_`.
+    /// [`Error::Backend`] for a URL that is not a NATS URL (or list of
+    /// them), or a prefix that is not 1 to 32 ASCII letters, digits, `-`
+    /// and `_`.
     ///
     /// ```
     /// use htmx_sse::backend::{NatsBackend, NatsConfig};
@@ -490,6 +502,7 @@ impl NatsBackend {
     /// assert!(NatsBackend::new(NatsConfig::new("nats://127.0.0.1:4222").prefix("a.b")).is_err());
     /// ```
     pub fn new(config: NatsConfig) -> Result<Self, Error> {
+        servers(&config.url)?;
         if !valid_prefix(&config.prefix) {
             return Err(Error::Backend(format!(
                 "bad NATS prefix {:?}: 1 to 32 ASCII letters, digits, '-' and '_'",
