@@ -298,7 +298,7 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 /// stream order, none acknowledged; made again by the client after a gap
 /// or a reconnection).
 async fn consume(
-    shared_client: &async_nats::Client,
+    client: &async_nats::Client,
     stream: &stream::Stream,
     start: u64,
 ) -> Result<consumer::push::Ordered, String> {
@@ -311,7 +311,7 @@ async fn consume(
     };
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: shared_client.new_inbox(),
+            deliver_subject: client.new_inbox(),
             deliver_policy,
             ..Default::default()
         })
