@@ -10,7 +10,9 @@
 //! default: a publish returns once this instance delivered it) and for
 //! Redis without it (`read_your_writes(false)`: once the shared log has
 //! it), and the ratios to memory. `--clients N`, `--messages N` change the
-//! size.
+//! size. Built with `--features redis,nats`, it also starts a
+//! `nats-server -js` and measures the NATS JetStream backend (with
+//! read-your-writes) in the same rounds.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -52,6 +54,30 @@ fn start_redis() -> (Redis, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
     (Redis(child), format!("redis://127.0.0.1:{port}/"))
+}
+
+#[cfg(feature = "nats")]
+fn start_nats() -> (Redis, String, std::path::PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("htmx-sse-bench-nats-{port}"));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-sd")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server (apt-get install nats-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Redis(child), format!("nats://127.0.0.1:{port}"), dir)
 }
 
 /// Opens an SSE connection and counts `event: n` frames until `want`.
@@ -161,6 +187,10 @@ async fn main() {
     let messages = arg("--messages", 2000);
     let publishers = arg("--publishers", 4);
     let (_redis, url) = start_redis();
+    #[cfg(feature = "nats")]
+    let (nats_server, nats_url, nats_dir) = start_nats();
+    #[cfg(feature = "nats")]
+    let mut nats = Vec::new();
     println!("{clients} clients x {messages} messages of {PAYLOAD} bytes, {publishers} publishers");
     let mut memory = Vec::new();
     let mut redis = Vec::new();
@@ -194,6 +224,23 @@ async fn main() {
         memory.push(m);
         redis.push(r);
         logged.push(l);
+        #[cfg(feature = "nats")]
+        {
+            let manager = builder(messages)
+                .build_nats(
+                    htmx_sse::backend::NatsConfig::new(nats_url.as_str())
+                        .prefix(format!("bench-{round}")),
+                )
+                .await
+                .expect("nats");
+            let n = run(manager, clients, messages, publishers).await;
+            println!(
+                "round {round}: nats {:>10.0}/s p99 {:>8.3} ms",
+                n.0,
+                ms(n.1)
+            );
+            nats.push(n);
+        }
     }
     let best = |v: &[(f64, Duration)]| {
         v.iter()
@@ -213,6 +260,18 @@ async fn main() {
         l.0 / m.0,
         ms(l.1)
     );
+    #[cfg(feature = "nats")]
+    {
+        let n = best(&nats);
+        println!(
+            "best: nats {:.0}/s = {:.2}x (p99 {:.3} ms)",
+            n.0,
+            n.0 / m.0,
+            ms(n.1)
+        );
+        drop(nats_server);
+        let _ = std::fs::remove_dir_all(nats_dir);
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -35,6 +35,9 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --features redis --example demo -- --addr 127.0.0.1:3001
 //! ```
 //!
+//! or through NATS JetStream: `NATS_URL=nats://127.0.0.1:4222 cargo run
+//! --features nats --example demo` (a `nats-server -js` there).
+//!
 //! The page runs on htmx 2 (with htmx-ext-sse); `/?htmx=4` serves the same
 //! page on htmx 4 (with its `hx-sse` extension). The code is the same: the
 //! page's builders take the flavour as one value, and both kinds of page
@@ -227,6 +230,30 @@ async fn on_redis(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> Broadcas
     std::process::exit(2);
 }
 
+/// With `NATS_URL`, the same through a `nats-server -js` (JetStream).
+#[cfg(feature = "nats")]
+async fn on_nats(builder: htmx_sse::broadcast::BroadcastBuilder, url: &str) -> BroadcastManager {
+    match builder
+        .build_nats(htmx_sse::backend::NatsConfig::new(url).prefix("htmx-sse-demo"))
+        .await
+    {
+        Ok(m) => {
+            println!("sharing messages through NATS at {url}");
+            m
+        }
+        Err(e) => {
+            eprintln!("NATS_URL={url}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(not(feature = "nats"))]
+async fn on_nats(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> BroadcastManager {
+    eprintln!("NATS_URL is set, but the demo was built without NATS: add `--features nats`");
+    std::process::exit(2);
+}
+
 /// `GET /metrics` (built with `--features metrics`): the manager's
 /// metrics in the Prometheus text format. A real application serves them
 /// on an address only its monitoring reaches.
@@ -289,9 +316,10 @@ async fn main() {
     } else {
         builder
     };
-    let manager = match std::env::var("REDIS_URL") {
-        Err(_) => builder.build(),
-        Ok(url) => on_redis(builder, &url).await,
+    let manager = match (std::env::var("REDIS_URL"), std::env::var("NATS_URL")) {
+        (Ok(url), _) => on_redis(builder, &url).await,
+        (Err(_), Ok(url)) => on_nats(builder, &url).await,
+        (Err(_), Err(_)) => builder.build(),
     };
     let state = App {
         config,

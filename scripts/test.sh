@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of htmx-sse on this machine, installing what the tests
 # need first when it is missing: Chromium (Debian package) for the browser
-# tests, redis-server (the tests start their own on a free loopback port),
-# openssl (test keys), and the pinned npm packages (htmx 2 and 4,
-# playwright-core).
+# tests, redis-server and nats-server (the tests start their own on a free
+# loopback port), openssl (test keys), and the pinned npm packages (htmx 2
+# and 4, playwright-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,7 @@ command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || apt_packages+=(nats-server)
 if [ ${#apt_packages[@]} -gt 0 ]; then
     echo "==> installing ${apt_packages[*]}"
     as_root apt-get update -qq

@@ -57,6 +57,7 @@
 //! | `jwt` | no | `auth::JwtAuthorizer`: HS256, RS256, ES256 tokens with Mercure-style claims |
 //! | `testing` | no | `testing`: a real SSE client over HTTP for integration tests, and a WHATWG-conformant parser |
 //! | `redis` | no | the Redis backend (`backend::RedisConfig`): many server processes act as one |
+//! | `nats` | no | the NATS JetStream backend (`backend::NatsConfig`): the same on a `nats-server -js` |
 //! | `metrics` | no | `metrics`: a manager's metrics in the Prometheus text format (`prometheus-client`) |
 //! | `webpush` | no | `webpush`: Web Push (VAPID, RFC 8291 encryption) to browsers whose page is closed; `webpush-rustls` adds TLS |
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -1,10 +1,11 @@
-//! One test suite, three backends: every test here runs against the
+//! One test suite, four backends: every test here runs against the
 //! in-memory backend, against the Redis backend on a real `redis-server`
-//! (started by the test on a free loopback port), and against `LogBackend`,
+//! and the NATS backend on a real `nats-server -js` (each started by the
+//! test on a free loopback port), and against `LogBackend`,
 //! a shared backend written here with nothing but the crate's public
 //! `backend::Backend` trait (an in-process log that several managers share,
 //! as instances share Redis), over real HTTP on 127.0.0.1.
-#![cfg(all(feature = "testing", feature = "redis"))]
+#![cfg(all(feature = "testing", feature = "redis", feature = "nats"))]
 
 mod common;
 
@@ -17,10 +18,11 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use common::nats::NatsServer;
 use common::redis::RedisServer;
 use htmx_sse::Error;
 use htmx_sse::backend::{
-    Backend as SharedBackend, BoxFuture, Envelope, Epoch, RedisConfig, Sink, Snapshot,
+    Backend as SharedBackend, BoxFuture, Envelope, Epoch, NatsConfig, RedisConfig, Sink, Snapshot,
 };
 use htmx_sse::broadcast::{BroadcastBuilder, BroadcastManager, Subscription};
 use htmx_sse::connections::{ConnectionId, UserId};
@@ -30,16 +32,18 @@ use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A manager on one of the three backends; keeps its Redis alive.
+/// A manager on one of the four backends; keeps its server alive.
 struct Backend {
     manager: BroadcastManager,
     _redis: Option<RedisServer>,
+    _nats: Option<NatsServer>,
 }
 
 async fn memory(builder: BroadcastBuilder) -> Backend {
     Backend {
         manager: builder.build(),
         _redis: None,
+        _nats: None,
     }
 }
 
@@ -52,6 +56,20 @@ async fn redis(builder: BroadcastBuilder) -> Backend {
     Backend {
         manager,
         _redis: Some(server),
+        _nats: None,
+    }
+}
+
+async fn nats(builder: BroadcastBuilder) -> Backend {
+    let server = NatsServer::start();
+    let manager = builder
+        .build_nats(NatsConfig::new(server.url()))
+        .await
+        .expect("connects to the test nats-server");
+    Backend {
+        manager,
+        _redis: None,
+        _nats: Some(server),
     }
 }
 
@@ -62,6 +80,7 @@ async fn log(builder: BroadcastBuilder) -> Backend {
             .await
             .expect("an in-process log opens"),
         _redis: None,
+        _nats: None,
     }
 }
 
@@ -378,7 +397,7 @@ macro_rules! suite {
     )*};
 }
 
-suite!(memory, redis, log);
+suite!(memory, redis, nats, log);
 
 /// Two managers on one `LogBackend`, as two server instances on one Redis:
 /// what is published on one reaches the other's pages, `send_to` finds a
@@ -395,6 +414,7 @@ async fn two_managers_on_one_in_process_log_act_as_one() {
                 .await
                 .unwrap(),
             _redis: None,
+            _nats: None,
         })
         .await
     };
@@ -438,6 +458,7 @@ async fn the_render_point_covers_publishes_this_reader_has_not_read() {
     let s = Server::start(Backend {
         manager: manager.clone(),
         _redis: None,
+        _nats: None,
     })
     .await;
     log.0

@@ -9,12 +9,15 @@
 //! - **Redis** (feature `redis`): many server processes behind a load
 //!   balancer act as one;
 //!   `BroadcastBuilder::build_redis`
-//!   with a `RedisConfig`.
+//!   with a `RedisConfig`;
+//! - **NATS JetStream** (feature `nats`): the same, on a `nats-server`
+//!   started with JetStream (`-js`);
+//!   `BroadcastBuilder::build_nats` with a `NatsConfig`.
 //!
-//! Both give the same API and the same guarantees (ids in one order,
+//! All give the same API and the same guarantees (ids in one order,
 //! exclusions, [`send_to`](crate::broadcast::BroadcastManager::send_to),
 //! per-user and topic delivery, `Last-Event-ID` resume); the same test
-//! suite (`tests/backend.rs`) runs against both.
+//! suite (`tests/backend.rs`) runs against each.
 //!
 //! # How the Redis backend works
 //!
@@ -45,6 +48,36 @@
 //! back without its data, the backend starts a new epoch, and puts back the
 //! resume key the instances share (so that an instance started afterwards
 //! still resumes the others' pages).
+//!
+//! # How the NATS backend works
+//!
+//! - A message is rendered and encoded once by the instance that
+//!   publishes it, then published to one JetStream stream (named as the
+//!   prefix, keeping at least the history length). Its number is the
+//!   stream sequence: the server appends every instance's publishes in one
+//!   order, so ids are in one order across instances without a counter.
+//! - The epoch is part of the stream's one subject (`PREFIX.log.EPOCH`).
+//!   When NATS loses the stream, the first instance to notice makes it
+//!   again under a new random epoch; a publish made in the old epoch finds
+//!   no stream for its subject and fails (the epoch check and the append
+//!   are one step), and the readers learn the new epoch (pages get the
+//!   reset event).
+//! - Every instance reads the stream with an ordered consumer of its own
+//!   (ephemeral, unacknowledged, in stream order) and delivers each
+//!   message to its own connections from the bytes the publisher encoded.
+//! - Where each connection is lives in a key-value bucket
+//!   (`PREFIX-where`), and each instance renews its connection count in
+//!   `PREFIX-alive`, whose entries the server removes at the liveness age:
+//!   a crashed instance's connections stop counting and stop being found,
+//!   and the next liveness round of a live instance removes their records
+//!   (every instance records itself in `PREFIX-meta` at start, beside the
+//!   shared resume key, until it is buried so).
+//!
+//! While NATS is away, local streams stay open with their heartbeat and
+//! publishing returns [`Error::Backend`] (HTTP 503 from the routes);
+//! the client reconnects by itself and the reader goes on from the last
+//! number it delivered. If NATS comes back without its data, the stream,
+//! the buckets and the resume key are made again, in a new epoch.
 
 //!
 //! # Writing a backend
@@ -67,6 +100,8 @@
 //! and runs the same suite against it, memory and Redis.
 
 mod envelope;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
@@ -76,6 +111,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 pub use self::envelope::{Envelope, Epoch, InvalidEpoch, Target};
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsBackend, NatsConfig};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisBackend, RedisConfig};
 use crate::connections::{ConnectionId, UserId};

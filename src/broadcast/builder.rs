@@ -318,6 +318,37 @@ impl BroadcastBuilder {
         self.build_on(backend).await
     }
 
+    /// A manager on the NATS JetStream backend: many server processes
+    /// sharing one NATS server (or cluster) act as one (see
+    /// [`crate::backend`](crate::backend#how-the-nats-backend-works)).
+    /// Makes or reads the stream, its epoch and the recent history, then
+    /// starts reading new messages.
+    ///
+    /// ```no_run
+    /// use htmx_sse::{backend::NatsConfig, broadcast::BroadcastManager};
+    ///
+    /// # async fn run() -> Result<(), htmx_sse::Error> {
+    /// let url = std::env::var("NATS_URL").unwrap_or("nats://127.0.0.1:4222".into());
+    /// let manager = BroadcastManager::builder()
+    ///     .build_nats(NatsConfig::new(url))
+    ///     .await?;
+    /// manager.message("chat", "<li>hi</li>").send().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] for a bad prefix, when NATS cannot be reached,
+    /// has no JetStream (start it with `-js`), or answers with an error.
+    #[cfg(feature = "nats")]
+    pub async fn build_nats(
+        self,
+        config: crate::backend::NatsConfig,
+    ) -> Result<BroadcastManager, Error> {
+        let backend = crate::backend::NatsBackend::new(config)?;
+        self.build_on(backend).await
+    }
+
     /// A manager on a shared [`Backend`] (see
     /// [`crate::backend`](crate::backend#writing-a-backend)): opens it,
     /// takes its epoch, sequence and recent entries as the history, then

@@ -18,6 +18,7 @@ pub fn example_binary(name: &str) -> PathBuf {
         ("redis", cfg!(feature = "redis")),
         ("metrics", cfg!(feature = "metrics")),
         ("compression", cfg!(feature = "compression")),
+        ("nats", cfg!(feature = "nats")),
         ("webpush", cfg!(feature = "webpush")),
         ("webpush-rustls", cfg!(feature = "webpush-rustls")),
     ]

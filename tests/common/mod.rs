@@ -3,6 +3,7 @@
 
 pub mod example;
 pub mod keys;
+pub mod nats;
 pub mod redis;
 pub mod tls;
 

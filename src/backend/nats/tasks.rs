@@ -1,0 +1,416 @@
+//! The NATS backend's three tasks, which end with the manager: the reader
+//! (the stream, in order, into the manager), the registry writer
+//! (connection arrivals and departures) and the liveness renewal.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::entry::decode;
+use super::{
+    CHECK, INSTANCE, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, keys,
+    open_stream, place_value, set_once, with_timeout,
+};
+use crate::backend::{Epoch, Sink};
+use crate::connections::ConnectionId;
+
+fn next_backoff(b: Duration) -> Duration {
+    (b * 2).min(MAX_BACKOFF)
+}
+
+/// Why the reader stopped reading.
+enum Stop {
+    /// The manager is gone.
+    Closed,
+    /// The stream must be looked at again (an error, another epoch).
+    Again,
+}
+
+/// Puts back what NATS may have lost (the buckets and the resume key),
+/// then opens the stream: its epoch, made anew when it was lost.
+async fn reopen(shared: &Shared) -> Result<(async_nats::jetstream::stream::Stream, Epoch), String> {
+    buckets(&shared.js, &shared.names, shared.liveness).await?;
+    // NATS may have come back without its data. It lost the resume key
+    // too: put back the one every running instance holds, before the new
+    // epoch (an instance started from now on reads this key, not a new one
+    // of its own, under which no page of the others could resume).
+    let current = set_once(&shared.meta, RESUME_KEY, &shared.resume_key).await?;
+    if current != shared.resume_key {
+        tracing::warn!(
+            "the resume key in NATS is not the one this instance started with: \
+             pages moving to or from it get the reset event (unrecognized)"
+        );
+    }
+    open_stream(&shared.js, &shared.names, shared.history).await
+}
+
+/// Every how many `CHECK`s the reader looks at the stream's epoch.
+const EPOCH_CHECK: u32 = 5;
+
+/// Whether the stream is still there in `epoch`.
+async fn same_epoch(shared: &Shared, epoch: Epoch) -> bool {
+    let opened = with_timeout(
+        shared.timeout,
+        "reading the stream",
+        open_stream(&shared.js, &shared.names, shared.history),
+    )
+    .await;
+    matches!(opened, Ok((_, now)) if now == epoch)
+}
+
+/// Reads the stream and delivers each message to this instance's
+/// connections, in order; reconnects with backoff. A stream in another
+/// epoch than the manager's (NATS lost its data, and this or another
+/// instance made it again) is read from its start, after the manager
+/// learned the new epoch.
+pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failing = false;
+    loop {
+        if !sink.is_open() {
+            return;
+        }
+        let opened = with_timeout(shared.timeout * 3, "opening the stream", reopen(&shared)).await;
+        let (stream, epoch) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "NATS unreachable; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        let Some(changed) = sink.new_epoch(epoch) else {
+            return;
+        };
+        if changed {
+            tracing::warn!(epoch = %epoch, "NATS lost its data: new epoch");
+            last = 0;
+        }
+        let messages = with_timeout(
+            shared.timeout,
+            "reading the stream",
+            consume(&shared.client, &stream, last + 1),
+        )
+        .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the stream failed; retrying");
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!("NATS reachable again; delivery resumes");
+        }
+        backoff = MIN_BACKOFF;
+        shared.reading.store(true, Ordering::Relaxed);
+        let mut tick = tokio::time::interval(CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u32 = 0;
+        let mut down = false;
+        let stop = loop {
+            if !sink.is_open() {
+                break Stop::Closed;
+            }
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = shared.recheck.notified() => {
+                    // A publish found no stream for its epoch.
+                    if same_epoch(&shared, epoch).await {
+                        continue;
+                    }
+                    break Stop::Again;
+                }
+                _ = tick.tick() => {
+                    // After a reconnection the server may be a new one
+                    // without the stream: look at it again (the consumer
+                    // alone may wait for a stream that is gone). And now
+                    // and then anyway (the stream deleted by hand).
+                    ticks = ticks.wrapping_add(1);
+                    let connected = shared.client.connection_state()
+                        == async_nats::connection::State::Connected;
+                    if !connected {
+                        down = true;
+                        shared.reading.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    if down || (ticks.is_multiple_of(EPOCH_CHECK) && !same_epoch(&shared, epoch).await) {
+                        break Stop::Again;
+                    }
+                    continue;
+                }
+            };
+            let message = match next {
+                Some(Ok(m)) => {
+                    // Reading again, though perhaps not told of the
+                    // reconnection yet (the next tick looks at the stream).
+                    shared.reading.store(true, Ordering::Relaxed);
+                    m
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading from NATS failed; reading again");
+                    break Stop::Again;
+                }
+                None => break Stop::Again,
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a message without its stream sequence");
+                    break Stop::Again;
+                }
+            };
+            match decode(message.payload.clone()) {
+                Ok((e, _)) if e != epoch => {
+                    // The stream was made again under this consumer.
+                    break Stop::Again;
+                }
+                Ok((e, envelope)) => {
+                    last = seq;
+                    if sink.deliver(e, seq, envelope).is_none() {
+                        break Stop::Closed;
+                    }
+                }
+                Err(e) => {
+                    // Skipped: the manager sees the number missing, and a
+                    // resume across it gets the reset event.
+                    last = seq;
+                    tracing::warn!(seq, error = %e, "skipping a stream message");
+                }
+            }
+        };
+        shared.reading.store(false, Ordering::Relaxed);
+        if matches!(stop, Stop::Closed) {
+            return;
+        }
+        failing = true;
+        tokio::time::sleep(backoff).await;
+        backoff = next_backoff(backoff);
+    }
+}
+
+/// Writes connection arrivals and departures to the place bucket, and
+/// this instance's count to its liveness entry after each batch.
+pub(super) async fn registry_loop(
+    sink: Sink,
+    shared: Arc<Shared>,
+    mut ops: mpsc::UnboundedReceiver<RegOp>,
+) {
+    let mut batch = Vec::new();
+    while ops.recv_many(&mut batch, 512).await > 0 {
+        let mut readies = Vec::new();
+        // The writes run at once, so only the last operation on an id
+        // counts: a page that left and came back to this instance within
+        // one batch is recorded, not forgotten by a late removal.
+        let mut latest: HashMap<ConnectionId, RegOp> = HashMap::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            let id = match &op {
+                RegOp::Add { id, .. } | RegOp::Remove { id } => id.clone(),
+            };
+            if let Some(RegOp::Add { ready, .. }) = latest.insert(id, op) {
+                readies.push(ready);
+            }
+        }
+        let mut writes = Vec::new();
+        for op in latest.into_values() {
+            let shared = &shared;
+            match op {
+                RegOp::Add { id, user, ready } => {
+                    readies.push(ready);
+                    writes.push(futures_util::future::Either::Left(async move {
+                        shared
+                            .place
+                            .put(id.as_str(), place_value(&shared.instance, user.as_ref()))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }));
+                }
+                RegOp::Remove { id } => {
+                    writes.push(futures_util::future::Either::Right(async move {
+                        // Forgotten unless another instance took the id since.
+                        let entry = shared
+                            .place
+                            .entry(id.as_str())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let Some(entry) = entry else { return Ok(()) };
+                        let mine = entry
+                            .value
+                            .split(|b| *b == b'\n')
+                            .next()
+                            .is_some_and(|i| i == shared.instance.as_bytes());
+                        if mine && entry.operation == async_nats::jetstream::kv::Operation::Put {
+                            // Taken meanwhile: the revision differs, and
+                            // the other instance's record stays.
+                            let _ = shared
+                                .place
+                                .delete_expect_revision(id.as_str(), Some(entry.revision))
+                                .await;
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+            }
+        }
+        let count = sink.connections().map_or(0, |c| c.len());
+        let result = with_timeout(shared.timeout, "recording connections", async {
+            for r in futures_util::future::join_all(writes).await {
+                r?;
+            }
+            shared.renew(count).await.map(|_| ())
+        })
+        .await;
+        if let Err(e) = result {
+            // The liveness task writes every local connection again once
+            // NATS is back.
+            tracing::warn!(error = %e, "could not record connections in NATS");
+        }
+        drop(readies);
+        if !sink.is_open() {
+            return;
+        }
+    }
+}
+
+/// The instances alive now: the keys of the liveness bucket (whose
+/// entries the server removes at the liveness age).
+async fn live_instances(shared: &Shared) -> Result<HashSet<String>, String> {
+    Ok(keys(&shared.alive, ">").await?.into_iter().collect())
+}
+
+/// Forgets every connection recorded for an instance that is not alive
+/// (it crashed, or lost NATS for longer than the liveness: it writes its
+/// connections again when it comes back). Reads the place bucket once, in
+/// one stream, then the live instances: an instance renews its liveness
+/// entry before it records its first connection (see `connect`), so the
+/// owner of any record read is in that later list unless it is dead, even
+/// one that started during the reading. Returns how many it forgot.
+async fn bury(shared: &Shared) -> Result<usize, String> {
+    // Fresh (`kv::Store::status` answers what was known at start).
+    let info = shared
+        .place
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| e.to_string())?;
+    if info.state.messages == 0 {
+        return Ok(0);
+    }
+    let mut entries = shared
+        .place
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.operation == async_nats::jetstream::kv::Operation::Put {
+            let instance = entry.value.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let instance = String::from_utf8_lossy(instance).into_owned();
+            records.push((entry.key, entry.revision, instance));
+        }
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    let live = live_instances(shared).await?;
+    let forgets = records
+        .iter()
+        .filter(|(_, _, instance)| !live.contains(instance))
+        .map(|(key, revision, _)| {
+            // Unless the connection was recorded again meanwhile.
+            shared.place.delete_expect_revision(key, Some(*revision))
+        });
+    let forgotten = futures_util::future::join_all(forgets)
+        .await
+        .iter()
+        .filter(|r| r.is_ok())
+        .count();
+    Ok(forgotten)
+}
+
+/// The instances that recorded themselves in the meta bucket (see
+/// `connect`) and have not been buried.
+async fn known_instances(shared: &Shared) -> Result<Vec<String>, String> {
+    let mut known = Vec::new();
+    for key in keys(&shared.meta, &format!("{INSTANCE}>")).await? {
+        // A buried one's key holds the marker of its deletion.
+        let recorded = shared.meta.get(&key).await.map_err(|e| e.to_string())?;
+        if let (Some(_), Some(instance)) = (recorded, key.strip_prefix(INSTANCE)) {
+            known.push(instance.to_owned());
+        }
+    }
+    Ok(known)
+}
+
+/// Renews this instance's liveness entry (its connection count), writes
+/// its connections again when NATS forgot them, and forgets the
+/// connections of instances that died (recorded in the meta bucket, no
+/// longer in the liveness bucket), as the Redis backend buries them.
+pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.liveness / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !sink.is_open() {
+            return;
+        }
+        let step = async {
+            let local = sink.connections().unwrap_or_default();
+            let existed = shared.renew(local.len()).await?;
+            if !existed {
+                // NATS forgot this instance: record it and every local
+                // connection again.
+                shared
+                    .meta
+                    .put(format!("{INSTANCE}{}", shared.instance), Bytes::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let writes = local.iter().map(|(id, user)| {
+                    shared
+                        .place
+                        .put(id.as_str(), place_value(&shared.instance, user.as_ref()))
+                });
+                for r in futures_util::future::join_all(writes).await {
+                    r.map_err(|e| e.to_string())?;
+                }
+            }
+            // Known first, then alive: a known instance renewed its entry
+            // before it recorded itself, so it is in the later list unless
+            // it is dead.
+            let known = known_instances(&shared).await?;
+            let live = live_instances(&shared).await?;
+            let dead: Vec<String> = known.into_iter().filter(|i| !live.contains(i)).collect();
+            if !dead.is_empty() {
+                let n = bury(&shared).await?;
+                for instance in &dead {
+                    shared
+                        .meta
+                        .delete(format!("{INSTANCE}{instance}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                tracing::info!(instances = ?dead, connections = n, "buried dead instances");
+            }
+            Ok::<(), String>(())
+        };
+        let limit = shared.liveness.max(shared.timeout * 2);
+        let result = with_timeout(limit, "renewing liveness", step).await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "liveness renewal failed");
+        }
+    }
+}
