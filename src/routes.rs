@@ -9,6 +9,7 @@
 //! | `POST {prefix}/send/{connection_id}` | `{"type", "data", "metadata"?}` to one connection → the same answer, or 404 | the same |
 //! | `GET {prefix}/status` | connection stats as JSON (`total`, `active`, `by_kind`, `messages`, `last_id`, `backend`, `backend_connected`, `cluster_connections`) | any valid credentials |
 //! | `GET {prefix}/htmx-sse.js` | the helper scripts' runtime, cacheable, for `scripts::Helpers::runtime_src` ([`connections::runtime`](crate::connections::runtime)) | anyone |
+//! | `GET {prefix}/presence`, `?topic=T`, `?user=U` | who is connected ([`BroadcastManager::presence`](crate::BroadcastManager::presence)): `{"connections", "users": [{"user", "connections", "since"}], "anonymous"}` for everyone, a topic or a user; 503 on a shared backend (not read across instances yet) | any valid credentials; a topic only for credentials whose `subscribe` selectors match it, a user only for that user |
 //! | `GET {prefix}/history?limit=N` | recent messages sent to everyone, as the asker's page would have received them ([`BroadcastManager::history_for`]), as JSON: the newest that fit in [`Limits::history_response_bytes`](crate::limits::Limits::history_response_bytes) (1 MiB by default), with `X-History-Truncated: true` when older ones were left out | any valid credentials |
 //!
 //! # Closed until the application opens them
@@ -90,7 +91,7 @@ use serde_json::json;
 
 use crate::auth::{Access, AuthError, Authorizer, Subject, subject_of};
 use crate::broadcast::{BroadcastManager, Data, LastEventId, Sent, Subscription};
-use crate::connections::ConnectionId;
+use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
 use crate::fragment::Fragment;
 use crate::topics::Topic;
@@ -339,6 +340,7 @@ impl BroadcastRoutes {
             .route(&format!("{p}/send/{{connection_id}}"), post(publish_one))
             .route(&format!("{p}/status"), get(status))
             .route(&format!("{p}/history"), get(history))
+            .route(&format!("{p}/presence"), get(presence))
             .with_state(self.ctx())
     }
 
@@ -681,6 +683,65 @@ async fn history(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let user = subject.as_ref().and_then(|s| s.user.as_ref());
     let listed = ctx.manager.history_for(limit, user);
     history_answer(&listed, ctx.manager.limits().history_response_bytes)
+}
+
+/// `GET {prefix}/presence[?topic=T | ?user=U]`: who is connected, for
+/// everyone, a topic or a user. Read access, and with credentials: a topic
+/// only for those whose `subscribe` selectors match it, a user only for
+/// that user.
+async fn presence(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
+    use crate::broadcast::PresenceScope;
+
+    let parts = req.into_parts().0;
+    let subject = match ctx.subject(&parts).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = query_pairs(&parts);
+    let get = |key: &str| {
+        let mut values = pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (Some(_), Some(_)) => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("{key} is given twice"),
+            )),
+            (v, _) => Ok(v.cloned()),
+        }
+    };
+    let (topic, user) = match (get("topic"), get("user")) {
+        (Ok(t), Ok(u)) => (t, u),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let scope = match (topic, user) {
+        (Some(_), Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "give topic or user, not both");
+        }
+        (Some(t), None) => match Topic::new(&t) {
+            Ok(t) => PresenceScope::Topic(t),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        (None, Some(u)) => match UserId::new(&u) {
+            Ok(u) => PresenceScope::User(u),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        (None, None) => PresenceScope::Everyone,
+    };
+    let allowed = ctx.read.check(subject.as_ref(), |s| match &scope {
+        PresenceScope::Topic(t) if !s.subscribe.iter().any(|sel| sel.matches(t)) => Err(
+            AuthError::Forbidden(format!("not allowed to see who listens to {t}")),
+        ),
+        PresenceScope::User(u) if s.user.as_ref() != Some(u) => Err(AuthError::Forbidden(
+            "only a user may see their own presence".to_owned(),
+        )),
+        _ => Ok(()),
+    });
+    if let Err(e) = allowed {
+        return e.into_response();
+    }
+    match ctx.manager.presence(&scope) {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `messages` as a JSON array of at most `max` bytes: the newest that fit,

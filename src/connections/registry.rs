@@ -157,6 +157,10 @@ impl fmt::Debug for Entry {
 }
 
 impl Entry {
+    pub(crate) fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
     pub(crate) fn id(&self) -> &ConnectionId {
         &self.id
     }
