@@ -17,7 +17,7 @@
 //! | `htmx_sse_resumes_total` | counter | `result` | connections that asked to resume: `exact`, or the reset they got (`history-gap`, `restarted`, `unrecognized`) |
 //! | `htmx_sse_deliveries_total` | counter | | messages written to connections |
 //! | `htmx_sse_written_bytes_total` | counter | | bytes of SSE written to connections (before compression and HTTP framing) |
-//! | `htmx_sse_published_total` | counter | `type` | messages published by this process, by type (`message` for unnamed ones; after 64 types, `other`) |
+//! | `htmx_sse_published_total` | counter | `type` | messages published by this process, by type (`message` for unnamed ones; names cut at 100 bytes; after the first 64 types, together as `(other)`) |
 //! | `htmx_sse_publish_failures_total` | counter | | publishes refused or failed (a backend outage, a bad message) |
 //! | `htmx_sse_publish_duration_seconds` | histogram | | time from `send()` to its return |
 //! | `htmx_sse_history_messages`, `htmx_sse_history_bytes` | gauge | | what the history holds |
@@ -263,6 +263,10 @@ impl Collector for ManagerCollector {
         for (t, n) in &counts.published {
             let labels = [("type", t.as_str())];
             ConstCounter::new(*n).encode(e.encode_family(&labels)?)?;
+        }
+        if counts.published_other > 0 {
+            let labels = [("type", "(other)")];
+            ConstCounter::new(counts.published_other).encode(e.encode_family(&labels)?)?;
         }
         one(
             &mut encoder,

@@ -1458,3 +1458,47 @@ async fn a_configured_resume_key_is_shared_by_processes_that_set_it() {
 fn a_short_resume_key_is_a_configuration_error() {
     let _ = BroadcastManager::builder().resume_key(b"too short");
 }
+
+/// A resume id in the query or the cookie can be any UTF-8 (the header is
+/// ASCII only): a proof with a two-byte character where a masked proof is
+/// split, or anywhere else, is refused like any wrong proof (a fresh id and
+/// the reset event), never a panic.
+#[tokio::test]
+async fn a_non_ascii_proof_in_the_query_is_a_wrong_proof_not_a_panic() {
+    let manager = BroadcastManager::new();
+    let (base, _) = common::serve(setup_broadcast_routes(
+        Router::new(),
+        manager.clone(),
+        "/sse",
+    ))
+    .await;
+    let first = manager.broadcast("n", "one", None, &[]).await.unwrap();
+    manager.broadcast("n", "two", None, &[]).await.unwrap();
+    for proof in [
+        format!("{}%C3%A9{}", "a".repeat(23), "a".repeat(23)),
+        format!("{}%C3%A9{}", "a".repeat(11), "a".repeat(11)),
+        "%F0%9F%98%80".repeat(12),
+    ] {
+        let url = format!("{base}/sse?lastEventId={}.victim.{proof}", first.id);
+        let mut c = TestClient::get(url).connect().await.unwrap();
+        let hello = c.next_event_within(WAIT).await.unwrap();
+        assert_eq!(hello.event, "connection", "{proof}");
+        assert!(
+            !hello.data.contains("value=\"victim\""),
+            "{proof}: {}",
+            hello.data
+        );
+        // A wrong proof: the id is not taken back, and the page is told.
+        let next = c.next_event_within(WAIT).await.unwrap();
+        assert_eq!(next.event, "reset", "{proof}");
+    }
+    // And the server still serves: a page that comes back from a point
+    // gets what followed it.
+    let mut c = TestClient::get(format!("{base}/sse?lastEventId={}", first.id))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(c.next_event_within(WAIT).await.unwrap().event, "connection");
+    let next = c.next_event_within(WAIT).await.unwrap();
+    assert_eq!((next.event.as_str(), next.data.as_str()), ("n", "two"));
+}

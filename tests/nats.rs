@@ -686,3 +686,118 @@ async fn raw_request(nats: &NatsServer, subject: &str, payload: &[u8]) -> Vec<u8
         }
     }
 }
+
+/// Reads the next message published on `subject` with a raw NATS
+/// subscription opened before `publish` runs: its payload, as stored.
+async fn capture<F: std::future::Future<Output = ()>>(
+    nats: &NatsServer,
+    subject: &str,
+    publish: F,
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = nats.url().replace("nats://", "");
+    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = con.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"INFO "), "the server greets");
+    con.write_all(
+        format!("CONNECT {{\"verbose\":false}}\r\nSUB {subject} 1\r\nPING\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"PONG\r\n") {
+        let n = con.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    publish.await;
+    let mut got: Vec<u8> = Vec::new();
+    loop {
+        let n = tokio::time::timeout(WAIT, con.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server closed");
+        got.extend_from_slice(&buf[..n]);
+        // MSG <subject> <sid> [reply] <bytes>\r\n<payload>\r\n, or with
+        // headers (JetStream publishes carry some) HMSG <subject> <sid>
+        // [reply] <header bytes> <total bytes>\r\n<headers><payload>\r\n.
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(at) = text.find("MSG ") {
+            let headers = at > 0 && text.as_bytes()[at - 1] == b'H';
+            let line_end = at + text[at..].find("\r\n").unwrap();
+            let fields: Vec<&str> = text[at..line_end].split(' ').collect();
+            let total: usize = fields[fields.len() - 1].parse().unwrap();
+            let skip: usize = if headers {
+                fields[fields.len() - 2].parse().unwrap()
+            } else {
+                0
+            };
+            let start = line_end + 2;
+            if got.len() >= start + total {
+                return got[start + skip..start + total].to_vec();
+            }
+        }
+    }
+}
+
+/// A well-formed message under this epoch's subject that says another
+/// epoch inside (a foreign or broken writer) is skipped as unreadable: the
+/// readers go on past it (new messages reach new pages) and a resume
+/// across it gets the reset, never a reader stopped at it for good.
+#[tokio::test]
+async fn a_message_claiming_another_epoch_is_a_hole_not_a_stall() {
+    let nats = NatsServer::start();
+    let a = instance(&nats, Duration::from_secs(15)).await;
+    let epoch = a.manager.last_id().epoch().to_string();
+    let subject = format!("htmx-sse.log.{epoch}");
+    let payload = capture(&nats, &subject, async {
+        a.manager.broadcast("n", 1, None, &[]).await.unwrap();
+    })
+    .await;
+    let (page, _) = a.open(None).await;
+    let before = page.last_event_id().to_owned();
+    page.close();
+    // The same message, its epoch changed in place (same length, so the
+    // lengths in the payload still hold; the payload is not text).
+    let other = if epoch == "00000001" {
+        "00000002"
+    } else {
+        "00000001"
+    };
+    let was = format!("\"e\":\"{epoch}\"");
+    let at = payload
+        .windows(was.len())
+        .position(|w| w == was.as_bytes())
+        .expect("the payload carries its epoch");
+    let mut forged = payload.clone();
+    forged[at..at + was.len()].copy_from_slice(format!("\"e\":\"{other}\"").as_bytes());
+    raw_publish(&nats, &subject, &forged).await;
+    // The reader goes on past it: what is published next is read (the
+    // forged message took number 2)...
+    a.manager.broadcast("n", 3, None, &[]).await.unwrap();
+    for _ in 0..100 {
+        if a.manager.last_id().seq() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        a.manager.last_id().seq(),
+        3,
+        "the reader stopped at the forged message"
+    );
+    // ...and reaches a page opened after it.
+    let (mut fresh, _) = a.open(None).await;
+    a.manager.broadcast("n", 4, None, &[]).await.unwrap();
+    let ev = next(&mut fresh).await;
+    assert_eq!((ev.event.as_str(), ev.data.as_str()), ("n", "4"));
+    // And a resume across the hole is told.
+    let (mut back, _) = a.open(Some(&before)).await;
+    let ev = next(&mut back).await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("reset", r#"{"reason":"history-gap"}"#)
+    );
+}

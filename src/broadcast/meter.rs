@@ -40,6 +40,17 @@ pub(crate) const RESET_REASONS: [ResetReason; 3] = [
     ResetReason::Unrecognized,
 ];
 
+/// Published messages by type (`message` for unnamed ones): the first
+/// `MAX_TYPES` types seen, then the rest together.
+#[derive(Default)]
+struct Published {
+    by_type: Vec<(String, u64)>,
+    other: u64,
+}
+
+/// The longest type label kept, in bytes.
+const LABEL_BYTES: usize = 100;
+
 #[derive(Default)]
 pub(crate) struct Meter {
     on: AtomicBool,
@@ -48,9 +59,7 @@ pub(crate) struct Meter {
     bytes: AtomicU64,
     resumes_exact: AtomicU64,
     resets: [AtomicU64; RESET_REASONS.len()],
-    /// Published messages by type (`message` for unnamed ones), at most
-    /// `MAX_TYPES` of them, then `other`.
-    published: Mutex<Vec<(String, u64)>>,
+    published: Mutex<Published>,
     publish_failures: AtomicU64,
     latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_sum_ns: AtomicU64,
@@ -67,6 +76,8 @@ pub(crate) struct Counts {
     pub(crate) resets: Vec<(ResetReason, u64)>,
     pub(crate) published: Vec<(String, u64)>,
     pub(crate) publish_failures: u64,
+    /// Published beyond the first `MAX_TYPES` types.
+    pub(crate) published_other: u64,
     /// Per bucket (not cumulative), the last one unbounded.
     pub(crate) latency: Vec<u64>,
     pub(crate) latency_sum: f64,
@@ -143,20 +154,20 @@ impl Meter {
             return;
         }
         {
-            let mut by_type = self.published.lock();
-            if let Some((_, n)) = by_type.iter_mut().find(|(t, _)| t == message_type) {
+            // Labels of at most LABEL_BYTES (a type name has no length
+            // limit of its own).
+            let mut end = message_type.len().min(LABEL_BYTES);
+            while !message_type.is_char_boundary(end) {
+                end -= 1;
+            }
+            let label = &message_type[..end];
+            let mut published = self.published.lock();
+            if let Some((_, n)) = published.by_type.iter_mut().find(|(t, _)| t == label) {
                 *n += 1;
-            } else if by_type.len() < MAX_TYPES {
-                by_type.push((message_type.to_owned(), 1));
-            } else if let Some((_, n)) = by_type.iter_mut().find(|(t, _)| t == "other") {
-                *n += 1;
+            } else if published.by_type.len() < MAX_TYPES {
+                published.by_type.push((label.to_owned(), 1));
             } else {
-                // The last slot becomes `other`'s: the type it held keeps
-                // its count there.
-                if let Some(last) = by_type.last_mut() {
-                    last.0 = "other".to_owned();
-                    last.1 += 1;
-                }
+                published.other += 1;
             }
         }
         let secs = took.as_secs_f64();
@@ -174,6 +185,7 @@ impl Meter {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn counts(&self) -> Counts {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let published = self.published.lock();
         Counts {
             connects: load(&self.connects),
             ends: END_REASONS
@@ -186,7 +198,8 @@ impl Meter {
                 .iter()
                 .map(|r| (*r, load(&self.resets[reset_index(*r)])))
                 .collect(),
-            published: self.published.lock().clone(),
+            published: published.by_type.clone(),
+            published_other: published.other,
             publish_failures: load(&self.publish_failures),
             latency: self.latency.iter().map(load).collect(),
             #[allow(clippy::cast_precision_loss)]
@@ -220,14 +233,37 @@ mod tests {
             m.published(&format!("t{i}"), Duration::from_micros(50), true);
         }
         m.published("t0", Duration::from_secs(10), true);
+        m.published(&"x".repeat(500), Duration::from_micros(50), true);
         let c = m.counts();
         assert_eq!(c.published.len(), MAX_TYPES);
         assert_eq!(c.published[0], ("t0".to_owned(), 2));
-        let other = c.published.iter().find(|(t, _)| t == "other").unwrap();
-        assert_eq!(other.1, 11, "the last slot's own count and the ten beyond");
-        assert_eq!(c.published.iter().map(|(_, n)| n).sum::<u64>(), 75);
+        assert_eq!(
+            c.published[MAX_TYPES - 1],
+            (format!("t{}", MAX_TYPES - 1), 1)
+        );
+        assert_eq!(c.published_other, 11, "the ten beyond and the long one");
+        assert_eq!(
+            c.published.iter().map(|(_, n)| n).sum::<u64>() + c.published_other,
+            76
+        );
         // 50 µs in the first bucket, 10 s in the last.
-        assert_eq!(c.latency[0], 74);
+        assert_eq!(c.latency[0], 75);
         assert_eq!(c.latency[LATENCY_BOUNDS.len()], 1);
+    }
+
+    #[test]
+    fn long_type_names_are_cut_at_a_character() {
+        let m = Meter::default();
+        m.turn_on();
+        let long = format!("{}é", "x".repeat(LABEL_BYTES - 1));
+        m.published(&long, Duration::from_micros(1), true);
+        m.published(
+            &"x".repeat(LABEL_BYTES + 50),
+            Duration::from_micros(1),
+            true,
+        );
+        let c = m.counts();
+        assert_eq!(c.published[0].0, "x".repeat(LABEL_BYTES - 1));
+        assert_eq!(c.published[1].0, "x".repeat(LABEL_BYTES));
     }
 }

@@ -83,11 +83,15 @@ impl ResumeKey {
         tag.into()
     }
 
-    /// Whether `proof` (hex, as [`tag`](Self::tag) writes it) was made for
-    /// this connection and user; compared in constant time.
-    /// Whether `proof` (plain, or [masked](masked)) is the one for `id`
-    /// and `user`.
+    /// Whether `proof` (hex, plain as [`tag`](Self::tag) writes it or
+    /// [masked](masked)) was made for this connection and user; compared in
+    /// constant time.
     pub(crate) fn verify(&self, id: &ConnectionId, user: Option<&UserId>, proof: &str) -> bool {
+        // From a query parameter or a cookie it may be any UTF-8: only
+        // ASCII hex can be a proof (and splitting below is then safe).
+        if !proof.is_ascii() {
+            return false;
+        }
         let bytes = if proof.len() == 4 * PROOF_BYTES {
             let (mask, hidden) = proof.split_at(2 * PROOF_BYTES);
             match (
@@ -122,8 +126,12 @@ impl ResumeKey {
 pub(crate) fn masked(tag: &str) -> String {
     let (id, proof) = tag.rsplit_once('.').unwrap_or((tag, ""));
     let proof = from_hex::<PROOF_BYTES>(proof).unwrap_or([0; PROOF_BYTES]);
-    let random = uuid::Uuid::new_v4();
-    let mask = &random.as_bytes()[..PROOF_BYTES];
+    let mut mask = [0u8; PROOF_BYTES];
+    if getrandom::fill(&mut mask).is_err() {
+        // No random source: a v4 UUID's random bits (its own source may
+        // differ), rather than an unmasked proof.
+        mask.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..PROOF_BYTES]);
+    }
     let mut out = String::with_capacity(id.len() + 1 + 4 * PROOF_BYTES);
     out.push_str(id);
     out.push('.');
@@ -187,6 +195,19 @@ mod tests {
         // The plain proof never appears in the masked one.
         let plain = tag.split_once('.').unwrap().1;
         assert!(!a.contains(plain) && !b.contains(plain));
+    }
+
+    #[test]
+    fn a_proof_that_is_not_ascii_is_refused_without_panicking() {
+        let key = ResumeKey::random();
+        let id = ConnectionId::new("abc").unwrap();
+        // 48 bytes with a two-byte character across the middle, and 24.
+        let across = format!("{}é{}", "a".repeat(23), "a".repeat(23));
+        assert_eq!(across.len(), 48);
+        assert!(!key.verify(&id, None, &across));
+        let short = format!("{}é{}", "a".repeat(11), "a".repeat(11));
+        assert_eq!(short.len(), 24);
+        assert!(!key.verify(&id, None, &short));
     }
 
     #[test]

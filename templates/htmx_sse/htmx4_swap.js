@@ -16,7 +16,9 @@
     const root = e.target;
     const m = e.detail && e.detail.message;
     if (!m || !m.event || !(root instanceof Element)) return;
-    const swapping = Array.from(root.querySelectorAll('[data-sse-swap]'));
+    // Only this connection's elements: not those inside a nested one.
+    const own = (el) => el.closest('[hx-sse\\:connect]') === root;
+    const swapping = Array.from(root.querySelectorAll('[data-sse-swap]')).filter(own);
     if (root.hasAttribute('data-sse-swap')) swapping.unshift(root);
     for (const el of swapping) {
       if (!lists(el, m.event)) continue;
@@ -29,7 +31,7 @@
       });
     }
     for (const el of root.querySelectorAll('[hx-trigger]')) {
-      if (triggers(el, m.event)) window.htmx.trigger(el, 'sse:' + m.event, { data: m.data, id: m.id });
+      if (own(el) && triggers(el, m.event)) window.htmx.trigger(el, 'sse:' + m.event, { data: m.data, id: m.id });
     }
   });
 })();

@@ -91,6 +91,8 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         let Some(changed) = sink.new_epoch(epoch) else {
             return;
         };
+        // This epoch's subject (`PREFIX.log.EPOCH`) ends so.
+        let own_subject_end = format!(".log.{epoch}");
         if changed {
             tracing::warn!(epoch = %epoch, "NATS lost its data: new epoch");
             last = 0;
@@ -173,9 +175,21 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                 }
             };
             match decode(message.payload.clone()) {
-                Ok((e, _)) if e != epoch => {
+                Ok((e, _))
+                    if e != epoch && !message.subject.as_str().ends_with(&own_subject_end) =>
+                {
                     // The stream was made again under this consumer.
                     break Stop::Again;
+                }
+                Ok((e, _)) if e != epoch => {
+                    // Under this epoch's subject (which the server holds
+                    // to this epoch's stream) but saying another epoch:
+                    // not one of ours (a foreign or broken writer).
+                    // Skipped as unreadable, so the manager sees the number
+                    // missing and a resume across it gets the reset, rather
+                    // than this reader stopping at it for good.
+                    last = seq;
+                    tracing::warn!(seq, epoch = %e, "skipping a stream message of another epoch");
                 }
                 Ok((e, envelope)) => {
                     last = seq;
