@@ -204,54 +204,58 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// The manager `built` on a shared engine (`what` for the messages, `var`
+/// the environment variable that asked for it), or exit 1 saying why.
+#[cfg(any(feature = "redis", feature = "nats"))]
+async fn shared(
+    what: &str,
+    var: &str,
+    url: &str,
+    built: impl std::future::Future<Output = Result<BroadcastManager, htmx_sse::Error>>,
+) -> BroadcastManager {
+    match built.await {
+        Ok(m) => {
+            println!("sharing messages through {what} at {url}");
+            m
+        }
+        Err(e) => {
+            eprintln!("{var}={url}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Exits 2: `var` is set, but the demo was built without `feature`.
+#[cfg(not(all(feature = "redis", feature = "nats")))]
+fn not_built(var: &str, feature: &str) -> ! {
+    eprintln!("{var} is set, but the demo was built without it: add `--features {feature}`");
+    std::process::exit(2);
+}
+
 /// With `REDIS_URL`, every demo process on that Redis acts as one: run two
 /// on two ports and a note added in a tab of one appears in the tabs of
 /// the other.
 #[cfg(feature = "redis")]
 async fn on_redis(builder: htmx_sse::broadcast::BroadcastBuilder, url: &str) -> BroadcastManager {
-    match builder
-        .build_redis(htmx_sse::backend::RedisConfig::new(url).prefix("htmx-sse-demo"))
-        .await
-    {
-        Ok(m) => {
-            println!("sharing messages through Redis at {url}");
-            m
-        }
-        Err(e) => {
-            eprintln!("REDIS_URL={url}: {e}");
-            std::process::exit(1);
-        }
-    }
+    let config = htmx_sse::backend::RedisConfig::new(url).prefix("htmx-sse-demo");
+    shared("Redis", "REDIS_URL", url, builder.build_redis(config)).await
 }
 
 #[cfg(not(feature = "redis"))]
 async fn on_redis(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> BroadcastManager {
-    eprintln!("REDIS_URL is set, but the demo was built without Redis: add `--features redis`");
-    std::process::exit(2);
+    not_built("REDIS_URL", "redis")
 }
 
 /// With `NATS_URL`, the same through a `nats-server -js` (JetStream).
 #[cfg(feature = "nats")]
 async fn on_nats(builder: htmx_sse::broadcast::BroadcastBuilder, url: &str) -> BroadcastManager {
-    match builder
-        .build_nats(htmx_sse::backend::NatsConfig::new(url).prefix("htmx-sse-demo"))
-        .await
-    {
-        Ok(m) => {
-            println!("sharing messages through NATS at {url}");
-            m
-        }
-        Err(e) => {
-            eprintln!("NATS_URL={url}: {e}");
-            std::process::exit(1);
-        }
-    }
+    let config = htmx_sse::backend::NatsConfig::new(url).prefix("htmx-sse-demo");
+    shared("NATS", "NATS_URL", url, builder.build_nats(config)).await
 }
 
 #[cfg(not(feature = "nats"))]
 async fn on_nats(_: htmx_sse::broadcast::BroadcastBuilder, _: &str) -> BroadcastManager {
-    eprintln!("NATS_URL is set, but the demo was built without NATS: add `--features nats`");
-    std::process::exit(2);
+    not_built("NATS_URL", "nats")
 }
 
 /// `GET /metrics` (built with `--features metrics`): the manager's

@@ -821,15 +821,22 @@ async fn the_manager_refuses_reserved_and_nul_types_from_every_entry_point() {
     assert_eq!((ev.event.as_str(), ev.data.as_str()), ("bye", "retired"));
 }
 
-#[tokio::test]
-async fn bad_last_event_ids_get_a_fresh_id_and_the_reset_event() {
-    let manager = BroadcastManager::new();
-    let (base, _) = common::serve(setup_broadcast_routes(
+/// `manager`'s routes at `/sse` as the README installs them, served on
+/// 127.0.0.1; the base URL.
+async fn sse_routes(manager: &BroadcastManager) -> String {
+    common::serve(setup_broadcast_routes(
         Router::new(),
         manager.clone(),
         "/sse",
     ))
-    .await;
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn bad_last_event_ids_get_a_fresh_id_and_the_reset_event() {
+    let manager = BroadcastManager::new();
+    let base = sse_routes(&manager).await;
     manager.broadcast("n", "before", None, &[]).await.unwrap();
     let epoch = manager.last_id().epoch();
     for bad in [
@@ -881,12 +888,7 @@ async fn bad_last_event_ids_get_a_fresh_id_and_the_reset_event() {
 #[tokio::test]
 async fn slow_and_vanishing_clients_do_not_hold_up_the_others() {
     let manager = BroadcastManager::new();
-    let (base, _) = common::serve(setup_broadcast_routes(
-        Router::new(),
-        manager.clone(),
-        "/sse",
-    ))
-    .await;
+    let base = sse_routes(&manager).await;
     let addr = base.trim_start_matches("http://").to_owned();
     // Slowloris: 50 connections that send half a request line and stop.
     let mut slow = Vec::new();
@@ -924,12 +926,7 @@ async fn slow_and_vanishing_clients_do_not_hold_up_the_others() {
 #[tokio::test]
 async fn a_known_connection_id_cannot_be_taken_over() {
     let manager = BroadcastManager::new();
-    let (base, _) = common::serve(setup_broadcast_routes(
-        Router::new(),
-        manager.clone(),
-        "/sse",
-    ))
-    .await;
+    let base = sse_routes(&manager).await;
     let (mut victim, victim_id) = common::open_connection(&format!("{base}/sse"), None).await;
     let epoch = manager.last_id().epoch();
     let vid = victim_id.as_str();
@@ -1466,12 +1463,7 @@ fn a_short_resume_key_is_a_configuration_error() {
 #[tokio::test]
 async fn a_non_ascii_proof_in_the_query_is_a_wrong_proof_not_a_panic() {
     let manager = BroadcastManager::new();
-    let (base, _) = common::serve(setup_broadcast_routes(
-        Router::new(),
-        manager.clone(),
-        "/sse",
-    ))
-    .await;
+    let base = sse_routes(&manager).await;
     let first = manager.broadcast("n", "one", None, &[]).await.unwrap();
     manager.broadcast("n", "two", None, &[]).await.unwrap();
     for proof in [
