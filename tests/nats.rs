@@ -28,10 +28,15 @@ struct Instance {
 }
 
 async fn instance(nats: &NatsServer, heartbeat: Duration) -> Instance {
+    instance_at(nats.url(), heartbeat).await
+}
+
+/// An instance connecting to NATS at `url` (through a proxy, say).
+async fn instance_at(url: String, heartbeat: Duration) -> Instance {
     let manager = BroadcastManager::builder()
         .history(100)
         .stream(StreamConfig::new().heartbeat(heartbeat))
-        .build_nats(NatsConfig::new(nats.url()).timeout(Duration::from_millis(500)))
+        .build_nats(NatsConfig::new(url).timeout(Duration::from_millis(500)))
         .await
         .expect("connects to the test nats-server");
     let app = common::open_routes(Router::new(), manager.clone(), "/sse");
@@ -602,23 +607,42 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness() {
     let err = a.send_to(&b_id, "dm", "gone?", None).await.unwrap_err();
     assert!(matches!(err, Error::UnknownConnection { .. }), "{err:?}");
 
-    // And its record is removed from the bucket (not left to pile up),
-    // while A's stays.
+    // And its record is removed from the bucket, leaving no delete marker
+    // to pile up, while A's stays; so is B's own record in the meta
+    // bucket, which keeps the resume key and A.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while place_entry(&nats, "crash", &b_id).await != Place::Deleted {
+    while place_entry(&nats, "crash", &b_id).await != Place::Gone
+        || bucket_messages(&nats, "crash-meta").await != 2
+    {
         assert!(
             Instant::now() < deadline,
-            "the dead instance's record stays"
+            "the dead instance's records stay: {:?}, {} in the meta bucket",
+            place_entry(&nats, "crash", &b_id).await,
+            bucket_messages(&nats, "crash-meta").await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(place_entry(&nats, "crash", &a_id).await, Place::Recorded);
+    assert_eq!(bucket_messages(&nats, "crash-where").await, 1);
 }
 
 #[derive(Debug, PartialEq)]
 enum Place {
     Recorded,
+    /// A delete marker.
     Deleted,
+    /// No message at all for the key.
+    Gone,
+}
+
+/// How many messages the stream of the bucket `bucket` holds: values and
+/// delete markers.
+async fn bucket_messages(nats: &NatsServer, bucket: &str) -> u64 {
+    let answer = raw_request(nats, &format!("$JS.API.STREAM.INFO.KV_{bucket}"), b"").await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    answer["state"]["messages"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{answer}"))
 }
 
 /// What the `PREFIX-where` bucket holds for `id`, read with the plain
@@ -633,6 +657,9 @@ async fn place_entry(nats: &NatsServer, prefix: &str, id: &ConnectionId) -> Plac
     )
     .await;
     let answer: Value = serde_json::from_slice(&answer).unwrap();
+    if answer["error"]["err_code"] == 10037 {
+        return Place::Gone; // no message found
+    }
     let message = &answer["message"];
     assert!(message.is_object(), "{answer}");
     let headers = message["hdrs"].as_str().map_or_else(Vec::new, |h| {
@@ -800,4 +827,189 @@ async fn a_message_claiming_another_epoch_is_a_hole_not_a_stall() {
         (ev.event.as_str(), ev.data.as_str()),
         ("reset", r#"{"reason":"history-gap"}"#)
     );
+}
+
+/// Connection churn leaves nothing behind in the registry bucket: 200
+/// pages come and go, and the bucket holds the one record of the page
+/// that stays (a delete marker per departure would be 200 more, forever).
+#[tokio::test]
+async fn the_registry_stays_bounded_under_connection_churn() {
+    let nats = NatsServer::start();
+    let a = instance(&nats, Duration::from_millis(200)).await;
+    let (_stays, stays_id) = a.open(None).await;
+    for _ in 0..200 {
+        let (page, _) = a.open(None).await;
+        page.close();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let messages = bucket_messages(&nats, "htmx-sse-where").await;
+        if a.manager.connection_count() == 1 && messages == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{messages} messages in the registry bucket, {} connections",
+            a.manager.connection_count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        place_entry(&nats, "htmx-sse", &stays_id).await,
+        Place::Recorded
+    );
+}
+
+/// `send_to` from B finds the connection `id` within `WAIT` (retrying
+/// while it is unknown), and the page gets the message; panics with the
+/// last error when it never does.
+async fn reaches(b: &Instance, id: &ConnectionId, page: &mut TestClient, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match b.manager.send_to(id, "dm", what, None).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{what}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    loop {
+        match page.next_item_within(WAIT).await.unwrap() {
+            SseItem::Comment(_) => {}
+            SseItem::Event(ev) => {
+                assert_eq!(ev.data, what);
+                break;
+            }
+        }
+    }
+}
+
+/// An instance whose records NATS no longer has, while its pages are still
+/// open, writes them again: when they were removed behind its back (as an
+/// instance that took it for dead removes them), and after an outage
+/// longer than its liveness (its liveness entry expired, and the other
+/// instance buried it).
+#[tokio::test]
+async fn open_connections_are_recorded_again_when_nats_forgets_them() {
+    let mut nats = NatsServer::start();
+    let config = |url: String| {
+        NatsConfig::new(url)
+            .timeout(Duration::from_millis(500))
+            .liveness(Duration::from_millis(600))
+    };
+    let a = BroadcastManager::builder()
+        .stream(StreamConfig::new().heartbeat(Duration::from_millis(200)))
+        .build_nats(config(nats.url()))
+        .await
+        .unwrap();
+    let (base, _task) = common::serve(common::open_routes(Router::new(), a.clone(), "/sse")).await;
+    let b = instance(&nats, Duration::from_secs(15)).await;
+    let (mut page, page_id) = common::open_connection(&format!("{base}/sse"), None).await;
+    reaches(&b, &page_id, &mut page, "before").await;
+
+    // Removed behind its back: every record of the registry, and A's own
+    // record in the meta bucket.
+    raw_request(&nats, "$JS.API.STREAM.PURGE.KV_htmx-sse-where", b"{}").await;
+    let filter = json!({"filter": "$KV.htmx-sse-meta.instance.>"});
+    raw_request(
+        &nats,
+        "$JS.API.STREAM.PURGE.KV_htmx-sse-meta",
+        filter.to_string().as_bytes(),
+    )
+    .await;
+    reaches(&b, &page_id, &mut page, "after the purge").await;
+
+    // NATS away for longer than the liveness, back with its data: A's
+    // liveness entry has expired.
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart();
+    reaches(&b, &page_id, &mut page, "after the outage").await;
+    // And it stays found over several liveness periods.
+    for n in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        reaches(&b, &page_id, &mut page, &format!("later {n}")).await;
+    }
+}
+
+/// The liveness bucket's age is set by the instance that made it: an
+/// instance configured with a longer liveness renews at a quarter of the
+/// bucket's age, not of its own setting, and so is never taken for dead
+/// (and buried, losing its records) while it is healthy; neither is one
+/// with the same short setting, over many liveness periods.
+#[tokio::test]
+async fn a_healthy_instance_is_never_taken_for_dead() {
+    let nats = NatsServer::start();
+    let build = |liveness: u64| {
+        let url = nats.url();
+        async move {
+            BroadcastManager::builder()
+                .build_nats(
+                    NatsConfig::new(url)
+                        .prefix("alive")
+                        .liveness(Duration::from_millis(liveness)),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let a = build(600).await; // makes the bucket: entries expire at 600 ms
+    let mut pages = Vec::new();
+    for liveness in [6_000, 600] {
+        let m = build(liveness).await;
+        let (base, _) = common::serve(common::open_routes(Router::new(), m, "/sse")).await;
+        pages.push(common::open_connection(&format!("{base}/sse"), None).await);
+    }
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for (_, id) in &pages {
+            if let Err(e) = a.send_to(id, "dm", "ping", None).await {
+                panic!("a healthy instance's connection is unknown: {e}");
+            }
+        }
+        assert_eq!(a.cluster_connection_count().await.unwrap(), 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An instance that lost NATS for a while, during which another published
+/// more than the history length (but less than the stream's margin above
+/// it), reads every message when it is back: its page gets them all, in
+/// order, and no reset.
+#[tokio::test]
+async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
+    let nats = NatsServer::start();
+    let proxy = common::proxy::Proxy::start(nats.url().replace("nats://", "")).await;
+    let a = instance_at(
+        format!("nats://127.0.0.1:{}", proxy.port()),
+        Duration::from_millis(200),
+    )
+    .await;
+    let b = instance(&nats, Duration::from_secs(15)).await;
+    let (mut page, _) = a.open(None).await;
+    proxy.cut();
+    let deadline = Instant::now() + WAIT;
+    while a.manager.backend_connected() {
+        assert!(Instant::now() < deadline, "still says it reads NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 150: the history is 100.
+    for n in 0..150 {
+        b.manager.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    proxy.restore();
+    for n in 0..150 {
+        let ev = loop {
+            match page.next_item_within(WAIT).await {
+                Ok(SseItem::Comment(_)) => {}
+                Ok(SseItem::Event(ev)) => break ev,
+                Err(e) => panic!("the page's stream ended before message {n}: {e}"),
+            }
+        };
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("n", &*n.to_string())
+        );
+    }
 }

@@ -53,7 +53,9 @@
 //!
 //! - A message is rendered and encoded once by the instance that
 //!   publishes it, then published to one JetStream stream (named as the
-//!   prefix, keeping at least the history length). Its number is the
+//!   prefix, keeping twice the history length, and at least 256 more, so
+//!   that an instance that fell behind by less than that margin still
+//!   reads everything). Its number is the
 //!   stream sequence: the server appends every instance's publishes in one
 //!   order, so ids are in one order across instances without a counter.
 //! - The epoch is part of the stream's one subject (`PREFIX.log.EPOCH`).
@@ -71,7 +73,12 @@
 //!   a crashed instance's connections stop counting and stop being found,
 //!   and the next liveness round of a live instance removes their records
 //!   (every instance records itself in `PREFIX-meta` at start, beside the
-//!   shared resume key, until it is buried so).
+//!   shared resume key, until it is buried so). Removed records leave no
+//!   delete marker behind (their messages are purged up to their
+//!   revision), so the buckets stay bounded under connection churn. An
+//!   instance whose records NATS lost (it came back empty, or the
+//!   instance's liveness ran out during an outage and another buried it)
+//!   writes all its connections again.
 //!
 //! While NATS is away, local streams stay open with their heartbeat and
 //! publishing returns [`Error::Backend`] (HTTP 503 from the routes);

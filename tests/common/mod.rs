@@ -4,6 +4,7 @@
 pub mod example;
 pub mod keys;
 pub mod nats;
+pub mod proxy;
 pub mod redis;
 pub mod tls;
 

@@ -78,12 +78,14 @@ impl NatsConfig {
 
     /// How long an instance that stopped renewing its liveness entry (it
     /// crashed, or lost NATS) still counts as alive (default 15 s; at
-    /// least 300 ms). Each instance renews its entry every third of this,
-    /// in a bucket whose entries the server removes at this age; the
-    /// others then forget its connections: `send_to` answers unknown and
+    /// least 300 ms). The entries live in a bucket whose entries the
+    /// server removes at this age; the others then forget the instance's
+    /// connections: `send_to` answers unknown and
     /// [`cluster_connection_count`](crate::broadcast::BroadcastManager::cluster_connection_count)
     /// leaves them out. The first instance to create the bucket sets the
-    /// age for every instance on the prefix.
+    /// age for every instance on the prefix, and each instance renews its
+    /// entry every quarter of the bucket's age (not of its own setting),
+    /// so that a healthy instance is never taken for dead.
     ///
     /// ```
     /// use std::time::Duration;

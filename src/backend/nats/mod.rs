@@ -6,7 +6,7 @@ mod tasks;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use self::config::NatsConfig;
 use self::entry::{decode, encode};
-use self::tasks::{liveness_loop, read_loop, registry_loop};
+use self::tasks::{housekeeping_loop, liveness_loop, read_loop, registry_loop};
 use super::{Backend, BoxFuture, Envelope, Epoch, Sink, Snapshot};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
@@ -30,6 +30,31 @@ const RESUME_KEY: &str = "resume-key";
 /// The meta bucket's key of an instance, before its id: it is there from
 /// the instance's start until another buries it.
 const INSTANCE: &str = "instance.";
+/// How many messages the stream keeps beyond the history length, at least
+/// (see [`kept`]).
+const MARGIN: usize = 256;
+
+/// How many messages the stream keeps for a history of `history`: a
+/// margin above it (twice the history, and at least [`MARGIN`] more), so
+/// that an instance whose reader fell behind by less than the margin (it
+/// was slow, or lost NATS for a moment while others published) still
+/// reads every message, rather than finding the oldest it missed trimmed
+/// and its pages reset.
+fn kept(history: usize) -> i64 {
+    let history = history.max(1);
+    let kept = history
+        .saturating_mul(2)
+        .max(history.saturating_add(MARGIN));
+    i64::try_from(kept).unwrap_or(i64::MAX)
+}
+
+/// How often an instance renews its liveness entry, for a liveness
+/// bucket whose entries the server removes at `age`: a quarter of it, so
+/// that three renewals in a row can fail or come late before a healthy
+/// instance is taken for dead.
+fn renewal(age: Duration) -> Duration {
+    (age / 4).max(Duration::from_millis(50))
+}
 
 /// The names of what the backend keeps in JetStream.
 struct Names {
@@ -92,6 +117,13 @@ fn valid_prefix(prefix: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// `d` times `n`, or the longest duration there is when that overflows: a
+/// timeout set very long (`Duration::MAX` for "never") must not panic
+/// where it is multiplied.
+fn times(d: Duration, n: u32) -> Duration {
+    d.saturating_mul(n)
+}
+
 fn backend_error(what: &str, e: impl fmt::Display) -> Error {
     Error::Backend(format!("{what}: {e}"))
 }
@@ -135,6 +167,16 @@ pub(crate) struct Shared {
     meta: kv::Store,
     registry: mpsc::UnboundedSender<RegOp>,
     reading: AtomicBool,
+    /// The age at which the server removes a liveness entry, in
+    /// nanoseconds: the liveness bucket's, which the instance that made
+    /// it chose (not necessarily this one's configuration).
+    age: AtomicU64,
+    /// Set when NATS may have lost this instance's records (a write
+    /// failed, the liveness entry had expired, NATS was away): the
+    /// housekeeping task writes every local connection again.
+    lost: AtomicBool,
+    /// Wakes the housekeeping task at once (`lost` was set).
+    housekeep: Notify,
     /// Told when a publish found no stream for its epoch: the reader
     /// looks at the stream again.
     recheck: Notify,
@@ -242,13 +284,13 @@ async fn set_once(store: &kv::Store, key: &str, candidate: &str) -> Result<Strin
 
 /// The stream and its epoch; made, in a new epoch, when there is none
 /// (at first start, and after NATS lost its data). Keeps at least
-/// `history` messages.
+/// [`kept`] messages.
 async fn open_stream(
     js: &jetstream::Context,
     names: &Names,
     history: usize,
 ) -> Result<(stream::Stream, Epoch), String> {
-    let max = i64::try_from(history.max(1)).unwrap_or(i64::MAX);
+    let max = kept(history);
     for _ in 0..3 {
         match js.get_stream(&names.stream).await {
             Ok(s) => {
@@ -365,7 +407,7 @@ async fn connect(
     history: usize,
 ) -> Result<(Shared, Snapshot, mpsc::UnboundedReceiver<RegOp>), Error> {
     let client = with_timeout(
-        config.timeout * 2,
+        times(config.timeout, 2),
         "connecting to NATS",
         async_nats::ConnectOptions::new()
             .connection_timeout(config.timeout)
@@ -378,7 +420,7 @@ async fn connect(
     js.set_timeout(config.timeout);
     let names = Names::new(&config.prefix);
     let (place, alive, meta) = with_timeout(
-        config.timeout * 2,
+        times(config.timeout, 2),
         "opening the key-value buckets",
         buckets(&js, &names, config.liveness),
     )
@@ -399,7 +441,7 @@ async fn connect(
         ));
     }
     let (mut stream, epoch) = with_timeout(
-        config.timeout * 2,
+        times(config.timeout, 2),
         "opening the stream",
         open_stream(&js, &names, history),
     )
@@ -416,7 +458,7 @@ async fn connect(
         Vec::new()
     } else {
         with_timeout(
-            config.timeout * 4,
+            times(config.timeout, 4),
             "reading the history",
             read_range(&client, &stream, epoch, from, last, config.timeout),
         )
@@ -431,6 +473,7 @@ async fn connect(
             .await
     })
     .await?;
+    let age = bucket_age(&alive, config.liveness).await;
     let (registry, registry_rx) = mpsc::unbounded_channel();
     let shared = Shared {
         client,
@@ -445,6 +488,9 @@ async fn connect(
         meta,
         registry,
         reading: AtomicBool::new(false),
+        age: AtomicU64::new(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
+        lost: AtomicBool::new(false),
+        housekeep: Notify::new(),
         recheck: Notify::new(),
         resume_key: resume_key.clone(),
     };
@@ -559,7 +605,8 @@ impl Backend for NatsBackend {
             tokio::join!(
                 read_loop(sink.clone(), Arc::clone(&shared), after),
                 registry_loop(sink.clone(), Arc::clone(&shared), registry),
-                liveness_loop(sink, shared),
+                liveness_loop(sink.clone(), Arc::clone(&shared)),
+                housekeeping_loop(sink, shared),
             );
         })
     }
@@ -625,6 +672,33 @@ fn place_value(instance: &str, user: Option<&UserId>) -> bytes::Bytes {
     format!("{instance}\n{}", user.map_or("", UserId::as_str)).into()
 }
 
+/// Removes `key` from `store` as it was at `revision`, leaving nothing
+/// behind: the messages of the key's subject up to that revision are
+/// purged from the bucket's stream, so no delete marker stays (a deleted
+/// key's marker would, one per connection ever seen). A value written
+/// since, by this instance or another, has a later revision and stays:
+/// the removal is conditional on the revision, as `delete_expect_revision`
+/// is. Returns whether something was removed.
+async fn forget(store: &kv::Store, key: &str, revision: u64) -> Result<bool, String> {
+    let purged = store
+        .stream
+        .purge()
+        .filter(format!("{}{key}", store.prefix))
+        .sequence(revision.saturating_add(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(purged.purged > 0)
+}
+
+/// The age of the entries of the liveness bucket, as the server keeps it;
+/// `fallback` when it cannot be read or is unlimited.
+async fn bucket_age(alive: &kv::Store, fallback: Duration) -> Duration {
+    match alive.stream.get_info().await {
+        Ok(info) if !info.config.max_age.is_zero() => info.config.max_age,
+        _ => fallback,
+    }
+}
+
 impl Shared {
     /// Appends `envelope` to the stream in `epoch`; returns its number.
     async fn publish(&self, epoch: Epoch, envelope: &Envelope) -> Result<u64, Error> {
@@ -677,7 +751,7 @@ impl Shared {
     /// Connections on every live instance: the counts they renew.
     async fn cluster_count(&self) -> Result<usize, Error> {
         let what = "counting connections";
-        with_timeout(self.timeout * 2, what, async {
+        with_timeout(times(self.timeout, 2), what, async {
             let mut total = 0;
             for key in keys(&self.alive, ">").await? {
                 if let Some(v) = self.alive.get(&key).await.map_err(|e| e.to_string())? {
@@ -725,5 +799,74 @@ impl Shared {
     /// Whether the reader is reading the stream now.
     fn is_reading(&self) -> bool {
         self.reading.load(Ordering::Relaxed)
+    }
+
+    /// The age of liveness entries (see `age`).
+    fn age(&self) -> Duration {
+        Duration::from_nanos(self.age.load(Ordering::Relaxed))
+    }
+
+    /// Reads the liveness bucket's age again (it may have been made again,
+    /// by another instance, after NATS lost its data).
+    async fn read_age(&self) {
+        let age = bucket_age(&self.alive, self.liveness).await;
+        self.age.store(
+            u64::try_from(age.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// NATS may have lost this instance's records: the housekeeping task
+    /// writes them again, now.
+    fn records_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+        self.housekeep.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_timeouts_saturate_instead_of_overflowing() {
+        // `Duration::MAX * 2` panics; a timeout meaning "never" must not.
+        assert_eq!(times(Duration::MAX, 4), Duration::MAX);
+        assert_eq!(times(Duration::from_secs(u64::MAX / 3), 4), Duration::MAX);
+        assert_eq!(times(Duration::from_secs(2), 3), Duration::from_secs(6));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_of_duration_max_waits_without_panicking() {
+        let got = with_timeout(times(Duration::MAX, 4), "waiting", async {
+            Ok::<_, String>(7)
+        })
+        .await;
+        assert_eq!(got.ok(), Some(7));
+    }
+
+    #[test]
+    fn the_stream_keeps_a_margin_above_the_history() {
+        assert_eq!(kept(0), 1 + 256);
+        assert_eq!(kept(10), 10 + 256);
+        assert_eq!(kept(1000), 2000);
+        assert_eq!(kept(usize::MAX), i64::MAX);
+        for history in [1, 50, 256, 257, 10_000] {
+            let kept = usize::try_from(kept(history)).unwrap();
+            assert!(kept >= history + MARGIN && kept >= 2 * history);
+        }
+    }
+
+    #[test]
+    fn liveness_is_renewed_well_within_its_age() {
+        assert_eq!(
+            renewal(Duration::from_secs(15)),
+            Duration::from_millis(3750)
+        );
+        // Three renewals can be missed before the entry expires.
+        for age in [300, 600, 1000, 15_000] {
+            let age = Duration::from_millis(age);
+            assert!(renewal(age) * 3 < age, "{age:?}");
+        }
     }
 }

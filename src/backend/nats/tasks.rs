@@ -1,6 +1,8 @@
-//! The NATS backend's three tasks, which end with the manager: the reader
+//! The NATS backend's four tasks, which end with the manager: the reader
 //! (the stream, in order, into the manager), the registry writer
-//! (connection arrivals and departures) and the liveness renewal.
+//! (connection arrivals and departures), the liveness renewal, and the
+//! housekeeping (this instance's records written again when NATS lost
+//! them, dead instances' records removed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,8 +15,8 @@ use tokio::sync::mpsc;
 
 use super::entry::decode;
 use super::{
-    CHECK, INSTANCE, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, keys,
-    open_stream, place_value, set_once, with_timeout,
+    CHECK, INSTANCE, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, forget,
+    keys, open_stream, place_value, renewal, set_once, times, with_timeout,
 };
 use crate::backend::{Epoch, Sink};
 use crate::connections::ConnectionId;
@@ -35,6 +37,7 @@ enum Stop {
 /// then opens the stream: its epoch, made anew when it was lost.
 async fn reopen(shared: &Shared) -> Result<(async_nats::jetstream::stream::Stream, Epoch), String> {
     buckets(&shared.js, &shared.names, shared.liveness).await?;
+    shared.read_age().await;
     // NATS may have come back without its data. It lost the resume key
     // too: put back the one every running instance holds, before the new
     // epoch (an instance started from now on reads this key, not a new one
@@ -75,7 +78,12 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         if !sink.is_open() {
             return;
         }
-        let opened = with_timeout(shared.timeout * 3, "opening the stream", reopen(&shared)).await;
+        let opened = with_timeout(
+            times(shared.timeout, 3),
+            "opening the stream",
+            reopen(&shared),
+        )
+        .await;
         let (stream, epoch) = match opened {
             Ok(v) => v,
             Err(e) => {
@@ -115,6 +123,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         };
         if failing {
             tracing::info!("NATS reachable again; delivery resumes");
+            // What this instance recorded may be gone (NATS came back
+            // empty, or the liveness entry expired and another instance
+            // buried the records), and what it wrote meanwhile failed.
+            shared.records_lost();
         }
         backoff = MIN_BACKOFF;
         shared.reading.store(true, Ordering::Relaxed);
@@ -267,12 +279,9 @@ pub(super) async fn registry_loop(
                             .next()
                             .is_some_and(|i| i == shared.instance.as_bytes());
                         if mine && entry.operation == async_nats::jetstream::kv::Operation::Put {
-                            // Taken meanwhile: the revision differs, and
-                            // the other instance's record stays.
-                            let _ = shared
-                                .place
-                                .delete_expect_revision(id.as_str(), Some(entry.revision))
-                                .await;
+                            // Taken meanwhile: a later revision, which
+                            // stays.
+                            forget(&shared.place, id.as_str(), entry.revision).await?;
                         }
                         Ok::<(), String>(())
                     }));
@@ -284,13 +293,20 @@ pub(super) async fn registry_loop(
             for r in futures_util::future::join_all(writes).await {
                 r?;
             }
-            shared.renew(count).await.map(|_| ())
+            shared.renew(count).await
         })
         .await;
-        if let Err(e) = result {
-            // The liveness task writes every local connection again once
-            // NATS is back.
-            tracing::warn!(error = %e, "could not record connections in NATS");
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                // The liveness entry had expired (or NATS lost it): this
+                // instance may have been buried meanwhile.
+                shared.records_lost();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record connections in NATS");
+                shared.records_lost();
+            }
         }
         drop(readies);
         if !sink.is_open() {
@@ -329,12 +345,16 @@ async fn bury(shared: &Shared) -> Result<usize, String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut records = Vec::new();
+    let mut markers = Vec::new();
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| e.to_string())?;
         if entry.operation == async_nats::jetstream::kv::Operation::Put {
             let instance = entry.value.split(|b| *b == b'\n').next().unwrap_or(&[]);
             let instance = String::from_utf8_lossy(instance).into_owned();
             records.push((entry.key, entry.revision, instance));
+        } else {
+            // A delete marker left by an older version of this crate.
+            markers.push((entry.key, entry.revision));
         }
         if entry.delta == 0 {
             break;
@@ -346,85 +366,151 @@ async fn bury(shared: &Shared) -> Result<usize, String> {
         .filter(|(_, _, instance)| !live.contains(instance))
         .map(|(key, revision, _)| {
             // Unless the connection was recorded again meanwhile.
-            shared.place.delete_expect_revision(key, Some(*revision))
+            forget(&shared.place, key, *revision)
         });
     let forgotten = futures_util::future::join_all(forgets)
         .await
-        .iter()
-        .filter(|r| r.is_ok())
+        .into_iter()
+        .filter(|r| matches!(r, Ok(true)))
         .count();
+    let markers = markers
+        .iter()
+        .map(|(key, revision)| forget(&shared.place, key, *revision));
+    futures_util::future::join_all(markers).await;
     Ok(forgotten)
 }
 
 /// The instances that recorded themselves in the meta bucket (see
-/// `connect`) and have not been buried.
-async fn known_instances(shared: &Shared) -> Result<Vec<String>, String> {
+/// `connect`) and have not been buried, each with the revision of its
+/// record.
+async fn known_instances(shared: &Shared) -> Result<Vec<(String, u64)>, String> {
     let mut known = Vec::new();
     for key in keys(&shared.meta, &format!("{INSTANCE}>")).await? {
-        // A buried one's key holds the marker of its deletion.
-        let recorded = shared.meta.get(&key).await.map_err(|e| e.to_string())?;
-        if let (Some(_), Some(instance)) = (recorded, key.strip_prefix(INSTANCE)) {
-            known.push(instance.to_owned());
+        // A key buried by an older version holds the marker of its
+        // deletion.
+        let recorded = shared.meta.entry(&key).await.map_err(|e| e.to_string())?;
+        if let (Some(entry), Some(instance)) = (recorded, key.strip_prefix(INSTANCE))
+            && entry.operation == async_nats::jetstream::kv::Operation::Put
+        {
+            known.push((instance.to_owned(), entry.revision));
         }
     }
     Ok(known)
 }
 
-/// Renews this instance's liveness entry (its connection count), writes
-/// its connections again when NATS forgot them, and forgets the
-/// connections of instances that died (recorded in the meta bucket, no
-/// longer in the liveness bucket), as the Redis backend buries them.
+/// Renews this instance's liveness entry (its connection count) at a
+/// quarter of the liveness bucket's age, whatever else the backend is
+/// doing (burying others, writing records again, which the housekeeping
+/// task does), so that a healthy instance is never taken for dead. When
+/// the entry had expired, NATS may have lost (or another instance buried)
+/// this instance's records: the housekeeping task writes them again.
 pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.liveness / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let period = renewal(shared.age());
+        tokio::time::sleep(period).await;
+        if !sink.is_open() {
+            return;
+        }
+        let count = sink.connections().map_or(0, |c| c.len());
+        match with_timeout(period, "renewing liveness", shared.renew(count)).await {
+            Ok(true) => {}
+            Ok(false) => shared.records_lost(),
+            Err(e) => tracing::debug!(error = %e, "liveness renewal failed"),
+        }
+    }
+}
+
+/// Records this instance and every local connection again (NATS lost
+/// them, or another instance buried them): its liveness entry first, so
+/// that no other instance takes the records just written for a dead
+/// instance's. A connection that left while they were written is
+/// forgotten again after them.
+async fn record_again(sink: &Sink, shared: &Shared) -> Result<usize, String> {
+    let local = sink.connections().unwrap_or_default();
+    shared.renew(local.len()).await?;
+    shared
+        .meta
+        .put(format!("{INSTANCE}{}", shared.instance), Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let writes = local.iter().map(|(id, user)| {
+        shared
+            .place
+            .put(id.as_str(), place_value(&shared.instance, user.as_ref()))
+    });
+    for r in futures_util::future::join_all(writes).await {
+        r.map_err(|e| e.to_string())?;
+    }
+    let now: HashSet<ConnectionId> = sink
+        .connections()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for (id, _) in &local {
+        if !now.contains(id) {
+            // Its removal may have run before the write above.
+            shared.remove(id.clone());
+        }
+    }
+    Ok(local.len())
+}
+
+/// Writes this instance's records again when they may be lost (see
+/// `Shared::records_lost`, and when its own record in the meta bucket is
+/// gone: another instance buried it), and forgets the connections of
+/// instances that died (recorded in the meta bucket, no longer in the
+/// liveness bucket), as the Redis backend buries them.
+pub(super) async fn housekeeping_loop(sink: Sink, shared: Arc<Shared>) {
+    let own = format!("{INSTANCE}{}", shared.instance);
+    loop {
+        let period = renewal(shared.age());
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = shared.housekeep.notified() => {}
+        }
         if !sink.is_open() {
             return;
         }
         let step = async {
-            let local = sink.connections().unwrap_or_default();
-            let existed = shared.renew(local.len()).await?;
-            if !existed {
-                // NATS forgot this instance: record it and every local
-                // connection again.
-                shared
-                    .meta
-                    .put(format!("{INSTANCE}{}", shared.instance), Bytes::new())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let writes = local.iter().map(|(id, user)| {
-                    shared
-                        .place
-                        .put(id.as_str(), place_value(&shared.instance, user.as_ref()))
-                });
-                for r in futures_util::future::join_all(writes).await {
-                    r.map_err(|e| e.to_string())?;
-                }
+            let buried = shared
+                .meta
+                .get(&own)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none();
+            if shared.lost.swap(false, Ordering::Relaxed) || buried {
+                let n = record_again(&sink, &shared).await.inspect_err(|_| {
+                    shared.lost.store(true, Ordering::Relaxed);
+                })?;
+                tracing::info!(
+                    connections = n,
+                    "recorded this instance's connections again"
+                );
             }
             // Known first, then alive: a known instance renewed its entry
             // before it recorded itself, so it is in the later list unless
             // it is dead.
             let known = known_instances(&shared).await?;
             let live = live_instances(&shared).await?;
-            let dead: Vec<String> = known.into_iter().filter(|i| !live.contains(i)).collect();
+            let dead: Vec<(String, u64)> = known
+                .into_iter()
+                .filter(|(i, _)| !live.contains(i))
+                .collect();
             if !dead.is_empty() {
                 let n = bury(&shared).await?;
-                for instance in &dead {
-                    shared
-                        .meta
-                        .delete(format!("{INSTANCE}{instance}"))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                for (instance, revision) in &dead {
+                    // Only the record read: one the instance wrote again
+                    // since (it came back) has a later revision and stays.
+                    forget(&shared.meta, &format!("{INSTANCE}{instance}"), *revision).await?;
                 }
                 tracing::info!(instances = ?dead, connections = n, "buried dead instances");
             }
             Ok::<(), String>(())
         };
-        let limit = shared.liveness.max(shared.timeout * 2);
-        let result = with_timeout(limit, "renewing liveness", step).await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "liveness renewal failed");
+        let limit = shared.age().max(times(shared.timeout, 2));
+        if let Err(e) = with_timeout(limit, "housekeeping", step).await {
+            tracing::debug!(error = %e, "NATS housekeeping failed");
         }
     }
 }
