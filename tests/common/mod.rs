@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: a real server on 127.0.0.1.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(all(feature = "testing", feature = "redis", feature = "nats"))]
+pub mod engine;
 pub mod example;
 pub mod keys;
 pub mod nats;
@@ -98,4 +100,49 @@ pub async fn open_connection(
         ev.last_event_id
     );
     (c, htmx_sse::connections::ConnectionId::new(&id).unwrap())
+}
+
+#[cfg(feature = "testing")]
+/// One server instance: its own manager, its own HTTP port, the
+/// broadcast routes open under `/sse`.
+pub struct Instance {
+    pub base: String,
+    pub manager: htmx_sse::BroadcastManager,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "testing")]
+impl Instance {
+    /// Serves `manager`'s open routes on a free port.
+    pub async fn serve(manager: htmx_sse::BroadcastManager) -> Self {
+        let app = open_routes(Router::new(), manager.clone(), "/sse");
+        let (base, task) = serve(app).await;
+        Instance {
+            base,
+            manager,
+            task,
+        }
+    }
+
+    /// Opens a page's stream (resuming from `last_event_id`).
+    pub async fn open(
+        &self,
+        last_event_id: Option<&str>,
+    ) -> (
+        htmx_sse::testing::TestClient,
+        htmx_sse::connections::ConnectionId,
+    ) {
+        open_connection(&format!("{}/sse", self.base), last_event_id).await
+    }
+
+    /// POSTs `body` as JSON to `path`; the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
 }

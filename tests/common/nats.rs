@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use htmx_sse::connections::ConnectionId;
+use serde_json::{Value, json};
+
+/// How long a raw request waits for its answer.
+const WAIT: Duration = Duration::from_secs(10);
+
 /// One `nats-server -js` process, its JetStream data in a directory of its
 /// own; killed (by its PID) when dropped.
 pub struct NatsServer {
@@ -112,5 +118,119 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Publishes `payload` on `subject` with the plain NATS protocol, as
+/// another program on the same server could: JetStream keeps it in the
+/// stream whose subject it is.
+pub async fn raw_publish(nats: &NatsServer, subject: &str, payload: &[u8]) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = nats.url().replace("nats://", "");
+    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut info = [0u8; 4096];
+    let n = con.read(&mut info).await.unwrap();
+    assert!(info[..n].starts_with(b"INFO "), "the server greets");
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    con.write_all(&out).await.unwrap();
+    let mut pong = Vec::new();
+    while !pong.ends_with(b"PONG\r\n") {
+        let n = con.read(&mut info).await.unwrap();
+        assert!(n > 0, "the server answers the PING");
+        pong.extend_from_slice(&info[..n]);
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Place {
+    Recorded,
+    /// A delete marker.
+    Deleted,
+    /// No message at all for the key.
+    Gone,
+}
+
+/// How many messages the stream of the bucket `bucket` holds: values and
+/// delete markers.
+pub async fn bucket_messages(nats: &NatsServer, bucket: &str) -> u64 {
+    let answer = raw_request(nats, &format!("$JS.API.STREAM.INFO.KV_{bucket}"), b"").await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    answer["state"]["messages"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{answer}"))
+}
+
+/// What the `PREFIX-where` bucket holds for `id`, read with the plain
+/// JetStream API (the last message of the key's subject).
+pub async fn place_entry(nats: &NatsServer, prefix: &str, id: &ConnectionId) -> Place {
+    use base64::Engine as _;
+    let request = json!({"last_by_subj": format!("$KV.{prefix}-where.{}", id.as_str())});
+    let answer = raw_request(
+        nats,
+        &format!("$JS.API.STREAM.MSG.GET.KV_{prefix}-where"),
+        request.to_string().as_bytes(),
+    )
+    .await;
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    if answer["error"]["err_code"] == 10037 {
+        return Place::Gone; // no message found
+    }
+    let message = &answer["message"];
+    assert!(message.is_object(), "{answer}");
+    let headers = message["hdrs"].as_str().map_or_else(Vec::new, |h| {
+        base64::engine::general_purpose::STANDARD.decode(h).unwrap()
+    });
+    if String::from_utf8_lossy(&headers).contains("KV-Operation: DEL") {
+        Place::Deleted
+    } else {
+        Place::Recorded
+    }
+}
+
+/// A request with the plain NATS protocol; returns the answer's payload.
+pub async fn raw_request(nats: &NatsServer, subject: &str, payload: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = nats.url().replace("nats://", "");
+    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    con.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, con.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(at) = text.find("MSG _INBOX.test 1 ") else {
+            continue;
+        };
+        let Some(eol) = text[at..].find("\r\n") else {
+            continue;
+        };
+        let len: usize = text[at..at + eol]
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let start = at + eol + 2;
+        if got.len() >= start + len {
+            return got[start..start + len].to_vec();
+        }
     }
 }

@@ -89,6 +89,15 @@ impl RedisServer {
         self.stop();
         self.spawn();
     }
+
+    /// Starts it again on the same port without its data (a new machine,
+    /// a lost disk), persisting or not as before.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("a temporary directory");
+        self.spawn();
+    }
 }
 
 impl Drop for RedisServer {
