@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use common::Instance;
-use common::nats::{NatsServer, Place, bucket_messages, place_entry, raw_publish, raw_request};
+use common::nats::{
+    NatsServer, Place, Raw, bucket_messages, place_entry, raw_publish, raw_request,
+};
 use htmx_sse::Error;
 use htmx_sse::backend::NatsConfig;
 use htmx_sse::broadcast::BroadcastManager;
@@ -133,52 +135,11 @@ async fn capture<F: std::future::Future<Output = ()>>(
     subject: &str,
     publish: F,
 ) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = nats.url().replace("nats://", "");
-    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    let n = con.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"INFO "), "the server greets");
-    con.write_all(
-        format!("CONNECT {{\"verbose\":false}}\r\nSUB {subject} 1\r\nPING\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"PONG\r\n") {
-        let n = con.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    let mut raw = Raw::connect(nats).await;
+    raw.send(format!("SUB {subject} 1\r\n").as_bytes()).await;
+    raw.sync().await;
     publish.await;
-    let mut got: Vec<u8> = Vec::new();
-    loop {
-        let n = tokio::time::timeout(WAIT, con.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "the server closed");
-        got.extend_from_slice(&buf[..n]);
-        // MSG <subject> <sid> [reply] <bytes>\r\n<payload>\r\n, or with
-        // headers (JetStream publishes carry some) HMSG <subject> <sid>
-        // [reply] <header bytes> <total bytes>\r\n<headers><payload>\r\n.
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(at) = text.find("MSG ") {
-            let headers = at > 0 && text.as_bytes()[at - 1] == b'H';
-            let line_end = at + text[at..].find("\r\n").unwrap();
-            let fields: Vec<&str> = text[at..line_end].split(' ').collect();
-            let total: usize = fields[fields.len() - 1].parse().unwrap();
-            let skip: usize = if headers {
-                fields[fields.len() - 2].parse().unwrap()
-            } else {
-                0
-            };
-            let start = line_end + 2;
-            if got.len() >= start + total {
-                return got[start + skip..start + total].to_vec();
-            }
-        }
-    }
+    raw.next_message().await
 }
 
 /// A well-formed message under this epoch's subject that says another

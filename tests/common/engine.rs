@@ -57,27 +57,29 @@ impl Endpoint {
 
     /// Builds a manager on the engine.
     pub async fn try_build(&self, builder: BroadcastBuilder) -> Result<BroadcastManager, Error> {
-        let timeout = Duration::from_millis(500);
+        // The two configurations have the same three settings.
+        macro_rules! configured {
+            ($config:expr) => {{
+                let mut c = $config.timeout(Duration::from_millis(500));
+                if let Some(p) = &self.prefix {
+                    c = c.prefix(p.clone());
+                }
+                if let Some(l) = self.liveness {
+                    c = c.liveness(l);
+                }
+                c
+            }};
+        }
         match self.kind {
             Kind::Redis => {
-                let mut c = RedisConfig::new(&self.url).timeout(timeout);
-                if let Some(p) = &self.prefix {
-                    c = c.prefix(p.clone());
-                }
-                if let Some(l) = self.liveness {
-                    c = c.liveness(l);
-                }
-                builder.build_redis(c).await
+                builder
+                    .build_redis(configured!(RedisConfig::new(&self.url)))
+                    .await
             }
             Kind::Nats => {
-                let mut c = NatsConfig::new(&self.url).timeout(timeout);
-                if let Some(p) = &self.prefix {
-                    c = c.prefix(p.clone());
-                }
-                if let Some(l) = self.liveness {
-                    c = c.liveness(l);
-                }
-                builder.build_nats(c).await
+                builder
+                    .build_nats(configured!(NatsConfig::new(&self.url)))
+                    .await
             }
         }
     }
@@ -172,11 +174,7 @@ impl Engine {
         match self {
             Engine::Redis(s) => {
                 use redis::AsyncCommands as _;
-                let mut con = redis::Client::open(s.url())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut con = redis_connection(s).await;
                 let got: u64 = con.incr("htmx-sse:seq", 1).await.unwrap();
                 assert_eq!(got, seq);
                 let _: String = redis::cmd("XADD")
@@ -201,11 +199,7 @@ impl Engine {
     pub async fn recorded(&self, prefix: &str, id: &ConnectionId) -> bool {
         match self {
             Engine::Redis(s) => {
-                let mut con = redis::Client::open(s.url())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut con = redis_connection(s).await;
                 redis::cmd("HEXISTS")
                     .arg(format!("{prefix}:where"))
                     .arg(id.as_str())
@@ -223,11 +217,7 @@ impl Engine {
     pub async fn instances_recorded(&self, prefix: &str) -> u64 {
         match self {
             Engine::Redis(s) => {
-                let mut con = redis::Client::open(s.url())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut con = redis_connection(s).await;
                 redis::cmd("SCARD")
                     .arg(format!("{prefix}:instances"))
                     .query_async(&mut con)
@@ -237,4 +227,12 @@ impl Engine {
             Engine::Nats(s) => nats::bucket_messages(s, &format!("{prefix}-meta")).await - 1,
         }
     }
+}
+
+async fn redis_connection(s: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(s.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }

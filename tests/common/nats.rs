@@ -121,30 +121,107 @@ impl Drop for NatsServer {
     }
 }
 
+/// A connection to the server with the plain NATS protocol, as another
+/// program on the same server could open.
+pub struct Raw {
+    con: tokio::net::TcpStream,
+    /// Read and not consumed yet.
+    got: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects, and says hello.
+    pub async fn connect(nats: &NatsServer) -> Self {
+        let addr = nats.url().replace("nats://", "");
+        let con = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut raw = Raw {
+            con,
+            got: Vec::new(),
+        };
+        while !raw.got.windows(2).any(|w| w == b"\r\n") {
+            raw.read().await;
+        }
+        assert!(raw.got.starts_with(b"INFO "), "the server greets");
+        raw.got.clear();
+        raw.send(b"CONNECT {\"verbose\":false}\r\n").await;
+        raw
+    }
+
+    async fn read(&mut self) {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.con.read(&mut buf))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        self.got.extend_from_slice(&buf[..n]);
+    }
+
+    /// Sends protocol lines as they are.
+    pub async fn send(&mut self, lines: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        self.con.write_all(lines).await.unwrap();
+    }
+
+    /// Publishes `payload` on `subject`, asking for answers on `reply`.
+    pub async fn publish(&mut self, subject: &str, reply: Option<&str>, payload: &[u8]) {
+        let reply = reply.map_or_else(String::new, |r| format!(" {r}"));
+        let mut out = format!("PUB {subject}{reply} {}\r\n", payload.len()).into_bytes();
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        self.send(&out).await;
+    }
+
+    /// Waits until the server handled everything sent so far (a PING and
+    /// its PONG).
+    pub async fn sync(&mut self) {
+        self.send(b"PING\r\n").await;
+        while !self.got.ends_with(b"PONG\r\n") {
+            self.read().await;
+        }
+        self.got.clear();
+    }
+
+    /// The payload of the next message delivered to a subscription (its
+    /// headers left out).
+    pub async fn next_message(&mut self) -> Vec<u8> {
+        loop {
+            // MSG <subject> <sid> [reply] <bytes>\r\n<payload>\r\n, or with
+            // headers (JetStream publishes carry some) HMSG <subject> <sid>
+            // [reply] <header bytes> <total bytes>\r\n<headers><payload>\r\n.
+            let text = String::from_utf8_lossy(&self.got).into_owned();
+            if let Some(at) = text.find("MSG ")
+                && let Some(eol) = text[at..].find("\r\n")
+            {
+                let headers = at > 0 && text.as_bytes()[at - 1] == b'H';
+                let line_end = at + eol;
+                let fields: Vec<&str> = text[at..line_end].split(' ').collect();
+                let total: usize = fields[fields.len() - 1].parse().unwrap();
+                let skip: usize = if headers {
+                    fields[fields.len() - 2].parse().unwrap()
+                } else {
+                    0
+                };
+                let start = line_end + 2;
+                if self.got.len() >= start + total {
+                    let payload = self.got[start + skip..start + total].to_vec();
+                    self.got.drain(..start + total);
+                    return payload;
+                }
+            }
+            self.read().await;
+        }
+    }
+}
+
 /// Publishes `payload` on `subject` with the plain NATS protocol, as
 /// another program on the same server could: JetStream keeps it in the
 /// stream whose subject it is.
 pub async fn raw_publish(nats: &NatsServer, subject: &str, payload: &[u8]) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = nats.url().replace("nats://", "");
-    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut info = [0u8; 4096];
-    let n = con.read(&mut info).await.unwrap();
-    assert!(info[..n].starts_with(b"INFO "), "the server greets");
-    let mut out = format!(
-        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
-        payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\nPING\r\n");
-    con.write_all(&out).await.unwrap();
-    let mut pong = Vec::new();
-    while !pong.ends_with(b"PONG\r\n") {
-        let n = con.read(&mut info).await.unwrap();
-        assert!(n > 0, "the server answers the PING");
-        pong.extend_from_slice(&info[..n]);
-    }
+    let mut raw = Raw::connect(nats).await;
+    raw.publish(subject, None, payload).await;
+    raw.sync().await;
 }
 
 #[derive(Debug, PartialEq)]
@@ -195,42 +272,8 @@ pub async fn place_entry(nats: &NatsServer, prefix: &str, id: &ConnectionId) -> 
 
 /// A request with the plain NATS protocol; returns the answer's payload.
 pub async fn raw_request(nats: &NatsServer, subject: &str, payload: &[u8]) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = nats.url().replace("nats://", "");
-    let mut con = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut out = format!(
-        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test {}\r\n",
-        payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\n");
-    con.write_all(&out).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(WAIT, con.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "the server closed the connection");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        let Some(at) = text.find("MSG _INBOX.test 1 ") else {
-            continue;
-        };
-        let Some(eol) = text[at..].find("\r\n") else {
-            continue;
-        };
-        let len: usize = text[at..at + eol]
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let start = at + eol + 2;
-        if got.len() >= start + len {
-            return got[start..start + len].to_vec();
-        }
-    }
+    let mut raw = Raw::connect(nats).await;
+    raw.send(b"SUB _INBOX.test 1\r\n").await;
+    raw.publish(subject, Some("_INBOX.test"), payload).await;
+    raw.next_message().await
 }
