@@ -349,7 +349,8 @@ async fn a_healthy_instance_is_never_taken_for_dead() {
 /// An instance that lost NATS for a while, during which another published
 /// more than the history length (but less than the stream's margin above
 /// it), reads every message when it is back: its page gets them all, in
-/// order, and no reset.
+/// order, and no reset. Behind by more than the margin, the page gets the
+/// reset event, never silence.
 #[tokio::test]
 async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
     let nats = NatsServer::start();
@@ -385,4 +386,28 @@ async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
             ("n", &*n.to_string())
         );
     }
+
+    // Behind by more than the margin (the stream keeps 356 for a history
+    // of 100): the page is told, never left silent. Its stream ends, and
+    // coming back it gets the reset event (had it been given what came
+    // after the gap, its last id would be past it, and no reset).
+    proxy.cut();
+    let deadline = Instant::now() + WAIT;
+    while a.manager.backend_connected() {
+        assert!(Instant::now() < deadline, "still says it reads NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..400 {
+        b.manager.broadcast("n", n, None, &[]).await.unwrap();
+    }
+    proxy.restore();
+    if let Err(e) = page.collect_until_closed(Duration::from_secs(20)).await {
+        panic!("the stream goes on past a gap: {e}");
+    }
+    let (mut back, _) = a.open(Some(page.last_event_id())).await;
+    let ev = next(&mut back).await;
+    assert_eq!(
+        (ev.event.as_str(), ev.data.as_str()),
+        ("reset", r#"{"reason":"history-gap"}"#)
+    );
 }
