@@ -411,3 +411,75 @@ async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
         ("reset", r#"{"reason":"history-gap"}"#)
     );
 }
+
+/// An instance cut off from NATS (the others still reach it) for longer
+/// than its liveness is buried by the others: its connections unknown,
+/// its record gone from the meta bucket with no marker left. Back, it
+/// records itself and its still open pages again, so `send_to` from the
+/// others finds them, and it would be buried again if it died.
+#[tokio::test]
+async fn an_instance_cut_off_for_longer_than_its_liveness_comes_back_whole() {
+    let nats = NatsServer::start();
+    let proxy = common::proxy::Proxy::start(nats.url().replace("nats://", "")).await;
+    let config = |url: String| {
+        NatsConfig::new(url)
+            .prefix("part")
+            .timeout(Duration::from_millis(500))
+            .liveness(Duration::from_millis(600))
+    };
+    let a = BroadcastManager::builder()
+        .build_nats(config(nats.url()))
+        .await
+        .unwrap();
+    let b = BroadcastManager::builder()
+        .stream(StreamConfig::new().heartbeat(Duration::from_millis(200)))
+        .build_nats(config(format!("nats://127.0.0.1:{}", proxy.port())))
+        .await
+        .unwrap();
+    let b = Instance::serve(b).await;
+    let (mut page, page_id) = b.open(None).await;
+    a.send_to(&page_id, "dm", "before", None).await.unwrap();
+    assert_eq!(next(&mut page).await.data, "before");
+    // The resume key, A and B.
+    assert_eq!(bucket_messages(&nats, "part-meta").await, 3);
+
+    proxy.cut();
+    let deadline = Instant::now() + WAIT;
+    // Sent while B still counted: in the stream, B reads them when back.
+    let mut sent_while_cut = 0;
+    loop {
+        let found = a.send_to(&page_id, "dm", "cut off", None).await;
+        sent_while_cut += usize::from(found.is_ok());
+        let meta = bucket_messages(&nats, "part-meta").await;
+        if matches!(found, Err(Error::UnknownConnection { .. })) && meta == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B is not buried: {found:?}, {meta} in the meta bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(place_entry(&nats, "part", &page_id).await, Place::Gone);
+
+    proxy.restore();
+    let deadline = Instant::now() + WAIT;
+    while a.send_to(&page_id, "dm", "back", None).await.is_err()
+        || bucket_messages(&nats, "part-meta").await != 3
+    {
+        assert!(Instant::now() < deadline, "B did not record itself again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The page stayed open throughout, and gets all that was sent to it:
+    // before B was buried, and once it was found again.
+    let mut got = Vec::new();
+    while got.last().is_none_or(|d| d != "back") {
+        match page.next_item_within(WAIT).await.unwrap() {
+            SseItem::Comment(_) => {}
+            SseItem::Event(ev) => got.push(ev.data),
+        }
+    }
+    let mut want = vec!["cut off"; sent_while_cut];
+    want.push("back");
+    assert_eq!(got, want);
+}
