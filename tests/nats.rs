@@ -194,12 +194,29 @@ async fn a_message_claiming_another_epoch_is_a_hole_not_a_stall() {
     let ev = next(&mut fresh).await;
     assert_eq!((ev.event.as_str(), ev.data.as_str()), ("n", "4"));
     // And a resume across the hole is told.
-    let (mut back, _) = a.open(Some(&before)).await;
+    resumes_across_a_gap(&a, &before).await;
+}
+
+/// A page that resumes on `on` from `last` gets the reset event
+/// (`history-gap`).
+async fn resumes_across_a_gap(on: &Instance, last: &str) {
+    let (mut back, _) = on.open(Some(last)).await;
     let ev = next(&mut back).await;
     assert_eq!(
         (ev.event.as_str(), ev.data.as_str()),
-        ("reset", r#"{"reason":"history-gap"}"#)
+        ("reset", r#"{"reason":"history-gap"}"#),
+        "resuming from {last}"
     );
+}
+
+/// Cuts `proxy`, and waits until `manager`, behind it, says it lost NATS.
+async fn cut_off(proxy: &common::proxy::Proxy, manager: &BroadcastManager) {
+    proxy.cut();
+    let deadline = Instant::now() + WAIT;
+    while manager.backend_connected() {
+        assert!(Instant::now() < deadline, "still says it reads NATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Connection churn leaves nothing behind in the registry bucket: 200
@@ -362,12 +379,7 @@ async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
     .await;
     let b = instance(&nats, Duration::from_secs(15)).await;
     let (mut page, _) = a.open(None).await;
-    proxy.cut();
-    let deadline = Instant::now() + WAIT;
-    while a.manager.backend_connected() {
-        assert!(Instant::now() < deadline, "still says it reads NATS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cut_off(&proxy, &a.manager).await;
     // 150: the history is 100.
     for n in 0..150 {
         b.manager.broadcast("n", n, None, &[]).await.unwrap();
@@ -391,12 +403,7 @@ async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
     // of 100): the page is told, never left silent. Its stream ends, and
     // coming back it gets the reset event (had it been given what came
     // after the gap, its last id would be past it, and no reset).
-    proxy.cut();
-    let deadline = Instant::now() + WAIT;
-    while a.manager.backend_connected() {
-        assert!(Instant::now() < deadline, "still says it reads NATS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cut_off(&proxy, &a.manager).await;
     for n in 0..400 {
         b.manager.broadcast("n", n, None, &[]).await.unwrap();
     }
@@ -404,12 +411,7 @@ async fn a_reader_behind_by_less_than_the_margin_misses_nothing() {
     if let Err(e) = page.collect_until_closed(Duration::from_secs(20)).await {
         panic!("the stream goes on past a gap: {e}");
     }
-    let (mut back, _) = a.open(Some(page.last_event_id())).await;
-    let ev = next(&mut back).await;
-    assert_eq!(
-        (ev.event.as_str(), ev.data.as_str()),
-        ("reset", r#"{"reason":"history-gap"}"#)
-    );
+    resumes_across_a_gap(&a, page.last_event_id()).await;
 }
 
 /// An instance cut off from NATS (the others still reach it) for longer
