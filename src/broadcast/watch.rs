@@ -177,7 +177,9 @@ impl Slot {
         self.expiring.front().map(|(at, _)| *at)
     }
 
-    fn presence(&self) -> Presence {
+    /// The presence, its users in no order: copied under the lock, sorted
+    /// by [`sorted`] after it.
+    fn unsorted(&self) -> Presence {
         let mut presence = Presence {
             connections: 0,
             users: Vec::with_capacity(self.tallies.len()),
@@ -195,10 +197,16 @@ impl Slot {
             }
         }
         presence
-            .users
-            .sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.user.cmp(&b.user)));
-        presence
     }
+}
+
+/// The users the longest here first, as [`BroadcastManager::presence`]
+/// lists them.
+fn sorted(mut presence: Presence) -> Presence {
+    presence
+        .users
+        .sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.user.cmp(&b.user)));
+    presence
 }
 
 #[derive(Debug, Default)]
@@ -335,7 +343,11 @@ async fn expire_ghosts(hub: Weak<PresenceHub>, wake: Arc<Notify>) {
 /// disconnect updates the watches whose scope it is in, under the
 /// manager's lock (a hash lookup each). The [`Presence`] of a change is
 /// built when the feed is read, once for however many changes happened
-/// since.
+/// since: a copy of the counts under the watch's lock and a sort after it,
+/// both in the number of users in the scope. Read at the pace the
+/// application needs (a badge renders at most ten times a second): a
+/// feed read after every single connect of 10,000 users, each their own,
+/// costs about 10,000 copies per connect (see BENCHMARKS.md).
 #[must_use = "the watch stops when the feed is dropped"]
 pub struct PresenceFeed {
     hub: Arc<PresenceHub>,
@@ -377,14 +389,16 @@ impl PresenceFeed {
     #[must_use]
     pub fn current(&self) -> Presence {
         let watches = self.hub.watches.lock();
-        watches.slots.iter().find(|s| s.id == self.id).map_or_else(
+        let presence = watches.slots.iter().find(|s| s.id == self.id).map_or_else(
             || Presence {
                 connections: 0,
                 users: Vec::new(),
                 anonymous: 0,
             },
-            Slot::presence,
-        )
+            Slot::unsorted,
+        );
+        drop(watches);
+        sorted(presence)
     }
 
     /// Waits for the next change of the debounced presence, and returns
@@ -421,11 +435,16 @@ impl PresenceFeed {
                     && slot.dirty
                 {
                     slot.dirty = false;
-                    return Some(PresenceChange {
+                    let change = PresenceChange {
                         scope: self.scope.clone(),
-                        presence: slot.presence(),
+                        presence: slot.unsorted(),
                         joined: std::mem::take(&mut slot.joined),
                         left: std::mem::take(&mut slot.left),
+                    };
+                    drop(watches);
+                    return Some(PresenceChange {
+                        presence: sorted(change.presence),
+                        ..change
                     });
                 }
             }
@@ -536,7 +555,8 @@ impl BroadcastManager {
     /// Sends a rendered presence badge to the pages of `scope` whenever
     /// its debounced presence changes (see
     /// [`watch_presence`](Self::watch_presence)): `render` is called once
-    /// per change, and its fragment is published once as a message of type
+    /// per change (at most ten times a second: changes meanwhile are
+    /// gathered into one), and its fragment is published once as a message of type
     /// `event` to the connections listening to the topic
     /// ([`PresenceScope::Topic`]), to the user's connections
     /// ([`PresenceScope::User`]) or to everyone: rendered once, encoded
@@ -622,6 +642,9 @@ impl BroadcastManager {
                     if let Err(error) = message.send().await {
                         tracing::debug!(%error, "presence badge: publish failed");
                     }
+                    drop(manager);
+                    // What changes meanwhile is gathered into the next one.
+                    tokio::time::sleep(BADGE_INTERVAL).await;
                 }
             }
         };
@@ -643,6 +666,10 @@ impl BroadcastManager {
         Ok(())
     }
 }
+
+/// The shortest time between two renders of a badge: a burst of
+/// connects (a deploy, a popular page) is one render, not one per tab.
+const BADGE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A live presence badge: see [`BroadcastManager::presence_badge`].
 /// Dropping it stops the badge.
