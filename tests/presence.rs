@@ -432,16 +432,11 @@ async fn presence_events_reach_no_page_off_the_topic_and_no_other_user() {
     // A private badge of the same topic reaches only the page whose
     // credentials allow docs/7 privately (alice's `private=1` stream).
     let _private = manager
-        .presence_badge(
-            PresenceScope::Topic(Topic::new("docs/7").unwrap()),
-            "who",
-            |p: &Presence| {
-                let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
-                names.join(",")
-            },
-        )
-        .unwrap()
-        .private(true);
+        .private_presence_badge(Topic::new("docs/7").unwrap(), "who", |p: &Presence| {
+            let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
+            names.join(",")
+        })
+        .unwrap();
     let mut allowed = tab(&base, "/hub?topic=docs/7&private=1", Some("alice")).await;
     // The badges come from their own tasks: in any order.
     let mut seen = Vec::new();

@@ -24,6 +24,7 @@ use crate::connections::UserId;
 use crate::error::Error;
 use crate::event::EventName;
 use crate::fragment::{Fragment, IntoFragment};
+use crate::topics::Topic;
 
 /// A change of the debounced presence in one scope, from
 /// [`PresenceFeed::changed`]: what it is now, who joined and who left
@@ -603,6 +604,62 @@ impl BroadcastManager {
         F: Fn(&Presence) -> R + Send + Sync + 'static,
         R: IntoFragment,
     {
+        self.badge(scope, event, render, false)
+    }
+
+    /// A [`presence_badge`](Self::presence_badge) of `topic`'s listeners
+    /// sent as a private message (see
+    /// [`Message::private`](super::Message::private)): every listener of
+    /// the topic is counted, but only the pages whose credentials allow the
+    /// topic privately (the `private=1` streams of the topic hub) receive
+    /// the badge. Use it when who reads a topic is itself not for everyone,
+    /// or the render shows names.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// use htmx_sse::broadcast::Presence;
+    /// use htmx_sse::topics::Topic;
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let badge = manager.private_presence_badge(Topic::new("boards/9")?, "editors", |p: &Presence| {
+    ///     let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
+    ///     names.join(", ")
+    /// })?;
+    /// assert_eq!(badge.render().as_str(), "");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`presence_badge`](Self::presence_badge).
+    pub fn private_presence_badge<T, F, R>(
+        &self,
+        topic: Topic,
+        event: T,
+        render: F,
+    ) -> Result<PresenceBadge, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        F: Fn(&Presence) -> R + Send + Sync + 'static,
+        R: IntoFragment,
+    {
+        self.badge(PresenceScope::Topic(topic), event, render, true)
+    }
+
+    fn badge<T, F, R>(
+        &self,
+        scope: PresenceScope,
+        event: T,
+        render: F,
+        private: bool,
+    ) -> Result<PresenceBadge, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        F: Fn(&Presence) -> R + Send + Sync + 'static,
+        R: IntoFragment,
+    {
         let event: EventName = event.try_into().map_err(Into::into)?;
         self.refuse_reserved(event.as_str())?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Unsupported {
@@ -611,11 +668,9 @@ impl BroadcastManager {
         let mut feed = self.watch_presence(scope)?;
         let first = render(&feed.current()).into_fragment()?;
         let shown = Arc::new(Mutex::new(first));
-        let private = Arc::new(AtomicBool::new(false));
         let manager: Weak<Engine> = Arc::downgrade(&self.inner);
         let task = {
             let shown = Arc::clone(&shown);
-            let private = Arc::clone(&private);
             let event = event.clone();
             async move {
                 while let Some(change) = feed.changed().await {
@@ -634,9 +689,9 @@ impl BroadcastManager {
                     let message = manager.message(event.clone(), fragment);
                     let message = match &change.scope {
                         PresenceScope::Everyone => message,
-                        PresenceScope::Topic(topic) => message
-                            .topics([topic.clone()])
-                            .private(private.load(Ordering::Relaxed)),
+                        PresenceScope::Topic(topic) => {
+                            message.topics([topic.clone()]).private(private)
+                        }
                         PresenceScope::User(user) => message.to_user(user.clone()),
                     };
                     if let Err(error) = message.send().await {
@@ -651,7 +706,6 @@ impl BroadcastManager {
         Ok(PresenceBadge {
             event,
             shown,
-            private,
             _task: AbortOnDrop::new(runtime.spawn(task).abort_handle()),
         })
     }
@@ -677,7 +731,6 @@ const BADGE_INTERVAL: Duration = Duration::from_millis(100);
 pub struct PresenceBadge {
     event: EventName,
     shown: Arc<Mutex<Fragment>>,
-    private: Arc<AtomicBool>,
     _task: AbortOnDrop,
 }
 
@@ -690,32 +743,6 @@ impl fmt::Debug for PresenceBadge {
 }
 
 impl PresenceBadge {
-    /// For a [`PresenceScope::Topic`] badge: sends it as a private message
-    /// (see [`Message::private`](super::Message::private)), so that only
-    /// the pages whose credentials allow that topic privately receive it
-    /// (the `private=1` streams of the topic hub), although every listener
-    /// of the topic is counted. Use it when who reads a topic is itself
-    /// not for everyone, or the render shows names. No effect for other
-    /// scopes (a user's badge goes to that user's pages alone).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), htmx_sse::Error> {
-    /// use htmx_sse::broadcast::{Presence, PresenceScope};
-    /// use htmx_sse::topics::Topic;
-    /// let manager = htmx_sse::BroadcastManager::new();
-    /// let scope = PresenceScope::Topic(Topic::new("boards/9")?);
-    /// let badge = manager
-    ///     .presence_badge(scope, "editors", |p: &Presence| p.users.len().to_string())?
-    ///     .private(true);
-    /// # let _ = badge;
-    /// # Ok(()) }
-    /// ```
-    pub fn private(self, on: bool) -> Self {
-        self.private.store(on, Ordering::Relaxed);
-        self
-    }
-
     /// The event type the badge is sent as.
     ///
     /// ```
