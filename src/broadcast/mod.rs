@@ -185,6 +185,7 @@ mod resume;
 mod stage;
 mod subscriber;
 mod subscription;
+mod watch;
 
 use std::fmt;
 
@@ -199,6 +200,7 @@ pub use publish::Message;
 pub use resume::{LastEventId, RESUME_FROM};
 pub use stage::{Outgoing, Recipient, Sent};
 pub use subscription::Subscription;
+pub use watch::{PresenceBadge, PresenceChange, PresenceFeed};
 
 pub use crate::routes::{BroadcastRoutes, setup_broadcast_routes};
 

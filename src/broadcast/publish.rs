@@ -168,7 +168,7 @@ impl BroadcastManager {
 
     /// [`Error::ReservedEventName`] when pages would take `name` for one of
     /// the crate's own events.
-    fn refuse_reserved(&self, name: &str) -> Result<(), Error> {
+    pub(crate) fn refuse_reserved(&self, name: &str) -> Result<(), Error> {
         let own_close = self.inner.fanout.close.as_ref().and_then(Event::name);
         if super::RESERVED_EVENTS.iter().any(|r| r.as_str() == name) || own_close == Some(name) {
             return Err(Error::ReservedEventName {
