@@ -196,6 +196,34 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<u64, Error>>;
 
+    /// Appends `envelope` as [`publish`](Self::publish) does, but queued
+    /// when called, not when the future is first polled: a caller that
+    /// submits several publishes before awaiting any (a window of
+    /// publishes in flight) gets them into the log in the order of its
+    /// calls, and a backend may send them in one round trip. The Redis
+    /// backend queues here and writes everything queued in one script
+    /// call; the default calls `publish` at the first poll (the order of
+    /// first polls, then).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use htmx_sse::backend::{Backend, Envelope, Epoch};
+    ///
+    /// // Any backend: the future owns what it needs and can be spawned.
+    /// fn submit_later(b: Arc<dyn Backend>, e: Epoch, envelope: Envelope) {
+    ///     let ack = b.submit(e, envelope);
+    ///     tokio::spawn(async move { ack.await });
+    /// }
+    /// # let _ = submit_later;
+    /// ```
+    fn submit(
+        self: Arc<Self>,
+        epoch: Epoch,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<u64, Error>> {
+        Box::pin(async move { self.publish(epoch, &envelope).await })
+    }
+
     /// Reads the log after number `after`, in order, into `sink`, until
     /// the sink is closed (the manager is gone); reconnects by itself.
     /// When the log turns out to be in another epoch (it lost its data),

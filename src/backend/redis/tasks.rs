@@ -3,6 +3,7 @@
 //! (connection arrivals and departures, in batches) and the liveness
 //! renewal (which also buries dead instances).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use tokio::sync::mpsc;
 
 use super::entry::decode;
 use super::{
-    BLOCK, MAX_BACKOFF, MIN_BACKOFF, RegOp, Shared, backend_error, epoch, set_once, with_timeout,
+    BLOCK, MAX_BACKOFF, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write,
+    backend_error, epoch, set_once, with_timeout,
 };
 use crate::backend::Sink;
 
@@ -133,6 +135,45 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         shared.reading.store(false, Ordering::Relaxed);
         tokio::time::sleep(backoff).await;
         backoff = next_backoff(backoff);
+    }
+}
+
+/// Writes publishes to the stream: everything queued since the last
+/// call, in the order it was queued, as one script call per epoch (at most
+/// `MAX_BATCH` messages or `MAX_BATCH_BYTES`), one call in flight at a
+/// time, so that the calls' order is the queue's.
+pub(super) async fn write_loop(shared: Arc<Shared>, mut writes: mpsc::UnboundedReceiver<Write>) {
+    let mut con = shared.commands.clone();
+    let mut queued: VecDeque<Write> = VecDeque::new();
+    let mut received = Vec::new();
+    loop {
+        if queued.is_empty() {
+            if writes.recv_many(&mut received, MAX_BATCH).await == 0 {
+                return;
+            }
+            queued.extend(received.drain(..));
+        }
+        // Everything else queued by now, up to one more batch.
+        while queued.len() < 2 * MAX_BATCH {
+            match writes.try_recv() {
+                Ok(w) => queued.push_back(w),
+                Err(_) => break,
+            }
+        }
+        let mut batch: Vec<Write> = Vec::new();
+        let mut bytes = 0;
+        while let Some(w) = queued.front() {
+            let size: usize = w.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let fits = batch.len() < MAX_BATCH && bytes + size <= MAX_BATCH_BYTES;
+            if let Some(first) = batch.first()
+                && (w.epoch != first.epoch || !fits)
+            {
+                break;
+            }
+            bytes += size;
+            batch.extend(queued.pop_front());
+        }
+        shared.write_batch(&mut con, batch).await;
     }
 }
 
