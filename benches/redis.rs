@@ -1,18 +1,24 @@
 //! Throughput through Redis as a ratio of in-memory throughput, in one run.
 //!
 //! `cargo bench --features redis --bench redis` starts a real
-//! `redis-server` on a free loopback port, then for each backend serves a
+//! `redis-server` on a free loopback port, then for each case serves a
 //! `BroadcastManager` over HTTP on 127.0.0.1, opens the same number of
-//! real SSE connections (plain TCP clients that count frames), publishes
-//! the same messages from concurrent publishers (`--publishers N`, default 4) and times how long
-//! until every connection has every message. Prints deliveries per second
-//! and the publish p99 for memory, for Redis with read-your-writes (the
-//! default: a publish returns once this instance delivered it) and for
-//! Redis without it (`read_your_writes(false)`: once the shared log has
-//! it), and the ratios to memory. `--clients N`, `--messages N` change the
+//! real SSE connections (plain TCP clients that count frames, in this
+//! process), publishes the same messages from concurrent publishers
+//! (`--publishers N`, default 4), each keeping a window of publishes in
+//! flight (`Message::submit`, the oldest awaited once `--window N`,
+//! default 64, are pending; 1 is `send().await` one after another), and
+//! times how long until every connection has every message. Prints
+//! deliveries per second and the publish p99 (from `submit` to the outcome)
+//! for memory, for Redis with read-your-writes (the default: a publish
+//! returns once this instance delivered it) and without it
+//! (`read_your_writes(false)`: once the shared log has it), at the window
+//! and at window 1, and the ratios to memory, best of `--rounds N`
+//! (default 3) alternating rounds. `--clients N`, `--messages N` change the
 //! size. Built with `--features redis,nats`, it also starts a
 //! `nats-server -js` and measures the NATS JetStream backend (with
-//! read-your-writes) in the same rounds.
+//! read-your-writes, at window 1: it does not queue at submit) in the same
+//! rounds.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -213,50 +219,36 @@ async fn main() {
         "{clients} clients x {messages} messages of {PAYLOAD} bytes, {publishers} publishers, \
          each with a window of {window} publishes in flight (and 1 for comparison)"
     );
-    // (memory, redis, redis returned when logged) at the window, then the
-    // two Redis cases at window 1.
-    let mut rounds: Vec<[(f64, Duration); 5]> = Vec::new();
-    // Alternate, three rounds each, and keep the best of each.
-    for round in 0..3 {
-        let m = run(
-            builder(messages).build(),
-            clients,
-            messages,
-            publishers,
-            window,
-        )
-        .await;
-        let on_redis = |read_your_writes: bool, prefix: String, window: usize| {
-            let url = url.clone();
-            async move {
-                let manager = builder(messages)
+    // Every case in every round, alternating; the best of each is kept.
+    let cases: Vec<Case> = vec![
+        Case::memory(window),
+        Case::redis(true, window),
+        Case::redis(false, window),
+        Case::redis(true, 1),
+        Case::redis(false, 1),
+    ];
+    let rounds = arg("--rounds", 3);
+    let mut best = vec![(0.0, Duration::ZERO); cases.len()];
+    for round in 0..rounds {
+        let mut line = format!("round {round}:");
+        for (i, case) in cases.iter().enumerate() {
+            let manager = match case.redis {
+                None => builder(messages).build(),
+                Some(read_your_writes) => builder(messages)
                     .read_your_writes(read_your_writes)
-                    .build_redis(RedisConfig::new(url.as_str()).prefix(prefix))
+                    .build_redis(
+                        RedisConfig::new(url.as_str()).prefix(format!("bench-{round}-{i}")),
+                    )
                     .await
-                    .expect("redis");
-                run(manager, clients, messages, publishers, window).await
+                    .expect("redis"),
+            };
+            let r = run(manager, clients, messages, publishers, case.window).await;
+            line.push_str(&format!(" {:.0}/s {:.1}ms |", r.0, ms(r.1)));
+            if r.0 > best[i].0 {
+                best[i] = r;
             }
-        };
-        let r = on_redis(true, format!("bench-{round}"), window).await;
-        let l = on_redis(false, format!("bench-l{round}"), window).await;
-        let r1 = on_redis(true, format!("bench-1-{round}"), 1).await;
-        let l1 = on_redis(false, format!("bench-l1-{round}"), 1).await;
-        println!(
-            "round {round}: memory {:>9.0}/s p99 {:>7.3} ms | window {window}: redis {:>9.0}/s \
-             p99 {:>7.3} ms, logged {:>9.0}/s p99 {:>7.3} ms | window 1: redis {:>9.0}/s \
-             p99 {:>7.3} ms, logged {:>9.0}/s p99 {:>7.3} ms",
-            m.0,
-            ms(m.1),
-            r.0,
-            ms(r.1),
-            l.0,
-            ms(l.1),
-            r1.0,
-            ms(r1.1),
-            l1.0,
-            ms(l1.1),
-        );
-        rounds.push([m, r, l, r1, l1]);
+        }
+        println!("{line}");
         #[cfg(feature = "nats")]
         {
             let manager = builder(messages)
@@ -277,23 +269,11 @@ async fn main() {
             nats.push(n);
         }
     }
-    let best = |i: usize| {
-        rounds
-            .iter()
-            .map(|r| r[i])
-            .fold((0.0, Duration::ZERO), |a, b| if b.0 > a.0 { b } else { a })
-    };
-    let m = best(0);
-    println!("best: memory {:.0}/s (publish p99 {:.3} ms)", m.0, ms(m.1));
-    for (i, name) in [
-        (1, format!("redis, window {window}")),
-        (2, format!("redis returned when logged, window {window}")),
-        (3, "redis, window 1".to_owned()),
-        (4, "redis returned when logged, window 1".to_owned()),
-    ] {
-        let r = best(i);
+    let m = best[0];
+    for (case, r) in cases.iter().zip(&best) {
         println!(
-            "best: {name}: {:.0}/s = {:.2}x memory (publish p99 {:.3} ms)",
+            "best: {:<52} {:>9.0}/s = {:.2}x memory, publish p99 {:>8.3} ms",
+            case.name(),
             r.0,
             r.0 / m.0,
             ms(r.1)
@@ -313,6 +293,40 @@ async fn main() {
         );
         drop(nats_server);
         let _ = std::fs::remove_dir_all(nats_dir);
+    }
+}
+
+/// One measured configuration.
+struct Case {
+    /// `None`: in memory; else whether with read-your-writes.
+    redis: Option<bool>,
+    window: usize,
+}
+
+impl Case {
+    fn memory(window: usize) -> Self {
+        Case {
+            redis: None,
+            window,
+        }
+    }
+
+    fn redis(read_your_writes: bool, window: usize) -> Self {
+        Case {
+            redis: Some(read_your_writes),
+            window,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self.redis {
+            None => format!("memory, window {}", self.window),
+            Some(rw) => format!(
+                "redis{}, window {}",
+                if rw { "" } else { " returned when logged" },
+                self.window
+            ),
+        }
     }
 }
 

@@ -99,8 +99,8 @@ async fn windowed(
     outcomes
 }
 
-/// Publishers on two instances, each with a window in flight: every page
-/// on either instance gets every message once, in one order with no hole,
+/// Publishers on two instances, each with a window in flight: every page on
+/// either instance gets every message once, in one order with no hole,
 /// each publisher's in the order of its calls; with read-your-writes each
 /// publish knows it reached the local page.
 #[tokio::test]

@@ -26,6 +26,13 @@
 //!   length) by a Lua script that numbers it from a shared counter, so ids
 //!   are in one order across instances. Redis pub/sub is not used: it drops
 //!   what a subscriber misses while it reconnects, a stream does not.
+//! - Publishes are queued when they are made
+//!   ([`Message::submit`](crate::broadcast::Message::submit), or `send`
+//!   when first polled) and a writer writes everything queued as one
+//!   script call (one `INCRBY` for the batch, one `XADD` per message): a
+//!   publisher that keeps a window of publishes in flight gets many into
+//!   one round trip, in the order of its calls. A failed call fails every
+//!   publish it carried, each with its [`Error::Backend`].
 //! - Every instance reads the stream (`XREAD BLOCK`) and delivers each
 //!   message to its own connections, in id order, from the bytes the
 //!   publisher encoded: no instance renders or encodes it again. Its local

@@ -6,7 +6,7 @@ mod tasks;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -168,6 +168,9 @@ pub(crate) struct Shared {
     /// Publishes, in the order they were made, to the writer task.
     writes: mpsc::UnboundedSender<Write>,
     reading: AtomicBool,
+    /// How many times the reader connected: the writer connects again when
+    /// this changed since it did.
+    connections: AtomicU64,
     /// The resume key read from Redis at start, put back when Redis comes
     /// back without it (see `read_loop`).
     resume_key: String,
@@ -250,6 +253,15 @@ async fn resume_key<C: redis::aio::ConnectionLike + Send>(
     Ok(current.into_bytes())
 }
 
+/// How the backend's command connections time out and reconnect.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(MAX_BACKOFF)
+}
+
 /// Connects, reads the epoch and the recent history.
 async fn connect(
     config: &RedisConfig,
@@ -257,15 +269,10 @@ async fn connect(
 ) -> Result<(Shared, Snapshot, Receivers), Error> {
     let client = Client::open(config.url.as_str())
         .map_err(|e| Error::Backend(format!("bad Redis URL: {e}")))?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(MAX_BACKOFF);
     let mut commands = with_timeout(
         config.timeout * 2,
         "connecting to Redis",
-        client.get_connection_manager_with_config(manager_config),
+        client.get_connection_manager_with_config(manager_config(config.timeout)),
     )
     .await?;
     let keys = Keys::new(&config.prefix);
@@ -321,6 +328,7 @@ async fn connect(
         registry,
         writes,
         reading: AtomicBool::new(false),
+        connections: AtomicU64::new(0),
         resume_key: String::from_utf8_lossy(&resume_key).into_owned(),
     };
     let snapshot = Snapshot::new(epoch, seq)
@@ -658,6 +666,11 @@ impl Shared {
                 user.map_or("", UserId::as_str),
             )
             .ignore();
+    }
+
+    /// How this backend's command connections time out and reconnect.
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        manager_config(self.timeout)
     }
 
     /// Whether the reader is connected to Redis now.

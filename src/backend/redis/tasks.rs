@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig};
 use tokio::sync::mpsc;
@@ -19,6 +19,7 @@ use super::{
     backend_error, epoch, set_once, with_timeout,
 };
 use crate::backend::Sink;
+use crate::error::Error;
 
 fn next_backoff(b: Duration) -> Duration {
     (b * 2).min(MAX_BACKOFF)
@@ -55,6 +56,9 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                 continue;
             }
         };
+        // The writer connects again too (before a new epoch is known, which
+        // a publisher may be waiting for).
+        shared.connections.fetch_add(1, Ordering::AcqRel);
         // Redis may have come back without its data. It lost the resume key
         // too: put back the one every running instance holds, before the new
         // epoch (an instance started from now on reads this key, not a new
@@ -138,14 +142,55 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
     }
 }
 
+/// A connection for the writer, made on the runtime it runs on (its I/O
+/// is driven there); until Redis answers, everything queued fails.
+/// `None` when the manager is gone.
+async fn writer_connection(
+    shared: &Shared,
+    writes: &mut mpsc::UnboundedReceiver<Write>,
+    queued: &mut VecDeque<Write>,
+) -> Option<ConnectionManager> {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let made = with_timeout(
+            shared.timeout * 2,
+            "connecting to Redis",
+            shared
+                .client
+                .get_connection_manager_with_config(shared.manager_config()),
+        )
+        .await;
+        match made {
+            Ok(con) => return Some(con),
+            Err(e) => {
+                tracing::debug!(error = %e, "the Redis writer cannot connect; retrying");
+                loop {
+                    match writes.try_recv() {
+                        Ok(w) => queued.push_back(w),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                    }
+                }
+                for w in queued.drain(..) {
+                    let _ = w.done.send(Err(Error::Backend(format!("publishing: {e}"))));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
 /// Writes publishes to the stream: everything queued since the last
 /// call, in the order it was queued, as one script call per epoch (at most
 /// `MAX_BATCH` messages or `MAX_BATCH_BYTES`), one call in flight at a
-/// time, so that the calls' order is the queue's.
+/// time, so that the calls' order is the queue's. Its connection is its
+/// own, made again whenever the reader had to reconnect (the old one may
+/// be dead without knowing it yet: its next call would fail).
 pub(super) async fn write_loop(shared: Arc<Shared>, mut writes: mpsc::UnboundedReceiver<Write>) {
-    let mut con = shared.commands.clone();
     let mut queued: VecDeque<Write> = VecDeque::new();
     let mut received = Vec::new();
+    let mut con: Option<(u64, ConnectionManager)> = None;
     loop {
         if queued.is_empty() {
             if writes.recv_many(&mut received, MAX_BATCH).await == 0 {
@@ -153,6 +198,16 @@ pub(super) async fn write_loop(shared: Arc<Shared>, mut writes: mpsc::UnboundedR
             }
             queued.extend(received.drain(..));
         }
+        let connections = shared.connections.load(Ordering::Acquire);
+        let current = match &mut con {
+            Some((made_at, c)) if *made_at == connections => c,
+            _ => {
+                let Some(c) = writer_connection(&shared, &mut writes, &mut queued).await else {
+                    return;
+                };
+                &mut con.insert((connections, c)).1
+            }
+        };
         // Everything else queued by now, up to one more batch.
         while queued.len() < 2 * MAX_BATCH {
             match writes.try_recv() {
@@ -173,7 +228,7 @@ pub(super) async fn write_loop(shared: Arc<Shared>, mut writes: mpsc::UnboundedR
             bytes += size;
             batch.extend(queued.pop_front());
         }
-        shared.write_batch(&mut con, batch).await;
+        shared.write_batch(current, batch).await;
     }
 }
 
