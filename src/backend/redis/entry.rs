@@ -67,16 +67,81 @@ pub(super) fn encode(p: &Envelope, epoch: Epoch) -> Vec<(String, Bytes)> {
     fields
 }
 
-fn field_bytes(entry: &StreamId, name: &str) -> Option<Vec<u8>> {
-    match entry.map.get(name)? {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+/// One stream entry as Redis sent it: its id and its fields, owned, so
+/// that decoding moves the bytes rather than copying them.
+pub(super) struct RawEntry {
+    pub(super) id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawEntry {
+    fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        let at = self.fields.iter().position(|(k, _)| k == name.as_bytes())?;
+        Some(self.fields.swap_remove(at).1)
+    }
+
+    fn take_str(&mut self, name: &str) -> Option<String> {
+        String::from_utf8(self.take(name)?).ok()
+    }
+
+    /// The number in the entry's id (`0-SEQ`), when it is one of ours.
+    pub(super) fn seq(&self) -> Option<u64> {
+        self.id.strip_prefix("0-").and_then(|s| s.parse().ok())
+    }
+}
+
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
 }
 
-fn field_str(entry: &StreamId, name: &str) -> Option<String> {
-    String::from_utf8(field_bytes(entry, name)?).ok()
+/// `[id, [field, value, …]]`, or `None` for anything else.
+fn raw_entry(v: Value) -> Option<RawEntry> {
+    let Value::Array(parts) = v else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id = String::from_utf8(bytes_of(parts.next()?)?).ok()?;
+    let flat = match parts.next()? {
+        Value::Array(flat) => flat,
+        Value::Nil => Vec::new(),
+        _ => return None,
+    };
+    let mut fields = Vec::with_capacity(flat.len() / 2);
+    let mut flat = flat.into_iter();
+    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+        if let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v)) {
+            fields.push((k, v));
+        }
+    }
+    Some(RawEntry { id, fields })
+}
+
+/// The entries of an `XREAD` reply on one stream, in order, taken apart
+/// without copying them (RESP2 arrays or RESP3 maps; nothing on a timeout).
+pub(super) fn read_reply(reply: Value) -> Vec<RawEntry> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(key_and_entries) = stream else {
+            continue;
+        };
+        if let Some(Value::Array(entries)) = key_and_entries.into_iter().nth(1) {
+            out.reserve(entries.len());
+            out.extend(entries.into_iter().filter_map(raw_entry));
+        }
+    }
+    out
 }
 
 fn id_list(v: &serde_json::Value) -> Result<Box<[ConnectionId]>, String> {
@@ -92,26 +157,34 @@ fn id_list(v: &serde_json::Value) -> Result<Box<[ConnectionId]>, String> {
 }
 
 pub(super) fn decode(entry: &StreamId) -> Result<Decoded, String> {
-    let seq = entry
-        .id
-        .strip_prefix("0-")
-        .and_then(|s| s.parse().ok())
-        .ok_or("not an id of ours")?;
-    let epoch = field_str(entry, "e")
+    let fields = entry
+        .map
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone().into_bytes(), bytes_of(v.clone())?)))
+        .collect();
+    decode_raw(RawEntry {
+        id: entry.id.clone(),
+        fields,
+    })
+}
+
+pub(super) fn decode_raw(mut entry: RawEntry) -> Result<Decoded, String> {
+    let seq = entry.seq().ok_or("not an id of ours")?;
+    let epoch = entry
+        .take_str("e")
         .and_then(|e| Epoch::parse(&e))
         .ok_or("no epoch")?;
     // Entries written before origins were numbers are nobody's own.
-    let origin = field_str(entry, "o")
-        .ok_or("no origin")?
-        .parse()
-        .unwrap_or(0);
-    let nonce = field_str(entry, "n")
+    let origin = entry.take_str("o").ok_or("no origin")?.parse().unwrap_or(0);
+    let nonce = entry
+        .take_str("n")
         .and_then(|n| n.parse().ok())
         .ok_or("no nonce")?;
-    let meta: serde_json::Value = field_str(entry, "m")
-        .and_then(|m| serde_json::from_str(&m).ok())
+    let meta: serde_json::Value = entry
+        .take("m")
+        .and_then(|m| serde_json::from_slice(&m).ok())
         .ok_or("no message")?;
-    let body = Bytes::from(field_bytes(entry, "b").ok_or("no body")?);
+    let body = Bytes::from(entry.take("b").ok_or("no body")?);
     let t = &meta["target"];
     let user = |v: &serde_json::Value| -> Result<Option<UserId>, String> {
         match v.as_str() {
@@ -151,11 +224,12 @@ pub(super) fn decode(entry: &StreamId) -> Result<Decoded, String> {
         _ => return Err("unknown target".to_owned()),
     };
     let mut bodies = Vec::new();
-    while let Some(b) = field_bytes(entry, &format!("t{}", bodies.len())) {
+    while let Some(b) = entry.take(&format!("t{}", bodies.len())) {
         bodies.push(Bytes::from(b));
     }
     let envelope = Envelope {
-        format: field_str(entry, "v")
+        format: entry
+            .take_str("v")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1),
         body,
@@ -255,6 +329,52 @@ mod tests {
         assert_eq!(back.timestamp, sent.timestamp);
         back.timestamp = sent.timestamp;
         assert_eq!(back, sent, "every field crosses Redis");
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn xread_replies_are_taken_apart_in_order() {
+        let fields = |seq: u64| {
+            let e = envelope(
+                Bytes::from(format!("data: {seq}\n\n")),
+                Target::All {
+                    exclude: Box::new([]),
+                },
+            );
+            Value::Array(
+                encode(&e, Epoch(3))
+                    .into_iter()
+                    .flat_map(|(k, v)| [bulk(k.as_bytes()), bulk(&v)])
+                    .collect(),
+            )
+        };
+        let entries = Value::Array(vec![
+            Value::Array(vec![bulk(b"0-1"), fields(1)]),
+            Value::Int(7), // not an entry: skipped
+            Value::Array(vec![bulk(b"0-2"), fields(2)]),
+        ]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk(b"s"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk(b"s"), entries)]);
+        for reply in [resp2, resp3] {
+            let got: Vec<(u64, Bytes)> = read_reply(reply)
+                .into_iter()
+                .map(|e| {
+                    let d = decode_raw(e).unwrap();
+                    (d.seq, d.envelope.body)
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (1, Bytes::from_static(b"data: 1\n\n")),
+                    (2, Bytes::from_static(b"data: 2\n\n"))
+                ]
+            );
+        }
+        assert!(read_reply(Value::Nil).is_empty(), "a timeout");
     }
 
     #[test]

@@ -9,17 +9,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig};
 use tokio::sync::mpsc;
 
-use super::entry::decode;
+use super::entry::{decode_raw, read_reply};
 use super::{
     BLOCK, MAX_BACKOFF, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write,
     backend_error, epoch, set_once, with_timeout,
 };
 use crate::backend::Sink;
 use crate::error::Error;
+
+/// The most entries one `XREAD` returns.
+const READ_COUNT: usize = 1024;
 
 fn next_backoff(b: Duration) -> Duration {
     (b * 2).min(MAX_BACKOFF)
@@ -99,16 +101,20 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         }
         backoff = MIN_BACKOFF;
         shared.reading.store(true, Ordering::Relaxed);
-        let options = StreamReadOptions::default()
-            .count(1024)
-            .block(usize::try_from(BLOCK.as_millis()).unwrap_or(1000));
+        let block = BLOCK.as_millis().to_string();
         loop {
             if !sink.is_open() {
                 return;
             }
-            let from = format!("0-{last}");
-            let reply: redis::RedisResult<Option<StreamReadReply>> = con
-                .xread_options(&[&shared.keys.stream], &[&from], &options)
+            let reply: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(&block)
+                .arg("STREAMS")
+                .arg(&shared.keys.stream)
+                .arg(format!("0-{last}"))
+                .query_async(&mut con)
                 .await;
             let reply = match reply {
                 Ok(r) => r,
@@ -118,8 +124,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                     break;
                 }
             };
-            for entry in reply.iter().flat_map(|r| &r.keys).flat_map(|k| &k.ids) {
-                match decode(entry) {
+            for entry in read_reply(reply) {
+                let seq = entry.seq();
+                let id = seq.is_none().then(|| entry.id.clone());
+                match decode_raw(entry) {
                     Ok(d) => {
                         last = d.seq;
                         if sink.deliver(d.epoch, d.seq, d.envelope).is_none() {
@@ -127,11 +135,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                         }
                     }
                     Err(e) => {
-                        if let Some(seq) = entry.id.strip_prefix("0-").and_then(|s| s.parse().ok())
-                        {
+                        if let Some(seq) = seq {
                             last = seq;
                         }
-                        tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry");
+                        tracing::warn!(?seq, ?id, error = %e, "skipping a stream entry");
                     }
                 }
             }
