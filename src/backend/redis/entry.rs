@@ -6,7 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::Value;
 use redis::streams::StreamId;
-use serde_json::json;
+use serde::{Serialize, Serializer};
 
 use crate::backend::{Envelope, Epoch, Target};
 use crate::connections::{ConnectionId, UserId};
@@ -19,44 +19,84 @@ pub(super) struct Decoded {
     pub(super) envelope: Envelope,
 }
 
-fn ids(ids: &[ConnectionId]) -> Vec<&str> {
-    ids.iter().map(ConnectionId::as_str).collect()
+/// Connection ids as JSON strings, written in place.
+struct Ids<'a>(&'a [ConnectionId]);
+
+impl Serialize for Ids<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ConnectionId::as_str))
+    }
+}
+
+/// Topics as JSON strings, written in place.
+struct Topics<'a>(&'a [Topic]);
+
+impl Serialize for Topics<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Topic::as_str))
+    }
+}
+
+/// The target as it is kept: `{"k": kind, …}`.
+#[derive(Serialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+enum TargetOut<'a> {
+    All { x: Ids<'a> },
+    One { to: &'a str, u: Option<&'a str> },
+    Topics { t: Topics<'a>, p: bool, x: Ids<'a> },
+    User { u: &'a str, x: Ids<'a> },
+}
+
+/// The entry's `m` field, serialised straight from the envelope (no JSON
+/// value built on the way).
+#[derive(Serialize)]
+struct MetaOut<'a> {
+    target: TargetOut<'a>,
+    #[serde(rename = "type")]
+    message_type: &'a str,
+    data: &'a serde_json::Value,
+    html: bool,
+    ts: String,
+    meta: &'a Option<serde_json::Value>,
 }
 
 pub(super) fn encode(p: &Envelope, epoch: Epoch) -> Vec<(String, Bytes)> {
     let target = match &p.target {
-        Target::All { exclude } => json!({"k": "all", "x": ids(exclude)}),
-        Target::One { to, user } => json!({
-            "k": "one", "to": to.as_str(), "u": user.as_ref().map(UserId::as_str)
-        }),
+        Target::All { exclude } => TargetOut::All { x: Ids(exclude) },
+        Target::One { to, user } => TargetOut::One {
+            to: to.as_str(),
+            u: user.as_ref().map(UserId::as_str),
+        },
         Target::Topics {
             topics,
             private,
             exclude,
-        } => json!({
-            "k": "topics",
-            "t": topics.iter().map(Topic::as_str).collect::<Vec<_>>(),
-            "p": private,
-            "x": ids(exclude),
-        }),
-        Target::User { user, exclude } => {
-            json!({"k": "user", "u": user.as_str(), "x": ids(exclude)})
-        }
+        } => TargetOut::Topics {
+            t: Topics(topics),
+            p: *private,
+            x: Ids(exclude),
+        },
+        Target::User { user, exclude } => TargetOut::User {
+            u: user.as_str(),
+            x: Ids(exclude),
+        },
     };
-    let meta = json!({
-        "target": target,
-        "type": p.message_type.as_str(),
-        "data": p.data,
-        "html": p.html,
-        "ts": p.timestamp.to_rfc3339(),
-        "meta": p.metadata,
-    });
+    let meta = MetaOut {
+        target,
+        message_type: p.message_type.as_str(),
+        data: &p.data,
+        html: p.html,
+        ts: p.timestamp.to_rfc3339(),
+        meta: &p.metadata,
+    };
+    // Serialising strings, numbers and JSON values cannot fail.
+    let meta = serde_json::to_vec(&meta).unwrap_or_default();
     let mut fields = vec![
         ("v".to_owned(), Bytes::from(p.format.to_string())),
         ("e".to_owned(), Bytes::from(epoch.to_string())),
         ("o".to_owned(), Bytes::from(p.origin.to_string())),
         ("n".to_owned(), Bytes::from(p.nonce.to_string())),
-        ("m".to_owned(), Bytes::from(meta.to_string())),
+        ("m".to_owned(), Bytes::from(meta)),
         ("b".to_owned(), p.body.clone()),
     ];
     if let Some(bodies) = &p.topic_bodies {
@@ -329,6 +369,69 @@ mod tests {
         assert_eq!(back.timestamp, sent.timestamp);
         back.timestamp = sent.timestamp;
         assert_eq!(back, sent, "every field crosses Redis");
+    }
+
+    /// The `m` field is the JSON older versions wrote and read, for every
+    /// kind of target.
+    #[test]
+    fn the_message_field_keeps_its_layout() {
+        let c1 = ConnectionId::new("c1").unwrap();
+        let ann = UserId::new("ann").unwrap();
+        let cases = [
+            (
+                Target::All {
+                    exclude: vec![c1.clone()].into(),
+                },
+                json!({"k": "all", "x": ["c1"]}),
+            ),
+            (
+                Target::One {
+                    to: c1.clone(),
+                    user: Some(ann.clone()),
+                },
+                json!({"k": "one", "to": "c1", "u": "ann"}),
+            ),
+            (
+                Target::One {
+                    to: c1.clone(),
+                    user: None,
+                },
+                json!({"k": "one", "to": "c1", "u": null}),
+            ),
+            (
+                Target::Topics {
+                    topics: vec![Topic::new("a/1").unwrap()].into(),
+                    private: true,
+                    exclude: Box::new([]),
+                },
+                json!({"k": "topics", "t": ["a/1"], "p": true, "x": []}),
+            ),
+            (
+                Target::User {
+                    user: ann,
+                    exclude: vec![c1].into(),
+                },
+                json!({"k": "user", "u": "ann", "x": ["c1"]}),
+            ),
+        ];
+        for (target, want) in cases {
+            let mut e = envelope(Bytes::from_static(b"data: x\n\n"), target);
+            e.metadata = Some(json!({"by": 1}));
+            let fields = encode(&e, Epoch(1));
+            let m = &fields.iter().find(|(k, _)| k == "m").unwrap().1;
+            let got: serde_json::Value = serde_json::from_slice(m).unwrap();
+            assert_eq!(
+                got,
+                json!({
+                    "target": want,
+                    "type": "message",
+                    "data": "x",
+                    "html": false,
+                    "ts": e.timestamp.to_rfc3339(),
+                    "meta": {"by": 1},
+                })
+            );
+        }
     }
 
     fn bulk(b: &[u8]) -> Value {
