@@ -158,7 +158,9 @@ impl BroadcastBuilder {
     /// 0, as the count is not known yet). Either way, a publish that
     /// returned `Ok` is in the shared log, in its one order, and reaches
     /// every instance. In memory a publish is delivered when it returns,
-    /// whatever this says.
+    /// whatever this says. Either way, a publisher that keeps several
+    /// publishes in flight ([`Message::submit`](super::Message::submit))
+    /// lets the Redis backend write them in one round trip.
     ///
     /// ```
     /// use htmx_sse::broadcast::BroadcastManager;

@@ -196,7 +196,7 @@ pub use data::{Data, IntoData};
 pub use manager::BroadcastManager;
 pub use message::{BroadcastMessage, Epoch, MessageId};
 pub use presence::{Presence, PresenceScope, PresentUser};
-pub use publish::Message;
+pub use publish::{Message, Submitted};
 pub use resume::{LastEventId, RESUME_FROM};
 pub use stage::{Outgoing, Recipient, Sent};
 pub use subscription::Subscription;
