@@ -470,6 +470,11 @@ enum Started {
 /// backend write them in one round trip. Dropping it does not withdraw
 /// the publish; its outcome is then unknown.
 ///
+/// One exception to the call order: a message
+/// [`to_connection`](Message::to_connection) for a connection that is
+/// not on this instance is queued once the backend has found where it is
+/// (one more round trip), so a publish submitted after it may come first.
+///
 /// ```
 /// use htmx_sse::broadcast::BroadcastManager;
 /// # #[tokio::main(flavor = "current_thread")]
