@@ -175,6 +175,10 @@ pub(crate) struct Shared {
     /// failed, the liveness entry had expired, NATS was away): the
     /// housekeeping task writes every local connection again.
     lost: AtomicBool,
+    /// Connections whose removal failed to be written (NATS was away):
+    /// the housekeeping task forgets them again when it writes the
+    /// records again, unless they came back.
+    unforgotten: parking_lot::Mutex<Vec<ConnectionId>>,
     /// Wakes the housekeeping task at once (`lost` was set).
     housekeep: Notify,
     /// Told when a publish found no stream for its epoch: the reader
@@ -490,6 +494,7 @@ async fn connect(
         reading: AtomicBool::new(false),
         age: AtomicU64::new(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
         lost: AtomicBool::new(false),
+        unforgotten: parking_lot::Mutex::new(Vec::new()),
         housekeep: Notify::new(),
         recheck: Notify::new(),
         resume_key: resume_key.clone(),

@@ -249,6 +249,11 @@ pub(super) async fn registry_loop(
                 readies.push(ready);
             }
         }
+        let removed: Vec<ConnectionId> = latest
+            .iter()
+            .filter(|(_, op)| matches!(op, RegOp::Remove { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut writes = Vec::new();
         for op in latest.into_values() {
             let shared = &shared;
@@ -305,6 +310,7 @@ pub(super) async fn registry_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not record connections in NATS");
+                shared.unforgotten.lock().extend(removed);
                 shared.records_lost();
             }
         }
@@ -423,8 +429,9 @@ pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
 /// Records this instance and every local connection again (NATS lost
 /// them, or another instance buried them): its liveness entry first, so
 /// that no other instance takes the records just written for a dead
-/// instance's. A connection that left while they were written is
-/// forgotten again after them.
+/// instance's. A connection that left while they were written, or whose
+/// removal failed to be written (it left during an outage), is forgotten
+/// again after them.
 async fn record_again(sink: &Sink, shared: &Shared) -> Result<usize, String> {
     let local = sink.connections().unwrap_or_default();
     shared.renew(local.len()).await?;
@@ -451,6 +458,13 @@ async fn record_again(sink: &Sink, shared: &Shared) -> Result<usize, String> {
         if !now.contains(id) {
             // Its removal may have run before the write above.
             shared.remove(id.clone());
+        }
+    }
+    // And those whose removal failed (they left during an outage).
+    let unforgotten = std::mem::take(&mut *shared.unforgotten.lock());
+    for id in unforgotten {
+        if !now.contains(&id) {
+            shared.remove(id);
         }
     }
     Ok(local.len())

@@ -88,8 +88,13 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 ";
 
-/// Removes everything a dead instance left.
+/// Removes everything a dead instance left, unless it is alive after all
+/// (its liveness key, `KEYS[4]`, is there: it came back, or renewed it
+/// since it was found missing): then returns -1.
 const BURY: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
 local ids = redis.call('HKEYS', KEYS[2])
 for _, id in ipairs(ids) do
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
@@ -114,6 +119,25 @@ enum RegOp {
     Remove {
         id: ConnectionId,
     },
+    /// What Redis holds of this instance may be stale (a write failed,
+    /// the reader reconnected, the liveness key had expired): write every
+    /// local connection again and forget the departed ones.
+    Resync,
+}
+
+/// `d` times `n`, or the longest duration there is when that overflows: a
+/// timeout set very long (`Duration::MAX` for "never") must not panic
+/// where it is multiplied.
+fn times(d: Duration, n: u32) -> Duration {
+    d.saturating_mul(n)
+}
+
+/// How often an instance renews its liveness key, which expires at
+/// `liveness` (the instance sets the key's age itself): a quarter of it,
+/// so that three renewals in a row can fail or come late before a healthy
+/// instance is taken for dead.
+fn renewal(liveness: Duration) -> Duration {
+    (liveness / 4).max(Duration::from_millis(50))
 }
 
 /// The Redis side of a manager.
@@ -225,7 +249,7 @@ async fn connect(
         .set_number_of_retries(2)
         .set_max_delay(MAX_BACKOFF);
     let mut commands = with_timeout(
-        config.timeout * 2,
+        times(config.timeout, 2),
         "connecting to Redis",
         client.get_connection_manager_with_config(manager_config),
     )
@@ -392,10 +416,15 @@ impl Backend for RedisBackend {
             return Box::pin(async {});
         };
         let ready = shared.add(id.clone(), user.cloned());
+        // Not while Redis is away: the registry task records it with every
+        // other connection once Redis is back.
+        let wait = shared.is_reading();
         Box::pin(async move {
             // Recorded, or failed to be (then the sender is dropped): the
-            // liveness task records every connection again.
-            let _ = ready.await;
+            // registry task records every connection again.
+            if wait {
+                let _ = ready.await;
+            }
         })
     }
 
@@ -539,5 +568,75 @@ impl Shared {
     /// Whether the reader is connected to Redis now.
     fn is_reading(&self) -> bool {
         self.reading.load(Ordering::Relaxed)
+    }
+
+    /// What Redis holds of this instance may be stale: the registry task
+    /// writes every local connection again (see [`RegOp::Resync`]).
+    fn records_lost(&self) {
+        let _ = self.registry.send(RegOp::Resync);
+    }
+
+    /// Adds to `pipe` the removal of a connection of this instance (its
+    /// place stays when another instance took the id since). The FORGET
+    /// script must be loaded first (a pipeline runs it by EVALSHA).
+    fn unrecord(&self, pipe: &mut redis::Pipeline, id: &str) {
+        let mut forget = self.forget.prepare_invoke();
+        forget
+            .key(&self.keys.place)
+            .key(self.keys.conns(&self.instance))
+            .arg(id)
+            .arg(&self.instance);
+        pipe.invoke_script(&forget).ignore();
+    }
+
+    /// Adds to `pipe` (which should be atomic) the renewal of this
+    /// instance's liveness key and its place in the set of instances, the
+    /// first reply being whether the key was there before.
+    fn renew_into(&self, pipe: &mut redis::Pipeline) {
+        let alive = self.keys.alive(&self.instance);
+        let ttl = u64::try_from(self.liveness.as_millis()).unwrap_or(u64::MAX);
+        pipe.exists(&alive)
+            .pset_ex(&alive, 1, ttl)
+            .ignore()
+            .sadd(&self.keys.instances, &self.instance)
+            .ignore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_timeouts_saturate_instead_of_overflowing() {
+        // `Duration::MAX * 2` panics; a timeout meaning "never" must not.
+        assert_eq!(times(Duration::MAX, 2), Duration::MAX);
+        assert_eq!(
+            times(Duration::from_secs(u64::MAX / 2 + 1), 2),
+            Duration::MAX
+        );
+        assert_eq!(times(Duration::from_secs(2), 2), Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_of_duration_max_waits_without_panicking() {
+        let got = with_timeout(times(Duration::MAX, 2), "waiting", async {
+            Ok::<_, redis::RedisError>(7)
+        })
+        .await;
+        assert_eq!(got.ok(), Some(7));
+    }
+
+    #[test]
+    fn liveness_is_renewed_well_within_its_age() {
+        assert_eq!(
+            renewal(Duration::from_secs(15)),
+            Duration::from_millis(3750)
+        );
+        // Three renewals can be missed before the key expires.
+        for liveness in [300, 600, 1000, 15_000] {
+            let liveness = Duration::from_millis(liveness);
+            assert!(renewal(liveness) * 3 < liveness, "{liveness:?}");
+        }
     }
 }
