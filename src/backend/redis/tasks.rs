@@ -143,8 +143,9 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
     }
 }
 
-/// Writes connection arrivals and departures to Redis, in batches, each
-/// with the renewal of the liveness key (so that no instance takes the
+/// Writes connection arrivals and departures to Redis, in batches.
+///
+/// Each batch renews the liveness key too (so that no instance takes the
 /// records for a dead instance's). When a write fails, or what Redis holds
 /// of this instance may be stale otherwise (the reader reconnected, the
 /// liveness key had expired: see [`RegOp::Resync`]), writes every local
