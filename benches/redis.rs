@@ -1,19 +1,26 @@
 //! Throughput through Redis as a ratio of in-memory throughput, in one run.
 //!
 //! `cargo bench --features redis --bench redis` starts a real
-//! `redis-server` on a free loopback port, then for each backend serves a
+//! `redis-server` on a free loopback port, then for each case serves a
 //! `BroadcastManager` over HTTP on 127.0.0.1, opens the same number of
-//! real SSE connections (plain TCP clients that count frames), publishes
-//! the same messages from concurrent publishers (`--publishers N`, default 4) and times how long
-//! until every connection has every message. Prints deliveries per second
-//! and the publish p99 for memory, for Redis with read-your-writes (the
-//! default: a publish returns once this instance delivered it) and for
-//! Redis without it (`read_your_writes(false)`: once the shared log has
-//! it), and the ratios to memory. `--clients N`, `--messages N` change the
+//! real SSE connections (plain TCP clients that count frames, in this
+//! process), publishes the same messages from concurrent publishers
+//! (`--publishers N`, default 4), each keeping a window of publishes in
+//! flight (`Message::submit`, the oldest awaited once `--window N`,
+//! default 64, are pending; 1 is `send().await` one after another), and
+//! times how long until every connection has every message. Prints
+//! deliveries per second and the publish p99 (from `submit` to the outcome)
+//! for memory, for Redis with read-your-writes (the default: a publish
+//! returns once this instance delivered it) and without it
+//! (`read_your_writes(false)`: once the shared log has it), at the window
+//! and at window 1, and the ratios to memory, best of `--rounds N`
+//! (default 3) alternating rounds. `--clients N`, `--messages N` change the
 //! size. Built with `--features redis,nats`, it also starts a
 //! `nats-server -js` and measures the NATS JetStream backend (with
-//! read-your-writes) in the same rounds.
+//! read-your-writes, at window 1: it does not queue at submit) in the same
+//! rounds.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -114,6 +121,7 @@ async fn run(
     clients: usize,
     messages: usize,
     publishers: usize,
+    window: usize,
 ) -> (f64, Duration) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -137,12 +145,24 @@ async fn run(
             let (m, payload) = (manager.clone(), payload.clone());
             tokio::spawn(async move {
                 let mut took = Vec::with_capacity(messages / publishers + 1);
+                // Up to `window` publishes in flight, awaited oldest first
+                // (1: each awaited before the next, as `send().await`).
+                let mut in_flight = VecDeque::with_capacity(window);
                 for _ in (p..messages).step_by(publishers) {
                     let t0 = Instant::now();
-                    m.message("n", htmx_sse::Fragment::trusted(payload.as_str()))
-                        .send()
-                        .await
-                        .expect("publish");
+                    let submitted = m
+                        .message("n", htmx_sse::Fragment::trusted(payload.as_str()))
+                        .submit();
+                    in_flight.push_back((t0, submitted));
+                    if in_flight.len() >= window
+                        && let Some((t0, submitted)) = in_flight.pop_front()
+                    {
+                        submitted.await.expect("publish");
+                        took.push(t0.elapsed());
+                    }
+                }
+                for (t0, submitted) in in_flight {
+                    submitted.await.expect("publish");
                     took.push(t0.elapsed());
                 }
                 took
@@ -175,9 +195,12 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn builder(messages: usize) -> BroadcastBuilder {
-    // Room for every message: this measures throughput, not lagging.
+    // Room for every message: this measures throughput, not lagging. (The
+    // history is the Redis stream's length too: a publisher that returns
+    // when logged can run ahead of the reader by more than 1,024, and what
+    // is trimmed before it is read is a gap, a `reset` for every page.)
     BroadcastManager::builder()
-        .history(1024)
+        .history(messages.max(1024))
         .queue_capacity(messages.max(256))
 }
 
@@ -186,44 +209,46 @@ async fn main() {
     let clients = arg("--clients", 200);
     let messages = arg("--messages", 2000);
     let publishers = arg("--publishers", 4);
+    let window = arg("--window", 64).max(1);
     let (_redis, url) = start_redis();
     #[cfg(feature = "nats")]
     let (nats_server, nats_url, nats_dir) = start_nats();
     #[cfg(feature = "nats")]
     let mut nats = Vec::new();
-    println!("{clients} clients x {messages} messages of {PAYLOAD} bytes, {publishers} publishers");
-    let mut memory = Vec::new();
-    let mut redis = Vec::new();
-    let mut logged = Vec::new();
-    // Alternate, three rounds each, and keep the best of each.
-    for round in 0..3 {
-        let m = run(builder(messages).build(), clients, messages, publishers).await;
-        let on_redis = |read_your_writes: bool, prefix: String| {
-            let url = url.clone();
-            async move {
-                let manager = builder(messages)
+    println!(
+        "{clients} clients x {messages} messages of {PAYLOAD} bytes, {publishers} publishers, \
+         each with a window of {window} publishes in flight (and 1 for comparison)"
+    );
+    // Every case in every round, alternating; the best of each is kept.
+    let cases: Vec<Case> = vec![
+        Case::memory(window),
+        Case::redis(true, window),
+        Case::redis(false, window),
+        Case::redis(true, 1),
+        Case::redis(false, 1),
+    ];
+    let rounds = arg("--rounds", 3);
+    let mut best = vec![(0.0, Duration::ZERO); cases.len()];
+    for round in 0..rounds {
+        let mut line = format!("round {round}:");
+        for (i, case) in cases.iter().enumerate() {
+            let manager = match case.redis {
+                None => builder(messages).build(),
+                Some(read_your_writes) => builder(messages)
                     .read_your_writes(read_your_writes)
-                    .build_redis(RedisConfig::new(url.as_str()).prefix(prefix))
+                    .build_redis(
+                        RedisConfig::new(url.as_str()).prefix(format!("bench-{round}-{i}")),
+                    )
                     .await
-                    .expect("redis");
-                run(manager, clients, messages, publishers).await
+                    .expect("redis"),
+            };
+            let r = run(manager, clients, messages, publishers, case.window).await;
+            line.push_str(&format!(" {:.0}/s {:.1}ms |", r.0, ms(r.1)));
+            if r.0 > best[i].0 {
+                best[i] = r;
             }
-        };
-        let r = on_redis(true, format!("bench-{round}")).await;
-        let l = on_redis(false, format!("bench-l{round}")).await;
-        println!(
-            "round {round}: memory {:>10.0}/s p99 {:>8.3} ms | redis {:>10.0}/s p99 {:>8.3} ms | \
-             redis, returned when logged {:>10.0}/s p99 {:>8.3} ms",
-            m.0,
-            ms(m.1),
-            r.0,
-            ms(r.1),
-            l.0,
-            ms(l.1)
-        );
-        memory.push(m);
-        redis.push(r);
-        logged.push(l);
+        }
+        println!("{line}");
         #[cfg(feature = "nats")]
         {
             let manager = builder(messages)
@@ -233,44 +258,75 @@ async fn main() {
                 )
                 .await
                 .expect("nats");
-            let n = run(manager, clients, messages, publishers).await;
+            // The NATS backend does not queue at submit: each publish is
+            // made when awaited, so it runs at window 1.
+            let n = run(manager, clients, messages, publishers, 1).await;
             println!(
-                "round {round}: nats {:>10.0}/s p99 {:>8.3} ms",
+                "round {round}: nats (window 1) {:>10.0}/s p99 {:>8.3} ms",
                 n.0,
                 ms(n.1)
             );
             nats.push(n);
         }
     }
-    let best = |v: &[(f64, Duration)]| {
-        v.iter()
-            .copied()
-            .fold((0.0, Duration::ZERO), |a, b| if b.0 > a.0 { b } else { a })
-    };
-    let (m, r, l) = (best(&memory), best(&redis), best(&logged));
-    println!(
-        "best: memory {:.0}/s (publish p99 {:.3} ms); redis {:.0}/s = {:.2}x (p99 {:.3} ms); \
-         redis returned when logged {:.0}/s = {:.2}x (p99 {:.3} ms)",
-        m.0,
-        ms(m.1),
-        r.0,
-        r.0 / m.0,
-        ms(r.1),
-        l.0,
-        l.0 / m.0,
-        ms(l.1)
-    );
+    let m = best[0];
+    for (case, r) in cases.iter().zip(&best) {
+        println!(
+            "best: {:<52} {:>9.0}/s = {:.2}x memory, publish p99 {:>8.3} ms",
+            case.name(),
+            r.0,
+            r.0 / m.0,
+            ms(r.1)
+        );
+    }
     #[cfg(feature = "nats")]
     {
-        let n = best(&nats);
+        let n = nats
+            .iter()
+            .copied()
+            .fold((0.0, Duration::ZERO), |a, b| if b.0 > a.0 { b } else { a });
         println!(
-            "best: nats {:.0}/s = {:.2}x (p99 {:.3} ms)",
+            "best: nats (window 1) {:.0}/s = {:.2}x (p99 {:.3} ms)",
             n.0,
             n.0 / m.0,
             ms(n.1)
         );
         drop(nats_server);
         let _ = std::fs::remove_dir_all(nats_dir);
+    }
+}
+
+/// One measured configuration.
+struct Case {
+    /// `None`: in memory; else whether with read-your-writes.
+    redis: Option<bool>,
+    window: usize,
+}
+
+impl Case {
+    fn memory(window: usize) -> Self {
+        Case {
+            redis: None,
+            window,
+        }
+    }
+
+    fn redis(read_your_writes: bool, window: usize) -> Self {
+        Case {
+            redis: Some(read_your_writes),
+            window,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self.redis {
+            None => format!("memory, window {}", self.window),
+            Some(rw) => format!(
+                "redis{}, window {}",
+                if rw { "" } else { " returned when logged" },
+                self.window
+            ),
+        }
     }
 }
 

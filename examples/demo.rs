@@ -70,7 +70,9 @@ use chrono::Utc;
 use htmx_sse::Event;
 use htmx_sse::Flavor;
 use htmx_sse::auth::{Access, AuthError, AuthFuture, Authorizer, Subject};
-use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes};
+use htmx_sse::broadcast::{
+    BroadcastManager, BroadcastRoutes, Presence, PresenceBadge, PresenceScope,
+};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::UserId;
 use htmx_sse::connections::scripts::{
@@ -97,6 +99,7 @@ htmx_sse::names! {
             DASHBOARD = "dashboard",
             CONNECTION = "connection",
             RESET = "reset",
+            VIEWERS = "viewers",
         }
         targets {
             TOASTS = "toasts",
@@ -106,6 +109,7 @@ htmx_sse::names! {
             RPS = "rps",
             UPTIME = "uptime",
             LOG = "log",
+            ONLINE = "online",
         }
     }
 }
@@ -121,6 +125,10 @@ struct App {
     notes: Arc<tokio::sync::Mutex<VecDeque<String>>>,
     assets: Option<Arc<PathBuf>>,
     jobs: Arc<AtomicU64>,
+    /// Who is here: tabs open and users signed in, sent to every page as
+    /// it changes (in memory only: `None` on Redis or NATS, where presence
+    /// is not counted across instances yet).
+    online: Option<Arc<PresenceBadge>>,
 }
 
 struct Args {
@@ -325,12 +333,26 @@ async fn main() {
         (Err(_), Ok(url)) => on_nats(builder, &url).await,
         (Err(_), Err(_)) => builder.build(),
     };
+    // The "who is here" badge: rendered once per change of the presence
+    // (debounced: a reload is no leave), sent to every page.
+    let online = if manager.is_distributed() {
+        None
+    } else {
+        match manager.presence_badge(PresenceScope::Everyone, live::VIEWERS, online_badge) {
+            Ok(badge) => Some(Arc::new(badge)),
+            Err(e) => {
+                eprintln!("presence badge: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
     let state = App {
         config,
         manager: manager.clone(),
         notes: Arc::default(),
         assets: args.assets.map(Arc::new),
         jobs: Arc::default(),
+        online,
     };
     let app = Router::new()
         .route("/", get(page))
@@ -407,6 +429,15 @@ async fn main() {
         std::process::exit(1);
     }
     println!("stopped");
+}
+
+/// The presence badge: tabs open and users signed in.
+fn online_badge(p: &Presence) -> Markup {
+    let plural = |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+    html! {
+        strong { (p.connections) } " " (plural(p.connections, "tab", "tabs")) " open, "
+        strong { (p.users.len()) } " " (plural(p.users.len(), "user", "users")) " signed in"
+    }
 }
 
 /// `?htmx=4` renders the page for htmx 4, `?htmx=2` (or nothing) for htmx 2.
@@ -486,6 +517,16 @@ async fn render_page(
         .hx_target(live::NOTES.selector())
         .hx_swap(Swap::BeforeEnd)
         .render()?;
+    // Who is here, as it is now; the stream swaps in each change.
+    let online = SseListener::new(flavor)
+        .id(live::ONLINE.as_str())
+        .event(live::VIEWERS)
+        .attr(AttributeName::from_static("class"), "muted")
+        .children(match &app.online {
+            Some(badge) => badge.render(),
+            None => htmx_sse::Fragment::text("presence is counted in memory only"),
+        })
+        .render()?;
     let dashboard_bus = SseListener::new(flavor)
         .event(live::DASHBOARD)
         .hx_swap(Swap::None)
@@ -497,6 +538,8 @@ async fn render_page(
             "This page runs on " strong #flavor { (if flavor == Flavor::Htmx4 { "htmx 4" } else { "htmx 2" }) } "; "
             a href=(other.0) { "switch to " (other.1) } "."
         }
+        // Who is here, kept live by the stream.
+        (online)
         // Toasts arrive as `toast` events and stack here.
         (toasts)
         script { (PreEscaped(DISMISS_TOASTS)) }
@@ -1096,12 +1139,17 @@ mod tests {
 
     #[tokio::test]
     async fn the_page_has_every_name_the_streams_use_in_both_flavours() {
+        let manager = BroadcastManager::new();
+        let online = manager
+            .presence_badge(PresenceScope::Everyone, live::VIEWERS, online_badge)
+            .unwrap();
         let app = App {
             config: StreamConfig::new(),
-            manager: BroadcastManager::new(),
+            manager,
             notes: Arc::default(),
             assets: None,
             jobs: Arc::default(),
+            online: Some(Arc::new(online)),
         };
         for flavor in [Flavor::Htmx2, Flavor::Htmx4] {
             let page = render_page(&app, None, flavor).await.unwrap().into_string();
@@ -1109,6 +1157,10 @@ mod tests {
             {
                 panic!("{flavor}: {missing}");
             }
+            assert!(
+                page.contains("<strong>0</strong> tabs open, <strong>0</strong> users signed in"),
+                "{flavor}: the presence badge as it is now"
+            );
             // And the check sees a region that went missing.
             let renamed = page.replace(r#"id="clock""#, r#"id="time""#);
             let missing =
@@ -1125,6 +1177,7 @@ mod tests {
             notes: Arc::default(),
             assets: None,
             jobs: Arc::default(),
+            online: None,
         };
         let htmx2 = render_page(&app, None, Flavor::Htmx2)
             .await

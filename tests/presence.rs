@@ -4,6 +4,12 @@
 //! credentials, 403 for a topic they may not subscribe to or another
 //! user); bad queries are 400; on Redis it says it cannot answer (503)
 //! rather than count one instance alone.
+//!
+//! Watched presence and the badge: a badge counts 1, 2, 3 tabs and back
+//! to 0; a page back within the grace period (resumed with
+//! `Last-Event-ID`, or reloaded) is no leave, no join and no new badge; a
+//! page gone longer is exactly one leave; a topic's badge reaches no page
+//! off that topic, and a user's presence no other user.
 #![cfg(all(feature = "testing", feature = "redis"))]
 
 mod common;
@@ -14,11 +20,11 @@ use axum::Router;
 use common::redis::RedisServer;
 use htmx_sse::auth::{AuthFuture, Authorizer, Subject, bearer};
 use htmx_sse::backend::RedisConfig;
-use htmx_sse::broadcast::BroadcastManager;
+use htmx_sse::broadcast::{BroadcastManager, Presence, PresenceBadge, PresenceScope};
 use htmx_sse::connections::UserId;
 use htmx_sse::routes::BroadcastRoutes;
 use htmx_sse::testing::TestClient;
-use htmx_sse::topics::{TopicRoutes, TopicSelector};
+use htmx_sse::topics::{Topic, TopicRoutes, TopicSelector};
 use serde_json::Value;
 
 /// `Authorization: Bearer NAME` is user NAME; `alice` may subscribe to
@@ -197,4 +203,280 @@ async fn on_a_shared_backend_it_says_it_cannot_answer() {
     let (status, body) = presence(&base, "", Some("alice")).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("redis"), "{body}");
+}
+
+/// A manager with a short grace (so the tests wait little).
+fn with_grace(grace: Duration) -> BroadcastManager {
+    BroadcastManager::builder().presence_grace(grace).build()
+}
+
+/// The badge of `docs/7`'s viewers: `<b>N</b>`.
+fn viewers_badge(manager: &BroadcastManager) -> PresenceBadge {
+    let doc = Topic::new("docs/7").unwrap();
+    manager
+        .presence_badge(PresenceScope::Topic(doc), "viewers", |p: &Presence| {
+            maud::html! { b { (p.connections) } }
+        })
+        .unwrap()
+}
+
+/// The next event of type `event` on `page` (others skipped), within 5 s.
+async fn next_of(page: &mut TestClient, event: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let e = page
+            .next_event_within(left)
+            .await
+            .unwrap_or_else(|e| panic!("no {event} event: {e:?}"));
+        if e.event == event {
+            return e.data;
+        }
+    }
+}
+
+/// Every event of `page` until the `sentinel` event (published to everyone
+/// after what the test wants to be sure of), within 5 s.
+async fn until_sentinel(page: &mut TestClient) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let e = page
+            .next_event_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("no sentinel; saw {seen:?}: {e:?}"));
+        if e.event == "sentinel" {
+            return seen;
+        }
+        seen.push(format!("{}: {}", e.event, e.data));
+    }
+}
+
+#[tokio::test]
+async fn a_badge_counts_one_two_three_tabs_and_back_to_zero() {
+    let manager = with_grace(Duration::from_millis(200));
+    let badge = viewers_badge(&manager);
+    assert_eq!(badge.render().as_str(), "<b>0</b>");
+    let base = serve(&manager).await;
+
+    let mut watcher = tab(&base, "/hub?topic=docs/7", None).await;
+    assert_eq!(next_of(&mut watcher, "viewers").await, "<b>1</b>");
+    let mut tabs = Vec::new();
+    for n in 2..=3 {
+        tabs.push(tab(&base, "/hub?topic=docs/7", Some("alice")).await);
+        assert_eq!(
+            next_of(&mut watcher, "viewers").await,
+            format!("<b>{n}</b>")
+        );
+        assert_eq!(badge.render().as_str(), format!("<b>{n}</b>"));
+    }
+    // Each tab of alice's got the badge too (the later one, its own count).
+    assert_eq!(next_of(&mut tabs[0], "viewers").await, "<b>2</b>");
+    assert_eq!(next_of(&mut tabs[0], "viewers").await, "<b>3</b>");
+    assert_eq!(next_of(&mut tabs[1], "viewers").await, "<b>3</b>");
+    // A page elsewhere does not count.
+    let _elsewhere = tab(&base, "/hub?topic=docs/8", Some("alice")).await;
+    for n in (1..=2).rev() {
+        tabs.pop().unwrap().close();
+        assert_eq!(
+            next_of(&mut watcher, "viewers").await,
+            format!("<b>{n}</b>")
+        );
+    }
+    watcher.close();
+    for _ in 0..100 {
+        if badge.render().as_str() == "<b>0</b>" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the badge never went back to 0: {}",
+        badge.render().as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_page_back_within_the_grace_is_no_leave_no_join_and_no_new_badge() {
+    let grace = Duration::from_millis(1500);
+    let manager = with_grace(grace);
+    let badge = viewers_badge(&manager);
+    let base = serve(&manager).await;
+    let mut watcher = tab(&base, "/hub?topic=docs/7", None).await;
+    assert_eq!(next_of(&mut watcher, "viewers").await, "<b>1</b>");
+    let alice = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
+    assert_eq!(next_of(&mut watcher, "viewers").await, "<b>2</b>");
+    let mut feed = manager
+        .watch_presence(PresenceScope::User(UserId::new("alice").unwrap()))
+        .unwrap();
+    assert_eq!(feed.current().connections, 1);
+
+    // Resumed with Last-Event-ID: the same connection id comes back.
+    let resume_from = alice.last_event_id().to_owned();
+    let id_before = resume_from.split('.').nth(1).unwrap().to_owned();
+    alice.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut resumed = TestClient::get(format!("{base}/hub?topic=docs/7"))
+        .header("authorization", "Bearer alice")
+        .last_event_id(&resume_from)
+        .connect()
+        .await
+        .unwrap();
+    let first = resumed.next_event().await.unwrap();
+    assert_eq!(first.event, "connection", "{first:?}");
+    assert!(
+        first.data.contains(&id_before),
+        "{first:?} kept {id_before}"
+    );
+    // Reloaded (a fresh connection of the same user) within the grace.
+    resumed.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _reloaded = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
+
+    // Longer than the grace: nothing changed for anyone.
+    let quiet = tokio::time::timeout(grace * 2, feed.changed()).await;
+    assert!(quiet.is_err(), "a change: {quiet:?}");
+    assert_eq!(feed.current().connections, 1);
+    manager.message("sentinel", "-").send().await.unwrap();
+    let seen = until_sentinel(&mut watcher).await;
+    assert!(seen.is_empty(), "the badge flickered: {seen:?}");
+    assert_eq!(badge.render().as_str(), "<b>2</b>");
+}
+
+#[tokio::test]
+async fn a_page_gone_longer_than_the_grace_is_exactly_one_leave() {
+    let grace = Duration::from_millis(300);
+    let manager = with_grace(grace);
+    let badge = viewers_badge(&manager);
+    let base = serve(&manager).await;
+    let mut watcher = tab(&base, "/hub?topic=docs/7", None).await;
+    assert_eq!(next_of(&mut watcher, "viewers").await, "<b>1</b>");
+    let mut feed = manager
+        .watch_presence(PresenceScope::Topic(Topic::new("docs/7").unwrap()))
+        .unwrap();
+    let alice = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
+    let joined = feed.changed().await.unwrap();
+    let alice_id = UserId::new("alice").unwrap();
+    assert_eq!(joined.joined, std::slice::from_ref(&alice_id));
+    assert!(joined.left.is_empty());
+    assert_eq!(
+        (joined.presence.connections, joined.presence.anonymous),
+        (2, 1)
+    );
+    assert_eq!(next_of(&mut watcher, "viewers").await, "<b>2</b>");
+
+    let gone = tokio::time::Instant::now();
+    alice.close();
+    let left = feed.changed().await.unwrap();
+    assert!(gone.elapsed() >= grace, "left after {:?}", gone.elapsed());
+    assert_eq!(left.left, [alice_id]);
+    assert!(left.joined.is_empty());
+    assert_eq!(
+        (left.presence.connections, left.presence.users.len()),
+        (1, 0)
+    );
+    // Exactly one: no second change, one badge.
+    let again = tokio::time::timeout(grace * 3, feed.changed()).await;
+    assert!(again.is_err(), "a second change: {again:?}");
+    manager.message("sentinel", "-").send().await.unwrap();
+    let seen = until_sentinel(&mut watcher).await;
+    assert_eq!(seen, ["viewers: <b>1</b>"]);
+    assert_eq!(badge.render().as_str(), "<b>1</b>");
+}
+
+#[tokio::test]
+async fn presence_events_reach_no_page_off_the_topic_and_no_other_user() {
+    let manager = with_grace(Duration::from_millis(100));
+    let _viewers = viewers_badge(&manager);
+    let alice = UserId::new("alice").unwrap();
+    let _tabs = manager
+        .presence_badge(
+            PresenceScope::User(alice.clone()),
+            "my-tabs",
+            |p: &Presence| {
+                maud::html! { i { (p.connections) " tabs" } }
+            },
+        )
+        .unwrap();
+    let base = serve(&manager).await;
+    // Pages that must see neither badge: off the topic, another user's,
+    // anonymous ones.
+    let mut off_topic = tab(&base, "/hub?topic=docs/8", Some("bob")).await;
+    let mut bobs = tab(&base, "/sse", Some("bob")).await;
+    let mut anon = tab(&base, "/hub?topic=docs/**", None).await;
+    let mut alices_stream = tab(&base, "/sse", Some("alice")).await;
+    assert_eq!(
+        next_of(&mut alices_stream, "my-tabs").await,
+        "<i>1 tabs</i>"
+    );
+    let alice_on_doc = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
+    assert_eq!(
+        next_of(&mut alices_stream, "my-tabs").await,
+        "<i>2 tabs</i>"
+    );
+    alice_on_doc.close();
+    assert_eq!(
+        next_of(&mut alices_stream, "my-tabs").await,
+        "<i>1 tabs</i>"
+    );
+
+    manager.message("sentinel", "-").send().await.unwrap();
+    for (name, page) in [("off topic", &mut off_topic), ("bob", &mut bobs)] {
+        let seen = until_sentinel(page).await;
+        assert!(seen.is_empty(), "{name} saw {seen:?}");
+    }
+    // The pattern listener listens to docs/7: it sees the topic's badge
+    // (it is counted), never alice's own.
+    let seen = until_sentinel(&mut anon).await;
+    assert!(seen.iter().all(|e| e.starts_with("viewers: ")), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("viewers: <b>1</b>"));
+    // A private badge of the same topic reaches only the page whose
+    // credentials allow docs/7 privately (alice's `private=1` stream).
+    let _private = manager
+        .private_presence_badge(Topic::new("docs/7").unwrap(), "who", |p: &Presence| {
+            let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
+            names.join(",")
+        })
+        .unwrap();
+    let mut allowed = tab(&base, "/hub?topic=docs/7&private=1", Some("alice")).await;
+    // The badges come from their own tasks: in any order.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = allowed
+            .next_event_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("saw only {seen:?}: {e:?}"));
+        if e.event != "connection" {
+            seen.push(format!("{}: {}", e.event, e.data));
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["my-tabs: <i>2 tabs</i>", "viewers: <b>2</b>", "who: alice"]
+    );
+    manager.message("sentinel", "-").send().await.unwrap();
+    let seen = until_sentinel(&mut anon).await;
+    assert_eq!(seen, ["viewers: <b>2</b>"]);
+    // And over HTTP, nobody reads alice's presence but alice.
+    let (status, body) = presence(&base, "?user=alice", Some("bob")).await;
+    assert_eq!(status, 403);
+    assert!(!body.to_string().contains("alice"), "{body}");
+}
+
+#[tokio::test]
+async fn watching_on_a_shared_backend_says_it_cannot_answer() {
+    let redis = RedisServer::start(false);
+    let manager = BroadcastManager::builder()
+        .build_redis(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let refused = manager.watch_presence(PresenceScope::Everyone).unwrap_err();
+    assert!(refused.to_string().contains("redis"), "{refused}");
+    assert!(viewers(&manager).is_err());
+}
+
+fn viewers(manager: &BroadcastManager) -> Result<PresenceBadge, htmx_sse::Error> {
+    manager.presence_badge(PresenceScope::Everyone, "viewers", |p: &Presence| {
+        p.connections.to_string()
+    })
 }

@@ -33,7 +33,15 @@ const ALL: [&str; 8] = [
     "scale",
     "h2-1k",
 ];
-const KINDS: [&str; 4] = ["crate", "crate-metrics", "baseline", "raw"];
+const KINDS: [&str; 7] = [
+    "crate",
+    "crate-metrics",
+    "crate-presence",
+    "crate-users",
+    "crate-users-presence",
+    "baseline",
+    "raw",
+];
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -207,6 +215,40 @@ pub(crate) fn render(runs: &[Run], meta: &Meta) -> (String, String) {
                 ),
                 ratio(on(&|x| x.p99_us as f64), off(&|x| x.p99_us as f64)),
             );
+        }
+    }
+
+    if runs
+        .iter()
+        .any(|r| r.kind == "crate-presence" || r.kind == "crate-users-presence")
+    {
+        let _ = writeln!(
+            md,
+            "\n## Presence watched ÷ not (`watch_presence(Everyone)`, issue 18: not paid when off)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | connections | RSS KiB/conn off | on | on − off KiB/conn | on ÷ off |"
+        );
+        let _ = writeln!(md, "|{}", "---|".repeat(6));
+        for sc in IDLE {
+            for (who, off_kind, on_kind) in [
+                ("anonymous", "crate", "crate-presence"),
+                ("a user each", "crate-users", "crate-users-presence"),
+            ] {
+                let per = |x: &Run| x.rss_per_conn_kib();
+                let (Some(off), Some(on)) =
+                    (med(runs, sc, off_kind, per), med(runs, sc, on_kind, per))
+                else {
+                    continue;
+                };
+                let _ = writeln!(
+                    md,
+                    "| {sc} | {who} | {off:.2} | {on:.2} | {:.2} | {:.3}× |",
+                    on - off,
+                    on / off
+                );
+            }
         }
     }
 
@@ -524,6 +566,9 @@ fn svg(runs: &[Run]) -> String {
         let label = match *k {
             "crate" => "htmx-sse (setup_broadcast_routes)",
             "crate-metrics" => "htmx-sse with htmx_sse::metrics registered",
+            "crate-presence" => "htmx-sse with presence watched",
+            "crate-users" => "htmx-sse, a user per connection",
+            "crate-users-presence" => "htmx-sse, a user per connection, presence watched",
             "baseline" => "axum Sse + tokio broadcast",
             _ => "raw socket loop (limit)",
         };

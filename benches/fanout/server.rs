@@ -12,6 +12,13 @@
 //!   (`data: …\n\n` in HTTP/1.1 chunked framing) to every socket in a loop,
 //!   after writing the response head once per socket. The floor.
 //!
+//! Asked for by name only (`--servers`), variants of `crate`:
+//! `crate-metrics` (with `htmx_sse::metrics` registered, feature
+//! `metrics`), `crate-presence` (with `watch_presence(Everyone)` and its
+//! feed read by a task), `crate-users` (an authorizer naming each request a
+//! user of its own, `u1`, `u2`, …) and `crate-users-presence` (both: a
+//! count per user in the watch, the most it can hold).
+//!
 //! Publishing is the same for all three: the bench client sends `P <seq>`
 //! lines on a control connection; the server stamps the payload with
 //! `CLOCK_MONOTONIC` right before it publishes (so latency is measured from
@@ -61,6 +68,15 @@ pub(crate) enum Kind {
     /// The crate with `htmx_sse::metrics` registered (bench built with
     /// `--features metrics`); only when asked for with `--servers`.
     CrateMetrics,
+    /// The crate with presence watched (`watch_presence(Everyone)`, its
+    /// feed read by a task); only when asked for with `--servers`.
+    CratePresence,
+    /// The crate with every connection a user of its own (an authorizer
+    /// that names each request `u1`, `u2`, …); only when asked for.
+    CrateUsers,
+    /// `CrateUsers` with presence watched as `CratePresence`: a count per
+    /// user in the watch, the most a watch can hold.
+    CrateUsersPresence,
 }
 
 impl Kind {
@@ -73,13 +89,21 @@ impl Kind {
             Kind::Baseline => "baseline",
             Kind::Raw => "raw",
             Kind::CrateMetrics => "crate-metrics",
+            Kind::CratePresence => "crate-presence",
+            Kind::CrateUsers => "crate-users",
+            Kind::CrateUsersPresence => "crate-users-presence",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Kind> {
         Kind::ALL
             .into_iter()
-            .chain([Kind::CrateMetrics])
+            .chain([
+                Kind::CrateMetrics,
+                Kind::CratePresence,
+                Kind::CrateUsers,
+                Kind::CrateUsersPresence,
+            ])
             .find(|k| k.name() == s)
     }
 }
@@ -99,6 +123,25 @@ fn with_metrics(_: &htmx_sse::BroadcastManager) -> Result<(), String> {
         "crate-metrics needs the metrics feature: cargo bench --features metrics --bench fanout"
             .to_owned(),
     )
+}
+
+/// Names every request a user of its own: `u1`, `u2`, … (the
+/// `crate-users` kinds).
+#[derive(Clone, Default)]
+struct EachAUser(Arc<std::sync::atomic::AtomicU64>);
+
+impl htmx_sse::auth::Authorizer for EachAUser {
+    fn authorize<'a>(
+        &'a self,
+        _parts: &'a axum::http::request::Parts,
+    ) -> htmx_sse::auth::AuthFuture<'a> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Box::pin(async move {
+            Ok(htmx_sse::connections::UserId::new(&format!("u{n}"))
+                .ok()
+                .map(htmx_sse::auth::Subject::user))
+        })
+    }
 }
 
 /// The 256-byte HTML payload of message `seq`, stamped with `t_ns`:
@@ -164,7 +207,11 @@ pub(crate) fn run(
         let _ = std::io::stdout().flush();
     };
     match kind {
-        Kind::Crate | Kind::CrateMetrics => rt.block_on(async move {
+        Kind::Crate
+        | Kind::CrateMetrics
+        | Kind::CratePresence
+        | Kind::CrateUsers
+        | Kind::CrateUsersPresence => rt.block_on(async move {
             let shutdown = htmx_sse::streaming::Shutdown::new();
             let mut config = htmx_sse::streaming::StreamConfig::new().shutdown(&shutdown);
             if let Some(window) = retry_window {
@@ -186,21 +233,48 @@ pub(crate) fn run(
             } else {
                 None
             };
+            // What watching presence costs: a feed read as an application
+            // would read it (the changes are gathered while it is busy).
+            let _presence = if matches!(kind, Kind::CratePresence | Kind::CrateUsersPresence) {
+                let mut feed = manager
+                    .watch_presence(htmx_sse::broadcast::PresenceScope::Everyone)
+                    .map_err(|e| e.to_string())?;
+                // FANOUT_PRESENCE_PACE_MS (default 100): the pause after
+                // each read, as a badge renders at most ten times a second;
+                // 0 reads after every change.
+                let pace = std::env::var("FANOUT_PRESENCE_PACE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(Duration::from_millis(100), Duration::from_millis);
+                Some(tokio::spawn(async move {
+                    while let Some(change) = feed.changed().await {
+                        std::hint::black_box(change);
+                        tokio::time::sleep(pace).await;
+                    }
+                }))
+            } else {
+                None
+            };
             let stats = manager.clone();
-            let app = htmx_sse::setup_broadcast_routes(Router::new(), manager.clone(), "/sse")
-                .route(
-                    "/stats",
-                    get(move || {
-                        let m = stats.clone();
-                        async move {
-                            format!(
-                                "connections={} registry={}",
-                                m.connection_count(),
-                                m.registry().len()
-                            )
-                        }
-                    }),
-                );
+            let routes = htmx_sse::routes::BroadcastRoutes::new(manager.clone()).prefix("/sse");
+            let routes = if matches!(kind, Kind::CrateUsers | Kind::CrateUsersPresence) {
+                routes.authorizer(EachAUser::default())
+            } else {
+                routes
+            };
+            let app = routes.install(Router::new()).route(
+                "/stats",
+                get(move || {
+                    let m = stats.clone();
+                    async move {
+                        format!(
+                            "connections={} registry={}",
+                            m.connection_count(),
+                            m.registry().len()
+                        )
+                    }
+                }),
+            );
             tokio::spawn(control(ctl, move |msg| {
                 let manager = manager.clone();
                 async move {

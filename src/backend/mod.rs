@@ -26,6 +26,13 @@
 //!   length) by a Lua script that numbers it from a shared counter, so ids
 //!   are in one order across instances. Redis pub/sub is not used: it drops
 //!   what a subscriber misses while it reconnects, a stream does not.
+//! - Publishes are queued when they are made
+//!   ([`Message::submit`](crate::broadcast::Message::submit), or `send`
+//!   when first polled) and a writer writes everything queued as one
+//!   script call (one `INCRBY` for the batch, one `XADD` per message): a
+//!   publisher that keeps a window of publishes in flight gets many into
+//!   one round trip, in the order of its calls. A failed call fails every
+//!   publish it carried, each with its [`Error::Backend`].
 //! - Every instance reads the stream (`XREAD BLOCK`) and delivers each
 //!   message to its own connections, in id order, from the bytes the
 //!   publisher encoded: no instance renders or encodes it again. Its local
@@ -208,6 +215,34 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         epoch: Epoch,
         envelope: &'a Envelope,
     ) -> BoxFuture<'a, Result<u64, Error>>;
+
+    /// Appends `envelope` as [`publish`](Self::publish) does, but queued
+    /// when called, not when the future is first polled: a caller that
+    /// submits several publishes before awaiting any (a window of
+    /// publishes in flight) gets them into the log in the order of its
+    /// calls, and a backend may send them in one round trip. The Redis
+    /// backend queues here and writes everything queued in one script
+    /// call; the default calls `publish` at the first poll (the order of
+    /// first polls, then).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use htmx_sse::backend::{Backend, Envelope, Epoch};
+    ///
+    /// // Any backend: the future owns what it needs and can be spawned.
+    /// fn submit_later(b: Arc<dyn Backend>, e: Epoch, envelope: Envelope) {
+    ///     let ack = b.submit(e, envelope);
+    ///     tokio::spawn(async move { ack.await });
+    /// }
+    /// # let _ = submit_later;
+    /// ```
+    fn submit(
+        self: Arc<Self>,
+        epoch: Epoch,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<u64, Error>> {
+        Box::pin(async move { self.publish(epoch, &envelope).await })
+    }
 
     /// Reads the log after number `after`, in order, into `sink`, until
     /// the sink is closed (the manager is gone); reconnects by itself.

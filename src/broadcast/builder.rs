@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -35,6 +36,7 @@ pub struct BroadcastBuilder {
     limits: Limits,
     read_your_writes: bool,
     connection_event: bool,
+    presence_grace: Duration,
 }
 
 impl fmt::Debug for BroadcastBuilder {
@@ -50,6 +52,7 @@ impl fmt::Debug for BroadcastBuilder {
             .field("limits", &self.limits)
             .field("read_your_writes", &self.read_your_writes)
             .field("connection_event", &self.connection_event)
+            .field("presence_grace", &self.presence_grace)
             .finish()
     }
 }
@@ -67,6 +70,7 @@ impl Default for BroadcastBuilder {
             limits: Limits::new(),
             read_your_writes: true,
             connection_event: true,
+            presence_grace: Duration::from_secs(3),
         }
     }
 }
@@ -106,6 +110,28 @@ impl BroadcastBuilder {
         self
     }
 
+    /// How long a page that left still counts in watched presence
+    /// ([`BroadcastManager::watch_presence`],
+    /// [`BroadcastManager::presence_badge`]), default 3 s: a page back
+    /// within it (a reload, a resume with `Last-Event-ID`, a dropped
+    /// socket reopened) is neither a leave nor a join. Zero: every
+    /// disconnect is a leave at once. [`BroadcastManager::presence`] is
+    /// not debounced.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use htmx_sse::broadcast::BroadcastManager;
+    ///
+    /// let manager = BroadcastManager::builder()
+    ///     .presence_grace(Duration::from_secs(5))
+    ///     .build();
+    /// # let _ = manager;
+    /// ```
+    pub fn presence_grace(mut self, grace: Duration) -> Self {
+        self.presence_grace = grace;
+        self
+    }
+
     /// The [`Limits`] of the manager and of the routes built on it:
     /// connections in all and per user, topics, exclusions, history bytes,
     /// body sizes. Without it, [`Limits::new`]'s defaults.
@@ -132,7 +158,9 @@ impl BroadcastBuilder {
     /// 0, as the count is not known yet). Either way, a publish that
     /// returned `Ok` is in the shared log, in its one order, and reaches
     /// every instance. In memory a publish is delivered when it returns,
-    /// whatever this says.
+    /// whatever this says. Either way, a publisher that keeps several
+    /// publishes in flight ([`Message::submit`](super::Message::submit))
+    /// lets the Redis backend write them in one round trip.
     ///
     /// ```
     /// use htmx_sse::broadcast::BroadcastManager;
@@ -446,6 +474,8 @@ impl BroadcastBuilder {
             render: self.render,
             shutdown,
             resume_key,
+            presence: OnceLock::new(),
+            presence_grace: self.presence_grace,
         });
         // The registry shows the engine's connections: one list of who is
         // connected, under the engine's lock.

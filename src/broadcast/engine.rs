@@ -18,6 +18,7 @@ use super::message::{BroadcastMessage, Epoch, MessageId};
 use super::proof::ResumeKey;
 use super::stage::{Render, Stored};
 use super::subscriber::{Roster, Subscriber};
+use super::watch::PresenceHub;
 use crate::backend::{Backend, Delivery, Envelope, Target};
 use crate::connections::{ConnectionId, ConnectionRegistry, Entry, Roll, UserId};
 use crate::limits::Limits;
@@ -103,10 +104,21 @@ pub(crate) struct Engine {
     pub(crate) shutdown: Shutdown,
     /// Makes and checks the proofs in connection ids: see `proof`.
     pub(crate) resume_key: ResumeKey,
+    /// The presence watches, made at the first one (see `watch`): until
+    /// then a connect or a disconnect pays one load for them.
+    pub(crate) presence: OnceLock<Arc<PresenceHub>>,
+    /// How long a connection that left still counts in watched presence.
+    pub(crate) presence_grace: std::time::Duration,
 }
 
 /// Aborts a task when dropped.
 pub(crate) struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl AbortOnDrop {
+    pub(crate) fn new(handle: tokio::task::AbortHandle) -> Self {
+        AbortOnDrop(handle)
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -119,6 +131,9 @@ impl Drop for Engine {
     /// the close message.
     fn drop(&mut self) {
         self.fanout.ring.close();
+        if let Some(hub) = self.presence.get() {
+            hub.close();
+        }
         for conn in self.core.get_mut().connections.iter() {
             conn.subscriber.waker.wake();
         }
@@ -176,6 +191,9 @@ impl Engine {
             core.listeners.remove(&conn);
             if let Some(user) = &conn.subscriber.sub.user {
                 core.forget_user(user, id);
+            }
+            if let Some(hub) = self.presence.get() {
+                hub.left(&conn.subscriber.sub);
             }
             drop(core);
             if let Transport::Shared(backend) = &self.transport {

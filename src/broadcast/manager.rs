@@ -345,6 +345,9 @@ impl BroadcastManager {
         };
         core.listeners.add(&conn);
         if let Some(old) = core.connections.replace(conn) {
+            if let Some(hub) = inner.presence.get() {
+                hub.left(&old.subscriber.sub);
+            }
             core.listeners.remove(&old);
             old.subscriber.flag(Subscriber::REPLACED);
             old.subscriber.waker.wake();
@@ -355,6 +358,9 @@ impl BroadcastManager {
                     core.users.entry(user.clone()).or_default().push(id.clone());
                 }
             }
+        }
+        if let Some(hub) = inner.presence.get() {
+            hub.joined(sub);
         }
         let seq_now = core.seq;
         drop(core);

@@ -185,6 +185,7 @@ mod resume;
 mod stage;
 mod subscriber;
 mod subscription;
+mod watch;
 
 use std::fmt;
 
@@ -195,10 +196,11 @@ pub use data::{Data, IntoData};
 pub use manager::BroadcastManager;
 pub use message::{BroadcastMessage, Epoch, MessageId};
 pub use presence::{Presence, PresenceScope, PresentUser};
-pub use publish::Message;
+pub use publish::{Message, Submitted};
 pub use resume::{LastEventId, RESUME_FROM};
 pub use stage::{Outgoing, Recipient, Sent};
 pub use subscription::Subscription;
+pub use watch::{PresenceBadge, PresenceChange, PresenceFeed};
 
 pub use crate::routes::{BroadcastRoutes, setup_broadcast_routes};
 

@@ -4,7 +4,11 @@
 //! numbered and delivered in memory, or handed to the shared backend.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use chrono::Utc;
 
@@ -14,7 +18,7 @@ use super::engine::{Engine, Transport};
 use super::manager::BroadcastManager;
 use super::message::{MessageId, default_text, named};
 use super::stage::{Outgoing, Sent};
-use crate::backend::{Envelope, Target};
+use crate::backend::{Backend, BoxFuture, Envelope, Target};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
 use crate::event::{Event, EventName};
@@ -168,7 +172,7 @@ impl BroadcastManager {
 
     /// [`Error::ReservedEventName`] when pages would take `name` for one of
     /// the crate's own events.
-    fn refuse_reserved(&self, name: &str) -> Result<(), Error> {
+    pub(crate) fn refuse_reserved(&self, name: &str) -> Result<(), Error> {
         let own_close = self.inner.fanout.close.as_ref().and_then(Event::name);
         if super::RESERVED_EVENTS.iter().any(|r| r.as_str() == name) || own_close == Some(name) {
             return Err(Error::ReservedEventName {
@@ -289,7 +293,10 @@ impl BroadcastManager {
     /// Publishes inside an `htmx_sse.publish` span that records the
     /// message's type, its id, the backend and how many connections of
     /// this process it was queued for (see the module docs on tracing).
-    async fn publish(&self, m: Message<'_>) -> Result<Sent, Error> {
+    /// In memory it is delivered before this returns; through a shared
+    /// backend it is queued in the backend now, and the returned future
+    /// gives its outcome.
+    fn submit_message(&self, m: Message<'_>) -> Submitted {
         let span = tracing::info_span!(
             "htmx_sse.publish",
             "message.type" = tracing::field::Empty,
@@ -304,12 +311,41 @@ impl BroadcastManager {
             .to_owned();
         span.record("message.type", message_type.as_str());
         let started = std::time::Instant::now();
-        let sent = tracing::Instrument::instrument(self.publish_now(m), span.clone()).await;
+        match span.in_scope(|| self.start(m)) {
+            Ok(Started::Done(sent)) => {
+                let sent = Ok(sent);
+                self.finish(&span, &message_type, started, &sent);
+                Submitted(State::Done(Some(sent)))
+            }
+            Err(e) => {
+                let sent = Err(e);
+                self.finish(&span, &message_type, started, &sent);
+                Submitted(State::Done(Some(sent)))
+            }
+            Ok(Started::Later(ack)) => {
+                let manager = self.clone();
+                Submitted(State::Waiting(Box::pin(async move {
+                    let sent = tracing::Instrument::instrument(ack, span.clone()).await;
+                    manager.finish(&span, &message_type, started, &sent);
+                    sent
+                })))
+            }
+        }
+    }
+
+    /// Records a publish's outcome in its span and the metrics.
+    fn finish(
+        &self,
+        span: &tracing::Span,
+        message_type: &str,
+        started: std::time::Instant,
+        sent: &Result<Sent, Error>,
+    ) {
         self.inner
             .fanout
             .meter
-            .published(&message_type, started.elapsed(), sent.is_ok());
-        match &sent {
+            .published(message_type, started.elapsed(), sent.is_ok());
+        match sent {
             Ok(s) => {
                 span.record("message.id", tracing::field::display(&s.id));
                 span.record("delivered", s.delivered);
@@ -319,10 +355,12 @@ impl BroadcastManager {
                 tracing::debug!(error = %e, "publish failed");
             }
         }
-        sent
     }
 
-    async fn publish_now(&self, m: Message<'_>) -> Result<Sent, Error> {
+    /// Delivers `m` in memory, or queues it in the shared backend (after
+    /// finding the user of a connection on another instance, for
+    /// `to_connection`).
+    fn start(&self, m: Message<'_>) -> Result<Started, Error> {
         let inner = &*self.inner;
         let mut envelope = self.prepare(m)?;
         match &inner.transport {
@@ -336,9 +374,11 @@ impl BroadcastManager {
                 }
                 let seq = core.seq + 1;
                 let (id, delivered) = inner.deliver_at(&mut core, seq, envelope);
-                Ok(Sent { id, delivered })
+                Ok(Started::Done(Sent { id, delivered }))
             }
             Transport::Shared(backend) => {
+                let engine = Arc::clone(&self.inner);
+                let backend = Arc::clone(backend);
                 if let Target::One { to, user } = &mut envelope.target {
                     let local = inner
                         .core
@@ -346,47 +386,139 @@ impl BroadcastManager {
                         .connections
                         .get(to)
                         .map(|c| c.subscriber.sub.user.clone());
-                    *user = match local {
-                        Some(u) => u,
-                        None => backend
-                            .locate(to)
-                            .await?
-                            .ok_or_else(|| Error::UnknownConnection { id: to.to_string() })?,
-                    };
+                    match local {
+                        Some(u) => *user = u,
+                        None => {
+                            // On another instance, maybe: queued once found.
+                            return Ok(Started::Later(Box::pin(async move {
+                                if let Target::One { to, user } = &mut envelope.target {
+                                    *user = backend.locate(to).await?.ok_or_else(|| {
+                                        Error::UnknownConnection { id: to.to_string() }
+                                    })?;
+                                }
+                                submit_shared(engine, backend, envelope).await
+                            })));
+                        }
+                    }
                 }
-                let nonce = inner.nonce.fetch_add(1, Ordering::Relaxed);
-                envelope.nonce = nonce;
-                let epoch = inner.core.lock().epoch;
-                if !inner.read_your_writes {
-                    // Returned means in the shared log; this instance
-                    // delivers it when its reader gets there.
-                    let seq = backend.publish(epoch, &envelope).await?;
-                    inner.published(epoch, seq);
-                    let id = MessageId { epoch, seq };
-                    return Ok(Sent { id, delivered: 0 });
-                }
-                // Read-your-writes: this instance's connections have it
-                // queued when publishing returns.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                inner.pending.lock().insert(nonce, tx);
-                // Taken off again however this ends, the caller's future
-                // dropped mid-publish included.
-                let _waiting = Waiting {
-                    engine: inner,
-                    nonce,
-                };
-                let seq = backend.publish(epoch, &envelope).await?;
-                inner.published(epoch, seq);
-                let id = MessageId { epoch, seq };
-                let delivered = if let Ok(Ok(n)) = tokio::time::timeout(OWN_DELIVERY_WAIT, rx).await
-                {
-                    n
-                } else {
-                    tracing::warn!(%id, "published, but this instance has not read it back yet");
-                    0
-                };
-                Ok(Sent { id, delivered })
+                Ok(Started::Later(submit_shared(engine, backend, envelope)))
             }
+        }
+    }
+}
+
+/// Queues `envelope` in the shared backend now; the future gives its id
+/// once the log has it (and, with read-your-writes, once this instance
+/// delivered it).
+fn submit_shared(
+    engine: Arc<Engine>,
+    backend: Arc<dyn Backend>,
+    mut envelope: Envelope,
+) -> BoxFuture<'static, Result<Sent, Error>> {
+    let nonce = engine.nonce.fetch_add(1, Ordering::Relaxed);
+    envelope.nonce = nonce;
+    let epoch = engine.core.lock().epoch;
+    if !engine.read_your_writes {
+        // Returned means in the shared log; this instance delivers it
+        // when its reader gets there.
+        let ack = backend.submit(epoch, envelope);
+        return Box::pin(async move {
+            let seq = ack.await?;
+            engine.published(epoch, seq);
+            let id = MessageId { epoch, seq };
+            Ok(Sent { id, delivered: 0 })
+        });
+    }
+    // Read-your-writes: this instance's connections have it queued when
+    // the future is ready.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.pending.lock().insert(nonce, tx);
+    // Taken off again however this ends, the future dropped mid-publish
+    // included.
+    let waiting = Waiting {
+        engine: Arc::clone(&engine),
+        nonce,
+    };
+    let ack = backend.submit(epoch, envelope);
+    Box::pin(async move {
+        let _waiting = waiting;
+        let seq = ack.await?;
+        engine.published(epoch, seq);
+        let id = MessageId { epoch, seq };
+        let delivered = if let Ok(Ok(n)) = tokio::time::timeout(OWN_DELIVERY_WAIT, rx).await {
+            n
+        } else {
+            tracing::warn!(%id, "published, but this instance has not read it back yet");
+            0
+        };
+        Ok(Sent { id, delivered })
+    })
+}
+
+/// What [`BroadcastManager::start`] did.
+enum Started {
+    /// Delivered (in memory).
+    Done(Sent),
+    /// Queued in the shared backend: the outcome comes later.
+    Later(BoxFuture<'static, Result<Sent, Error>>),
+}
+
+/// A publish made by [`Message::submit`]: it is in the backend's queue
+/// (in memory: delivered) already, in the order of the `submit` calls,
+/// and this future gives its outcome, as [`Message::send`] does. Keeping
+/// several in flight before awaiting them (a window) lets the Redis
+/// backend write them in one round trip. Dropping it does not withdraw
+/// the publish; its outcome is then unknown.
+///
+/// ```
+/// use htmx_sse::broadcast::BroadcastManager;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), htmx_sse::Error> {
+/// let manager = BroadcastManager::new();
+/// let window: Vec<_> = (0..3).map(|i| manager.message("n", i.to_string()).submit()).collect();
+/// let mut last = None;
+/// for submitted in window {
+///     let sent = submitted.await?;
+///     assert!(last < Some(sent.id), "in the order of the calls");
+///     last = Some(sent.id);
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "the publish is made; only awaiting this tells whether it succeeded"]
+pub struct Submitted(State);
+
+enum State {
+    Done(Option<Result<Sent, Error>>),
+    Waiting(BoxFuture<'static, Result<Sent, Error>>),
+}
+
+impl fmt::Debug for Submitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.0 {
+            State::Done(Some(_)) => "done",
+            State::Done(None) => "taken",
+            State::Waiting(_) => "waiting",
+        };
+        f.debug_tuple("Submitted").field(&state).finish()
+    }
+}
+
+impl Future for Submitted {
+    type Output = Result<Sent, Error>;
+
+    /// # Panics
+    ///
+    /// When polled again after it was ready (a programmer error, as for
+    /// any future).
+    #[track_caller]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            State::Done(outcome) => Poll::Ready(
+                outcome
+                    .take()
+                    .expect("`Submitted` polled after it was ready"),
+            ),
+            State::Waiting(ack) => ack.as_mut().poll(cx),
         }
     }
 }
@@ -504,18 +636,59 @@ impl Message<'_> {
     /// an unknown connection for
     /// [`to_connection`](Self::to_connection). Nothing is published then.
     pub async fn send(self) -> Result<Sent, Error> {
-        self.manager.publish(self).await
+        self.submit().await
+    }
+
+    /// Publishes it now, without waiting: in memory it is delivered when
+    /// this returns; through a shared backend it is queued (in the order of
+    /// these calls, across every task of this instance), and the returned
+    /// [`Submitted`] gives the outcome [`send`](Self::send) would have. A
+    /// publisher that keeps a window of submits in flight and awaits the
+    /// oldest (rather than awaiting each before the next) lets the Redis
+    /// backend write many in one round trip, at the same guarantees: one
+    /// id order across instances, an error per publish that failed, and
+    /// with [`read_your_writes`](super::BroadcastBuilder::read_your_writes)
+    /// (the default) each ready once this instance delivered it.
+    ///
+    /// A message [`to_connection`](Self::to_connection) held by another
+    /// instance is queued once that instance is found (one round trip):
+    /// after the calls made meanwhile.
+    ///
+    /// ```
+    /// use std::collections::VecDeque;
+    /// use htmx_sse::broadcast::BroadcastManager;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = BroadcastManager::new();
+    /// let mut window = VecDeque::new();
+    /// for i in 0..100 {
+    ///     window.push_back(manager.message("tick", i.to_string()).submit());
+    ///     if window.len() == 16 {
+    ///         window.pop_front().unwrap().await?;
+    ///     }
+    /// }
+    /// for submitted in window {
+    ///     submitted.await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`send`](Self::send), from the returned future.
+    pub fn submit(self) -> Submitted {
+        self.manager.submit_message(self)
     }
 }
 
 /// A publish waiting to be read back: its entry in the engine's pending
 /// map goes when it does.
-struct Waiting<'a> {
-    engine: &'a Engine,
+struct Waiting {
+    engine: Arc<Engine>,
     nonce: u64,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         self.engine.pending.lock().remove(&self.nonce);
     }

@@ -22,6 +22,7 @@
 import { args, check, eq, run, server, sleep, texts, waitFor, waitOpen } from './harness.mjs';
 
 const TOAST_MS = 1500; // as the toast page is configured (tests/browser/app.rs)
+const PRESENCE_GRACE_MS = 1500; // the managers' presence grace (tests/browser/app.rs)
 const HOSTILE = '<img src=x onerror="window.__pwned=1">';
 
 const ARGS = args();
@@ -38,7 +39,7 @@ const SWAP_ERRORS = ['htmx:swapError', 'htmx:targetError', 'htmx:oobErrorNoTarge
 // Runs in every page before its scripts: records htmx's SSE and error
 // events, the helpers' reset events, and how often the tab loaded a page.
 function recorder(recorded) {
-  const rec = { htmx: [], resets: [], loads: 0, toasts: [] };
+  const rec = { htmx: [], resets: [], loads: 0, toasts: [], badge: [] };
   window.__rec = rec;
   const t0 = performance.now();
   const t = () => Math.round(performance.now() - t0);
@@ -51,6 +52,9 @@ function recorder(recorded) {
   document.addEventListener('htmx-sse:reset', (e) => rec.resets.push({ ...e.detail, t: t() }));
   // When each toast came and went, by the page's own clock.
   new MutationObserver((changes) => {
+    // Every text the presence badge showed, in order.
+    const badge = document.getElementById('viewers');
+    if (badge && badge.textContent !== rec.badge[rec.badge.length - 1]) rec.badge.push(badge.textContent);
     for (const c of changes) {
       for (const [what, nodes] of [['added', c.addedNodes], ['removed', c.removedNodes]]) {
         for (const n of nodes) {
@@ -322,7 +326,48 @@ async function renderGap({ open }) {
   return page;
 }
 
-const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'restart-redis': restart, 'tab-close': tabClose, 'render-gap': renderGap };
+// --- 7. A presence badge -------------------------------------------------------------
+
+// The badge (`presence_badge` of everyone's connections, `<b>N</b>` in
+// #viewers) counts the tabs 1, 2, 3; a tab reloaded within the grace comes
+// back showing 3 and no tab ever shows anything else meanwhile; as tabs
+// close, the others show 2, then 1. Every tab's whole history of badge
+// texts is checked: no flicker.
+async function presence({ open }) {
+  const badge = (p) => p.evaluate(() => document.getElementById('viewers').textContent);
+  const waitBadge = (p, n, what) => waitFor(p, (want) => document.getElementById('viewers').textContent === want,
+    n, `${what} to show ${n}`, { state: () => badge(p) });
+  const tabs = [];
+  for (const n of ['1', '2', '3']) {
+    const tab = await open();
+    tabs.push(tab);
+    await waitOpen(tab, flavour);
+    for (const [i, t] of tabs.entries()) await waitBadge(t, n, `tab ${i}`);
+  }
+  const [a, b, c] = tabs;
+  const reloadedAt = Date.now();
+  await c.reload({ waitUntil: 'load' });
+  await waitOpen(c, flavour);
+  eq(await badge(c), '3', 'the reloaded tab, rendered by the server within the grace');
+  // Longer than the grace after the reload: nothing changed anywhere.
+  await sleep(Math.max(0, PRESENCE_GRACE_MS + 700 - (Date.now() - reloadedAt)));
+  for (const [i, t] of tabs.entries()) eq(await badge(t), '3', `tab ${i} after the reload and the grace`);
+  eq((await state()).badge, '<b class="count">3</b>', 'the badge on the server');
+  eq(await c.evaluate(() => window.__rec.badge), ['3'], 'every text the reloaded tab showed');
+  await c.close();
+  await waitBadge(a, '2', 'tab 0');
+  await waitBadge(b, '2', 'tab 1');
+  await sleep(300);
+  eq(await b.evaluate(() => window.__rec.badge), ['1', '2', '3', '2'], 'every text tab 1 showed');
+  await b.close();
+  await waitBadge(a, '1', 'tab 0');
+  await sleep(300);
+  eq(await a.evaluate(() => window.__rec.badge), ['0', '1', '2', '3', '2', '1'], 'every text tab 0 showed');
+  console.log(`the reloaded tab came back within ${PRESENCE_GRACE_MS} ms with no leave and no join`);
+  return a;
+}
+
+const SCENARIOS = { toasts, 'tab-sync': tabSync, cut, restart, 'restart-redis': restart, 'tab-close': tabClose, 'render-gap': renderGap, presence };
 
 await run(ARGS, {
   name: `app-${ARGS.scenario}-${flavour}`,

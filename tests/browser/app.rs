@@ -2,7 +2,8 @@
 //! `tests/browser/app.mjs`: toasts from a `Notifier`, two tabs kept in sync
 //! by a broadcast that excludes the tab it came from, a connection cut while
 //! the server keeps publishing, a server restart, and a closed tab leaving
-//! the registry (see `tests/browser/README.md`).
+//! the registry, and a live presence badge counting tabs 1, 2, 3 and back
+//! without a flicker when a tab reloads (see `tests/browser/README.md`).
 //!
 //! A server process here is a router built around one `BroadcastManager`
 //! (mounted with `BroadcastRoutes` opened to anyone (`common::open_routes`) under `/sse`) and one `Notifier`
@@ -26,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use htmx_sse::broadcast::BroadcastManager;
+use htmx_sse::broadcast::{BroadcastManager, Presence, PresenceBadge, PresenceScope};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::scripts::{self, ResetOptions, SseElement};
 use htmx_sse::notify::{Level, NotificationStream, Notifier};
@@ -46,6 +47,9 @@ const TOAST_MS: u64 = 1500;
 
 /// The channel the toast page listens to.
 const TOAST_CHANNEL: &str = "ops";
+
+/// The presence scenario's grace period: a reload is well within it.
+const PRESENCE_GRACE_MS: u64 = 1500;
 
 /// What the restart page's list holds before anything is published.
 const FIRST_ITEM: &str = "m0";
@@ -70,6 +74,10 @@ enum Scenario {
     /// The page is rendered at `resume_point()`; its stream request is held
     /// while messages are published; the page then shows them, once.
     RenderGap,
+    /// A `presence_badge` of everyone's connections: three tabs show 1, 2,
+    /// 3; one reloads within the grace with no flicker; as tabs close the
+    /// others show 2, then 1.
+    Presence,
 }
 
 impl Scenario {
@@ -81,6 +89,7 @@ impl Scenario {
             Scenario::Restart => "restart",
             Scenario::TabClose => "tab-close",
             Scenario::RenderGap => "render-gap",
+            Scenario::Presence => "presence",
         }
     }
 }
@@ -125,7 +134,14 @@ impl Backend {
 fn memory() -> Backend {
     Backend {
         name: "memory",
-        build: Arc::new(|| Box::pin(async { BroadcastManager::builder().history(256).build() })),
+        build: Arc::new(|| {
+            Box::pin(async {
+                BroadcastManager::builder()
+                    .history(256)
+                    .presence_grace(Duration::from_millis(PRESENCE_GRACE_MS))
+                    .build()
+            })
+        }),
         reset_on_restart: Some("restarted"),
         shared: false,
     }
@@ -214,6 +230,8 @@ struct Ctx {
     generation: usize,
     manager: BroadcastManager,
     notifier: Notifier,
+    /// The presence scenario's badge (`None` in the others).
+    badge: Option<PresenceBadge>,
 }
 
 type Proc = Arc<Ctx>;
@@ -297,6 +315,7 @@ async fn state(State(ctx): State<Proc>) -> Json<Value> {
         "requests": *lab.requests.lock(),
         "notes": *lab.notes.lock(),
         "added": *lab.added.lock(),
+        "badge": ctx.badge.as_ref().map(|b| b.render().into_string()),
     }))
 }
 
@@ -524,6 +543,23 @@ async fn page(State(ctx): State<Proc>) -> Response {
             let el = feed(f, "chat", "#log").render().expect("a valid element");
             html! { (PreEscaped(el.as_str())) ul #log {} }
         }
+        Scenario::Presence => {
+            // The badge as it is now, in the page; then kept live by the
+            // stream (`sse-swap` in htmx 2, the crate's listener in htmx 4).
+            let badge = ctx
+                .badge
+                .as_ref()
+                .expect("the presence scenario has a badge")
+                .listener(flavor(f), "viewers")
+                .render()
+                .expect("a valid listener");
+            let el = SseElement::new("/sse", flavor(f))
+                .id("feed")
+                .children(badge)
+                .render()
+                .expect("a valid element");
+            html! { p { "viewers now:" } (PreEscaped(el.as_str())) }
+        }
         Scenario::RenderGap => {
             // The page's state would be read here; the stream goes on from
             // the same point.
@@ -572,11 +608,19 @@ impl Process {
                 .await
                 .expect("the new process publishes");
         }
+        let badge = (lab.scenario == Scenario::Presence).then(|| {
+            manager
+                .presence_badge(PresenceScope::Everyone, "viewers", |p: &Presence| {
+                    html! { b.count { (p.connections) } }
+                })
+                .expect("a badge in memory")
+        });
         let ctx = Arc::new(Ctx {
             lab: lab.clone(),
             generation,
             manager: manager.clone(),
             notifier: Notifier::new(),
+            badge,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = app(ctx);
@@ -819,4 +863,6 @@ in_both_flavours! {
     closing_a_tab_unregisters_its_connection: |f| run(Scenario::TabClose, f).await;
     nothing_published_between_render_and_connect_is_lost:
         |f| run(Scenario::RenderGap, f).await;
+    presence_badge_counts_tabs_without_a_flicker_on_reload:
+        |f| run(Scenario::Presence, f).await;
 }

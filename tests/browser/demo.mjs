@@ -95,6 +95,12 @@ try {
   for (const p of [a, b, c]) {
     await p.waitForSelector('#note-form input[name=connection_id]', { state: 'attached', ...WAIT });
   }
+  // The presence badge: three tabs, two users (once the anonymous tabs
+  // that signed in have passed the 3 s grace).
+  for (const p of [a, b, c]) {
+    await p.waitForFunction(() => document.querySelector('#online').textContent === '3 tabs open, 2 users signed in',
+      null, WAIT);
+  }
   const toastText = (p) => p.$$eval('#toasts .alert', (els) => els.map((e) => e.textContent));
   const sendPrivate = async (p, to, text) => {
     await p.fill('#private input[name=to]', to);
@@ -119,7 +125,7 @@ try {
   if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
   await b.screenshot({ path: shot('demo-tab-b'), fullPage: true });
   await a.screenshot({ path: shot('demo-tab-a'), fullPage: true });
-  console.log(`ok demo on ${flavour}: two tabs in sync, dashboard live, job closed, private toasts per user`);
+  console.log(`ok demo on ${flavour}: two tabs in sync, dashboard live, job closed, private toasts per user, presence badge`);
 } catch (e) {
   console.error(`FAIL demo on ${flavour}: ${e.message}`);
   if (a) await a.screenshot({ path: shot('demo-FAILED'), fullPage: true }).catch(() => {});

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::Value;
 use redis::streams::StreamId;
-use serde_json::json;
+use serde::{Serialize, Serializer};
 
 use crate::backend::{Envelope, Epoch, Target};
 use crate::connections::{ConnectionId, UserId};
@@ -19,44 +19,84 @@ pub(super) struct Decoded {
     pub(super) envelope: Envelope,
 }
 
-fn ids(ids: &[ConnectionId]) -> Vec<&str> {
-    ids.iter().map(ConnectionId::as_str).collect()
+/// Connection ids as JSON strings, written in place.
+struct Ids<'a>(&'a [ConnectionId]);
+
+impl Serialize for Ids<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ConnectionId::as_str))
+    }
+}
+
+/// Topics as JSON strings, written in place.
+struct Topics<'a>(&'a [Topic]);
+
+impl Serialize for Topics<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Topic::as_str))
+    }
+}
+
+/// The target as it is kept: `{"k": kind, …}`.
+#[derive(Serialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+enum TargetOut<'a> {
+    All { x: Ids<'a> },
+    One { to: &'a str, u: Option<&'a str> },
+    Topics { t: Topics<'a>, p: bool, x: Ids<'a> },
+    User { u: &'a str, x: Ids<'a> },
+}
+
+/// The entry's `m` field, serialised straight from the envelope (no JSON
+/// value built on the way).
+#[derive(Serialize)]
+struct MetaOut<'a> {
+    target: TargetOut<'a>,
+    #[serde(rename = "type")]
+    message_type: &'a str,
+    data: &'a serde_json::Value,
+    html: bool,
+    ts: String,
+    meta: &'a Option<serde_json::Value>,
 }
 
 pub(super) fn encode(p: &Envelope, epoch: Epoch) -> Vec<(String, Bytes)> {
     let target = match &p.target {
-        Target::All { exclude } => json!({"k": "all", "x": ids(exclude)}),
-        Target::One { to, user } => json!({
-            "k": "one", "to": to.as_str(), "u": user.as_ref().map(UserId::as_str)
-        }),
+        Target::All { exclude } => TargetOut::All { x: Ids(exclude) },
+        Target::One { to, user } => TargetOut::One {
+            to: to.as_str(),
+            u: user.as_ref().map(UserId::as_str),
+        },
         Target::Topics {
             topics,
             private,
             exclude,
-        } => json!({
-            "k": "topics",
-            "t": topics.iter().map(Topic::as_str).collect::<Vec<_>>(),
-            "p": private,
-            "x": ids(exclude),
-        }),
-        Target::User { user, exclude } => {
-            json!({"k": "user", "u": user.as_str(), "x": ids(exclude)})
-        }
+        } => TargetOut::Topics {
+            t: Topics(topics),
+            p: *private,
+            x: Ids(exclude),
+        },
+        Target::User { user, exclude } => TargetOut::User {
+            u: user.as_str(),
+            x: Ids(exclude),
+        },
     };
-    let meta = json!({
-        "target": target,
-        "type": p.message_type.as_str(),
-        "data": p.data,
-        "html": p.html,
-        "ts": p.timestamp.to_rfc3339(),
-        "meta": p.metadata,
-    });
+    let meta = MetaOut {
+        target,
+        message_type: p.message_type.as_str(),
+        data: &p.data,
+        html: p.html,
+        ts: p.timestamp.to_rfc3339(),
+        meta: &p.metadata,
+    };
+    // Serialising strings, numbers and JSON values cannot fail.
+    let meta = serde_json::to_vec(&meta).unwrap_or_default();
     let mut fields = vec![
         ("v".to_owned(), Bytes::from(p.format.to_string())),
         ("e".to_owned(), Bytes::from(epoch.to_string())),
         ("o".to_owned(), Bytes::from(p.origin.to_string())),
         ("n".to_owned(), Bytes::from(p.nonce.to_string())),
-        ("m".to_owned(), Bytes::from(meta.to_string())),
+        ("m".to_owned(), Bytes::from(meta)),
         ("b".to_owned(), p.body.clone()),
     ];
     if let Some(bodies) = &p.topic_bodies {
@@ -67,16 +107,81 @@ pub(super) fn encode(p: &Envelope, epoch: Epoch) -> Vec<(String, Bytes)> {
     fields
 }
 
-fn field_bytes(entry: &StreamId, name: &str) -> Option<Vec<u8>> {
-    match entry.map.get(name)? {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+/// One stream entry as Redis sent it: its id and its fields, owned, so
+/// that decoding moves the bytes rather than copying them.
+pub(super) struct RawEntry {
+    pub(super) id: String,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawEntry {
+    fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        let at = self.fields.iter().position(|(k, _)| k == name.as_bytes())?;
+        Some(self.fields.swap_remove(at).1)
+    }
+
+    fn take_str(&mut self, name: &str) -> Option<String> {
+        String::from_utf8(self.take(name)?).ok()
+    }
+
+    /// The number in the entry's id (`0-SEQ`), when it is one of ours.
+    pub(super) fn seq(&self) -> Option<u64> {
+        self.id.strip_prefix("0-").and_then(|s| s.parse().ok())
+    }
+}
+
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
 }
 
-fn field_str(entry: &StreamId, name: &str) -> Option<String> {
-    String::from_utf8(field_bytes(entry, name)?).ok()
+/// `[id, [field, value, …]]`, or `None` for anything else.
+fn raw_entry(v: Value) -> Option<RawEntry> {
+    let Value::Array(parts) = v else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id = String::from_utf8(bytes_of(parts.next()?)?).ok()?;
+    let flat = match parts.next()? {
+        Value::Array(flat) => flat,
+        Value::Nil => Vec::new(),
+        _ => return None,
+    };
+    let mut fields = Vec::with_capacity(flat.len() / 2);
+    let mut flat = flat.into_iter();
+    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+        if let (Some(k), Some(v)) = (bytes_of(k), bytes_of(v)) {
+            fields.push((k, v));
+        }
+    }
+    Some(RawEntry { id, fields })
+}
+
+/// The entries of an `XREAD` reply on one stream, in order, taken apart
+/// without copying them (RESP2 arrays or RESP3 maps; nothing on a timeout).
+pub(super) fn read_reply(reply: Value) -> Vec<RawEntry> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(key_and_entries) = stream else {
+            continue;
+        };
+        if let Some(Value::Array(entries)) = key_and_entries.into_iter().nth(1) {
+            out.reserve(entries.len());
+            out.extend(entries.into_iter().filter_map(raw_entry));
+        }
+    }
+    out
 }
 
 fn id_list(v: &serde_json::Value) -> Result<Box<[ConnectionId]>, String> {
@@ -92,26 +197,34 @@ fn id_list(v: &serde_json::Value) -> Result<Box<[ConnectionId]>, String> {
 }
 
 pub(super) fn decode(entry: &StreamId) -> Result<Decoded, String> {
-    let seq = entry
-        .id
-        .strip_prefix("0-")
-        .and_then(|s| s.parse().ok())
-        .ok_or("not an id of ours")?;
-    let epoch = field_str(entry, "e")
+    let fields = entry
+        .map
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone().into_bytes(), bytes_of(v.clone())?)))
+        .collect();
+    decode_raw(RawEntry {
+        id: entry.id.clone(),
+        fields,
+    })
+}
+
+pub(super) fn decode_raw(mut entry: RawEntry) -> Result<Decoded, String> {
+    let seq = entry.seq().ok_or("not an id of ours")?;
+    let epoch = entry
+        .take_str("e")
         .and_then(|e| Epoch::parse(&e))
         .ok_or("no epoch")?;
     // Entries written before origins were numbers are nobody's own.
-    let origin = field_str(entry, "o")
-        .ok_or("no origin")?
-        .parse()
-        .unwrap_or(0);
-    let nonce = field_str(entry, "n")
+    let origin = entry.take_str("o").ok_or("no origin")?.parse().unwrap_or(0);
+    let nonce = entry
+        .take_str("n")
         .and_then(|n| n.parse().ok())
         .ok_or("no nonce")?;
-    let meta: serde_json::Value = field_str(entry, "m")
-        .and_then(|m| serde_json::from_str(&m).ok())
+    let meta: serde_json::Value = entry
+        .take("m")
+        .and_then(|m| serde_json::from_slice(&m).ok())
         .ok_or("no message")?;
-    let body = Bytes::from(field_bytes(entry, "b").ok_or("no body")?);
+    let body = Bytes::from(entry.take("b").ok_or("no body")?);
     let t = &meta["target"];
     let user = |v: &serde_json::Value| -> Result<Option<UserId>, String> {
         match v.as_str() {
@@ -151,11 +264,12 @@ pub(super) fn decode(entry: &StreamId) -> Result<Decoded, String> {
         _ => return Err("unknown target".to_owned()),
     };
     let mut bodies = Vec::new();
-    while let Some(b) = field_bytes(entry, &format!("t{}", bodies.len())) {
+    while let Some(b) = entry.take(&format!("t{}", bodies.len())) {
         bodies.push(Bytes::from(b));
     }
     let envelope = Envelope {
-        format: field_str(entry, "v")
+        format: entry
+            .take_str("v")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1),
         body,
@@ -255,6 +369,115 @@ mod tests {
         assert_eq!(back.timestamp, sent.timestamp);
         back.timestamp = sent.timestamp;
         assert_eq!(back, sent, "every field crosses Redis");
+    }
+
+    /// The `m` field is the JSON older versions wrote and read, for every
+    /// kind of target.
+    #[test]
+    fn the_message_field_keeps_its_layout() {
+        let c1 = ConnectionId::new("c1").unwrap();
+        let ann = UserId::new("ann").unwrap();
+        let cases = [
+            (
+                Target::All {
+                    exclude: vec![c1.clone()].into(),
+                },
+                json!({"k": "all", "x": ["c1"]}),
+            ),
+            (
+                Target::One {
+                    to: c1.clone(),
+                    user: Some(ann.clone()),
+                },
+                json!({"k": "one", "to": "c1", "u": "ann"}),
+            ),
+            (
+                Target::One {
+                    to: c1.clone(),
+                    user: None,
+                },
+                json!({"k": "one", "to": "c1", "u": null}),
+            ),
+            (
+                Target::Topics {
+                    topics: vec![Topic::new("a/1").unwrap()].into(),
+                    private: true,
+                    exclude: Box::new([]),
+                },
+                json!({"k": "topics", "t": ["a/1"], "p": true, "x": []}),
+            ),
+            (
+                Target::User {
+                    user: ann,
+                    exclude: vec![c1].into(),
+                },
+                json!({"k": "user", "u": "ann", "x": ["c1"]}),
+            ),
+        ];
+        for (target, want) in cases {
+            let mut e = envelope(Bytes::from_static(b"data: x\n\n"), target);
+            e.metadata = Some(json!({"by": 1}));
+            let fields = encode(&e, Epoch(1));
+            let m = &fields.iter().find(|(k, _)| k == "m").unwrap().1;
+            let got: serde_json::Value = serde_json::from_slice(m).unwrap();
+            assert_eq!(
+                got,
+                json!({
+                    "target": want,
+                    "type": "message",
+                    "data": "x",
+                    "html": false,
+                    "ts": e.timestamp.to_rfc3339(),
+                    "meta": {"by": 1},
+                })
+            );
+        }
+    }
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    #[test]
+    fn xread_replies_are_taken_apart_in_order() {
+        let fields = |seq: u64| {
+            let e = envelope(
+                Bytes::from(format!("data: {seq}\n\n")),
+                Target::All {
+                    exclude: Box::new([]),
+                },
+            );
+            Value::Array(
+                encode(&e, Epoch(3))
+                    .into_iter()
+                    .flat_map(|(k, v)| [bulk(k.as_bytes()), bulk(&v)])
+                    .collect(),
+            )
+        };
+        let entries = Value::Array(vec![
+            Value::Array(vec![bulk(b"0-1"), fields(1)]),
+            Value::Int(7), // not an entry: skipped
+            Value::Array(vec![bulk(b"0-2"), fields(2)]),
+        ]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk(b"s"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk(b"s"), entries)]);
+        for reply in [resp2, resp3] {
+            let got: Vec<(u64, Bytes)> = read_reply(reply)
+                .into_iter()
+                .map(|e| {
+                    let d = decode_raw(e).unwrap();
+                    (d.seq, d.envelope.body)
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (1, Bytes::from_static(b"data: 1\n\n")),
+                    (2, Bytes::from_static(b"data: 2\n\n"))
+                ]
+            );
+        }
+        assert!(read_reply(Value::Nil).is_empty(), "a timeout");
     }
 
     #[test]

@@ -6,10 +6,11 @@ mod tasks;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::config::RedisConfig;
 use self::entry::{decode, encode};
-use self::tasks::{liveness_loop, read_loop, registry_loop};
+use self::tasks::{liveness_loop, read_loop, registry_loop, write_loop};
 use super::{Backend, BoxFuture, Envelope, Epoch, Sink, Snapshot};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
@@ -64,20 +65,38 @@ impl Keys {
     }
 }
 
-/// Numbers a message and appends it, atomically: every instance sees one
-/// order. Fails when the epoch in Redis is not the publisher's (Redis lost
-/// its data and a reader has not caught up yet).
+/// Numbers a batch of messages and appends them, atomically: every
+/// instance sees one order, and a batch is one round trip. `ARGV`: the
+/// stream length, the epoch, how many messages, then per message its
+/// field count and its fields. Returns the last number given. Fails (for
+/// the whole batch, before any write) when the epoch in Redis is not the
+/// publisher's (Redis lost its data and a reader has not caught up yet).
 const PUBLISH: &str = r"
 local e = redis.call('GET', KEYS[3])
 if e ~= ARGV[2] then
   return redis.error_reply('EPOCH the Redis data was reset; retry')
 end
-local seq = redis.call('INCR', KEYS[2])
-local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. seq}
-for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
-redis.call(unpack(args))
-return seq
+local n = tonumber(ARGV[3])
+local last = redis.call('INCRBY', KEYS[2], n)
+local seq = last - n
+local i = 4
+for _ = 1, n do
+  seq = seq + 1
+  local k = tonumber(ARGV[i])
+  local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-' .. seq}
+  for j = i + 1, i + 2 * k do args[#args + 1] = ARGV[j] end
+  i = i + 1 + 2 * k
+  redis.call(unpack(args))
+end
+return last
 ";
+
+/// The most publishes one script call carries.
+const MAX_BATCH: usize = 512;
+
+/// The most bytes of message fields one script call carries (a batch
+/// holds at least one message, whatever its size).
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Forgets a connection, unless another instance took its id since.
 const FORGET: &str = r"
@@ -106,9 +125,26 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return #ids
 ";
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 const BLOCK: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A publish queued for the writer task: its fields, its epoch, and where
+/// its number (or its error) goes.
+struct Write {
+    epoch: Epoch,
+    fields: Vec<(String, Bytes)>,
+    done: oneshot::Sender<Result<u64, Error>>,
+}
 
 enum RegOp {
     Add {
@@ -153,7 +189,12 @@ pub(crate) struct Shared {
     timeout: Duration,
     liveness: Duration,
     registry: mpsc::UnboundedSender<RegOp>,
+    /// Publishes, in the order they were made, to the writer task.
+    writes: mpsc::UnboundedSender<Write>,
     reading: AtomicBool,
+    /// How many times the reader connected: the writer connects again when
+    /// this changed since it did.
+    connections: AtomicU64,
     /// The resume key read from Redis at start, put back when Redis comes
     /// back without it (see `read_loop`).
     resume_key: String,
@@ -236,22 +277,26 @@ async fn resume_key<C: redis::aio::ConnectionLike + Send>(
     Ok(current.into_bytes())
 }
 
+/// How the backend's command connections time out and reconnect.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(MAX_BACKOFF)
+}
+
 /// Connects, reads the epoch and the recent history.
 async fn connect(
     config: &RedisConfig,
     history: usize,
-) -> Result<(Shared, Snapshot, mpsc::UnboundedReceiver<RegOp>), Error> {
+) -> Result<(Shared, Snapshot, Receivers), Error> {
     let client = Client::open(config.url.as_str())
         .map_err(|e| Error::Backend(format!("bad Redis URL: {e}")))?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(MAX_BACKOFF);
     let mut commands = with_timeout(
         times(config.timeout, 2),
         "connecting to Redis",
-        client.get_connection_manager_with_config(manager_config),
+        client.get_connection_manager_with_config(manager_config(config.timeout)),
     )
     .await?;
     let keys = Keys::new(&config.prefix);
@@ -292,6 +337,7 @@ async fn connect(
         entries.clear();
     }
     let (registry, registry_rx) = mpsc::unbounded_channel();
+    let (writes, writes_rx) = mpsc::unbounded_channel();
     let shared = Shared {
         client,
         keys,
@@ -304,13 +350,29 @@ async fn connect(
         timeout: config.timeout,
         liveness: config.liveness,
         registry,
+        writes,
         reading: AtomicBool::new(false),
+        connections: AtomicU64::new(0),
         resume_key: String::from_utf8_lossy(&resume_key).into_owned(),
     };
     let snapshot = Snapshot::new(epoch, seq)
         .with_recent(entries)
         .with_resume_key(resume_key);
-    Ok((shared, snapshot, registry_rx))
+    Ok((
+        shared,
+        snapshot,
+        Receivers {
+            registry: registry_rx,
+            writes: writes_rx,
+        },
+    ))
+}
+
+/// The receiving ends of the channels to the backend's tasks, kept from
+/// `open` until `run`.
+struct Receivers {
+    registry: mpsc::UnboundedReceiver<RegOp>,
+    writes: mpsc::UnboundedReceiver<Write>,
 }
 
 /// The Redis backend as a [`Backend`]: made by
@@ -330,7 +392,7 @@ pub struct RedisBackend {
     config: RedisConfig,
     /// Set by `open`.
     shared: OnceLock<Arc<Shared>>,
-    registry: Mutex<Option<mpsc::UnboundedReceiver<RegOp>>>,
+    receivers: Mutex<Option<Receivers>>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -358,7 +420,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             config,
             shared: OnceLock::new(),
-            registry: Mutex::new(None),
+            receivers: Mutex::new(None),
         })
     }
 
@@ -376,13 +438,13 @@ impl Backend for RedisBackend {
 
     fn open(&self, history: usize) -> BoxFuture<'_, Result<Snapshot, Error>> {
         Box::pin(async move {
-            let (shared, snapshot, registry) = connect(&self.config, history).await?;
+            let (shared, snapshot, receivers) = connect(&self.config, history).await?;
             if self.shared.set(Arc::new(shared)).is_err() {
                 return Err(Error::Backend(
                     "this Redis backend is open already: give each manager its own".to_owned(),
                 ));
             }
-            *self.registry.lock() = Some(registry);
+            *self.receivers.lock() = Some(receivers);
             Ok(snapshot)
         })
     }
@@ -395,18 +457,35 @@ impl Backend for RedisBackend {
         Box::pin(async move { self.shared()?.publish(epoch, envelope).await })
     }
 
+    fn submit(
+        self: Arc<Self>,
+        epoch: Epoch,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<u64, Error>> {
+        let queued = self.shared().map(|s| s.enqueue(epoch, &envelope));
+        Box::pin(async move { queued?.await })
+    }
+
     fn run(self: Arc<Self>, sink: Sink, after: u64) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let (Ok(shared), Some(registry)) = (self.shared(), self.registry.lock().take()) else {
+            let taken = self.receivers.lock().take();
+            let (Ok(shared), Some(receivers)) = (self.shared(), taken) else {
                 tracing::error!("the Redis backend runs only once, after it is opened");
                 return;
             };
             let shared = Arc::clone(shared);
+            // Its own task, so that it writes while the reader delivers;
+            // it ends with this one (then pending publishes fail).
+            let writer = AbortOnDrop(tokio::spawn(write_loop(
+                Arc::clone(&shared),
+                receivers.writes,
+            )));
             tokio::join!(
                 read_loop(sink.clone(), Arc::clone(&shared), after),
-                registry_loop(sink.clone(), Arc::clone(&shared), registry),
+                registry_loop(sink.clone(), Arc::clone(&shared), receivers.registry),
                 liveness_loop(sink, shared),
             );
+            drop(writer);
         })
     }
 
@@ -453,24 +532,77 @@ impl Backend for RedisBackend {
 impl Shared {
     /// Appends `envelope` to the stream in `epoch`; returns its number.
     async fn publish(&self, epoch: Epoch, envelope: &Envelope) -> Result<u64, Error> {
-        let fields = encode(envelope, epoch);
+        self.enqueue(epoch, envelope).await
+    }
+
+    /// Queues `envelope` for the writer task now (so that publishes reach
+    /// the stream in the order of these calls); the future gives its
+    /// number, or the error of the script call that carried it.
+    fn enqueue(
+        &self,
+        epoch: Epoch,
+        envelope: &Envelope,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + 'static {
+        let (done, answer) = oneshot::channel();
+        let write = Write {
+            epoch,
+            fields: encode(envelope, epoch),
+            done,
+        };
+        let queued = self.writes.send(write).is_ok();
+        async move {
+            if !queued {
+                return Err(Error::Backend(
+                    "the Redis backend has stopped (its manager is gone)".to_owned(),
+                ));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(Error::Backend(
+                    "the Redis backend stopped before it wrote the message".to_owned(),
+                ))
+            })
+        }
+    }
+
+    /// Writes `batch` (one epoch) in one script call and answers each of
+    /// its publishes: its number, or the call's error.
+    async fn write_batch(&self, con: &mut ConnectionManager, batch: Vec<Write>) {
+        let Some(first) = batch.first() else {
+            return;
+        };
         let mut invocation = self.publish.prepare_invoke();
         invocation
             .key(&self.keys.stream)
             .key(&self.keys.seq)
             .key(&self.keys.epoch)
             .arg(self.history)
-            .arg(epoch.to_string());
-        for (name, value) in &fields {
-            invocation.arg(name.as_str()).arg(value.as_ref());
+            .arg(first.epoch.to_string())
+            .arg(batch.len());
+        for write in &batch {
+            invocation.arg(write.fields.len());
+            for (name, value) in &write.fields {
+                invocation.arg(name.as_str()).arg(value.as_ref());
+            }
         }
-        let mut con = self.commands.clone();
-        with_timeout(
-            self.timeout,
-            "publishing",
-            invocation.invoke_async(&mut con),
-        )
-        .await
+        let result: Result<u64, Error> =
+            with_timeout(self.timeout, "publishing", invocation.invoke_async(con)).await;
+        match result {
+            Ok(last) => {
+                let n = batch.len() as u64;
+                for (i, write) in (0..n).zip(batch) {
+                    let _ = write.done.send(Ok(last - n + 1 + i));
+                }
+            }
+            Err(e) => {
+                let reason = match &e {
+                    Error::Backend(r) => r.clone(),
+                    other => other.to_string(),
+                };
+                for write in batch {
+                    let _ = write.done.send(Err(Error::Backend(reason.clone())));
+                }
+            }
+        }
     }
 
     /// The user of a connection on any instance, or `None` when no live
@@ -563,6 +695,11 @@ impl Shared {
                 user.map_or("", UserId::as_str),
             )
             .ignore();
+    }
+
+    /// How this backend's command connections time out and reconnect.
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        manager_config(self.timeout)
     }
 
     /// Whether the reader is connected to Redis now.

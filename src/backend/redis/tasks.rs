@@ -5,21 +5,25 @@
 //! the renewal of the liveness key and, apart from it, so that it never
 //! waits on them, the burial of dead instances.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig};
 use tokio::sync::mpsc;
 
-use super::entry::decode;
+use super::entry::{decode_raw, read_reply};
 use super::{
-    BLOCK, MAX_BACKOFF, MIN_BACKOFF, RegOp, Shared, epoch, renewal, set_once, times, with_timeout,
+    BLOCK, MAX_BACKOFF, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write, epoch,
+    renewal, set_once, times, with_timeout,
 };
 use crate::backend::Sink;
+use crate::error::Error;
+
+/// The most entries one `XREAD` returns.
+const READ_COUNT: usize = 1024;
 
 fn next_backoff(b: Duration) -> Duration {
     (b * 2).min(MAX_BACKOFF)
@@ -56,6 +60,9 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                 continue;
             }
         };
+        // The writer connects again too (before a new epoch is known, which
+        // a publisher may be waiting for).
+        shared.connections.fetch_add(1, Ordering::AcqRel);
         // Redis may have come back without its data. It lost the resume key
         // too: put back the one every running instance holds, before the new
         // epoch (an instance started from now on reads this key, not a new
@@ -100,16 +107,20 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         }
         backoff = MIN_BACKOFF;
         shared.reading.store(true, Ordering::Relaxed);
-        let options = StreamReadOptions::default()
-            .count(1024)
-            .block(usize::try_from(BLOCK.as_millis()).unwrap_or(1000));
+        let block = BLOCK.as_millis().to_string();
         loop {
             if !sink.is_open() {
                 return;
             }
-            let from = format!("0-{last}");
-            let reply: redis::RedisResult<Option<StreamReadReply>> = con
-                .xread_options(&[&shared.keys.stream], &[&from], &options)
+            let reply: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(&block)
+                .arg("STREAMS")
+                .arg(&shared.keys.stream)
+                .arg(format!("0-{last}"))
+                .query_async(&mut con)
                 .await;
             let reply = match reply {
                 Ok(r) => r,
@@ -119,8 +130,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                     break;
                 }
             };
-            for entry in reply.iter().flat_map(|r| &r.keys).flat_map(|k| &k.ids) {
-                match decode(entry) {
+            for entry in read_reply(reply) {
+                let seq = entry.seq();
+                let id = seq.is_none().then(|| entry.id.clone());
+                match decode_raw(entry) {
                     Ok(d) => {
                         last = d.seq;
                         if sink.deliver(d.epoch, d.seq, d.envelope).is_none() {
@@ -128,11 +141,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
                         }
                     }
                     Err(e) => {
-                        if let Some(seq) = entry.id.strip_prefix("0-").and_then(|s| s.parse().ok())
-                        {
+                        if let Some(seq) = seq {
                             last = seq;
                         }
-                        tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry");
+                        tracing::warn!(?seq, ?id, error = %e, "skipping a stream entry");
                     }
                 }
             }
@@ -140,6 +152,96 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         shared.reading.store(false, Ordering::Relaxed);
         tokio::time::sleep(backoff).await;
         backoff = next_backoff(backoff);
+    }
+}
+
+/// A connection for the writer, made on the runtime it runs on (its I/O
+/// is driven there); until Redis answers, everything queued fails.
+/// `None` when the manager is gone.
+async fn writer_connection(
+    shared: &Shared,
+    writes: &mut mpsc::UnboundedReceiver<Write>,
+    queued: &mut VecDeque<Write>,
+) -> Option<ConnectionManager> {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let made = with_timeout(
+            times(shared.timeout, 2),
+            "connecting to Redis",
+            shared
+                .client
+                .get_connection_manager_with_config(shared.manager_config()),
+        )
+        .await;
+        match made {
+            Ok(con) => return Some(con),
+            Err(e) => {
+                tracing::debug!(error = %e, "the Redis writer cannot connect; retrying");
+                loop {
+                    match writes.try_recv() {
+                        Ok(w) => queued.push_back(w),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                    }
+                }
+                for w in queued.drain(..) {
+                    let _ = w.done.send(Err(Error::Backend(format!("publishing: {e}"))));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+/// Writes publishes to the stream: everything queued since the last
+/// call, in the order it was queued, as one script call per epoch (at most
+/// `MAX_BATCH` messages or `MAX_BATCH_BYTES`), one call in flight at a
+/// time, so that the calls' order is the queue's. Its connection is its
+/// own, made again whenever the reader had to reconnect (the old one may
+/// be dead without knowing it yet: its next call would fail).
+pub(super) async fn write_loop(shared: Arc<Shared>, mut writes: mpsc::UnboundedReceiver<Write>) {
+    let mut queued: VecDeque<Write> = VecDeque::new();
+    let mut received = Vec::new();
+    let mut con: Option<(u64, ConnectionManager)> = None;
+    loop {
+        if queued.is_empty() {
+            if writes.recv_many(&mut received, MAX_BATCH).await == 0 {
+                return;
+            }
+            queued.extend(received.drain(..));
+        }
+        let connections = shared.connections.load(Ordering::Acquire);
+        let current = match &mut con {
+            Some((made_at, c)) if *made_at == connections => c,
+            _ => {
+                let Some(c) = writer_connection(&shared, &mut writes, &mut queued).await else {
+                    return;
+                };
+                &mut con.insert((connections, c)).1
+            }
+        };
+        // Everything else queued by now, up to one more batch.
+        while queued.len() < 2 * MAX_BATCH {
+            match writes.try_recv() {
+                Ok(w) => queued.push_back(w),
+                Err(_) => break,
+            }
+        }
+        let mut batch: Vec<Write> = Vec::new();
+        let mut bytes = 0;
+        while let Some(w) = queued.front() {
+            let size: usize = w.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let fits = batch.len() < MAX_BATCH && bytes + size <= MAX_BATCH_BYTES;
+            if let Some(first) = batch.first()
+                && (w.epoch != first.epoch || !fits)
+            {
+                break;
+            }
+            bytes += size;
+            batch.extend(queued.pop_front());
+        }
+        shared.write_batch(current, batch).await;
     }
 }
 

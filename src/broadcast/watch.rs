@@ -1,0 +1,809 @@
+//! Presence as it changes: join and leave events debounced by a grace
+//! period ([`BroadcastManager::watch_presence`], [`PresenceFeed`]), and the
+//! live badge rendered from them ([`BroadcastManager::presence_badge`],
+//! [`PresenceBadge`]).
+//!
+//! See [`PresenceFeed`] for the grace period and the cost.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::engine::{AbortOnDrop, Engine};
+use super::manager::BroadcastManager;
+use super::presence::{Presence, PresenceScope, PresentUser};
+use super::subscription::Subscription;
+use crate::connections::UserId;
+use crate::error::Error;
+use crate::event::EventName;
+use crate::fragment::{Fragment, IntoFragment};
+use crate::topics::Topic;
+
+/// A change of the debounced presence in one scope, from
+/// [`PresenceFeed::changed`]: what it is now, who joined and who left
+/// since the feed was last read.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PresenceChange {
+    /// The scope watched.
+    pub scope: PresenceScope,
+    /// Who is here now (with the grace period: a connection gone for less
+    /// than the grace still counts).
+    pub presence: Presence,
+    /// Users who were not here and are now (their first connection in the
+    /// scope). A user who joined and left again between two reads is in
+    /// neither list.
+    pub joined: Vec<UserId>,
+    /// Users who were here and are not now (their last connection left
+    /// more than the grace period ago).
+    pub left: Vec<UserId>,
+}
+
+/// One key's count in a watch: a user's, or the anonymous connections'.
+#[derive(Debug)]
+struct Tally {
+    /// Live connections and ghosts.
+    count: usize,
+    /// When each ghost (a connection that left) stops counting, oldest
+    /// first.
+    ghosts: VecDeque<Instant>,
+    /// When the key started counting.
+    since: DateTime<Utc>,
+}
+
+/// One watch: its scope, its counts, and what changed since it was read.
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    scope: PresenceScope,
+    tallies: HashMap<Option<UserId>, Tally>,
+    /// Every ghost's end and key, in order (entries whose ghost was taken
+    /// by a connection coming back are skipped when they come up).
+    expiring: VecDeque<(Instant, Option<UserId>)>,
+    joined: Vec<UserId>,
+    left: Vec<UserId>,
+    dirty: bool,
+    notify: Arc<Notify>,
+}
+
+impl Slot {
+    fn in_scope(&self, sub: &Subscription) -> bool {
+        match &self.scope {
+            PresenceScope::Everyone => true,
+            PresenceScope::Topic(topic) => sub.listens_to(topic),
+            PresenceScope::User(user) => sub.user.as_ref() == Some(user),
+        }
+    }
+
+    fn changed(&mut self) {
+        self.dirty = true;
+        self.notify.notify_one();
+    }
+
+    fn join(&mut self, user: Option<&UserId>) {
+        if let Some(tally) = self.tallies.get_mut(&user.cloned()) {
+            // Back within the grace: takes a ghost's place, no change.
+            if tally.ghosts.pop_back().is_some() {
+                return;
+            }
+            tally.count += 1;
+        } else {
+            self.tallies.insert(
+                user.cloned(),
+                Tally {
+                    count: 1,
+                    ghosts: VecDeque::new(),
+                    since: Utc::now(),
+                },
+            );
+            if let Some(user) = user {
+                match self.left.iter().position(|u| u == user) {
+                    Some(i) => {
+                        self.left.swap_remove(i);
+                    }
+                    None => self.joined.push(user.clone()),
+                }
+            }
+        }
+        self.changed();
+    }
+
+    fn leave(&mut self, user: Option<&UserId>, until: Option<Instant>) {
+        let key = user.cloned();
+        let Some(tally) = self.tallies.get_mut(&key) else {
+            return;
+        };
+        match until {
+            Some(until) => {
+                tally.ghosts.push_back(until);
+                self.expiring.push_back((until, key));
+            }
+            None => {
+                tally.count = tally.count.saturating_sub(1);
+                self.settle(key);
+                self.changed();
+            }
+        }
+    }
+
+    /// Forgets a key that no longer counts; a user's last connection left.
+    fn settle(&mut self, key: Option<UserId>) {
+        if self
+            .tallies
+            .get(&key)
+            .is_some_and(|t| t.count == 0 && t.ghosts.is_empty())
+        {
+            self.tallies.remove(&key);
+            if let Some(user) = key {
+                match self.joined.iter().position(|u| *u == user) {
+                    Some(i) => {
+                        self.joined.swap_remove(i);
+                    }
+                    None => self.left.push(user),
+                }
+            }
+        }
+    }
+
+    /// Ends the ghosts whose grace has passed by `now`; returns when the
+    /// next one ends.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let mut changed = false;
+        while let Some((at, _)) = self.expiring.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.expiring.pop_front() else {
+                break;
+            };
+            if let Some(tally) = self.tallies.get_mut(&key) {
+                while tally.ghosts.front().is_some_and(|g| *g <= now) {
+                    tally.ghosts.pop_front();
+                    tally.count = tally.count.saturating_sub(1);
+                    changed = true;
+                }
+                self.settle(key);
+            }
+        }
+        if changed {
+            self.changed();
+        }
+        self.expiring.front().map(|(at, _)| *at)
+    }
+
+    /// The presence, its users in no order: copied under the lock, sorted
+    /// by [`sorted`] after it.
+    fn unsorted(&self) -> Presence {
+        let mut presence = Presence {
+            connections: 0,
+            users: Vec::with_capacity(self.tallies.len()),
+            anonymous: 0,
+        };
+        for (key, tally) in &self.tallies {
+            presence.connections += tally.count;
+            match key {
+                None => presence.anonymous += tally.count,
+                Some(user) => presence.users.push(PresentUser {
+                    user: user.clone(),
+                    connections: tally.count,
+                    since: tally.since,
+                }),
+            }
+        }
+        presence
+    }
+}
+
+/// The users the longest here first, as [`BroadcastManager::presence`]
+/// lists them.
+fn sorted(mut presence: Presence) -> Presence {
+    presence
+        .users
+        .sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.user.cmp(&b.user)));
+    presence
+}
+
+#[derive(Debug, Default)]
+struct Watches {
+    next_id: u64,
+    slots: Vec<Slot>,
+}
+
+/// A manager's watches, made at the first [`BroadcastManager::watch_presence`].
+/// Connects and disconnects reach it under the manager's lock, in order.
+pub(crate) struct PresenceHub {
+    grace: Duration,
+    watches: Mutex<Watches>,
+    /// Wakes the task that ends ghosts.
+    wake: Arc<Notify>,
+    task: std::sync::OnceLock<AbortOnDrop>,
+    /// The manager is gone: feeds end.
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for PresenceHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceHub")
+            .field("grace", &self.grace)
+            .field("watches", &self.watches.lock().slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceHub {
+    pub(crate) fn new(grace: Duration) -> Self {
+        PresenceHub {
+            grace,
+            watches: Mutex::new(Watches::default()),
+            wake: Arc::new(Notify::new()),
+            task: std::sync::OnceLock::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// A connection came (called under the manager's lock).
+    pub(crate) fn joined(&self, sub: &Subscription) {
+        let mut watches = self.watches.lock();
+        for slot in watches.slots.iter_mut().filter(|s| s.in_scope(sub)) {
+            slot.join(sub.user.as_ref());
+        }
+    }
+
+    /// A connection went (called under the manager's lock).
+    pub(crate) fn left(self: &Arc<Self>, sub: &Subscription) {
+        let until = (!self.grace.is_zero()).then(|| Instant::now() + self.grace);
+        let mut watches = self.watches.lock();
+        let mut any = false;
+        for slot in watches.slots.iter_mut().filter(|s| s.in_scope(sub)) {
+            slot.leave(sub.user.as_ref(), until);
+            any = true;
+        }
+        drop(watches);
+        if any && until.is_some() {
+            self.start();
+            self.wake.notify_one();
+        }
+    }
+
+    /// The manager is gone: every feed ends.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for slot in &self.watches.lock().slots {
+            slot.notify.notify_one();
+        }
+    }
+
+    /// Starts the task that ends ghosts, once, if there is a runtime.
+    fn start(self: &Arc<Self>) {
+        if self.task.get().is_some() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.task.get_or_init(|| {
+                let task = expire_ghosts(Arc::downgrade(self), Arc::clone(&self.wake));
+                AbortOnDrop::new(runtime.spawn(task).abort_handle())
+            });
+        }
+    }
+}
+
+/// Ends ghosts as their grace passes, sleeping until the next one (or
+/// until a leave makes one).
+async fn expire_ghosts(hub: Weak<PresenceHub>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(hub) = hub.upgrade() else { return };
+            let now = Instant::now();
+            let mut watches = hub.watches.lock();
+            watches
+                .slots
+                .iter_mut()
+                .filter_map(|slot| slot.expire(now))
+                .min()
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// The debounced presence of one scope as it changes: see
+/// [`BroadcastManager::watch_presence`]. Dropping it stops the watch.
+///
+/// # Grace
+///
+/// A connection that leaves stays counted, as a *ghost*, for the
+/// manager's [`presence_grace`](super::BroadcastBuilder::presence_grace)
+/// (3 s by default). A connection that comes in the same scope for the
+/// same user (or, anonymous, for anyone anonymous) within it takes the
+/// ghost's place, and nothing changes: a reload, a resume with
+/// `Last-Event-ID` (which keeps the connection id and its user), a dropped
+/// socket the browser reopens. When the grace passes with no one back,
+/// the count drops, and a user whose last connection it was has left.
+/// Joins are not delayed.
+///
+/// # Cost
+///
+/// Nothing is kept per connection. Until the manager's first watch, a
+/// connect or a disconnect costs one atomic load more; while watched,
+/// each watch keeps a count per user present in its scope (one for the
+/// anonymous connections, and an instant per ghost), and a connect or a
+/// disconnect updates the watches whose scope it is in, under the
+/// manager's lock (a hash lookup each). The [`Presence`] of a change is
+/// built when the feed is read, once for however many changes happened
+/// since: a copy of the counts under the watch's lock and a sort after it,
+/// both in the number of users in the scope. Read at the pace the
+/// application needs (a badge renders at most ten times a second): a
+/// feed read after every single connect of 10,000 users, each their own,
+/// costs about 10,000 copies per connect (see BENCHMARKS.md).
+#[must_use = "the watch stops when the feed is dropped"]
+pub struct PresenceFeed {
+    hub: Arc<PresenceHub>,
+    id: u64,
+    scope: PresenceScope,
+    notify: Arc<Notify>,
+}
+
+impl fmt::Debug for PresenceFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceFeed")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceFeed {
+    /// The scope watched.
+    #[must_use]
+    pub fn scope(&self) -> &PresenceScope {
+        &self.scope
+    }
+
+    /// Who is here now, with the grace period (a connection gone for less
+    /// than the grace still counts). Reading it does not mark the changes
+    /// as read.
+    ///
+    /// ```
+    /// use htmx_sse::BroadcastManager;
+    /// use htmx_sse::broadcast::PresenceScope;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = BroadcastManager::new();
+    /// let _page = manager.connect(None, serde_json::Value::Null)?;
+    /// let feed = manager.watch_presence(PresenceScope::Everyone)?;
+    /// assert_eq!(feed.current().connections, 1);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn current(&self) -> Presence {
+        let watches = self.hub.watches.lock();
+        let presence = watches.slots.iter().find(|s| s.id == self.id).map_or_else(
+            || Presence {
+                connections: 0,
+                users: Vec::new(),
+                anonymous: 0,
+            },
+            Slot::unsorted,
+        );
+        drop(watches);
+        sorted(presence)
+    }
+
+    /// Waits for the next change of the debounced presence, and returns
+    /// it with every join and leave since the last call (changes that
+    /// happen while nobody reads are gathered into one: a feed never lags
+    /// and holds at most one entry per user). `None` once the manager is
+    /// gone.
+    ///
+    /// Cancel-safe: a change is taken only when it is returned.
+    ///
+    /// ```
+    /// use htmx_sse::BroadcastManager;
+    /// use htmx_sse::broadcast::{PresenceScope, Subscription};
+    /// use htmx_sse::connections::UserId;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = BroadcastManager::new();
+    /// let mut feed = manager.watch_presence(PresenceScope::Everyone)?;
+    /// let ann = UserId::new("ann")?;
+    /// let _tab = manager.subscribe(Subscription::new().user(ann.clone()), None, serde_json::Value::Null)?;
+    /// let change = feed.changed().await.expect("the manager is here");
+    /// assert_eq!(change.joined, [ann]);
+    /// assert_eq!(change.presence.connections, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn changed(&mut self) -> Option<PresenceChange> {
+        loop {
+            if self.hub.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            {
+                let mut watches = self.hub.watches.lock();
+                if let Some(slot) = watches.slots.iter_mut().find(|s| s.id == self.id)
+                    && slot.dirty
+                {
+                    slot.dirty = false;
+                    let change = PresenceChange {
+                        scope: self.scope.clone(),
+                        presence: slot.unsorted(),
+                        joined: std::mem::take(&mut slot.joined),
+                        left: std::mem::take(&mut slot.left),
+                    };
+                    drop(watches);
+                    return Some(PresenceChange {
+                        presence: sorted(change.presence),
+                        ..change
+                    });
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for PresenceFeed {
+    fn drop(&mut self) {
+        self.hub.watches.lock().slots.retain(|s| s.id != self.id);
+    }
+}
+
+impl BroadcastManager {
+    /// Watches the presence of `scope` as it changes: join and leave
+    /// events debounced by the
+    /// [grace period](super::BroadcastBuilder::presence_grace), from the
+    /// returned [`PresenceFeed`]. A page that reconnects within the grace
+    /// (a reload, a resume with `Last-Event-ID`) is neither a leave nor a
+    /// join. See [`PresenceFeed`] for how the grace works and what a watch
+    /// costs: nothing while no feed is open.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use htmx_sse::BroadcastManager;
+    /// use htmx_sse::broadcast::{PresenceScope, Subscription};
+    /// use htmx_sse::connections::UserId;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = BroadcastManager::builder()
+    ///     .presence_grace(Duration::from_secs(3))
+    ///     .build();
+    /// let ann = UserId::new("ann")?;
+    /// let tab = manager.subscribe(Subscription::new().user(ann.clone()), None, serde_json::Value::Null)?;
+    /// let mut feed = manager.watch_presence(PresenceScope::User(ann.clone()))?;
+    /// assert_eq!(feed.current().connections, 1);
+    ///
+    /// // A reload: gone and back within the grace. No change.
+    /// drop(tab);
+    /// let tab = manager.subscribe(Subscription::new().user(ann.clone()), None, serde_json::Value::Null)?;
+    /// tokio::time::sleep(Duration::from_secs(4)).await;
+    /// assert_eq!(feed.current().connections, 1);
+    ///
+    /// // Gone for longer than the grace: ann left.
+    /// drop(tab);
+    /// let change = feed.changed().await.expect("the manager is here");
+    /// assert_eq!((change.presence.connections, change.left), (0, vec![ann]));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] on a shared backend (Redis, NATS), as
+    /// [`presence`](Self::presence).
+    pub fn watch_presence(&self, scope: PresenceScope) -> Result<PresenceFeed, Error> {
+        self.check_presence_local()?;
+        let inner = &self.inner;
+        let hub = Arc::clone(
+            inner
+                .presence
+                .get_or_init(|| Arc::new(PresenceHub::new(inner.presence_grace))),
+        );
+        hub.start();
+        let notify = Arc::new(Notify::new());
+        // Counted and registered under the manager's lock: no connect or
+        // disconnect falls between the two.
+        let core = inner.core.lock();
+        let mut slot = Slot {
+            id: 0,
+            scope: scope.clone(),
+            tallies: HashMap::new(),
+            expiring: VecDeque::new(),
+            joined: Vec::new(),
+            left: Vec::new(),
+            dirty: false,
+            notify: Arc::clone(&notify),
+        };
+        for conn in core.connections.iter() {
+            let sub = &conn.subscriber.sub;
+            if !slot.in_scope(sub) {
+                continue;
+            }
+            let since = conn.subscriber.entry.created_at();
+            let tally = slot.tallies.entry(sub.user.clone()).or_insert(Tally {
+                count: 0,
+                ghosts: VecDeque::new(),
+                since,
+            });
+            tally.count += 1;
+            tally.since = tally.since.min(since);
+        }
+        let mut watches = hub.watches.lock();
+        watches.next_id += 1;
+        slot.id = watches.next_id;
+        let id = slot.id;
+        watches.slots.push(slot);
+        drop(watches);
+        drop(core);
+        Ok(PresenceFeed {
+            hub,
+            id,
+            scope,
+            notify,
+        })
+    }
+
+    /// Sends a rendered presence badge to the pages of `scope` whenever
+    /// its debounced presence changes (see
+    /// [`watch_presence`](Self::watch_presence)): `render` is called once
+    /// per change (at most ten times a second: changes meanwhile are
+    /// gathered into one), and its fragment is published once as a message of type
+    /// `event` to the connections listening to the topic
+    /// ([`PresenceScope::Topic`]), to the user's connections
+    /// ([`PresenceScope::User`]) or to everyone: rendered once, encoded
+    /// once, delivered to all of them (and kept in the history, so a page
+    /// resuming gets the latest). Pages swap it with `sse-swap="EVENT"`
+    /// (htmx 2) or the crate's listener (htmx 4):
+    /// `PresenceBadge::listener` (feature `askama`) writes the element for either, with the
+    /// current badge inside, for the page's first render.
+    ///
+    /// The badge lives as long as the returned [`PresenceBadge`]: keep it
+    /// (in the application's state).
+    ///
+    /// ```
+    /// use htmx_sse::BroadcastManager;
+    /// use htmx_sse::broadcast::{Presence, PresenceScope};
+    /// use htmx_sse::topics::Topic;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = BroadcastManager::new();
+    /// let doc = Topic::new("docs/7")?;
+    /// let badge = manager.presence_badge(PresenceScope::Topic(doc), "viewers", |p: &Presence| {
+    ///     maud::html! { span.badge { (p.connections) " viewing" } }
+    /// })?;
+    /// assert_eq!(badge.render().as_str(), r#"<span class="badge">0 viewing</span>"#);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] on a shared backend (Redis, NATS), as
+    /// [`presence`](Self::presence); the errors of [`EventName::new`] for
+    /// a bad `event`; [`Error::ReservedEventName`] for one of the crate's
+    /// own event names; what `render` fails with for the current presence;
+    /// [`Error::Unsupported`] outside a tokio runtime.
+    pub fn presence_badge<T, F, R>(
+        &self,
+        scope: PresenceScope,
+        event: T,
+        render: F,
+    ) -> Result<PresenceBadge, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        F: Fn(&Presence) -> R + Send + Sync + 'static,
+        R: IntoFragment,
+    {
+        self.badge(scope, event, render, false)
+    }
+
+    /// A [`presence_badge`](Self::presence_badge) of `topic`'s listeners
+    /// sent as a private message (see
+    /// [`Message::private`](super::Message::private)): every listener of
+    /// the topic is counted, but only the pages whose credentials allow the
+    /// topic privately (the `private=1` streams of the topic hub) receive
+    /// the badge. Use it when who reads a topic is itself not for everyone,
+    /// or the render shows names.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// use htmx_sse::broadcast::Presence;
+    /// use htmx_sse::topics::Topic;
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let badge = manager.private_presence_badge(Topic::new("boards/9")?, "editors", |p: &Presence| {
+    ///     let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
+    ///     names.join(", ")
+    /// })?;
+    /// assert_eq!(badge.render().as_str(), "");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`presence_badge`](Self::presence_badge).
+    pub fn private_presence_badge<T, F, R>(
+        &self,
+        topic: Topic,
+        event: T,
+        render: F,
+    ) -> Result<PresenceBadge, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        F: Fn(&Presence) -> R + Send + Sync + 'static,
+        R: IntoFragment,
+    {
+        self.badge(PresenceScope::Topic(topic), event, render, true)
+    }
+
+    fn badge<T, F, R>(
+        &self,
+        scope: PresenceScope,
+        event: T,
+        render: F,
+        private: bool,
+    ) -> Result<PresenceBadge, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        F: Fn(&Presence) -> R + Send + Sync + 'static,
+        R: IntoFragment,
+    {
+        let event: EventName = event.try_into().map_err(Into::into)?;
+        self.refuse_reserved(event.as_str())?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Unsupported {
+            what: "a presence badge needs a tokio runtime: make it inside one",
+        })?;
+        let mut feed = self.watch_presence(scope)?;
+        let first = render(&feed.current()).into_fragment()?;
+        let shown = Arc::new(Mutex::new(first));
+        let manager: Weak<Engine> = Arc::downgrade(&self.inner);
+        let task = {
+            let shown = Arc::clone(&shown);
+            let event = event.clone();
+            async move {
+                while let Some(change) = feed.changed().await {
+                    let fragment = match render(&change.presence).into_fragment() {
+                        Ok(f) => f,
+                        Err(error) => {
+                            tracing::warn!(%error, "presence badge: render failed");
+                            continue;
+                        }
+                    };
+                    *shown.lock() = fragment.clone();
+                    let Some(inner) = manager.upgrade() else {
+                        return;
+                    };
+                    let manager = BroadcastManager { inner };
+                    let message = manager.message(event.clone(), fragment);
+                    let message = match &change.scope {
+                        PresenceScope::Everyone => message,
+                        PresenceScope::Topic(topic) => {
+                            message.topics([topic.clone()]).private(private)
+                        }
+                        PresenceScope::User(user) => message.to_user(user.clone()),
+                    };
+                    if let Err(error) = message.send().await {
+                        tracing::debug!(%error, "presence badge: publish failed");
+                    }
+                    drop(manager);
+                    // What changes meanwhile is gathered into the next one.
+                    tokio::time::sleep(BADGE_INTERVAL).await;
+                }
+            }
+        };
+        Ok(PresenceBadge {
+            event,
+            shown,
+            _task: AbortOnDrop::new(runtime.spawn(task).abort_handle()),
+        })
+    }
+
+    fn check_presence_local(&self) -> Result<(), Error> {
+        if self.is_distributed() {
+            return Err(Error::Backend(format!(
+                "presence across instances is not available on the {} backend yet",
+                self.backend_name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The shortest time between two renders of a badge: a burst of
+/// connects (a deploy, a popular page) is one render, not one per tab.
+const BADGE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A live presence badge: see [`BroadcastManager::presence_badge`].
+/// Dropping it stops the badge.
+#[must_use = "the badge stops when it is dropped"]
+pub struct PresenceBadge {
+    event: EventName,
+    shown: Arc<Mutex<Fragment>>,
+    _task: AbortOnDrop,
+}
+
+impl fmt::Debug for PresenceBadge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceBadge")
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceBadge {
+    /// The event type the badge is sent as.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// use htmx_sse::broadcast::{Presence, PresenceScope};
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let badge = manager.presence_badge(PresenceScope::Everyone, "online", |p: &Presence| p.connections.to_string())?;
+    /// assert_eq!(badge.event().as_str(), "online");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn event(&self) -> &EventName {
+        &self.event
+    }
+
+    /// The badge as last rendered (for the debounced presence now): put it
+    /// in the page when it is rendered, so that it shows before the first
+    /// change.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// use htmx_sse::broadcast::{Presence, PresenceScope};
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let _page = manager.connect(None, serde_json::Value::Null)?;
+    /// let badge = manager.presence_badge(PresenceScope::Everyone, "online", |p: &Presence| p.connections.to_string())?;
+    /// assert_eq!(badge.render().as_str(), "1");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn render(&self) -> Fragment {
+        self.shown.lock().clone()
+    }
+
+    /// The element that shows the badge in a page for `flavor`: an
+    /// [`SseListener`](crate::connections::scripts::SseListener) for the
+    /// badge's event (`sse-swap` in htmx 2; in htmx 4 the crate's script
+    /// that swaps named events), with the current badge inside and the id
+    /// `id`. Put it inside the page's `SseElement`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// use htmx_sse::Flavor;
+    /// use htmx_sse::broadcast::{Presence, PresenceScope};
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let badge = manager.presence_badge(PresenceScope::Everyone, "online", |p: &Presence| p.connections.to_string())?;
+    /// let el = badge.listener(Flavor::Htmx2, "online").render()?;
+    /// assert_eq!(el.as_str(), r#"<div id="online" sse-swap="online">0</div>"#);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "askama")]
+    pub fn listener(
+        &self,
+        flavor: crate::Flavor,
+        id: &str,
+    ) -> crate::connections::scripts::SseListener {
+        crate::connections::scripts::SseListener::new(flavor)
+            .id(id)
+            .event(self.event.clone())
+            .children(self.render())
+    }
+}
