@@ -124,6 +124,8 @@ mod envelope;
 pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod registry;
 
 use std::fmt;
 use std::future::Future;

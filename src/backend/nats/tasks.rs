@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -15,15 +14,12 @@ use tokio::sync::mpsc;
 
 use super::entry::decode;
 use super::{
-    CHECK, INSTANCE, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, forget,
-    keys, open_stream, place_value, renewal, set_once, times, with_timeout,
+    CHECK, INSTANCE, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, forget, keys,
+    open_stream, place_value, renewal, set_once, times, with_timeout,
 };
+use crate::backend::registry::next_backoff;
 use crate::backend::{Epoch, Sink};
 use crate::connections::ConnectionId;
-
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(MAX_BACKOFF)
-}
 
 /// Why the reader stopped reading.
 enum Stop {

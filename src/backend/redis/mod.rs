@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::config::RedisConfig;
 use self::entry::{decode, encode};
 use self::tasks::{liveness_loop, read_loop, registry_loop, write_loop};
+use super::registry::{MAX_BACKOFF, MIN_BACKOFF, renewal, times};
 use super::{Backend, BoxFuture, Envelope, Epoch, Sink, Snapshot};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
@@ -135,8 +136,6 @@ impl Drop for AbortOnDrop {
 }
 
 const BLOCK: Duration = Duration::from_secs(1);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A publish queued for the writer task: its fields, its epoch, and where
 /// its number (or its error) goes.
@@ -159,21 +158,6 @@ enum RegOp {
     /// the reader reconnected, the liveness key had expired): write every
     /// local connection again and forget the departed ones.
     Resync,
-}
-
-/// `d` times `n`, or the longest duration there is when that overflows: a
-/// timeout set very long (`Duration::MAX` for "never") must not panic
-/// where it is multiplied.
-fn times(d: Duration, n: u32) -> Duration {
-    d.saturating_mul(n)
-}
-
-/// How often an instance renews its liveness key, which expires at
-/// `liveness` (the instance sets the key's age itself): a quarter of it,
-/// so that three renewals in a row can fail or come late before a healthy
-/// instance is taken for dead.
-fn renewal(liveness: Duration) -> Duration {
-    (liveness / 4).max(Duration::from_millis(50))
 }
 
 /// The Redis side of a manager.
@@ -744,17 +728,6 @@ impl Shared {
 mod tests {
     use super::*;
 
-    #[test]
-    fn long_timeouts_saturate_instead_of_overflowing() {
-        // `Duration::MAX * 2` panics; a timeout meaning "never" must not.
-        assert_eq!(times(Duration::MAX, 2), Duration::MAX);
-        assert_eq!(
-            times(Duration::from_secs(u64::MAX / 2 + 1), 2),
-            Duration::MAX
-        );
-        assert_eq!(times(Duration::from_secs(2), 2), Duration::from_secs(4));
-    }
-
     #[tokio::test]
     async fn a_timeout_of_duration_max_waits_without_panicking() {
         let got = with_timeout(times(Duration::MAX, 2), "waiting", async {
@@ -762,18 +735,5 @@ mod tests {
         })
         .await;
         assert_eq!(got.ok(), Some(7));
-    }
-
-    #[test]
-    fn liveness_is_renewed_well_within_its_age() {
-        assert_eq!(
-            renewal(Duration::from_secs(15)),
-            Duration::from_millis(3750)
-        );
-        // Three renewals can be missed before the key expires.
-        for liveness in [300, 600, 1000, 15_000] {
-            let liveness = Duration::from_millis(liveness);
-            assert!(renewal(liveness) * 3 < liveness, "{liveness:?}");
-        }
     }
 }

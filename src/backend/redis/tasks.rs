@@ -8,7 +8,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig};
@@ -16,18 +15,15 @@ use tokio::sync::mpsc;
 
 use super::entry::{decode_raw, read_reply};
 use super::{
-    BLOCK, MAX_BACKOFF, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write, epoch,
-    renewal, set_once, times, with_timeout,
+    BLOCK, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write, epoch, renewal, set_once,
+    times, with_timeout,
 };
 use crate::backend::Sink;
+use crate::backend::registry::next_backoff;
 use crate::error::Error;
 
 /// The most entries one `XREAD` returns.
 const READ_COUNT: usize = 1024;
-
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(MAX_BACKOFF)
-}
 
 async fn reader_connection(shared: &Shared) -> redis::RedisResult<MultiplexedConnection> {
     let config = AsyncConnectionConfig::new()
