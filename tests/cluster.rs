@@ -438,21 +438,15 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness(kind: Kind) {
     let a = Instance::serve(at.build(BroadcastManager::builder()).await).await;
     let (_on_a, a_id) = a.open(None).await;
 
-    // Instance B lives on its own runtime; shutting that runtime down ends
-    // every task of B at once, with no clean-up: a crash.
-    let b_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    // Instance B lives on its own runtime, to crash.
+    let b_runtime = common::Crashable::start();
     let b_at = at.clone();
     let base_b = b_runtime
-        .spawn(async move {
+        .run(async move {
             let b = b_at.build(BroadcastManager::builder()).await;
             Instance::serve(b).await.base
         })
-        .await
-        .unwrap();
+        .await;
     let (on_b, b_id) = common::open_connection(&format!("{base_b}/sse"), None).await;
     assert_eq!(a.manager.cluster_connection_count().await.unwrap(), 2);
     a.manager
@@ -461,7 +455,7 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness(kind: Kind) {
         .unwrap();
     assert_eq!(engine.instances_recorded("crash").await, 2);
 
-    b_runtime.shutdown_background();
+    b_runtime.crash();
     drop(on_b);
     // Until its liveness runs out B still counts; then it is gone.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -162,27 +162,21 @@ async fn the_registry_stays_bounded_under_churn_outages_and_crashes() {
     }
     proxy.restore();
 
-    // C lives on its own runtime; shutting that runtime down ends every
-    // task of C at once, with no clean-up: a crash.
-    let c_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    // C lives on its own runtime, to crash.
+    let c_runtime = common::Crashable::start();
     let url = redis.url();
     let base_c = c_runtime
-        .spawn(async move {
+        .run(async move {
             instance(url, "churn", Duration::from_millis(600))
                 .await
                 .base
         })
-        .await
-        .unwrap();
+        .await;
     let mut on_c = Vec::new();
     for _ in 0..5 {
         on_c.push(common::open_connection(&format!("{base_c}/sse"), None).await);
     }
-    c_runtime.shutdown_background();
+    c_runtime.crash();
     drop(on_c);
 
     let mut con = redis.connection().await;

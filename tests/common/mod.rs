@@ -197,3 +197,30 @@ pub async fn reaches(
         }
     }
 }
+
+/// A runtime of its own for an instance that a test crashes: shutting it
+/// down ([`crash`](Self::crash)) ends every task on it at once, with no
+/// clean-up.
+pub struct Crashable(tokio::runtime::Runtime);
+
+impl Crashable {
+    pub fn start() -> Self {
+        Crashable(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Runs `f` (which starts the instance) on this runtime; its answer.
+    pub async fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        self.0.spawn(f).await.unwrap()
+    }
+
+    /// Every task of the instance ends, at once.
+    pub fn crash(self) {
+        self.0.shutdown_background();
+    }
+}
