@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use common::engine::{Engine, Instance, Kind};
+use common::{cut_off, reaches};
 use htmx_sse::Error;
 use htmx_sse::broadcast::BroadcastManager;
 use htmx_sse::connections::ConnectionId;
+use htmx_sse::streaming::StreamConfig;
 use htmx_sse::testing::{ReceivedEvent, SseItem, TestClient};
 use serde_json::json;
 
@@ -59,6 +61,7 @@ every_engine!(
     an_instance_that_crashed_is_forgotten_after_its_liveness,
     toasts_and_topic_hub_publishes_cross_instances,
     publishes_that_return_when_logged_reach_every_page_in_order,
+    pages_that_come_or_go_during_a_short_outage_are_recorded_or_forgotten,
 );
 
 async fn next(c: &mut TestClient) -> ReceivedEvent {
@@ -435,21 +438,15 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness(kind: Kind) {
     let a = Instance::serve(at.build(BroadcastManager::builder()).await).await;
     let (_on_a, a_id) = a.open(None).await;
 
-    // Instance B lives on its own runtime; shutting that runtime down ends
-    // every task of B at once, with no clean-up: a crash.
-    let b_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    // Instance B lives on its own runtime, to crash.
+    let b_runtime = common::Crashable::start();
     let b_at = at.clone();
     let base_b = b_runtime
-        .spawn(async move {
+        .run(async move {
             let b = b_at.build(BroadcastManager::builder()).await;
             Instance::serve(b).await.base
         })
-        .await
-        .unwrap();
+        .await;
     let (on_b, b_id) = common::open_connection(&format!("{base_b}/sse"), None).await;
     assert_eq!(a.manager.cluster_connection_count().await.unwrap(), 2);
     a.manager
@@ -458,7 +455,7 @@ async fn an_instance_that_crashed_is_forgotten_after_its_liveness(kind: Kind) {
         .unwrap();
     assert_eq!(engine.instances_recorded("crash").await, 2);
 
-    b_runtime.shutdown_background();
+    b_runtime.crash();
     drop(on_b);
     // Until its liveness runs out B still counts; then it is gone.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -609,5 +606,59 @@ async fn publishes_that_return_when_logged_reach_every_page_in_order(kind: Kind)
             let want: Vec<String> = (0..25).map(|n| format!("{p}-{n}")).collect();
             assert_eq!(mine, want.iter().collect::<Vec<_>>());
         }
+    }
+}
+
+/// An instance cut off from the engine for less than its liveness (no
+/// other instance takes it for dead, and nothing it recorded was lost):
+/// a page that arrives on it meanwhile is recorded once it is back, so
+/// `send_to` from another instance reaches it, and one that left
+/// meanwhile is forgotten: unknown, and no longer counted.
+async fn pages_that_come_or_go_during_a_short_outage_are_recorded_or_forgotten(kind: Kind) {
+    let engine = Engine::start(kind);
+    let proxy = engine.proxy().await;
+    let at = engine
+        .endpoint()
+        .prefix("blip")
+        .liveness(Duration::from_secs(60));
+    let heartbeat = StreamConfig::new().heartbeat(Duration::from_millis(200));
+    let a = at
+        .clone()
+        .through(&proxy)
+        .build(BroadcastManager::builder().stream(heartbeat))
+        .await;
+    let a = Instance::serve(a).await;
+    let b = Instance::serve(at.build(BroadcastManager::builder()).await).await;
+    let (leaves, leaves_id) = a.open(None).await;
+    let (mut stays, stays_id) = a.open(None).await;
+    reaches(&b, &stays_id, &mut stays, "before").await;
+    assert_eq!(b.manager.cluster_connection_count().await.unwrap(), 2);
+
+    cut_off(&proxy, &a.manager).await;
+    let (mut arrives, arrives_id) = a.open(None).await;
+    leaves.close();
+    let deadline = Instant::now() + WAIT;
+    while a.manager.connection_count() != 2 {
+        assert!(Instant::now() < deadline, "the page did not leave");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.restore();
+
+    // Well within the liveness: A renews it throughout, and B never takes
+    // A for dead.
+    reaches(&b, &arrives_id, &mut arrives, "welcome").await;
+    reaches(&b, &stays_id, &mut stays, "still here").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let count = b.manager.cluster_connection_count().await.unwrap();
+        let left = b.manager.send_to(&leaves_id, "dm", "gone?", None).await;
+        if count == 2 && matches!(left, Err(Error::UnknownConnection { .. })) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} connections counted, the page that left: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

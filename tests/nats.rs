@@ -11,14 +11,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::Instance;
 use common::nats::{
     NatsServer, Place, Raw, bucket_messages, place_entry, raw_publish, raw_request,
 };
+use common::{Instance, cut_off, reaches};
 use htmx_sse::Error;
 use htmx_sse::backend::NatsConfig;
 use htmx_sse::broadcast::BroadcastManager;
-use htmx_sse::connections::ConnectionId;
 use htmx_sse::streaming::StreamConfig;
 use htmx_sse::testing::{ReceivedEvent, SseItem, TestClient};
 use serde_json::{Value, json};
@@ -209,16 +208,6 @@ async fn resumes_across_a_gap(on: &Instance, last: &str) {
     );
 }
 
-/// Cuts `proxy`, and waits until `manager`, behind it, says it lost NATS.
-async fn cut_off(proxy: &common::proxy::Proxy, manager: &BroadcastManager) {
-    proxy.cut();
-    let deadline = Instant::now() + WAIT;
-    while manager.backend_connected() {
-        assert!(Instant::now() < deadline, "still says it reads NATS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Connection churn leaves nothing behind in the registry bucket: 200
 /// pages come and go, and the bucket holds the one record of the page
 /// that stays (a delete marker per departure would be 200 more, forever).
@@ -248,31 +237,6 @@ async fn the_registry_stays_bounded_under_connection_churn() {
         place_entry(&nats, "htmx-sse", &stays_id).await,
         Place::Recorded
     );
-}
-
-/// `send_to` from B finds the connection `id` within `WAIT` (retrying
-/// while it is unknown), and the page gets the message; panics with the
-/// last error when it never does.
-async fn reaches(b: &Instance, id: &ConnectionId, page: &mut TestClient, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match b.manager.send_to(id, "dm", what, None).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{what}: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    loop {
-        match page.next_item_within(WAIT).await.unwrap() {
-            SseItem::Comment(_) => {}
-            SseItem::Event(ev) => {
-                assert_eq!(ev.data, what);
-                break;
-            }
-        }
-    }
 }
 
 /// An instance whose records NATS no longer has, while its pages are still

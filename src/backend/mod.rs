@@ -42,9 +42,15 @@
 //!   server restarts, and change only when Redis loses its data (then pages
 //!   get the reset event).
 //! - Each instance records its connections in Redis (and a liveness key it
-//!   renews), so `send_to` finds a connection on any instance and
+//!   renews every quarter of the liveness, whatever else it is doing), so
+//!   `send_to` finds a connection on any instance and
 //!   [`cluster_connection_count`](crate::broadcast::BroadcastManager::cluster_connection_count)
-//!   counts all of them.
+//!   counts all of them. The live instances bury the dead (those whose
+//!   key expired): their records are removed, so the registry stays
+//!   bounded. After a failed registry write, a reconnect, or finding its
+//!   key expired (another instance may have buried it), an instance
+//!   writes all its connections again and removes those that left
+//!   meanwhile.
 //!
 //! # When Redis goes away
 //!
@@ -118,6 +124,8 @@ mod envelope;
 pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod registry;
 
 use std::fmt;
 use std::future::Future;

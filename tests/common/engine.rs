@@ -15,6 +15,7 @@ use htmx_sse::streaming::StreamConfig;
 
 pub use super::Instance;
 use super::nats::{self, NatsServer};
+use super::proxy::Proxy;
 use super::redis::RedisServer;
 
 /// Which engine.
@@ -52,6 +53,17 @@ impl Endpoint {
     /// With this liveness.
     pub fn liveness(mut self, liveness: Duration) -> Self {
         self.liveness = Some(liveness);
+        self
+    }
+
+    /// Through `proxy` (in front of the engine) rather than straight to
+    /// the engine: a test can cut this instance off alone.
+    pub fn through(mut self, proxy: &Proxy) -> Self {
+        let (scheme, _) = self.url.split_once("://").unwrap();
+        self.url = format!("{scheme}://127.0.0.1:{}", proxy.port());
+        if self.kind == Kind::Redis {
+            self.url.push('/');
+        }
         self
     }
 
@@ -124,6 +136,13 @@ impl Engine {
         }
     }
 
+    /// A proxy in front of the engine (see [`Endpoint::through`]).
+    pub async fn proxy(&self) -> Proxy {
+        let url = self.url();
+        let (_, address) = url.split_once("://").unwrap();
+        Proxy::start(address.trim_end_matches('/').to_owned()).await
+    }
+
     /// Where instances connect, with the defaults.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
@@ -174,7 +193,7 @@ impl Engine {
         match self {
             Engine::Redis(s) => {
                 use redis::AsyncCommands as _;
-                let mut con = redis_connection(s).await;
+                let mut con = s.connection().await;
                 let got: u64 = con.incr("htmx-sse:seq", 1).await.unwrap();
                 assert_eq!(got, seq);
                 let _: String = redis::cmd("XADD")
@@ -199,7 +218,7 @@ impl Engine {
     pub async fn recorded(&self, prefix: &str, id: &ConnectionId) -> bool {
         match self {
             Engine::Redis(s) => {
-                let mut con = redis_connection(s).await;
+                let mut con = s.connection().await;
                 redis::cmd("HEXISTS")
                     .arg(format!("{prefix}:where"))
                     .arg(id.as_str())
@@ -217,7 +236,7 @@ impl Engine {
     pub async fn instances_recorded(&self, prefix: &str) -> u64 {
         match self {
             Engine::Redis(s) => {
-                let mut con = redis_connection(s).await;
+                let mut con = s.connection().await;
                 redis::cmd("SCARD")
                     .arg(format!("{prefix}:instances"))
                     .query_async(&mut con)
@@ -227,12 +246,4 @@ impl Engine {
             Engine::Nats(s) => nats::bucket_messages(s, &format!("{prefix}-meta")).await - 1,
         }
     }
-}
-
-async fn redis_connection(s: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(s.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
 }

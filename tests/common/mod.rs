@@ -146,3 +146,81 @@ impl Instance {
         (res.status().as_u16(), res.json().await.unwrap())
     }
 }
+
+/// How long the helpers below wait for what they wait for.
+#[cfg(feature = "testing")]
+const HELPER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Cuts `proxy`, and waits until `manager`, behind it, says it lost its
+/// engine.
+#[cfg(feature = "testing")]
+pub async fn cut_off(proxy: &proxy::Proxy, manager: &htmx_sse::BroadcastManager) {
+    proxy.cut();
+    let deadline = std::time::Instant::now() + HELPER_WAIT;
+    while manager.backend_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still says it reads its engine"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `send_to` from `b` finds the connection `id` within 10 s (retrying
+/// while it is unknown), and the page gets the message; panics with the
+/// last error when it never does.
+#[cfg(feature = "testing")]
+pub async fn reaches(
+    b: &Instance,
+    id: &htmx_sse::connections::ConnectionId,
+    page: &mut htmx_sse::testing::TestClient,
+    what: &str,
+) {
+    use htmx_sse::testing::SseItem;
+    let deadline = std::time::Instant::now() + HELPER_WAIT;
+    loop {
+        match b.manager.send_to(id, "dm", what, None).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{what}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    loop {
+        match page.next_item_within(HELPER_WAIT).await.unwrap() {
+            SseItem::Comment(_) => {}
+            SseItem::Event(ev) => {
+                assert_eq!(ev.data, what);
+                break;
+            }
+        }
+    }
+}
+
+/// A runtime of its own for an instance that a test crashes: shutting it
+/// down ([`crash`](Self::crash)) ends every task on it at once, with no
+/// clean-up.
+pub struct Crashable(tokio::runtime::Runtime);
+
+impl Crashable {
+    pub fn start() -> Self {
+        Crashable(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Runs `f` (which starts the instance) on this runtime; its answer.
+    pub async fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        self.0.spawn(f).await.unwrap()
+    }
+
+    /// Every task of the instance ends, at once.
+    pub fn crash(self) {
+        self.0.shutdown_background();
+    }
+}

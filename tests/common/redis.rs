@@ -76,6 +76,17 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A connection of the test's own, to read and write in Redis what
+    /// the instances keep there.
+    #[cfg(feature = "redis")]
+    pub async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     /// Kills the server (as a crash or an outage would).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -18,12 +18,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 pub use self::config::NatsConfig;
 use self::entry::{decode, encode};
 use self::tasks::{housekeeping_loop, liveness_loop, read_loop, registry_loop};
+use super::registry::{MIN_BACKOFF, renewal, times};
 use super::{Backend, BoxFuture, Envelope, Epoch, Sink, Snapshot};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the reader looks whether its manager is still there.
 const CHECK: Duration = Duration::from_secs(1);
 const RESUME_KEY: &str = "resume-key";
@@ -46,14 +45,6 @@ fn kept(history: usize) -> i64 {
         .saturating_mul(2)
         .max(history.saturating_add(MARGIN));
     i64::try_from(kept).unwrap_or(i64::MAX)
-}
-
-/// How often an instance renews its liveness entry, for a liveness
-/// bucket whose entries the server removes at `age`: a quarter of it, so
-/// that three renewals in a row can fail or come late before a healthy
-/// instance is taken for dead.
-fn renewal(age: Duration) -> Duration {
-    (age / 4).max(Duration::from_millis(50))
 }
 
 /// The names of what the backend keeps in JetStream.
@@ -117,13 +108,6 @@ fn valid_prefix(prefix: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `d` times `n`, or the longest duration there is when that overflows: a
-/// timeout set very long (`Duration::MAX` for "never") must not panic
-/// where it is multiplied.
-fn times(d: Duration, n: u32) -> Duration {
-    d.saturating_mul(n)
-}
-
 fn backend_error(what: &str, e: impl fmt::Display) -> Error {
     Error::Backend(format!("{what}: {e}"))
 }
@@ -175,6 +159,10 @@ pub(crate) struct Shared {
     /// failed, the liveness entry had expired, NATS was away): the
     /// housekeeping task writes every local connection again.
     lost: AtomicBool,
+    /// Connections whose removal failed to be written (NATS was away):
+    /// the housekeeping task forgets them again when it writes the
+    /// records again, unless they came back.
+    unforgotten: parking_lot::Mutex<Vec<ConnectionId>>,
     /// Wakes the housekeeping task at once (`lost` was set).
     housekeep: Notify,
     /// Told when a publish found no stream for its epoch: the reader
@@ -490,6 +478,7 @@ async fn connect(
         reading: AtomicBool::new(false),
         age: AtomicU64::new(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
         lost: AtomicBool::new(false),
+        unforgotten: parking_lot::Mutex::new(Vec::new()),
         housekeep: Notify::new(),
         recheck: Notify::new(),
         resume_key: resume_key.clone(),
@@ -828,14 +817,6 @@ impl Shared {
 mod tests {
     use super::*;
 
-    #[test]
-    fn long_timeouts_saturate_instead_of_overflowing() {
-        // `Duration::MAX * 2` panics; a timeout meaning "never" must not.
-        assert_eq!(times(Duration::MAX, 4), Duration::MAX);
-        assert_eq!(times(Duration::from_secs(u64::MAX / 3), 4), Duration::MAX);
-        assert_eq!(times(Duration::from_secs(2), 3), Duration::from_secs(6));
-    }
-
     #[tokio::test]
     async fn a_timeout_of_duration_max_waits_without_panicking() {
         let got = with_timeout(times(Duration::MAX, 4), "waiting", async {
@@ -854,19 +835,6 @@ mod tests {
         for history in [1, 50, 256, 257, 10_000] {
             let kept = usize::try_from(kept(history)).unwrap();
             assert!(kept >= history + MARGIN && kept >= 2 * history);
-        }
-    }
-
-    #[test]
-    fn liveness_is_renewed_well_within_its_age() {
-        assert_eq!(
-            renewal(Duration::from_secs(15)),
-            Duration::from_millis(3750)
-        );
-        // Three renewals can be missed before the entry expires.
-        for age in [300, 600, 1000, 15_000] {
-            let age = Duration::from_millis(age);
-            assert!(renewal(age) * 3 < age, "{age:?}");
         }
     }
 }

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -15,15 +14,12 @@ use tokio::sync::mpsc;
 
 use super::entry::decode;
 use super::{
-    CHECK, INSTANCE, MAX_BACKOFF, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, forget,
-    keys, open_stream, place_value, renewal, set_once, times, with_timeout,
+    CHECK, INSTANCE, MIN_BACKOFF, RESUME_KEY, RegOp, Shared, buckets, consume, forget, keys,
+    open_stream, place_value, renewal, set_once, times, with_timeout,
 };
+use crate::backend::registry::next_backoff;
 use crate::backend::{Epoch, Sink};
 use crate::connections::ConnectionId;
-
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(MAX_BACKOFF)
-}
 
 /// Why the reader stopped reading.
 enum Stop {
@@ -249,6 +245,11 @@ pub(super) async fn registry_loop(
                 readies.push(ready);
             }
         }
+        let removed: Vec<ConnectionId> = latest
+            .iter()
+            .filter(|(_, op)| matches!(op, RegOp::Remove { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut writes = Vec::new();
         for op in latest.into_values() {
             let shared = &shared;
@@ -305,6 +306,7 @@ pub(super) async fn registry_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not record connections in NATS");
+                shared.unforgotten.lock().extend(removed);
                 shared.records_lost();
             }
         }
@@ -423,8 +425,9 @@ pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
 /// Records this instance and every local connection again (NATS lost
 /// them, or another instance buried them): its liveness entry first, so
 /// that no other instance takes the records just written for a dead
-/// instance's. A connection that left while they were written is
-/// forgotten again after them.
+/// instance's. A connection that left while they were written, or whose
+/// removal failed to be written (it left during an outage), is forgotten
+/// again after them.
 async fn record_again(sink: &Sink, shared: &Shared) -> Result<usize, String> {
     let local = sink.connections().unwrap_or_default();
     shared.renew(local.len()).await?;
@@ -451,6 +454,13 @@ async fn record_again(sink: &Sink, shared: &Shared) -> Result<usize, String> {
         if !now.contains(id) {
             // Its removal may have run before the write above.
             shared.remove(id.clone());
+        }
+    }
+    // And those whose removal failed (they left during an outage).
+    let unforgotten = std::mem::take(&mut *shared.unforgotten.lock());
+    for id in unforgotten {
+        if !now.contains(&id) {
+            shared.remove(id);
         }
     }
     Ok(local.len())

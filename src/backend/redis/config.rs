@@ -70,8 +70,8 @@ impl RedisConfig {
 
     /// How long an instance that stopped renewing its liveness key (it
     /// crashed, or lost Redis) still counts as alive (default 15 s; at least
-    /// 300 ms). Each instance renews its key every third of this, and the
-    /// others then forget its connections: `send_to` answers unknown and
+    /// 300 ms). Each instance renews its key every quarter of this, and
+    /// the others then forget its connections: `send_to` answers unknown and
     /// [`cluster_connection_count`](crate::broadcast::BroadcastManager::cluster_connection_count)
     /// leaves them out.
     ///

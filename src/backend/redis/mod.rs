@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::config::RedisConfig;
 use self::entry::{decode, encode};
 use self::tasks::{liveness_loop, read_loop, registry_loop, write_loop};
+use super::registry::{MAX_BACKOFF, MIN_BACKOFF, renewal, times};
 use super::{Backend, BoxFuture, Envelope, Epoch, Sink, Snapshot};
 use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
@@ -107,8 +108,13 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 ";
 
-/// Removes everything a dead instance left.
+/// Removes everything a dead instance left, unless it is alive after all
+/// (its liveness key, `KEYS[4]`, is there: it came back, or renewed it
+/// since it was found missing): then returns -1.
 const BURY: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
 local ids = redis.call('HKEYS', KEYS[2])
 for _, id in ipairs(ids) do
   if redis.call('HGET', KEYS[1], id) == ARGV[1] then
@@ -130,8 +136,6 @@ impl Drop for AbortOnDrop {
 }
 
 const BLOCK: Duration = Duration::from_secs(1);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A publish queued for the writer task: its fields, its epoch, and where
 /// its number (or its error) goes.
@@ -150,6 +154,10 @@ enum RegOp {
     Remove {
         id: ConnectionId,
     },
+    /// What Redis holds of this instance may be stale (a write failed,
+    /// the reader reconnected, the liveness key had expired): write every
+    /// local connection again and forget the departed ones.
+    Resync,
 }
 
 /// The Redis side of a manager.
@@ -270,7 +278,7 @@ async fn connect(
     let client = Client::open(config.url.as_str())
         .map_err(|e| Error::Backend(format!("bad Redis URL: {e}")))?;
     let mut commands = with_timeout(
-        config.timeout * 2,
+        times(config.timeout, 2),
         "connecting to Redis",
         client.get_connection_manager_with_config(manager_config(config.timeout)),
     )
@@ -471,10 +479,15 @@ impl Backend for RedisBackend {
             return Box::pin(async {});
         };
         let ready = shared.add(id.clone(), user.cloned());
+        // Not while Redis is away: the registry task records it with every
+        // other connection once Redis is back.
+        let wait = shared.is_reading();
         Box::pin(async move {
             // Recorded, or failed to be (then the sender is dropped): the
-            // liveness task records every connection again.
-            let _ = ready.await;
+            // registry task records every connection again.
+            if wait {
+                let _ = ready.await;
+            }
         })
     }
 
@@ -676,5 +689,51 @@ impl Shared {
     /// Whether the reader is connected to Redis now.
     fn is_reading(&self) -> bool {
         self.reading.load(Ordering::Relaxed)
+    }
+
+    /// What Redis holds of this instance may be stale: the registry task
+    /// writes every local connection again (see [`RegOp::Resync`]).
+    fn records_lost(&self) {
+        let _ = self.registry.send(RegOp::Resync);
+    }
+
+    /// Adds to `pipe` the removal of a connection of this instance (its
+    /// place stays when another instance took the id since). The FORGET
+    /// script must be loaded first (a pipeline runs it by EVALSHA).
+    fn unrecord(&self, pipe: &mut redis::Pipeline, id: &str) {
+        let mut forget = self.forget.prepare_invoke();
+        forget
+            .key(&self.keys.place)
+            .key(self.keys.conns(&self.instance))
+            .arg(id)
+            .arg(&self.instance);
+        pipe.invoke_script(&forget).ignore();
+    }
+
+    /// Adds to `pipe` (which should be atomic) the renewal of this
+    /// instance's liveness key and its place in the set of instances, the
+    /// first reply being whether the key was there before.
+    fn renew_into(&self, pipe: &mut redis::Pipeline) {
+        let alive = self.keys.alive(&self.instance);
+        let ttl = u64::try_from(self.liveness.as_millis()).unwrap_or(u64::MAX);
+        pipe.exists(&alive)
+            .pset_ex(&alive, 1, ttl)
+            .ignore()
+            .sadd(&self.keys.instances, &self.instance)
+            .ignore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_timeout_of_duration_max_waits_without_panicking() {
+        let got = with_timeout(times(Duration::MAX, 2), "waiting", async {
+            Ok::<_, redis::RedisError>(7)
+        })
+        .await;
+        assert_eq!(got.ok(), Some(7));
     }
 }

@@ -1,12 +1,13 @@
-//! The Redis backend's three tasks, which end with the manager: the
-//! reader (the stream, in order, into the manager), the registry writer
-//! (connection arrivals and departures, in batches) and the liveness
-//! renewal (which also buries dead instances).
+//! The Redis backend's tasks, which end with the manager: the reader (the
+//! stream, in order, into the manager), the registry writer (connection
+//! arrivals and departures, in batches, and every local connection again
+//! when what Redis holds of them may be stale), and the liveness task:
+//! the renewal of the liveness key and, apart from it, so that it never
+//! waits on them, the burial of dead instances.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig};
@@ -14,23 +15,20 @@ use tokio::sync::mpsc;
 
 use super::entry::{decode_raw, read_reply};
 use super::{
-    BLOCK, MAX_BACKOFF, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write,
-    backend_error, epoch, set_once, with_timeout,
+    BLOCK, MAX_BATCH, MAX_BATCH_BYTES, MIN_BACKOFF, RegOp, Shared, Write, epoch, renewal, set_once,
+    times, with_timeout,
 };
 use crate::backend::Sink;
+use crate::backend::registry::next_backoff;
 use crate::error::Error;
 
 /// The most entries one `XREAD` returns.
 const READ_COUNT: usize = 1024;
 
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(MAX_BACKOFF)
-}
-
 async fn reader_connection(shared: &Shared) -> redis::RedisResult<MultiplexedConnection> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(shared.timeout))
-        .set_response_timeout(Some(BLOCK + shared.timeout));
+        .set_response_timeout(Some(BLOCK.saturating_add(shared.timeout)));
     shared
         .client
         .get_multiplexed_async_connection_with_config(&config)
@@ -98,6 +96,10 @@ pub(super) async fn read_loop(sink: Sink, shared: Arc<Shared>, mut last: u64) {
         }
         if failing {
             tracing::info!("Redis reachable again; delivery resumes");
+            // What this instance wrote meanwhile failed, and what it wrote
+            // before may be gone (the liveness key expired and another
+            // instance buried it, or Redis lost its data).
+            shared.records_lost();
         }
         backoff = MIN_BACKOFF;
         shared.reading.store(true, Ordering::Relaxed);
@@ -160,7 +162,7 @@ async fn writer_connection(
     let mut backoff = MIN_BACKOFF;
     loop {
         let made = with_timeout(
-            shared.timeout * 2,
+            times(shared.timeout, 2),
             "connecting to Redis",
             shared
                 .client
@@ -240,15 +242,40 @@ pub(super) async fn write_loop(shared: Arc<Shared>, mut writes: mpsc::UnboundedR
 }
 
 /// Writes connection arrivals and departures to Redis, in batches.
+///
+/// Each batch renews the liveness key too (so that no instance takes the
+/// records for a dead instance's). When a write fails, or what Redis holds
+/// of this instance may be stale otherwise (the reader reconnected, the
+/// liveness key had expired: see [`RegOp::Resync`]), writes every local
+/// connection again and forgets the departed ones (see `record_again`),
+/// then, and retrying with backoff until that succeeds. The one writer of
+/// this instance's records: what it writes is in the order the
+/// connections came and went.
 pub(super) async fn registry_loop(
     sink: Sink,
     shared: Arc<Shared>,
     mut ops: mpsc::UnboundedReceiver<RegOp>,
 ) {
-    let conns = shared.keys.conns(&shared.instance);
     let mut batch = Vec::new();
-    while ops.recv_many(&mut batch, 512).await > 0 {
+    let mut stale = false;
+    // The last write failed: Redis is away, most likely.
+    let mut failing = false;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let received = if stale {
+            // Again after a while, even with nothing new to write.
+            tokio::time::timeout(backoff, ops.recv_many(&mut batch, 512))
+                .await
+                .unwrap_or(usize::MAX)
+        } else {
+            ops.recv_many(&mut batch, 512).await
+        };
+        if received == 0 || !sink.is_open() {
+            return;
+        }
         let mut pipe = redis::pipe();
+        pipe.atomic();
+        shared.renew_into(&mut pipe);
         let mut readies = Vec::new();
         for op in batch.drain(..) {
             match op {
@@ -256,53 +283,99 @@ pub(super) async fn registry_loop(
                     shared.record(&mut pipe, &id, user.as_ref());
                     readies.push(ready);
                 }
-                RegOp::Remove { id } => {
-                    let mut forget = shared.forget.prepare_invoke();
-                    forget
-                        .key(&shared.keys.place)
-                        .key(&conns)
-                        .arg(id.as_str())
-                        .arg(&shared.instance);
-                    pipe.invoke_script(&forget).ignore();
-                }
+                RegOp::Remove { id } => shared.unrecord(&mut pipe, id.as_str()),
+                RegOp::Resync => stale = true,
             }
+        }
+        if failing {
+            // No page waits for a Redis that is away: these are recorded
+            // with the others once it is back.
+            readies.clear();
         }
         let mut con = shared.commands.clone();
-        // Scripts in a pipeline run by EVALSHA: load it first.
-        let loaded: redis::RedisResult<()> = shared
-            .forget
-            .prepare_invoke()
-            .load_async(&mut con)
-            .await
-            .map(|_| ());
-        let result = match loaded {
-            Ok(()) => {
-                with_timeout(
-                    shared.timeout,
-                    "recording connections",
-                    pipe.query_async::<()>(&mut con),
-                )
-                .await
+        let step = async {
+            // Scripts in a pipeline run by EVALSHA: load it first.
+            shared.forget.prepare_invoke().load_async(&mut con).await?;
+            if stale {
+                // First: the operations of this batch came before the
+                // connections listed now, those of later batches after.
+                record_again(&sink, &shared, &mut con).await?;
             }
-            Err(e) => Err(backend_error("recording connections", &e)),
+            let (existed,): (bool,) = pipe.query_async(&mut con).await?;
+            if !existed && !stale {
+                // The liveness key had expired (or Redis lost it): another
+                // instance may have buried this one's records.
+                record_again(&sink, &shared, &mut con).await?;
+            }
+            redis::RedisResult::Ok(())
         };
-        if let Err(e) = result {
-            // The liveness task writes every local connection again once
-            // Redis is back.
-            tracing::warn!(error = %e, "could not record connections in Redis");
+        match with_timeout(times(shared.timeout, 2), "recording connections", step).await {
+            Ok(()) => {
+                (stale, failing) = (false, false);
+                backoff = MIN_BACKOFF;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "could not record connections in Redis; retrying");
+                }
+                (stale, failing) = (true, true);
+                backoff = next_backoff(backoff);
+            }
         }
         drop(readies);
-        if !sink.is_open() {
-            return;
-        }
     }
 }
 
-/// Renews this instance's liveness key, writes its connections again when
-/// Redis forgot them, and buries instances that died.
+/// Writes this instance's liveness key and every local connection again,
+/// and forgets the connections it recorded that are no longer local (they
+/// left while a write failed). Read in this order: what Redis holds, then
+/// the local connections, so that one recorded between the two (by no
+/// one but the registry task, which runs this) is not taken for departed.
+async fn record_again(
+    sink: &Sink,
+    shared: &Shared,
+    con: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<()> {
+    let recorded: Vec<String> = con.hkeys(shared.keys.conns(&shared.instance)).await?;
+    let local = sink.connections().unwrap_or_default();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    // The liveness key first, in the same transaction: no other instance
+    // buries what is written here.
+    shared.renew_into(&mut pipe);
+    for (id, user) in &local {
+        shared.record(&mut pipe, id, user.as_ref());
+    }
+    let here: HashSet<&str> = local.iter().map(|(id, _)| id.as_str()).collect();
+    let departed: Vec<&String> = recorded
+        .iter()
+        .filter(|id| !here.contains(id.as_str()))
+        .collect();
+    for id in &departed {
+        shared.unrecord(&mut pipe, id);
+    }
+    let _: (bool,) = pipe.query_async(con).await?;
+    tracing::info!(
+        connections = local.len(),
+        departed = departed.len(),
+        "recorded this instance's connections in Redis again"
+    );
+    Ok(())
+}
+
+/// Renews this instance's liveness key at a quarter of its age, whatever
+/// else the backend does (burying dead instances runs beside it, and
+/// never delays it), so that a healthy instance is never taken for dead;
+/// when the key had expired, the registry task writes every local
+/// connection again. And buries instances that died.
 pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
-    let alive = shared.keys.alive(&shared.instance);
-    let mut tick = tokio::time::interval(shared.liveness / 3);
+    tokio::join!(renewal_loop(&sink, &shared), burial_loop(&sink, &shared));
+}
+
+/// The renewal half of [`liveness_loop`].
+async fn renewal_loop(sink: &Sink, shared: &Shared) {
+    let period = renewal(shared.liveness);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -310,48 +383,91 @@ pub(super) async fn liveness_loop(sink: Sink, shared: Arc<Shared>) {
             return;
         }
         let mut con = shared.commands.clone();
-        let step = async {
-            let existed: bool = con.exists(&alive).await?;
-            let ttl = u64::try_from(shared.liveness.as_millis()).unwrap_or(u64::MAX);
-            let _: () = redis::pipe()
-                .pset_ex(&alive, 1, ttl)
-                .ignore()
-                .sadd(&shared.keys.instances, &shared.instance)
-                .ignore()
-                .query_async(&mut con)
-                .await?;
-            if !existed {
-                // First round, or Redis forgot us: write every local
-                // connection again.
-                let local = sink.connections().unwrap_or_default();
-                if !local.is_empty() {
-                    let mut pipe = redis::pipe();
-                    for (id, user) in &local {
-                        shared.record(&mut pipe, id, user.as_ref());
-                    }
-                    let _: () = pipe.query_async(&mut con).await?;
-                }
-            }
-            let instances: Vec<String> = con.smembers(&shared.keys.instances).await?;
-            for other in instances.iter().filter(|i| **i != shared.instance) {
-                let live: bool = con.exists(shared.keys.alive(other)).await?;
-                if !live {
-                    let n: usize = shared
-                        .bury
-                        .key(&shared.keys.place)
-                        .key(shared.keys.conns(other))
-                        .key(&shared.keys.instances)
-                        .arg(other)
-                        .invoke_async(&mut con)
-                        .await?;
-                    tracing::info!(instance = %other, connections = n, "buried a dead instance");
-                }
-            }
-            redis::RedisResult::Ok(())
-        };
-        let result = with_timeout(shared.timeout * 2, "renewing liveness", step).await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "liveness renewal failed");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        shared.renew_into(&mut pipe);
+        let renewed = with_timeout(period, "renewing liveness", async {
+            pipe.query_async::<(bool,)>(&mut con).await
+        })
+        .await;
+        match renewed {
+            Ok((true,)) => {}
+            // First round, or Redis forgot this instance (or another
+            // buried it): every local connection again.
+            Ok((false,)) => shared.records_lost(),
+            Err(e) => tracing::debug!(error = %e, "liveness renewal failed"),
         }
     }
+}
+
+/// The burial half of [`liveness_loop`]: every quarter of the liveness,
+/// removes what instances whose liveness key expired left.
+async fn burial_loop(sink: &Sink, shared: &Shared) {
+    let mut tick = tokio::time::interval(renewal(shared.liveness));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !sink.is_open() {
+            return;
+        }
+        let limit = shared.liveness.max(times(shared.timeout, 2));
+        if let Err(e) = with_timeout(limit, "burying dead instances", bury_dead(shared)).await {
+            tracing::debug!(error = %e, "burying dead instances failed");
+        }
+    }
+}
+
+/// How many instances [`bury_dead`] looks at per round trip.
+const BURIAL_CHUNK: usize = 128;
+
+/// Buries the instances in the set of instances whose liveness key is
+/// gone, a chunk at a time (one round trip to find the dead, one to bury
+/// them), so that other commands on the connection (the renewal) never
+/// wait long behind it. The script checks the key again: an instance that
+/// renewed it meanwhile is not buried.
+async fn bury_dead(shared: &Shared) -> redis::RedisResult<()> {
+    let mut con = shared.commands.clone();
+    let instances: Vec<String> = con.smembers(&shared.keys.instances).await?;
+    let others: Vec<&String> = instances
+        .iter()
+        .filter(|i| **i != shared.instance)
+        .collect();
+    let mut loaded = false;
+    for chunk in others.chunks(BURIAL_CHUNK) {
+        let mut pipe = redis::pipe();
+        for other in chunk {
+            pipe.exists(shared.keys.alive(other));
+        }
+        let alive: Vec<bool> = pipe.query_async(&mut con).await?;
+        let dead: Vec<&&String> = chunk
+            .iter()
+            .zip(alive)
+            .filter(|(_, alive)| !alive)
+            .map(|(i, _)| i)
+            .collect();
+        if dead.is_empty() {
+            continue;
+        }
+        if !loaded {
+            shared.bury.prepare_invoke().load_async(&mut con).await?;
+            loaded = true;
+        }
+        let mut pipe = redis::pipe();
+        for other in &dead {
+            let mut bury = shared.bury.prepare_invoke();
+            bury.key(&shared.keys.place)
+                .key(shared.keys.conns(other))
+                .key(&shared.keys.instances)
+                .key(shared.keys.alive(other))
+                .arg(other.as_str());
+            pipe.invoke_script(&bury);
+        }
+        let counts: Vec<i64> = pipe.query_async(&mut con).await?;
+        for (other, n) in dead.iter().zip(counts) {
+            if n >= 0 {
+                tracing::info!(instance = %other, connections = n, "buried a dead instance");
+            }
+        }
+    }
+    Ok(())
 }
