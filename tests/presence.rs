@@ -480,3 +480,116 @@ fn viewers(manager: &BroadcastManager) -> Result<PresenceBadge, htmx_sse::Error>
         p.connections.to_string()
     })
 }
+
+#[tokio::test]
+async fn an_everyone_badge_reaches_signed_in_pages_only_unless_public() {
+    let manager = with_grace(Duration::ZERO);
+    // Names: for those who may read presence alone.
+    let _names = manager
+        .presence_badge(PresenceScope::Everyone, "names", |p: &Presence| {
+            let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
+            names.join(",")
+        })
+        .unwrap();
+    // Counts, opted in to every page.
+    let _count = manager
+        .public_presence_badge("count", |p: &Presence| p.connections.to_string())
+        .unwrap();
+    let base = serve(&manager).await;
+    // Anonymous may not read presence over HTTP…
+    assert_eq!(presence(&base, "", None).await.0, 401);
+    let mut anon = tab(&base, "/sse", None).await;
+    let mut alice = tab(&base, "/sse", Some("alice")).await;
+    assert_eq!(next_of(&mut alice, "names").await, "alice");
+    let _bob = tab(&base, "/sse", Some("bob")).await;
+    let names = next_of(&mut alice, "names").await;
+    assert!(names == "alice,bob" || names == "bob,alice", "{names}");
+    // Both badges have settled (3 pages): the last count alice sees is 3.
+    loop {
+        if next_of(&mut alice, "count").await == "3" {
+            break;
+        }
+    }
+    manager.message("sentinel", "-").send().await.unwrap();
+    // …nor over its stream: it sees the public count, never the names.
+    let seen = until_sentinel(&mut anon).await;
+    assert!(seen.iter().all(|e| e.starts_with("count: ")), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("count: 3"));
+    let raw = String::from_utf8_lossy(anon.raw()).into_owned();
+    assert!(!raw.contains("alice") && !raw.contains("bob"), "{raw}");
+}
+
+#[tokio::test]
+async fn badges_keep_out_of_the_history_and_a_resume_replays_the_notes_exactly() {
+    let manager = BroadcastManager::builder()
+        .history(16)
+        .presence_grace(Duration::ZERO)
+        .build();
+    let _count = manager
+        .public_presence_badge("count", |p: &Presence| p.connections.to_string())
+        .unwrap();
+    let base = serve(&manager).await;
+    let mut page = tab(&base, "/sse", None).await;
+    for n in 1..=8 {
+        manager
+            .message("note", format!("n{n}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut after_first = String::new();
+    for n in 1..=8 {
+        assert_eq!(next_of(&mut page, "note").await, format!("n{n}"));
+        if n == 1 {
+            after_first = page.last_event_id().to_owned();
+        }
+    }
+    let last_note = page.last_event_id().to_owned();
+    // Churn: 30 anonymous pages open and close, a badge for most of them.
+    for _ in 0..30 {
+        tab(&base, "/sse", None).await.close();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let mut badges = 0;
+    manager.message("sentinel", "-").send().await.unwrap();
+    for e in until_sentinel(&mut page).await {
+        assert!(e.starts_with("count: "), "{e}");
+        badges += 1;
+    }
+    assert!(badges >= 10, "only {badges} badges");
+    // A badge moves no page's Last-Event-ID past a message.
+    let sentinel_id = page.last_event_id().to_owned();
+    assert_ne!(sentinel_id, last_note);
+    let notes: Vec<String> = manager
+        .history(None)
+        .iter()
+        .map(|m| m.message_type.as_str().to_owned())
+        .collect();
+    assert_eq!(notes, [vec!["note"; 8], vec!["sentinel"]].concat());
+    page.close();
+
+    let mut resumed = TestClient::get(format!("{base}/sse"))
+        .last_event_id(&after_first)
+        .connect()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = resumed
+            .next_event_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("saw {seen:?}: {e:?}"));
+        match e.event.as_str() {
+            "connection" => {}
+            "reset" => panic!("a reset after {seen:?}: {e:?}"),
+            // The latest badge comes after the replay: all of it seen.
+            "count" => break,
+            _ => seen.push(e.data),
+        }
+    }
+    let want: Vec<String> = (2..=8)
+        .map(|n| format!("n{n}"))
+        .chain(["-".to_owned()])
+        .collect();
+    assert_eq!(seen, want);
+}

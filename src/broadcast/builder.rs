@@ -448,6 +448,7 @@ impl BroadcastBuilder {
                 users: HashMap::new(),
                 listeners: Listeners::default(),
                 missing_to: 0,
+                unnumbered: 0,
             }),
             transport,
             origin: u64::from_le_bytes(

@@ -281,7 +281,8 @@ impl BroadcastManager {
         let tag = inner.resume_key.tag(&id, sub.user.as_ref());
         let oldest = core.history.front().map_or(core.seq + 1, |s| s.seq);
         let epoch = core.epoch;
-        let (start, reset, replay) = match resume {
+        let resuming = resume.is_some();
+        let (start, reset, mut replay) = match resume {
             None => (core.seq, None, Vec::new()),
             Some(Err(reason)) => (core.seq, Some(reason), Vec::new()),
             Some(Ok(lei)) if lei.epoch != epoch => {
@@ -325,6 +326,11 @@ impl BroadcastManager {
                 (lei.seq, None, replay)
             }
         };
+        // A page that resumes may have missed badges (they are in no
+        // history): the latest of each goes after the replay.
+        if resuming && let Some(hub) = inner.presence.get() {
+            hub.latest_badges(&id, &sub, &mut replay);
+        }
         let ring = inner.fanout.ring.end();
         // The registry's entry lives in the `Subscriber`: one allocation.
         let entry = inner

@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use super::engine::{AbortOnDrop, Engine};
 use super::manager::BroadcastManager;
 use super::presence::{Presence, PresenceScope, PresentUser};
+use super::stage::Stored;
 use super::subscription::Subscription;
-use crate::connections::UserId;
+use crate::connections::{ConnectionId, UserId};
 use crate::error::Error;
 use crate::event::EventName;
 use crate::fragment::{Fragment, IntoFragment};
@@ -226,7 +227,12 @@ pub(crate) struct PresenceHub {
     task: std::sync::OnceLock<AbortOnDrop>,
     /// The manager is gone: feeds end.
     closed: AtomicBool,
+    /// The latest render each live badge sent, for pages that resume.
+    badges: Mutex<Vec<Arc<Latest>>>,
 }
+
+/// A badge's latest frame, set under the manager's lock when it is sent.
+type Latest = Mutex<Option<Arc<Stored>>>;
 
 impl fmt::Debug for PresenceHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -245,6 +251,25 @@ impl PresenceHub {
             wake: Arc::new(Notify::new()),
             task: std::sync::OnceLock::new(),
             closed: AtomicBool::new(false),
+            badges: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds to `replay` the latest frame of each badge that is for the
+    /// connection `id` with `sub` (called under the manager's lock, for a
+    /// page that resumes: badges are kept in no history).
+    pub(crate) fn latest_badges(
+        &self,
+        id: &ConnectionId,
+        sub: &Subscription,
+        replay: &mut Vec<Arc<Stored>>,
+    ) {
+        for latest in self.badges.lock().iter() {
+            if let Some(stored) = &*latest.lock()
+                && stored.body_for(id, sub).is_some()
+            {
+                replay.push(Arc::clone(stored));
+            }
         }
     }
 
@@ -557,14 +582,30 @@ impl BroadcastManager {
     /// its debounced presence changes (see
     /// [`watch_presence`](Self::watch_presence)): `render` is called once
     /// per change (at most ten times a second: changes meanwhile are
-    /// gathered into one), and its fragment is published once as a message of type
-    /// `event` to the connections listening to the topic
-    /// ([`PresenceScope::Topic`]), to the user's connections
-    /// ([`PresenceScope::User`]) or to everyone: rendered once, encoded
-    /// once, delivered to all of them (and kept in the history, so a page
-    /// resuming gets the latest). Pages swap it with `sse-swap="EVENT"`
-    /// (htmx 2) or the crate's listener (htmx 4):
-    /// `PresenceBadge::listener` (feature `askama`) writes the element for either, with the
+    /// gathered into one), and its fragment is sent once as an event of
+    /// type `event`, rendered once, encoded once, delivered to all of
+    /// them:
+    ///
+    /// - [`PresenceScope::Topic`]: to the connections listening to the
+    ///   topic (see [`private_presence_badge`](Self::private_presence_badge)
+    ///   for a topic whose listeners are not for everyone to know);
+    /// - [`PresenceScope::User`]: to that user's connections;
+    /// - [`PresenceScope::Everyone`]: to the **signed-in** connections
+    ///   alone (those with a user: with the routes' authorizer, those whose
+    ///   credentials it accepted), as `GET …/presence` answers only
+    ///   credentials. Anonymous pages are counted but get nothing: for a
+    ///   badge every page may see, counts only, use
+    ///   [`public_presence_badge`](Self::public_presence_badge).
+    ///
+    /// Badges are not messages: they carry no id and are kept in no
+    /// history, so however often they change, they neither take numbers
+    /// from the messages nor push them out of the history (a page's
+    /// `Last-Event-ID` stays on the last message it got). A page that
+    /// resumes (with `Last-Event-ID` or a resume point) gets the latest
+    /// badge it may see after its replay; a fresh page shows the one
+    /// rendered into it. Pages swap it with `sse-swap="EVENT"` (htmx 2)
+    /// or the crate's listener (htmx 4): `PresenceBadge::listener`
+    /// (feature `askama`) writes the element for either, with the
     /// current badge inside, for the page's first render.
     ///
     /// The badge lives as long as the returned [`PresenceBadge`]: keep it
@@ -604,7 +645,41 @@ impl BroadcastManager {
         F: Fn(&Presence) -> R + Send + Sync + 'static,
         R: IntoFragment,
     {
-        self.badge(scope, event, render, false)
+        self.badge(scope, event, render, Audience::Scope)
+    }
+
+    /// A [`presence_badge`](Self::presence_badge) of everyone, sent to
+    /// **every** page, anonymous ones included: the opt-in for a public
+    /// badge. Render counts only (`p.connections`, `p.users.len()`,
+    /// `p.anonymous`), never names: whoever opens the stream reads it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), htmx_sse::Error> {
+    /// use htmx_sse::broadcast::Presence;
+    /// let manager = htmx_sse::BroadcastManager::new();
+    /// let badge = manager.public_presence_badge("online", |p: &Presence| {
+    ///     format!("{} tabs open, {} users signed in", p.connections, p.users.len())
+    /// })?;
+    /// assert_eq!(badge.render().as_str(), "0 tabs open, 0 users signed in");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`presence_badge`](Self::presence_badge).
+    pub fn public_presence_badge<T, F, R>(
+        &self,
+        event: T,
+        render: F,
+    ) -> Result<PresenceBadge, Error>
+    where
+        T: TryInto<EventName>,
+        T::Error: Into<Error>,
+        F: Fn(&Presence) -> R + Send + Sync + 'static,
+        R: IntoFragment,
+    {
+        self.badge(PresenceScope::Everyone, event, render, Audience::Public)
     }
 
     /// A [`presence_badge`](Self::presence_badge) of `topic`'s listeners
@@ -644,7 +719,12 @@ impl BroadcastManager {
         F: Fn(&Presence) -> R + Send + Sync + 'static,
         R: IntoFragment,
     {
-        self.badge(PresenceScope::Topic(topic), event, render, true)
+        self.badge(
+            PresenceScope::Topic(topic),
+            event,
+            render,
+            Audience::Private,
+        )
     }
 
     fn badge<T, F, R>(
@@ -652,7 +732,7 @@ impl BroadcastManager {
         scope: PresenceScope,
         event: T,
         render: F,
-        private: bool,
+        audience: Audience,
     ) -> Result<PresenceBadge, Error>
     where
         T: TryInto<EventName>,
@@ -668,9 +748,13 @@ impl BroadcastManager {
         let mut feed = self.watch_presence(scope)?;
         let first = render(&feed.current()).into_fragment()?;
         let shown = Arc::new(Mutex::new(first));
+        let latest: Arc<Latest> = Arc::new(Mutex::new(None));
+        feed.hub.badges.lock().push(Arc::clone(&latest));
+        let hub = Arc::clone(&feed.hub);
         let manager: Weak<Engine> = Arc::downgrade(&self.inner);
         let task = {
             let shown = Arc::clone(&shown);
+            let latest = Arc::clone(&latest);
             let event = event.clone();
             async move {
                 while let Some(change) = feed.changed().await {
@@ -689,13 +773,15 @@ impl BroadcastManager {
                     let message = manager.message(event.clone(), fragment);
                     let message = match &change.scope {
                         PresenceScope::Everyone => message,
-                        PresenceScope::Topic(topic) => {
-                            message.topics([topic.clone()]).private(private)
-                        }
+                        PresenceScope::Topic(topic) => message
+                            .topics([topic.clone()])
+                            .private(audience == Audience::Private),
                         PresenceScope::User(user) => message.to_user(user.clone()),
                     };
-                    if let Err(error) = message.send().await {
-                        tracing::debug!(%error, "presence badge: publish failed");
+                    let signed_in =
+                        change.scope == PresenceScope::Everyone && audience != Audience::Public;
+                    if let Err(error) = manager.send_unnumbered(message, signed_in, &latest) {
+                        tracing::debug!(%error, "presence badge: send failed");
                     }
                     drop(manager);
                     // What changes meanwhile is gathered into the next one.
@@ -706,6 +792,8 @@ impl BroadcastManager {
         Ok(PresenceBadge {
             event,
             shown,
+            hub,
+            latest,
             _task: AbortOnDrop::new(runtime.spawn(task).abort_handle()),
         })
     }
@@ -721,6 +809,18 @@ impl BroadcastManager {
     }
 }
 
+/// Who a badge goes to, besides its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The scope's pages: a topic's listeners, a user's tabs, the
+    /// signed-in connections for everyone.
+    Scope,
+    /// A topic's listeners allowed it privately.
+    Private,
+    /// Every page, anonymous ones included.
+    Public,
+}
+
 /// The shortest time between two renders of a badge: a burst of
 /// connects (a deploy, a popular page) is one render, not one per tab.
 const BADGE_INTERVAL: Duration = Duration::from_millis(100);
@@ -731,7 +831,18 @@ const BADGE_INTERVAL: Duration = Duration::from_millis(100);
 pub struct PresenceBadge {
     event: EventName,
     shown: Arc<Mutex<Fragment>>,
+    hub: Arc<PresenceHub>,
+    latest: Arc<Latest>,
     _task: AbortOnDrop,
+}
+
+impl Drop for PresenceBadge {
+    fn drop(&mut self) {
+        self.hub
+            .badges
+            .lock()
+            .retain(|l| !Arc::ptr_eq(l, &self.latest));
+    }
 }
 
 impl fmt::Debug for PresenceBadge {
