@@ -283,7 +283,7 @@ impl PresenceHub {
 
     /// A connection went (called under the manager's lock).
     pub(crate) fn left(self: &Arc<Self>, sub: &Subscription) {
-        let until = (!self.grace.is_zero()).then(|| Instant::now() + self.grace);
+        let until = (!self.grace.is_zero()).then(|| grace_end(Instant::now(), self.grace));
         let mut watches = self.watches.lock();
         let mut any = false;
         for slot in watches.slots.iter_mut().filter(|s| s.in_scope(sub)) {
@@ -318,6 +318,18 @@ impl PresenceHub {
         }
     }
 }
+
+/// When a ghost that left at `now` stops counting: `now + grace`, or as
+/// far as the clock goes (no panic, here under the manager's lock, for a
+/// grace the builder would refuse).
+fn grace_end(now: Instant, grace: Duration) -> Instant {
+    now.checked_add(grace)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// About 30 years: later than any grace ends.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Ends ghosts as their grace passes, sleeping until the next one (or
 /// until a leave makes one).
@@ -916,5 +928,59 @@ impl PresenceBadge {
             .id(id)
             .event(self.event.clone())
             .children(self.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub watching `scope`, as `watch_presence` registers one.
+    fn watched(grace: Duration, scope: PresenceScope) -> (Arc<PresenceHub>, u64) {
+        let hub = Arc::new(PresenceHub::new(grace));
+        let mut watches = hub.watches.lock();
+        watches.next_id += 1;
+        let id = watches.next_id;
+        watches.slots.push(Slot {
+            id,
+            scope,
+            tallies: HashMap::new(),
+            expiring: VecDeque::new(),
+            joined: Vec::new(),
+            left: Vec::new(),
+            dirty: false,
+            notify: Arc::new(Notify::new()),
+        });
+        drop(watches);
+        (hub, id)
+    }
+
+    fn count(hub: &PresenceHub, id: u64) -> usize {
+        let watches = hub.watches.lock();
+        let slot = watches.slots.iter().find(|s| s.id == id).expect("watched");
+        slot.unsorted().connections
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grace_past_the_clock_ends_never_and_does_not_panic() {
+        let now = Instant::now();
+        assert!(grace_end(now, Duration::MAX) > now + Duration::from_secs(86_400));
+        let (hub, id) = watched(Duration::MAX, PresenceScope::Everyone);
+        let page = Subscription::new();
+        hub.joined(&page);
+        hub.left(&page);
+        tokio::time::sleep(Duration::from_secs(86_400 * 365)).await;
+        assert_eq!(count(&hub, id), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "presence_grace must be at most a day")]
+    fn the_builder_refuses_a_grace_longer_than_a_day() {
+        let _ = BroadcastManager::builder().presence_grace(Duration::from_secs(86_401));
+    }
+
+    #[test]
+    fn the_builder_takes_a_grace_of_a_day() {
+        let _ = BroadcastManager::builder().presence_grace(Duration::from_secs(86_400));
     }
 }
