@@ -593,3 +593,35 @@ async fn badges_keep_out_of_the_history_and_a_resume_replays_the_notes_exactly()
         .collect();
     assert_eq!(seen, want);
 }
+
+#[tokio::test]
+async fn with_no_grace_a_resume_over_a_live_connection_changes_nothing() {
+    let manager = with_grace(Duration::ZERO);
+    let base = serve(&manager).await;
+    let alice = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
+    let mut feeds = [
+        PresenceScope::Everyone,
+        PresenceScope::User(UserId::new("alice").unwrap()),
+        PresenceScope::Topic(Topic::new("docs/7").unwrap()),
+    ]
+    .map(|scope| manager.watch_presence(scope).unwrap());
+    // The old connection is still registered: the resume takes its place.
+    let id_before = alice.last_event_id().split('.').nth(1).unwrap().to_owned();
+    let mut resumed = TestClient::get(format!("{base}/hub?topic=docs/7"))
+        .header("authorization", "Bearer alice")
+        .last_event_id(alice.last_event_id())
+        .connect()
+        .await
+        .unwrap();
+    let first = resumed.next_event().await.unwrap();
+    assert!(
+        first.data.contains(&id_before),
+        "{first:?} kept {id_before}"
+    );
+    for feed in &mut feeds {
+        let quiet = tokio::time::timeout(Duration::from_millis(300), feed.changed()).await;
+        assert!(quiet.is_err(), "{:?}: a change {quiet:?}", feed.scope());
+        assert_eq!(feed.current().connections, 1, "{:?}", feed.scope());
+    }
+    drop(alice);
+}

@@ -350,11 +350,9 @@ impl BroadcastManager {
             subscriber: Arc::clone(&subscriber),
         };
         core.listeners.add(&conn);
-        if let Some(old) = core.connections.replace(conn) {
-            if let Some(hub) = inner.presence.get() {
-                hub.left(&old.subscriber.sub);
-            }
-            core.listeners.remove(&old);
+        let replaced = core.connections.replace(conn);
+        if let Some(old) = &replaced {
+            core.listeners.remove(old);
             old.subscriber.flag(Subscriber::REPLACED);
             old.subscriber.waker.wake();
             if let Some(user) = &old.subscriber.sub.user {
@@ -366,8 +364,12 @@ impl BroadcastManager {
             }
         }
         if let Some(hub) = inner.presence.get() {
-            hub.joined(sub);
+            match &replaced {
+                Some(old) => hub.replaced(&old.subscriber.sub, sub),
+                None => hub.joined(sub),
+            }
         }
+        drop(replaced);
         let seq_now = core.seq;
         drop(core);
         let ready = match &inner.transport {

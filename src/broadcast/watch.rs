@@ -297,6 +297,34 @@ impl PresenceHub {
         }
     }
 
+    /// A connection took the place of another with the same id (a resume
+    /// while the old one was still registered; called under the manager's
+    /// lock): nothing changes where both are in scope for the same user,
+    /// elsewhere the old one leaves and the new one joins.
+    pub(crate) fn replaced(self: &Arc<Self>, old: &Subscription, new: &Subscription) {
+        let until = (!self.grace.is_zero()).then(|| grace_end(Instant::now(), self.grace));
+        let mut watches = self.watches.lock();
+        let mut ghosts = false;
+        for slot in &mut watches.slots {
+            let (was, is) = (slot.in_scope(old), slot.in_scope(new));
+            if was && is && old.user == new.user {
+                continue;
+            }
+            if was {
+                slot.leave(old.user.as_ref(), until);
+                ghosts |= until.is_some();
+            }
+            if is {
+                slot.join(new.user.as_ref());
+            }
+        }
+        drop(watches);
+        if ghosts {
+            self.start();
+            self.wake.notify_one();
+        }
+    }
+
     /// The manager is gone: every feed ends.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
