@@ -670,8 +670,12 @@ impl BroadcastManager {
     ///
     /// [`Error::Backend`] on a shared backend (Redis, NATS), as
     /// [`presence`](Self::presence); the errors of [`EventName::new`] for
-    /// a bad `event`; [`Error::ReservedEventName`] for one of the crate's
-    /// own event names; what `render` fails with for the current presence;
+    /// a bad `event`, and [`Error::InvalidField`] for one with a comma or
+    /// white space at either end (as
+    /// [`SseElement::swap_event`](crate::connections::scripts::SseElement::swap_event):
+    /// htmx splits `sse-swap` on commas and trims); [`Error::ReservedEventName`]
+    /// for one of the crate's own event names; what `render` fails with for
+    /// the current presence;
     /// [`Error::Unsupported`] outside a tokio runtime.
     pub fn presence_badge<T, F, R>(
         &self,
@@ -781,6 +785,9 @@ impl BroadcastManager {
         R: IntoFragment,
     {
         let event: EventName = event.try_into().map_err(Into::into)?;
+        // Pages name it in `sse-swap` (a comma-separated list): refused
+        // now, not when the listener is rendered.
+        crate::event::check_list_name(&event)?;
         self.refuse_reserved(event.as_str())?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Unsupported {
             what: "a presence badge needs a tokio runtime: make it inside one",
@@ -999,6 +1006,21 @@ mod tests {
         hub.left(&page);
         tokio::time::sleep(Duration::from_secs(86_400 * 365)).await;
         assert_eq!(count(&hub, id), 1);
+    }
+
+    #[tokio::test]
+    async fn a_badges_event_name_is_checked_when_it_is_made() {
+        let manager = BroadcastManager::new();
+        let render = |p: &Presence| p.connections.to_string();
+        for bad in ["a,b", " a", "a ", "a\nb"] {
+            let made = manager.presence_badge(PresenceScope::Everyone, bad, render);
+            assert!(made.is_err(), "{bad:?} accepted");
+            let made = manager.public_presence_badge(bad, render);
+            assert!(made.is_err(), "{bad:?} accepted");
+        }
+        // As `swap_event`: htmx trims each name of the list, inner spaces stay.
+        let badge = manager.public_presence_badge("a b", render).unwrap();
+        assert_eq!(badge.event().as_str(), "a b");
     }
 
     #[test]
