@@ -649,7 +649,9 @@ impl BroadcastManager {
     /// current badge inside, for the page's first render.
     ///
     /// The badge lives as long as the returned [`PresenceBadge`]: keep it
-    /// (in the application's state).
+    /// (in the application's state). A render that fails or panics after
+    /// the first is logged (`tracing::warn!`) and skipped: the badge
+    /// shows the previous one until the next change.
     ///
     /// ```
     /// use htmx_sse::BroadcastManager;
@@ -805,10 +807,18 @@ impl BroadcastManager {
             let event = event.clone();
             async move {
                 while let Some(change) = feed.changed().await {
-                    let fragment = match render(&change.presence).into_fragment() {
-                        Ok(f) => f,
-                        Err(error) => {
+                    // A render that panics costs this change, not the badge.
+                    let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        render(&change.presence).into_fragment()
+                    }));
+                    let fragment = match rendered {
+                        Ok(Ok(f)) => f,
+                        Ok(Err(error)) => {
                             tracing::warn!(%error, "presence badge: render failed");
+                            continue;
+                        }
+                        Err(_) => {
+                            tracing::warn!(event = %event, "presence badge: render panicked");
                             continue;
                         }
                     };
@@ -1021,6 +1031,32 @@ mod tests {
         // As `swap_event`: htmx trims each name of the list, inner spaces stay.
         let badge = manager.public_presence_badge("a b", render).unwrap();
         assert_eq!(badge.event().as_str(), "a b");
+    }
+
+    #[tokio::test]
+    async fn a_render_that_panics_costs_one_change_not_the_badge() {
+        let manager = BroadcastManager::builder()
+            .presence_grace(Duration::ZERO)
+            .build();
+        let badge = manager
+            .public_presence_badge("online", |p: &Presence| {
+                assert_ne!(p.connections, 1, "a bug in the application's render");
+                p.connections.to_string()
+            })
+            .unwrap();
+        let first = manager.connect(None, serde_json::Value::Null).unwrap();
+        // The panicking render comes and goes; the badge keeps the last one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(badge.render().as_str(), "0");
+        let _second = manager.connect(None, serde_json::Value::Null).unwrap();
+        for _ in 0..100 {
+            if badge.render().as_str() == "2" {
+                drop(first);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the badge died: {}", badge.render().as_str());
     }
 
     #[test]
