@@ -1059,6 +1059,134 @@ mod tests {
         panic!("the badge died: {}", badge.render().as_str());
     }
 
+    const GRACE: Duration = Duration::from_secs(3);
+
+    fn manager() -> BroadcastManager {
+        BroadcastManager::builder().presence_grace(GRACE).build()
+    }
+
+    fn user(name: &str) -> UserId {
+        UserId::new(name).unwrap()
+    }
+
+    /// A page of `user`, listening to `topic` if given.
+    fn page(
+        manager: &BroadcastManager,
+        user: Option<&UserId>,
+        topic: Option<&str>,
+    ) -> crate::broadcast::Connection {
+        let mut sub = Subscription::new();
+        if let Some(user) = user {
+            sub = sub.user(user.clone());
+        }
+        if let Some(topic) = topic {
+            sub = sub.topics(vec![crate::topics::TopicSelector::new(topic).unwrap()]);
+        }
+        manager
+            .subscribe(sub, None, serde_json::Value::Null)
+            .unwrap()
+    }
+
+    /// Nothing changes for `within`.
+    async fn quiet(feed: &mut PresenceFeed, within: Duration) {
+        let change = tokio::time::timeout(within, feed.changed()).await;
+        assert!(change.is_err(), "a change: {change:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_within_the_grace_is_nothing_gone_longer_is_one_leave_at_its_end() {
+        let manager = manager();
+        let ann = user("ann");
+        let tab = page(&manager, Some(&ann), None);
+        let mut feed = manager.watch_presence(PresenceScope::Everyone).unwrap();
+        drop(tab);
+        tokio::time::sleep(GRACE - Duration::from_millis(100)).await;
+        let tab = page(&manager, Some(&ann), None);
+        quiet(&mut feed, GRACE * 2).await;
+        assert_eq!(feed.current().connections, 1);
+
+        drop(tab);
+        let gone = Instant::now();
+        let change = feed.changed().await.unwrap();
+        assert_eq!(gone.elapsed(), GRACE);
+        assert_eq!((change.joined, change.left), (vec![], vec![ann]));
+        assert_eq!(change.presence.connections, 0);
+        quiet(&mut feed, GRACE * 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_users_ghost_is_not_taken_by_another_user() {
+        let manager = manager();
+        let (ann, bob) = (user("ann"), user("bob"));
+        let tab = page(&manager, Some(&ann), None);
+        let mut feed = manager.watch_presence(PresenceScope::Everyone).unwrap();
+        drop(tab);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _bob = page(&manager, Some(&bob), None);
+        let change = feed.changed().await.unwrap();
+        assert_eq!((change.joined, change.left), (vec![bob.clone()], vec![]));
+        // ann's ghost still counts, bob's tab too.
+        assert_eq!(change.presence.connections, 2);
+        let change = feed.changed().await.unwrap();
+        assert_eq!((change.joined, change.left), (vec![], vec![ann]));
+        assert_eq!(change.presence.connections, 1);
+        // Anonymous pages are one key: not anyone's ghost either.
+        let anon = page(&manager, None, None);
+        let _ = feed.changed().await.unwrap();
+        drop(anon);
+        let _bobs_second = page(&manager, Some(&bob), None);
+        let change = feed.changed().await.unwrap();
+        assert_eq!(change.presence.connections, 3, "{change:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ghost_in_one_topic_is_not_taken_by_a_join_in_another() {
+        let manager = manager();
+        let ann = user("ann");
+        let on_a = page(&manager, Some(&ann), Some("a"));
+        let mut a = manager
+            .watch_presence(PresenceScope::Topic(Topic::new("a").unwrap()))
+            .unwrap();
+        let mut b = manager
+            .watch_presence(PresenceScope::Topic(Topic::new("b").unwrap()))
+            .unwrap();
+        drop(on_a);
+        let _on_b = page(&manager, Some(&ann), Some("b"));
+        let joined_b = b.changed().await.unwrap();
+        assert_eq!(joined_b.joined, std::slice::from_ref(&ann));
+        let left_a = a.changed().await.unwrap();
+        assert_eq!((left_a.joined, left_a.left), (vec![], vec![ann]));
+        assert_eq!(left_a.presence.connections, 0);
+        assert_eq!(b.current().connections, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_ends_when_the_manager_is_gone() {
+        let manager = manager();
+        let tab = page(&manager, None, None);
+        let mut feed = manager.watch_presence(PresenceScope::Everyone).unwrap();
+        drop(tab);
+        drop(manager);
+        assert_eq!(feed.changed().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_connects_ends_on_a_badge_of_all_of_them() {
+        let manager = manager();
+        let badge = manager
+            .public_presence_badge("online", |p: &Presence| p.connections.to_string())
+            .unwrap();
+        let mut watcher = manager.watch_presence(PresenceScope::Everyone).unwrap();
+        let pages: Vec<_> = (0..50).map(|_| page(&manager, None, None)).collect();
+        let change = watcher.changed().await.unwrap();
+        assert_eq!(change.presence.connections, 50);
+        tokio::time::sleep(BADGE_INTERVAL * 3).await;
+        assert_eq!(badge.render().as_str(), "50");
+        drop(pages);
+        tokio::time::sleep(GRACE + BADGE_INTERVAL * 3).await;
+        assert_eq!(badge.render().as_str(), "0");
+    }
+
     #[test]
     #[should_panic(expected = "presence_grace must be at most a day")]
     fn the_builder_refuses_a_grace_longer_than_a_day() {
