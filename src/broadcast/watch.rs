@@ -30,6 +30,24 @@ use crate::topics::Topic;
 /// A change of the debounced presence in one scope, from
 /// [`PresenceFeed::changed`]: what it is now, who joined and who left
 /// since the feed was last read.
+///
+/// ```
+/// use htmx_sse::BroadcastManager;
+/// use htmx_sse::broadcast::{PresenceScope, Subscription};
+/// use htmx_sse::connections::UserId;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), htmx_sse::Error> {
+/// let manager = BroadcastManager::new();
+/// let mut feed = manager.watch_presence(PresenceScope::Everyone)?;
+/// let ann = UserId::new("ann")?;
+/// let _tab = manager.subscribe(Subscription::new().user(ann.clone()), None, serde_json::Value::Null)?;
+/// let _visitor = manager.connect(None, serde_json::Value::Null)?;
+/// let change = feed.changed().await.expect("the manager is here");
+/// assert_eq!(change.scope, PresenceScope::Everyone);
+/// assert_eq!((change.joined, change.left), (vec![ann], vec![]));
+/// assert_eq!((change.presence.connections, change.presence.anonymous), (2, 1));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PresenceChange {
@@ -400,20 +418,52 @@ async fn expire_ghosts(hub: Weak<PresenceHub>, wake: Arc<Notify>) {
 /// the count drops, and a user whose last connection it was has left.
 /// Joins are not delayed.
 ///
+/// The grace absorbs only a join that comes *after* the server saw the
+/// leave (the old connection's stream ended): a page that reconnects
+/// before the server noticed its old socket closed is, for a while, two
+/// connections (a join), and one leave when the old one ends and its
+/// grace passes; a resume with `Last-Event-ID` over a connection still
+/// open takes its place and changes nothing.
+///
 /// # Cost
 ///
 /// Nothing is kept per connection. Until the manager's first watch, a
 /// connect or a disconnect costs one atomic load more; while watched,
 /// each watch keeps a count per user present in its scope (one for the
 /// anonymous connections, and an instant per ghost), and a connect or a
-/// disconnect updates the watches whose scope it is in, under the
-/// manager's lock (a hash lookup each). The [`Presence`] of a change is
+/// disconnect looks at every watch of the manager (a scope check each: a
+/// topic's watch matches the connection's selectors) and updates those
+/// whose scope it is in (a hash lookup each), under the manager's lock:
+/// keep the number of watches small (one per topic or user that is shown,
+/// not one per page). The [`Presence`] of a change is
 /// built when the feed is read, once for however many changes happened
 /// since: a copy of the counts under the watch's lock and a sort after it,
 /// both in the number of users in the scope. Read at the pace the
 /// application needs (a badge renders at most ten times a second): a
 /// feed read after every single connect of 10,000 users, each their own,
 /// costs about 10,000 copies per connect (see BENCHMARKS.md).
+///
+/// ```
+/// use htmx_sse::BroadcastManager;
+/// use htmx_sse::broadcast::PresenceScope;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), htmx_sse::Error> {
+/// let manager = BroadcastManager::new();
+/// let mut feed = manager.watch_presence(PresenceScope::Everyone)?;
+/// // Usually in a task of its own, for as long as the application runs.
+/// let watcher = tokio::spawn(async move {
+///     let mut counts = Vec::new();
+///     while let Some(change) = feed.changed().await {
+///         counts.push(change.presence.connections);
+///     }
+///     counts // the manager is gone
+/// });
+/// let tab = manager.connect(None, serde_json::Value::Null)?;
+/// tokio::task::yield_now().await;
+/// drop((tab, manager));
+/// assert_eq!(watcher.await.unwrap(), [1]);
+/// # Ok(()) }
+/// ```
 #[must_use = "the watch stops when the feed is dropped"]
 pub struct PresenceFeed {
     hub: Arc<PresenceHub>,
@@ -432,6 +482,18 @@ impl fmt::Debug for PresenceFeed {
 
 impl PresenceFeed {
     /// The scope watched.
+    ///
+    /// ```
+    /// use htmx_sse::BroadcastManager;
+    /// use htmx_sse::broadcast::PresenceScope;
+    /// use htmx_sse::connections::UserId;
+    /// # fn main() -> Result<(), htmx_sse::Error> {
+    /// let manager = BroadcastManager::new();
+    /// let ann = PresenceScope::User(UserId::new("ann")?);
+    /// let feed = manager.watch_presence(ann.clone())?;
+    /// assert_eq!(feed.scope(), &ann);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn scope(&self) -> &PresenceScope {
         &self.scope
@@ -673,9 +735,8 @@ impl BroadcastManager {
     /// [`Error::Backend`] on a shared backend (Redis, NATS), as
     /// [`presence`](Self::presence); the errors of [`EventName::new`] for
     /// a bad `event`, and [`Error::InvalidField`] for one with a comma or
-    /// white space at either end (as
-    /// [`SseElement::swap_event`](crate::connections::scripts::SseElement::swap_event):
-    /// htmx splits `sse-swap` on commas and trims); [`Error::ReservedEventName`]
+    /// white space at either end (as `SseElement::swap_event`, feature
+    /// `askama`: htmx splits `sse-swap` on commas and trims); [`Error::ReservedEventName`]
     /// for one of the crate's own event names; what `render` fails with for
     /// the current presence;
     /// [`Error::Unsupported`] outside a tokio runtime.
@@ -884,6 +945,25 @@ const BADGE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A live presence badge: see [`BroadcastManager::presence_badge`].
 /// Dropping it stops the badge.
+///
+/// ```
+/// use std::sync::Arc;
+/// use htmx_sse::BroadcastManager;
+/// use htmx_sse::broadcast::{Presence, PresenceBadge};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), htmx_sse::Error> {
+/// // Made once, kept in the application's state, rendered into each page.
+/// struct AppState { manager: BroadcastManager, online: Arc<PresenceBadge> }
+/// let manager = BroadcastManager::new();
+/// let online = manager.public_presence_badge("online", |p: &Presence| {
+///     maud::html! { span { (p.connections) " online" } }
+/// })?;
+/// let state = AppState { manager, online: Arc::new(online) };
+/// let page = format!("<p>{}</p>", state.online.render().as_str());
+/// assert_eq!(page, "<p><span>0 online</span></p>");
+/// # drop(state.manager);
+/// # Ok(()) }
+/// ```
 #[must_use = "the badge stops when it is dropped"]
 pub struct PresenceBadge {
     event: EventName,
