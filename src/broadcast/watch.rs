@@ -5,7 +5,8 @@
 //!
 //! See [`PresenceFeed`] for the grace period and the cost.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -229,10 +230,65 @@ fn sorted(mut presence: Presence) -> Presence {
     presence
 }
 
+/// A manager's watches, indexed by what a connection is in: a connect
+/// or a disconnect looks at the watches of everyone, of its user, and (if
+/// it listens to topics) of topics, not at every watch.
 #[derive(Debug, Default)]
 struct Watches {
     next_id: u64,
-    slots: Vec<Slot>,
+    slots: HashMap<u64, Slot>,
+    everyone: Vec<u64>,
+    by_user: HashMap<UserId, Vec<u64>>,
+    topics: Vec<u64>,
+    /// When ghosts end, and in which watch, soonest first (an entry whose
+    /// ghost was taken, or whose watch is gone, is skipped).
+    expiry: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Watches {
+    fn insert(&mut self, mut slot: Slot) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        slot.id = id;
+        match &slot.scope {
+            PresenceScope::Everyone => self.everyone.push(id),
+            PresenceScope::User(user) => self.by_user.entry(user.clone()).or_default().push(id),
+            PresenceScope::Topic(_) => self.topics.push(id),
+        }
+        self.slots.insert(id, slot);
+        id
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(slot) = self.slots.remove(&id) else {
+            return;
+        };
+        match &slot.scope {
+            PresenceScope::Everyone => self.everyone.retain(|i| *i != id),
+            PresenceScope::User(user) => {
+                if let Some(ids) = self.by_user.get_mut(user) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        self.by_user.remove(user);
+                    }
+                }
+            }
+            PresenceScope::Topic(_) => self.topics.retain(|i| *i != id),
+        }
+    }
+
+    /// The watches `sub` may be in (then checked with `Slot::in_scope`).
+    fn candidates(&self, sub: &Subscription, out: &mut Vec<u64>) {
+        out.extend_from_slice(&self.everyone);
+        if let Some(user) = &sub.user
+            && let Some(ids) = self.by_user.get(user)
+        {
+            out.extend_from_slice(ids);
+        }
+        if !sub.topic_selectors().is_empty() {
+            out.extend_from_slice(&self.topics);
+        }
+    }
 }
 
 /// A manager's watches, made at the first [`BroadcastManager::watch_presence`].
@@ -294,8 +350,14 @@ impl PresenceHub {
     /// A connection came (called under the manager's lock).
     pub(crate) fn joined(&self, sub: &Subscription) {
         let mut watches = self.watches.lock();
-        for slot in watches.slots.iter_mut().filter(|s| s.in_scope(sub)) {
-            slot.join(sub.user.as_ref());
+        let mut ids = Vec::new();
+        watches.candidates(sub, &mut ids);
+        for id in ids {
+            if let Some(slot) = watches.slots.get_mut(&id)
+                && slot.in_scope(sub)
+            {
+                slot.join(sub.user.as_ref());
+            }
         }
     }
 
@@ -304,9 +366,18 @@ impl PresenceHub {
         let until = (!self.grace.is_zero()).then(|| grace_end(Instant::now(), self.grace));
         let mut watches = self.watches.lock();
         let mut any = false;
-        for slot in watches.slots.iter_mut().filter(|s| s.in_scope(sub)) {
-            slot.leave(sub.user.as_ref(), until);
-            any = true;
+        let mut ids = Vec::new();
+        watches.candidates(sub, &mut ids);
+        for id in ids {
+            if let Some(slot) = watches.slots.get_mut(&id)
+                && slot.in_scope(sub)
+            {
+                slot.leave(sub.user.as_ref(), until);
+                any = true;
+                if let Some(until) = until {
+                    watches.expiry.push(Reverse((until, id)));
+                }
+            }
         }
         drop(watches);
         if any && until.is_some() {
@@ -323,16 +394,27 @@ impl PresenceHub {
         let until = (!self.grace.is_zero()).then(|| grace_end(Instant::now(), self.grace));
         let mut watches = self.watches.lock();
         let mut ghosts = false;
-        for slot in &mut watches.slots {
+        let mut ids = Vec::new();
+        watches.candidates(old, &mut ids);
+        watches.candidates(new, &mut ids);
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(slot) = watches.slots.get_mut(&id) else {
+                continue;
+            };
             let (was, is) = (slot.in_scope(old), slot.in_scope(new));
             if was && is && old.user == new.user {
                 continue;
             }
             if was {
                 slot.leave(old.user.as_ref(), until);
-                ghosts |= until.is_some();
+                if let Some(until) = until {
+                    ghosts = true;
+                    watches.expiry.push(Reverse((until, id)));
+                }
             }
-            if is {
+            if is && let Some(slot) = watches.slots.get_mut(&id) {
                 slot.join(new.user.as_ref());
             }
         }
@@ -346,7 +428,7 @@ impl PresenceHub {
     /// The manager is gone: every feed ends.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        for slot in &self.watches.lock().slots {
+        for slot in self.watches.lock().slots.values() {
             slot.notify.notify_one();
         }
     }
@@ -385,11 +467,16 @@ async fn expire_ghosts(hub: Weak<PresenceHub>, wake: Arc<Notify>) {
             let Some(hub) = hub.upgrade() else { return };
             let now = Instant::now();
             let mut watches = hub.watches.lock();
-            watches
-                .slots
-                .iter_mut()
-                .filter_map(|slot| slot.expire(now))
-                .min()
+            while let Some(&Reverse((at, id))) = watches.expiry.peek() {
+                if at > now {
+                    break;
+                }
+                watches.expiry.pop();
+                if let Some(slot) = watches.slots.get_mut(&id) {
+                    slot.expire(now);
+                }
+            }
+            watches.expiry.peek().map(|Reverse((at, _))| *at)
         };
         match next {
             Some(at) => {
@@ -431,11 +518,14 @@ async fn expire_ghosts(hub: Weak<PresenceHub>, wake: Arc<Notify>) {
 /// connect or a disconnect costs one atomic load more; while watched,
 /// each watch keeps a count per user present in its scope (one for the
 /// anonymous connections, and an instant per ghost), and a connect or a
-/// disconnect looks at every watch of the manager (a scope check each: a
-/// topic's watch matches the connection's selectors) and updates those
-/// whose scope it is in (a hash lookup each), under the manager's lock:
-/// keep the number of watches small (one per topic or user that is shown,
-/// not one per page). The [`Presence`] of a change is
+/// disconnect looks, under the manager's lock, only at the watches it may
+/// be in: those of everyone, those of its user (found by a hash lookup,
+/// however many users are watched), and, if it listens to topics, those
+/// of topics (each matched against its selectors); each in scope is
+/// updated with a hash lookup. Ghosts end from one queue for the manager
+/// (soonest first), not by looking at every watch. 2,000 connects and
+/// disconnects with 10,000 watches of other users cost about what they
+/// cost with none. The [`Presence`] of a change is
 /// built when the feed is read, once for however many changes happened
 /// since: a copy of the counts under the watch's lock and a sort after it,
 /// both in the number of users in the scope. Read at the pace the
@@ -517,7 +607,7 @@ impl PresenceFeed {
     #[must_use]
     pub fn current(&self) -> Presence {
         let watches = self.hub.watches.lock();
-        let presence = watches.slots.iter().find(|s| s.id == self.id).map_or_else(
+        let presence = watches.slots.get(&self.id).map_or_else(
             || Presence {
                 connections: 0,
                 users: Vec::new(),
@@ -559,7 +649,7 @@ impl PresenceFeed {
             }
             {
                 let mut watches = self.hub.watches.lock();
-                if let Some(slot) = watches.slots.iter_mut().find(|s| s.id == self.id)
+                if let Some(slot) = watches.slots.get_mut(&self.id)
                     && slot.dirty
                 {
                     slot.dirty = false;
@@ -583,7 +673,7 @@ impl PresenceFeed {
 
 impl Drop for PresenceFeed {
     fn drop(&mut self) {
-        self.hub.watches.lock().slots.retain(|s| s.id != self.id);
+        self.hub.watches.lock().remove(self.id);
     }
 }
 
@@ -665,12 +755,7 @@ impl BroadcastManager {
             tally.count += 1;
             tally.since = tally.since.min(since);
         }
-        let mut watches = hub.watches.lock();
-        watches.next_id += 1;
-        slot.id = watches.next_id;
-        let id = slot.id;
-        watches.slots.push(slot);
-        drop(watches);
+        let id = hub.watches.lock().insert(slot);
         drop(core);
         Ok(PresenceFeed {
             hub,
@@ -1064,10 +1149,8 @@ mod tests {
     fn watched(grace: Duration, scope: PresenceScope) -> (Arc<PresenceHub>, u64) {
         let hub = Arc::new(PresenceHub::new(grace));
         let mut watches = hub.watches.lock();
-        watches.next_id += 1;
-        let id = watches.next_id;
-        watches.slots.push(Slot {
-            id,
+        let id = watches.insert(Slot {
+            id: 0,
             scope,
             tallies: HashMap::new(),
             expiring: VecDeque::new(),
@@ -1082,7 +1165,7 @@ mod tests {
 
     fn count(hub: &PresenceHub, id: u64) -> usize {
         let watches = hub.watches.lock();
-        let slot = watches.slots.iter().find(|s| s.id == id).expect("watched");
+        let slot = watches.slots.get(&id).expect("watched");
         slot.unsorted().connections
     }
 
@@ -1265,6 +1348,42 @@ mod tests {
         drop(pages);
         tokio::time::sleep(GRACE + BADGE_INTERVAL * 3).await;
         assert_eq!(badge.render().as_str(), "0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_watch_leaves_the_index_and_the_others_still_see() {
+        let manager = manager();
+        let ann = user("ann");
+        let gone = manager
+            .watch_presence(PresenceScope::User(ann.clone()))
+            .unwrap();
+        let mut kept = manager
+            .watch_presence(PresenceScope::User(ann.clone()))
+            .unwrap();
+        let mut topic = manager
+            .watch_presence(PresenceScope::Topic(Topic::new("a").unwrap()))
+            .unwrap();
+        drop(gone);
+        let tab = page(&manager, Some(&ann), Some("a"));
+        assert_eq!(
+            kept.changed().await.unwrap().joined,
+            std::slice::from_ref(&ann)
+        );
+        assert_eq!(
+            topic.changed().await.unwrap().joined,
+            std::slice::from_ref(&ann)
+        );
+        drop(tab);
+        assert_eq!(
+            kept.changed().await.unwrap().left,
+            std::slice::from_ref(&ann)
+        );
+        assert_eq!(topic.changed().await.unwrap().left, [ann]);
+        let hub = Arc::clone(&kept.hub);
+        drop((kept, topic));
+        let watches = hub.watches.lock();
+        assert!(watches.slots.is_empty() && watches.by_user.is_empty());
+        assert!(watches.topics.is_empty() && watches.everyone.is_empty());
     }
 
     #[test]
