@@ -70,9 +70,7 @@ use chrono::Utc;
 use htmx_sse::Event;
 use htmx_sse::Flavor;
 use htmx_sse::auth::{Access, AuthError, AuthFuture, Authorizer, Subject};
-use htmx_sse::broadcast::{
-    BroadcastManager, BroadcastRoutes, Presence, PresenceBadge, PresenceScope,
-};
+use htmx_sse::broadcast::{BroadcastManager, BroadcastRoutes, Presence, PresenceBadge};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::UserId;
 use htmx_sse::connections::scripts::{
@@ -334,11 +332,12 @@ async fn main() {
         (Err(_), Err(_)) => builder.build(),
     };
     // The "who is here" badge: rendered once per change of the presence
-    // (debounced: a reload is no leave), sent to every page.
+    // (debounced: a reload is no leave), sent to every page, anonymous
+    // ones too: public, so it renders counts only.
     let online = if manager.is_distributed() {
         None
     } else {
-        match manager.presence_badge(PresenceScope::Everyone, live::VIEWERS, online_badge) {
+        match manager.public_presence_badge(live::VIEWERS, online_badge) {
             Ok(badge) => Some(Arc::new(badge)),
             Err(e) => {
                 eprintln!("presence badge: {e}");
@@ -1141,7 +1140,7 @@ mod tests {
     async fn the_page_has_every_name_the_streams_use_in_both_flavours() {
         let manager = BroadcastManager::new();
         let online = manager
-            .presence_badge(PresenceScope::Everyone, live::VIEWERS, online_badge)
+            .public_presence_badge(live::VIEWERS, online_badge)
             .unwrap();
         let app = App {
             config: StreamConfig::new(),

@@ -623,6 +623,30 @@ impl TryFrom<String> for Retry {
     }
 }
 
+/// An event name that survives htmx's comma-separated list (`sse-swap`,
+/// `data-sse-swap`): no comma, no white space at either end.
+pub(crate) fn check_list_name(name: &EventName) -> Result<(), Error> {
+    let s = name.as_str();
+    let bad = s.bytes().position(|b| b == b',').or_else(|| {
+        let last = s.len() - 1;
+        if s.as_bytes()[0].is_ascii_whitespace() {
+            Some(0)
+        } else if s.as_bytes()[last].is_ascii_whitespace() {
+            Some(last)
+        } else {
+            None
+        }
+    });
+    match bad {
+        Some(position) => Err(Error::InvalidField {
+            field: Field::Event,
+            byte: s.as_bytes()[position],
+            position,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,16 +9,19 @@
 //! to 0; a page back within the grace period (resumed with
 //! `Last-Event-ID`, or reloaded) is no leave, no join and no new badge; a
 //! page gone longer is exactly one leave; a topic's badge reaches no page
-//! off that topic, and a user's presence no other user.
-#![cfg(all(feature = "testing", feature = "redis"))]
+//! off that topic, and a user's presence no other user. The Redis tests
+//! (feature `redis`) need a redis-server; the others run without.
+#![cfg(feature = "testing")]
 
 mod common;
 
 use std::time::Duration;
 
 use axum::Router;
+#[cfg(feature = "redis")]
 use common::redis::RedisServer;
 use htmx_sse::auth::{AuthFuture, Authorizer, Subject, bearer};
+#[cfg(feature = "redis")]
 use htmx_sse::backend::RedisConfig;
 use htmx_sse::broadcast::{BroadcastManager, Presence, PresenceBadge, PresenceScope};
 use htmx_sse::connections::UserId;
@@ -191,6 +194,7 @@ async fn only_those_allowed_see_it_and_bad_queries_are_refused() {
     }
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn on_a_shared_backend_it_says_it_cannot_answer() {
     let redis = RedisServer::start(false);
@@ -295,6 +299,20 @@ async fn a_badge_counts_one_two_three_tabs_and_back_to_zero() {
     );
 }
 
+/// Waits (bounded) until the server saw every connection of `user` close
+/// (the undebounced presence has none left), so that what comes next
+/// comes back within the grace rather than over a live connection.
+async fn closed(manager: &BroadcastManager, user: &str) {
+    let scope = PresenceScope::User(UserId::new(user).unwrap());
+    for _ in 0..250 {
+        if manager.presence(&scope).unwrap().connections == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the server never saw {user}'s page close");
+}
+
 #[tokio::test]
 async fn a_page_back_within_the_grace_is_no_leave_no_join_and_no_new_badge() {
     let grace = Duration::from_millis(1500);
@@ -314,7 +332,7 @@ async fn a_page_back_within_the_grace_is_no_leave_no_join_and_no_new_badge() {
     let resume_from = alice.last_event_id().to_owned();
     let id_before = resume_from.split('.').nth(1).unwrap().to_owned();
     alice.close();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    closed(&manager, "alice").await;
     let mut resumed = TestClient::get(format!("{base}/hub?topic=docs/7"))
         .header("authorization", "Bearer alice")
         .last_event_id(&resume_from)
@@ -329,7 +347,7 @@ async fn a_page_back_within_the_grace_is_no_leave_no_join_and_no_new_badge() {
     );
     // Reloaded (a fresh connection of the same user) within the grace.
     resumed.close();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    closed(&manager, "alice").await;
     let _reloaded = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
 
     // Longer than the grace: nothing changed for anyone.
@@ -463,6 +481,7 @@ async fn presence_events_reach_no_page_off_the_topic_and_no_other_user() {
     assert!(!body.to_string().contains("alice"), "{body}");
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn watching_on_a_shared_backend_says_it_cannot_answer() {
     let redis = RedisServer::start(false);
@@ -475,8 +494,154 @@ async fn watching_on_a_shared_backend_says_it_cannot_answer() {
     assert!(viewers(&manager).is_err());
 }
 
+#[cfg(feature = "redis")]
 fn viewers(manager: &BroadcastManager) -> Result<PresenceBadge, htmx_sse::Error> {
     manager.presence_badge(PresenceScope::Everyone, "viewers", |p: &Presence| {
         p.connections.to_string()
     })
+}
+
+#[tokio::test]
+async fn an_everyone_badge_reaches_signed_in_pages_only_unless_public() {
+    let manager = with_grace(Duration::ZERO);
+    // Names: for those who may read presence alone.
+    let _names = manager
+        .presence_badge(PresenceScope::Everyone, "names", |p: &Presence| {
+            let names: Vec<&str> = p.users.iter().map(|u| u.user.as_str()).collect();
+            names.join(",")
+        })
+        .unwrap();
+    // Counts, opted in to every page.
+    let _count = manager
+        .public_presence_badge("count", |p: &Presence| p.connections.to_string())
+        .unwrap();
+    let base = serve(&manager).await;
+    // Anonymous may not read presence over HTTP…
+    assert_eq!(presence(&base, "", None).await.0, 401);
+    let mut anon = tab(&base, "/sse", None).await;
+    let mut alice = tab(&base, "/sse", Some("alice")).await;
+    assert_eq!(next_of(&mut alice, "names").await, "alice");
+    let _bob = tab(&base, "/sse", Some("bob")).await;
+    let names = next_of(&mut alice, "names").await;
+    assert!(names == "alice,bob" || names == "bob,alice", "{names}");
+    // Both badges have settled (3 pages): the last count alice sees is 3.
+    loop {
+        if next_of(&mut alice, "count").await == "3" {
+            break;
+        }
+    }
+    manager.message("sentinel", "-").send().await.unwrap();
+    // …nor over its stream: it sees the public count, never the names.
+    let seen = until_sentinel(&mut anon).await;
+    assert!(seen.iter().all(|e| e.starts_with("count: ")), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("count: 3"));
+    let raw = String::from_utf8_lossy(anon.raw()).into_owned();
+    assert!(!raw.contains("alice") && !raw.contains("bob"), "{raw}");
+}
+
+#[tokio::test]
+async fn badges_keep_out_of_the_history_and_a_resume_replays_the_notes_exactly() {
+    let manager = BroadcastManager::builder()
+        .history(16)
+        .presence_grace(Duration::ZERO)
+        .build();
+    let _count = manager
+        .public_presence_badge("count", |p: &Presence| p.connections.to_string())
+        .unwrap();
+    let base = serve(&manager).await;
+    let mut page = tab(&base, "/sse", None).await;
+    for n in 1..=8 {
+        manager
+            .message("note", format!("n{n}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut after_first = String::new();
+    for n in 1..=8 {
+        assert_eq!(next_of(&mut page, "note").await, format!("n{n}"));
+        if n == 1 {
+            after_first = page.last_event_id().to_owned();
+        }
+    }
+    let last_note = page.last_event_id().to_owned();
+    // Churn: 30 anonymous pages open and close, a badge for most of them.
+    for _ in 0..30 {
+        tab(&base, "/sse", None).await.close();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let mut badges = 0;
+    manager.message("sentinel", "-").send().await.unwrap();
+    for e in until_sentinel(&mut page).await {
+        assert!(e.starts_with("count: "), "{e}");
+        badges += 1;
+    }
+    assert!(badges >= 10, "only {badges} badges");
+    // A badge moves no page's Last-Event-ID past a message.
+    let sentinel_id = page.last_event_id().to_owned();
+    assert_ne!(sentinel_id, last_note);
+    let notes: Vec<String> = manager
+        .history(None)
+        .iter()
+        .map(|m| m.message_type.as_str().to_owned())
+        .collect();
+    assert_eq!(notes, [vec!["note"; 8], vec!["sentinel"]].concat());
+    page.close();
+
+    let mut resumed = TestClient::get(format!("{base}/sse"))
+        .last_event_id(&after_first)
+        .connect()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = resumed
+            .next_event_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("saw {seen:?}: {e:?}"));
+        match e.event.as_str() {
+            "connection" => {}
+            "reset" => panic!("a reset after {seen:?}: {e:?}"),
+            // The latest badge comes after the replay: all of it seen.
+            "count" => break,
+            _ => seen.push(e.data),
+        }
+    }
+    let want: Vec<String> = (2..=8)
+        .map(|n| format!("n{n}"))
+        .chain(["-".to_owned()])
+        .collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn with_no_grace_a_resume_over_a_live_connection_changes_nothing() {
+    let manager = with_grace(Duration::ZERO);
+    let base = serve(&manager).await;
+    let alice = tab(&base, "/hub?topic=docs/7", Some("alice")).await;
+    let mut feeds = [
+        PresenceScope::Everyone,
+        PresenceScope::User(UserId::new("alice").unwrap()),
+        PresenceScope::Topic(Topic::new("docs/7").unwrap()),
+    ]
+    .map(|scope| manager.watch_presence(scope).unwrap());
+    // The old connection is still registered: the resume takes its place.
+    let id_before = alice.last_event_id().split('.').nth(1).unwrap().to_owned();
+    let mut resumed = TestClient::get(format!("{base}/hub?topic=docs/7"))
+        .header("authorization", "Bearer alice")
+        .last_event_id(alice.last_event_id())
+        .connect()
+        .await
+        .unwrap();
+    let first = resumed.next_event().await.unwrap();
+    assert!(
+        first.data.contains(&id_before),
+        "{first:?} kept {id_before}"
+    );
+    for feed in &mut feeds {
+        let quiet = tokio::time::timeout(Duration::from_millis(300), feed.changed()).await;
+        assert!(quiet.is_err(), "{:?}: a change {quiet:?}", feed.scope());
+        assert_eq!(feed.current().connections, 1, "{:?}", feed.scope());
+    }
+    drop(alice);
 }

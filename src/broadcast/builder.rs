@@ -23,6 +23,9 @@ use crate::fragment::Fragment;
 use crate::limits::Limits;
 use crate::streaming::StreamConfig;
 
+/// The longest [`BroadcastBuilder::presence_grace`]: a day.
+const MAX_PRESENCE_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Configures a [`BroadcastManager`].
 #[must_use]
 pub struct BroadcastBuilder {
@@ -127,7 +130,16 @@ impl BroadcastBuilder {
     ///     .build();
     /// # let _ = manager;
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `grace` is longer than a day: a page gone that long has left.
+    #[track_caller]
     pub fn presence_grace(mut self, grace: Duration) -> Self {
+        assert!(
+            grace <= MAX_PRESENCE_GRACE,
+            "presence_grace must be at most a day, got {grace:?}"
+        );
         self.presence_grace = grace;
         self
     }
@@ -450,6 +462,7 @@ impl BroadcastBuilder {
                 users: HashMap::new(),
                 listeners: Listeners::default(),
                 missing_to: 0,
+                unnumbered: 0,
             }),
             transport,
             origin: u64::from_le_bytes(

@@ -16,7 +16,7 @@ use super::fanout::Fanout;
 use super::listeners::{Conn, Listeners};
 use super::message::{BroadcastMessage, Epoch, MessageId};
 use super::proof::ResumeKey;
-use super::stage::{Render, Stored};
+use super::stage::{Render, Stored, Unnumbered};
 use super::subscriber::{Roster, Subscriber};
 use super::watch::PresenceHub;
 use crate::backend::{Backend, Delivery, Envelope, Target};
@@ -48,6 +48,8 @@ pub(crate) struct Ledger {
     /// could not be read): a page resuming from before it gets the reset
     /// event (`history-gap`) instead of a replay over the hole. 0: none.
     pub(crate) missing_to: u64,
+    /// How many unnumbered messages were sent (see `Unnumbered`).
+    pub(crate) unnumbered: u64,
 }
 
 impl Ledger {
@@ -210,26 +212,6 @@ impl Engine {
         seq: u64,
         p: Envelope,
     ) -> (MessageId, usize) {
-        // Where it goes besides the ring: one connection or a user's.
-        let subscribers: Vec<Arc<Subscriber>> = match &p.target {
-            Target::One { to, user } => core
-                .connections
-                .get(to)
-                .filter(|c| c.subscriber.sub.user == *user)
-                .map(|c| Arc::clone(&c.subscriber))
-                .into_iter()
-                .collect(),
-            Target::User { user, exclude } => core
-                .users
-                .get(user)
-                .into_iter()
-                .flatten()
-                .filter(|id| !exclude.contains(id))
-                .filter_map(|id| core.connections.get(id))
-                .map(|c| Arc::clone(&c.subscriber))
-                .collect(),
-            Target::All { .. } | Target::Topics { .. } => Vec::new(),
-        };
         core.seq = seq;
         let id = MessageId {
             epoch: core.epoch,
@@ -260,6 +242,7 @@ impl Engine {
                 timestamp: p.timestamp,
                 metadata: p.metadata,
             },
+            unnumbered: None,
         });
         if self.history_limit > 0 {
             if core.history.len() == self.history_limit
@@ -280,30 +263,107 @@ impl Engine {
             }
             core.history.push_back(Arc::clone(&stored));
         }
-        let delivered = match &stored.target {
-            Target::One { .. } | Target::User { .. } => {
-                for subscriber in &subscribers {
-                    subscriber.push(&stored, self.queue_capacity);
+        let delivered = self.fan_out(core, &stored);
+        span.record("delivered", delivered);
+        (id, delivered)
+    }
+
+    /// Queues `p` for this process's connections without a number: no
+    /// `id:` line, nothing in the history, no number taken from the
+    /// messages (see [`Unnumbered`]); `signed_in`: only for connections
+    /// with a user. Returns it (for a page that resumes later) and how many
+    /// connections it was queued for. In memory only.
+    pub(crate) fn deliver_unnumbered(
+        &self,
+        core: &mut Ledger,
+        p: Envelope,
+        signed_in: bool,
+    ) -> (Arc<Stored>, usize) {
+        core.unnumbered += 1;
+        let stored = Arc::new(Stored {
+            seq: core.seq,
+            head: bytes::Bytes::new(),
+            body: p.body,
+            topic_bodies: p.topic_bodies,
+            target: p.target,
+            message: BroadcastMessage {
+                id: MessageId {
+                    epoch: core.epoch,
+                    seq: core.seq,
+                },
+                message_type: p.message_type,
+                data: p.data,
+                html: p.html,
+                timestamp: p.timestamp,
+                metadata: p.metadata,
+            },
+            unnumbered: Some(Unnumbered {
+                order: core.unnumbered,
+                signed_in,
+            }),
+        });
+        let delivered = self.fan_out(core, &stored);
+        (stored, delivered)
+    }
+
+    /// Queues `stored` for the connections it is for (their own queues, or
+    /// the ring, waking those waiting for it); returns how many.
+    fn fan_out(&self, core: &Ledger, stored: &Arc<Stored>) -> usize {
+        match &stored.target {
+            Target::One { to, user } => {
+                let subscriber = core
+                    .connections
+                    .get(to)
+                    .filter(|c| c.subscriber.sub.user == *user)
+                    .map(|c| &c.subscriber);
+                for subscriber in subscriber.iter().copied() {
+                    subscriber.push(stored, self.queue_capacity);
                     subscriber.waker.wake();
                 }
-                subscribers.len()
+                usize::from(subscriber.is_some())
+            }
+            Target::User { user, exclude } => {
+                let mut delivered = 0;
+                for subscriber in core
+                    .users
+                    .get(user)
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| !exclude.contains(id))
+                    .filter_map(|id| core.connections.get(id))
+                    .map(|c| &c.subscriber)
+                {
+                    subscriber.push(stored, self.queue_capacity);
+                    subscriber.waker.wake();
+                    delivered += 1;
+                }
+                delivered
             }
             Target::All { exclude } => {
-                let excluded = exclude
-                    .iter()
-                    .filter(|id| core.connections.contains(*id))
-                    .count();
-                let pos = self.fanout.ring.push(Arc::clone(&stored));
-                self.fanout
-                    .wake_ring_waiters(pos, |d| !exclude.contains(d.entry.id()));
-                core.connections.len().saturating_sub(excluded)
+                let signed_in = stored.unnumbered.is_some_and(|u| u.signed_in);
+                let pos = self.fanout.ring.push(Arc::clone(stored));
+                self.fanout.wake_ring_waiters(pos, |d| {
+                    !exclude.contains(d.entry.id()) && (!signed_in || d.sub.user.is_some())
+                });
+                if signed_in {
+                    core.connections
+                        .iter()
+                        .filter(|c| c.subscriber.sub.user.is_some() && !exclude.contains(c.id()))
+                        .count()
+                } else {
+                    let excluded = exclude
+                        .iter()
+                        .filter(|id| core.connections.contains(*id))
+                        .count();
+                    core.connections.len().saturating_sub(excluded)
+                }
             }
             Target::Topics {
                 topics,
                 private,
                 exclude,
             } => {
-                let pos = self.fanout.ring.push(Arc::clone(&stored));
+                let pos = self.fanout.ring.push(Arc::clone(stored));
                 // Only the connections that listen to its topics are looked
                 // at, and the waiting ones it is for are woken; the others
                 // may skip it unread (see `Fanout::skippable`).
@@ -326,9 +386,7 @@ impl Engine {
                 });
                 delivered
             }
-        };
-        span.record("delivered", delivered);
-        (id, delivered)
+        }
     }
 }
 

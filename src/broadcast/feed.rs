@@ -109,7 +109,11 @@ impl Feed {
         stored: &Stored,
         batch: Option<&mut Batch>,
     ) -> Option<Piece> {
-        if stored.seq <= self.after {
+        // Seen already (replayed, or numbered by another instance before
+        // this one read it). An unnumbered message is in the ring only if
+        // pushed after the connection opened, and in the replay only as
+        // the latest badge: never seen.
+        if stored.unnumbered.is_none() && stored.seq <= self.after {
             return None;
         }
         let id = self.registration.id();
@@ -125,6 +129,16 @@ impl Feed {
         }
         self.uncounted += 1;
         tracing::trace!(parent: &self.span, message.id = %stored.message.id, "delivered");
+        if stored.unnumbered.is_some() {
+            // No `id:` line: the page's Last-Event-ID stays where it was.
+            return Some(match batch {
+                Some(batch) => {
+                    batch.push(body.clone());
+                    Piece::Written(1)
+                }
+                None => Piece::One(body.clone()),
+            });
+        }
         if self.masked {
             let tag = super::proof::masked(&self.subscriber.tag);
             return Some(match batch {
@@ -292,7 +306,7 @@ impl Feed {
             // the other has none, no earlier message can still arrive on the
             // other: the smaller id goes first.
             let take_ring = match (&this.ring_next, &this.direct_next) {
-                (Some(r), Some(d)) => r.seq < d.seq,
+                (Some(r), Some(d)) => r.order() < d.order(),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => {

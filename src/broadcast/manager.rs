@@ -281,7 +281,8 @@ impl BroadcastManager {
         let tag = inner.resume_key.tag(&id, sub.user.as_ref());
         let oldest = core.history.front().map_or(core.seq + 1, |s| s.seq);
         let epoch = core.epoch;
-        let (start, reset, replay) = match resume {
+        let resuming = resume.is_some();
+        let (start, reset, mut replay) = match resume {
             None => (core.seq, None, Vec::new()),
             Some(Err(reason)) => (core.seq, Some(reason), Vec::new()),
             Some(Ok(lei)) if lei.epoch != epoch => {
@@ -325,6 +326,11 @@ impl BroadcastManager {
                 (lei.seq, None, replay)
             }
         };
+        // A page that resumes may have missed badges (they are in no
+        // history): the latest of each goes after the replay.
+        if resuming && let Some(hub) = inner.presence.get() {
+            hub.latest_badges(&id, &sub, &mut replay);
+        }
         let ring = inner.fanout.ring.end();
         // The registry's entry lives in the `Subscriber`: one allocation.
         let entry = inner
@@ -344,11 +350,9 @@ impl BroadcastManager {
             subscriber: Arc::clone(&subscriber),
         };
         core.listeners.add(&conn);
-        if let Some(old) = core.connections.replace(conn) {
-            if let Some(hub) = inner.presence.get() {
-                hub.left(&old.subscriber.sub);
-            }
-            core.listeners.remove(&old);
+        let replaced = core.connections.replace(conn);
+        if let Some(old) = &replaced {
+            core.listeners.remove(old);
             old.subscriber.flag(Subscriber::REPLACED);
             old.subscriber.waker.wake();
             if let Some(user) = &old.subscriber.sub.user {
@@ -360,8 +364,12 @@ impl BroadcastManager {
             }
         }
         if let Some(hub) = inner.presence.get() {
-            hub.joined(sub);
+            match &replaced {
+                Some(old) => hub.replaced(&old.subscriber.sub, sub),
+                None => hub.joined(sub),
+            }
         }
+        drop(replaced);
         let seq_now = core.seq;
         drop(core);
         let ready = match &inner.transport {

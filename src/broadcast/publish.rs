@@ -290,6 +290,31 @@ impl BroadcastManager {
         })
     }
 
+    /// Sends `m` without a number, in memory (see `Engine::deliver_unnumbered`;
+    /// `signed_in`: only to connections with a user), and keeps it in
+    /// `latest` under the manager's lock (so that a page resuming gets
+    /// either it from the ring or it from `latest`, never neither); returns
+    /// how many connections it was queued for.
+    pub(crate) fn send_unnumbered(
+        &self,
+        m: Message<'_>,
+        signed_in: bool,
+        latest: &parking_lot::Mutex<Option<std::sync::Arc<super::stage::Stored>>>,
+    ) -> Result<usize, Error> {
+        let inner = &*self.inner;
+        if !matches!(inner.transport, Transport::Memory) {
+            return Err(Error::Unsupported {
+                what: "unnumbered messages are sent in memory only",
+            });
+        }
+        let envelope = self.prepare(m)?;
+        let mut core = inner.core.lock();
+        let (stored, delivered) = inner.deliver_unnumbered(&mut core, envelope, signed_in);
+        *latest.lock() = Some(stored);
+        drop(core);
+        Ok(delivered)
+    }
+
     /// Publishes inside an `htmx_sse.publish` span that records the
     /// message's type, its id, the backend and how many connections of
     /// this process it was queued for (see the module docs on tracing).

@@ -53,9 +53,32 @@ pub(crate) struct Stored {
     pub(crate) topic_bodies: Option<Box<[Bytes]>>,
     pub(crate) target: Target,
     pub(crate) message: BroadcastMessage,
+    /// `Some` for a message sent without a number (a presence badge): no
+    /// `id:` line, never in the history (see [`Unnumbered`]).
+    pub(crate) unnumbered: Option<Unnumbered>,
+}
+
+/// A message sent without a number: its frame has no `id:` line (so a
+/// page's `Last-Event-ID` stays on the last numbered message it got and a
+/// resume neither skips nor misses one), it is never kept in the history
+/// and takes no number from the real messages. `seq` is the number of the
+/// last numbered message before it, `order` its place after that one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unnumbered {
+    /// Counts the unnumbered messages of a manager (from 1), so that two
+    /// after the same numbered one keep their order.
+    pub(crate) order: u64,
+    /// Only for connections with a user (signed in).
+    pub(crate) signed_in: bool,
 }
 
 impl Stored {
+    /// Where it goes among a connection's messages: after the numbered
+    /// message `seq` (and before `seq + 1`) when unnumbered.
+    pub(crate) fn order(&self) -> (u64, u64) {
+        (self.seq, self.unnumbered.map_or(0, |u| u.order))
+    }
+
     /// What it counts for in [`Limits::history_bytes`]: its encoded frames.
     pub(crate) fn weight(&self) -> usize {
         self.head.len()
@@ -69,6 +92,9 @@ impl Stored {
     /// The body to send to this connection, or `None` when the message is
     /// not for it.
     pub(crate) fn body_for(&self, id: &ConnectionId, sub: &Subscription) -> Option<&Bytes> {
+        if self.unnumbered.is_some_and(|u| u.signed_in) && sub.user.is_none() {
+            return None;
+        }
         let index = match &self.target {
             Target::All { exclude } => (!exclude.contains(id)).then_some(0),
             Target::One { to, user } => {

@@ -10,8 +10,8 @@ use std::fmt;
 use askama::Template;
 
 use crate::Flavor;
-use crate::error::{Error, Field};
-use crate::event::EventName;
+use crate::error::Error;
+use crate::event::{EventName, check_list_name};
 use crate::fragment::{Fragment, IntoFragment};
 use crate::streaming::{CLOSE_EVENT, Swap};
 
@@ -234,30 +234,6 @@ struct ElementTemplate<'a> {
     attrs: Vec<(&'a str, &'a str)>,
     children: &'a Fragment,
     named_swap: bool,
-}
-
-/// An event name that survives htmx's comma-separated list (`sse-swap`,
-/// `data-sse-swap`): no comma, no white space at either end.
-fn check_list_name(name: &EventName) -> Result<(), Error> {
-    let s = name.as_str();
-    let bad = s.bytes().position(|b| b == b',').or_else(|| {
-        let last = s.len() - 1;
-        if s.as_bytes()[0].is_ascii_whitespace() {
-            Some(0)
-        } else if s.as_bytes()[last].is_ascii_whitespace() {
-            Some(last)
-        } else {
-            None
-        }
-    });
-    match bad {
-        Some(position) => Err(Error::InvalidField {
-            field: Field::Event,
-            byte: s.as_bytes()[position],
-            position,
-        }),
-        None => Ok(()),
-    }
 }
 
 impl SseElement {

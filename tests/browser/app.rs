@@ -27,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use htmx_sse::broadcast::{BroadcastManager, Presence, PresenceBadge, PresenceScope};
+use htmx_sse::broadcast::{BroadcastManager, Presence, PresenceBadge};
 use htmx_sse::connections::ConnectionId;
 use htmx_sse::connections::scripts::{self, ResetOptions, SseElement};
 use htmx_sse::notify::{Level, NotificationStream, Notifier};
@@ -610,7 +610,7 @@ impl Process {
         }
         let badge = (lab.scenario == Scenario::Presence).then(|| {
             manager
-                .presence_badge(PresenceScope::Everyone, "viewers", |p: &Presence| {
+                .public_presence_badge("viewers", |p: &Presence| {
                     html! { b.count { (p.connections) } }
                 })
                 .expect("a badge in memory")
